@@ -1,0 +1,209 @@
+"""Command-line interface: ``noisylabels train | noise | bench | datasets | methods | models | losses``.
+
+User errors (:class:`~noisylabels.errors.UserError`) print one line on stderr and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+__all__ = ["main", "build_parser"]
+
+# flag -> dotted config key
+TRAIN_FLAGS = {
+    "dataset": "data.name", "data_dir": "data.dir", "noise": "noise.type", "noise_rate": "noise.rate",
+    "meta_size": "data.meta_size", "meta_set": "data.meta_set", "method": "method.name", "loss": "loss.name",
+    "model": "model.name", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "optim.lr",
+    "seed": "seed", "out": "out",
+}
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one run (no arguments: digits, 40%% symmetric noise, CE, MLP)")
+    p.add_argument("--config", help="YAML config file (merged over the defaults)")
+    p.add_argument("--dataset")
+    p.add_argument("--data-dir")
+    p.add_argument("--noise", help="noise type (see `noisylabels noise --list`)")
+    p.add_argument("--noise-rate", type=float)
+    p.add_argument("--meta-size", type=int)
+    p.add_argument("--meta-set", choices=["clean", "noisy"])
+    p.add_argument("--method")
+    p.add_argument("--loss")
+    p.add_argument("--model")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="output directory (default runs/latest)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any config field, e.g. --set loss.q=0.7 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_noise(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("noise", help="simulate label noise on a dataset; print the transition matrix")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--data-dir")
+    p.add_argument("--noise", default="symmetric")
+    p.add_argument("--rate", type=float, default=0.4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="noise option, e.g. --set include_true_class=true")
+    p.add_argument("--csv", help="write index,clean_label,noisy_label rows to this CSV")
+    p.add_argument("--list", action="store_true", help="list the noise types and exit")
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="run a benchmark suite (grid of runs) and print its table")
+    p.add_argument("suite", nargs="?", help="suite name or YAML file (see --list)")
+    p.add_argument("--out", help="output directory (default bench/<suite>)")
+    p.add_argument("--workers", type=int, default=None, help="parallel worker processes (default: cores)")
+    p.add_argument("--seeds", type=int, default=None, help="use only the first N seeds of the suite")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field in every cell")
+    p.add_argument("--list", action="store_true", help="list the shipped suites and exit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="noisylabels", description="Learning with noisy labels.")
+    parser.add_argument("--version", action="version", version=f"noisylabels {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    _add_train(sub)
+    _add_noise(sub)
+    _add_bench(sub)
+    for name, what in (("datasets", "datasets"), ("methods", "training methods"), ("models", "models"),
+                       ("losses", "losses")):
+        sub.add_parser(name, help=f"list the registered {what}")
+    return parser
+
+
+def _print_table(rows: Sequence[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+
+
+def _fmt(v: Any, pct: bool = True) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{100 * v:.2f}%" if pct else f"{v:.1f}"
+    return str(v)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config, resolve_config
+    from .train import fit
+
+    if args.resume:
+        out = Path(args.out or "runs/latest")
+        if not (out / "config.yaml").is_file():
+            raise UserError(f"cannot resume: {out / 'config.yaml'} not found")
+        cfg = load_config(out / "config.yaml")
+    else:
+        overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+        cfg = resolve_config(config_file=args.config, overrides=overrides, assignments=args.set)
+    summary = fit(cfg, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
+    print(f"noisylabels {cfg['method']['name']} ({cfg['loss']['name']}, {cfg['model']['name']}) on "
+          f"{cfg['data']['name']}, {cfg['noise']['type']} noise {cfg['noise']['rate']}, seed {cfg['seed']}")
+    _print_table([
+        ("test accuracy @ best val", _fmt(summary["test_accuracy"])),
+        ("best val accuracy (noisy)", f"{_fmt(summary['best_val_accuracy'])} (epoch {summary['best_epoch']})"),
+        ("last-epoch test accuracy", _fmt(summary["last_test_accuracy"])),
+        ("realised noise rate", _fmt(summary["realized_noise_rate"])),
+        ("noisy-label detection AUROC", _fmt(summary.get("detection_auroc"), pct=False)
+         if summary.get("detection_auroc") is None else f"{summary['detection_auroc']:.3f}"),
+        ("train / val / test samples", f"{summary['num_train']} / {summary['num_val']} / {summary['num_test']}"),
+        ("seconds", f"{summary['seconds']:.1f}"),
+        ("records", str(cfg["out"])),
+    ])
+    return 0
+
+
+def cmd_noise(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .config import parse_assignment
+    from .data import create_dataset
+    from .noise import apply_noise, format_matrix, list_noise_types, write_noisy_labels_csv
+
+    if args.list:
+        for name in list_noise_types():
+            print(name)
+        return 0
+    options = dict(parse_assignment(s) for s in args.set)
+    raw = create_dataset(args.dataset, data_dir=args.data_dir)
+    y = raw.y_train.astype(np.int64)
+    features = raw.x_train.reshape(len(y), -1).astype(np.float32) / 255.0 if args.noise == "instance" else None
+    res = apply_noise(args.noise, y, num_classes=len(raw.classes), rate=args.rate, seed=args.seed,
+                      features=features, **options)
+    print(f"{args.noise} noise, rate {args.rate}, seed {args.seed} on {args.dataset} ({len(y)} training labels)")
+    print("transition matrix T[i, j] = P(noisy = j | clean = i):")
+    print(format_matrix(res.transition, raw.classes))
+    print(f"realised noise rate: {res.realized_rate:.4f}")
+    if args.csv:
+        write_noisy_labels_csv(args.csv, index=np.arange(len(y)), clean=y, noisy=res.noisy_labels)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import list_suites, run_suite
+
+    if args.list or not args.suite:
+        for name in list_suites():
+            print(name)
+        return 0
+    run_suite(args.suite, out=args.out, workers=args.workers, max_seeds=args.seeds, assignments=args.set)
+    return 0
+
+
+def cmd_list(command: str) -> int:
+    if command == "datasets":
+        from .data import DATASETS as reg
+    elif command == "methods":
+        from .methods import METHODS as reg
+    elif command == "models":
+        from .models import MODELS as reg
+    else:
+        from .losses import LOSSES as reg
+    for name in reg.names():
+        desc = reg.describe(name)
+        print(f"{name:<22} {desc}" if desc else name)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "noise":
+            return cmd_noise(args)
+        if args.command == "bench":
+            return cmd_bench(args)
+        if args.command in ("datasets", "methods", "models", "losses"):
+            return cmd_list(args.command)
+        parser.print_help()
+        return 0
+    except UserError as exc:
+        print(f"noisylabels: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("noisylabels: interrupted; records kept (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

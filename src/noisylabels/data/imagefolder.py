@@ -1,0 +1,519 @@
+"""Images in class folders, from a directory or a ``.zip``, decoded once and cached.
+
+Layout: ``[prefix/]split/class/image`` with splits ``train`` and ``test``
+(``val``/``valid``/``validation`` splits are recognised and ignored: the
+validation set is carved out of the training pool by
+:func:`noisylabels.data.splits.make_splits`). A tree with no split folders,
+``[prefix/]class/image``, is a training set (or, given as ``test_path``, a
+test set). Hidden files, ``__MACOSX`` and non-image files are skipped.
+
+Decoding uses Pillow with a pool of worker processes (or threads where
+``fork`` is unavailable) on chunks of files; the decoded uint8 array is cached
+by :mod:`noisylabels.data.cache`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import multiprocessing as mp
+import os
+import sys
+import threading
+import warnings
+import zipfile
+from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import UserError
+from .base import RawDataset, split_off_test
+from .cache import cache_key, cached_array, file_fingerprint
+from .labels_csv import read_labels_csv
+from .registry import DATASETS, resolve_path
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageTree",
+    "scan_image_tree",
+    "decode_images",
+    "load_imagefolder",
+]
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+)
+_SPLITS = {"train": "train", "test": "test", "val": "val", "valid": "val", "validation": "val"}
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+_PARALLEL_MIN = 2000  # below this many images decode in-process
+
+
+@dataclass
+class ImageTree:
+    """The image files found in a folder or zip.
+
+    Attributes
+    ----------
+    source:
+        The folder or ``.zip``.
+    is_zip:
+        Whether ``source`` is a zip archive.
+    prefix:
+        Folders above the split (or class) level, e.g. ``"cifar10"``; ``""`` if none.
+    splits:
+        ``{split: [(relpath, class), ...]}`` sorted by path; split ``""`` holds
+        the files of a tree without split folders.
+    stats:
+        For folders: ``{relpath: (size, mtime_ns)}`` (part of the cache key).
+    """
+
+    source: Path
+    is_zip: bool
+    prefix: str
+    splits: dict[str, list[tuple[str, str]]]
+    stats: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _is_image(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
+
+
+def scan_image_tree(path: str | os.PathLike[str]) -> ImageTree:
+    """List the image files of a folder or zip and sort them into splits and classes.
+
+    Parameters
+    ----------
+    path:
+        A folder or a ``.zip`` file.
+
+    Returns
+    -------
+    ImageTree
+
+    Raises
+    ------
+    UserError
+        Missing path, unreadable zip, no images, or images under several
+        different prefixes.
+    """
+    src = Path(path)
+    stats: dict[str, tuple[int, int]] = {}
+    if src.is_file():
+        try:
+            with zipfile.ZipFile(src) as zf:
+                names = [i.filename for i in zf.infolist() if not i.is_dir()]
+        except (zipfile.BadZipFile, OSError) as err:
+            raise UserError(f"cannot read zip file {src}: {err}") from None
+        is_zip = True
+    elif src.is_dir():
+        names = []
+        for root, dirs, files in os.walk(src):
+            dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__MACOSX"]
+            rel_root = os.path.relpath(root, src).replace(os.sep, "/")
+            for f in files:
+                rel = f if rel_root == "." else f"{rel_root}/{f}"
+                if _is_image(rel):
+                    st = os.stat(os.path.join(root, f))
+                    stats[rel] = (int(st.st_size), int(st.st_mtime_ns))
+                    names.append(rel)
+        is_zip = False
+    else:
+        raise UserError(f"image folder {src} does not exist")
+    split_files: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    plain_files: dict[str, list[tuple[str, str]]] = {}
+    for name in names:
+        if not _is_image(name) or name.startswith("__MACOSX/"):
+            continue
+        parts = name.split("/")
+        if any(p.startswith(".") for p in parts[:-1]):
+            continue
+        if len(parts) >= 3 and parts[-3].lower() in _SPLITS:
+            key = ("/".join(parts[:-3]), _SPLITS[parts[-3].lower()])
+            split_files.setdefault(key, []).append((name, parts[-2]))
+        elif len(parts) >= 2:
+            plain_files.setdefault("/".join(parts[:-2]), []).append((name, parts[-2]))
+    if split_files:
+        prefixes = sorted({k[0] for k in split_files})
+        if len(prefixes) > 1:
+            raise UserError(
+                f"{src}: split folders under several roots ({', '.join(p or '.' for p in prefixes)}); "
+                "point path= at one of them"
+            )
+        splits = {s: sorted(v) for (_, s), v in split_files.items()}
+        prefix = prefixes[0]
+    elif plain_files:
+        prefixes = sorted(plain_files)
+        if len(prefixes) > 1:
+            shown = ", ".join(p or "." for p in prefixes[:5])
+            raise UserError(
+                f"{src}: expected [prefix/]split/class/image or [prefix/]class/image, "
+                f"but class folders sit under several roots ({shown})"
+            )
+        prefix = prefixes[0]
+        splits = {"": sorted(plain_files[prefix])}
+    else:
+        raise UserError(f"no images found in {src} (expected [prefix/]train/<class>/<image>)")
+    return ImageTree(source=src, is_zip=is_zip, prefix=prefix, splits=splits, stats=stats)
+
+
+# --------------------------------------------------------------------------- decoding
+
+_ZIPS: dict[tuple[int, str], zipfile.ZipFile] = {}
+_ZIPS_LOCK = threading.Lock()
+
+
+def _zip_handle(source: str) -> zipfile.ZipFile:
+    # One handle per process (a forked child must not share its parent's file offset).
+    key = (os.getpid(), source)
+    with _ZIPS_LOCK:
+        zf = _ZIPS.get(key)
+        if zf is None:
+            zf = zipfile.ZipFile(source)
+            _ZIPS[key] = zf
+        return zf
+
+
+def _close_zip(source: str) -> None:
+    with _ZIPS_LOCK:
+        zf = _ZIPS.pop((os.getpid(), source), None)
+    if zf is not None:
+        zf.close()
+
+
+def _read_bytes(source: str, is_zip: bool, name: str) -> bytes:
+    try:
+        if is_zip:
+            return _zip_handle(source).read(name)
+        with open(os.path.join(source, name), "rb") as fh:
+            return fh.read()
+    except (OSError, KeyError, zipfile.BadZipFile, EOFError) as err:
+        raise UserError(f"cannot read image {source}:{name}: {err}") from None
+
+
+def _decode_one(data: bytes, where: str) -> PILImage:
+    """Decode one image file's bytes with Pillow; raises :class:`UserError` naming ``where``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.load()
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
+        reason = "not a recognised image format" if isinstance(err, UnidentifiedImageError) else str(err)
+        raise UserError(f"cannot decode image {where}: {reason}") from None
+    return im
+
+
+def _decode_chunk(
+    source: str, is_zip: bool, names: Sequence[str], size: tuple[int, int], resize: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode ``names`` to ``(n, H, W, 3)`` uint8 plus a flag per image that it was grey."""
+    from PIL import Image
+
+    w, h = size
+    out = np.empty((len(names), h, w, 3), dtype=np.uint8)
+    grey = np.zeros(len(names), dtype=bool)
+    for k, name in enumerate(names):
+        where = f"{source}:{name}" if is_zip else os.path.join(source, name)
+        im = _decode_one(_read_bytes(source, is_zip, name), where)
+        is_grey = im.mode in _GREY_MODES
+        im = im.convert("L" if is_grey else "RGB")
+        if im.size != (w, h):
+            if not resize:
+                raise UserError(
+                    f"image {where} is {im.size[0]}x{im.size[1]} but the first image is {w}x{h}; "
+                    "pass image_size= to resize all images"
+                )
+            im = im.resize((w, h), Image.BILINEAR)
+        arr = np.asarray(im)
+        out[k] = arr[..., None] if is_grey else arr
+        grey[k] = is_grey
+    return out, grey
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _executor(workers: int) -> Executor:
+    if sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods():
+        return ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
+    return ThreadPoolExecutor(workers)
+
+
+def decode_images(
+    source: str | os.PathLike[str],
+    names: Sequence[str],
+    *,
+    is_zip: bool,
+    image_size: int | None = None,
+    workers: int | None = None,
+) -> np.ndarray:
+    """Decode image files to one uint8 NHWC array (RGB, or 1 channel if all are grey).
+
+    Parameters
+    ----------
+    source:
+        The folder or zip holding the files.
+    names:
+        File paths inside ``source``.
+    is_zip:
+        Whether ``source`` is a zip archive.
+    image_size:
+        Resize every image to ``image_size x image_size`` (bilinear). ``None``
+        requires all images to have the first image's size.
+    workers:
+        Decoder processes (threads where ``fork`` is unavailable); ``None``
+        uses up to 8 CPU cores for 2,000 images or more, ``0``/``1`` decodes
+        in this process.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, H, W, 3)`` uint8, or ``(N, H, W, 1)`` when every image is grey.
+
+    Raises
+    ------
+    UserError
+        A missing or undecodable file, or mixed sizes without ``image_size``.
+    """
+    src = str(source)
+    if len(names) == 0:
+        raise UserError(f"no images to decode in {src}")
+    try:
+        return _decode_images(src, list(names), is_zip=is_zip, image_size=image_size, workers=workers)
+    finally:
+        if is_zip:
+            _close_zip(src)
+
+
+def _decode_images(
+    src: str, names: list[str], *, is_zip: bool, image_size: int | None, workers: int | None
+) -> np.ndarray:
+    n = len(names)
+    if image_size is not None:
+        if int(image_size) < 1:
+            raise UserError(f"image_size must be a positive integer, got {image_size!r}")
+        size = (int(image_size), int(image_size))
+    else:
+        where = f"{src}:{names[0]}" if is_zip else os.path.join(src, names[0])
+        size = _decode_one(_read_bytes(src, is_zip, names[0]), where).size
+    if workers is None:
+        workers = min(_cpu_count(), 8) if n >= _PARALLEL_MIN else 0
+    workers = max(int(workers), 0)
+    nchunks = max(1, workers * 8)
+    step = max(64, math.ceil(n / nchunks))
+    chunks = [list(names[i:i + step]) for i in range(0, n, step)]
+    resize = image_size is not None
+    results: list[tuple[np.ndarray, np.ndarray]] | None = None
+    if workers > 1 and len(chunks) > 1:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # fork in a threaded process
+                ex = _executor(min(workers, len(chunks)))
+                try:
+                    futs = [ex.submit(_decode_chunk, src, is_zip, c, size, resize) for c in chunks]
+                    results = [f.result() for f in futs]
+                finally:  # on an error, do not decode the chunks not yet started
+                    ex.shutdown(wait=True, cancel_futures=True)
+        except UserError:
+            raise
+        except Exception:  # broken pool, no fork in a daemon process, ...: decode here instead
+            results = None
+    if results is None:
+        results = [_decode_chunk(src, is_zip, c, size, resize) for c in chunks]
+    x = np.empty((n, size[1], size[0], 3), dtype=np.uint8)
+    all_grey = True
+    pos = 0
+    for arr, grey in results:
+        x[pos:pos + len(arr)] = arr
+        pos += len(arr)
+        all_grey = all_grey and bool(grey.all())
+    return np.ascontiguousarray(x[..., :1]) if all_grey else x
+
+
+def _decode_cached(
+    tree: ImageTree,
+    files: list[tuple[str, str]],
+    *,
+    split: str,
+    image_size: int | None,
+    workers: int | None,
+    cache_dir: Path | None,
+    cache: bool,
+) -> np.ndarray:
+    names = [f for f, _ in files]
+    h = hashlib.sha256()
+    for f in names:
+        h.update(f.encode("utf-8", "surrogateescape"))
+        h.update(repr(tree.stats.get(f)).encode())
+        h.update(b"\0")
+    if tree.is_zip:
+        fp = file_fingerprint(tree.source)
+    else:
+        fp = [str(tree.source.resolve())]
+    key = cache_key("imagefolder", source=fp, split=split, files=h.hexdigest(), image_size=image_size)
+    return cached_array(
+        lambda: decode_images(tree.source, names, is_zip=tree.is_zip, image_size=image_size, workers=workers),
+        key=key, cache_dir=cache_dir, name=f"imagefolder-{split or 'train'}",
+        expect_len=len(names), enabled=cache,
+    )
+
+
+@DATASETS.register("imagefolder", help="class-folder images from a directory or .zip ([prefix/]split/class/file)")
+def load_imagefolder(
+    *,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    path: str | os.PathLike[str] | None = None,
+    test_path: str | os.PathLike[str] | None = None,
+    classes: Sequence[str] | None = None,
+    image_size: int | None = None,
+    labels_csv: str | os.PathLike[str] | None = None,
+    test_fraction: float | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+    workers: int | None = None,
+    cache: bool = True,
+) -> RawDataset:
+    """Load an ImageFolder-style tree (a folder or a ``.zip``).
+
+    Parameters
+    ----------
+    data_dir:
+        Used as ``path`` when ``path`` is not given, and to resolve relative
+        ``path``/``test_path``/``labels_csv`` that do not exist as given.
+    cache_dir:
+        Cache folder for decoded images (default ``$NOISYLABELS_CACHE`` or
+        ``~/.cache/noisylabels``).
+    path:
+        Folder or ``.zip`` with ``[prefix/]train/<class>/<image>`` (and
+        optionally ``test/``), or ``[prefix/]<class>/<image>`` (all training).
+    test_path:
+        A second folder or zip whose ``test`` split (or split-less tree) is the
+        test set, replacing any ``test`` split of ``path``.
+    classes:
+        Class names in label order; every class folder must be listed. Default:
+        the folder names, sorted.
+    image_size:
+        Resize every image to a square of this side; needed when sizes differ.
+    labels_csv:
+        ``path,label`` CSV (see :mod:`noisylabels.data.labels_csv`): the
+        training pool becomes its rows in order, ``y_train`` its labels and
+        ``y_train_clean`` the folder classes of those files.
+    test_fraction:
+        When the tree has no test split: split off this fraction as a fixed
+        stratified test set (seed 0). ``None`` leaves ``x_test`` as ``None``.
+    train_split, test_split:
+        Which split folders are the training pool and the test set (``train``,
+        ``test`` or ``val``). E.g. ``train_split="test"`` reads a test-only tree
+        as the pool (combine with ``test_fraction``).
+    workers:
+        Decoder processes (see :func:`decode_images`).
+    cache:
+        ``False`` skips the decoded-image cache.
+
+    Returns
+    -------
+    RawDataset
+        uint8 NHWC images; ``paths_train``/``paths_test`` are the files' paths
+        inside their source.
+
+    Raises
+    ------
+    UserError
+        Missing path, no images, unknown class folder, missing or undecodable
+        file (named), mixed sizes without ``image_size``, bad labels CSV row.
+    """
+    if path is None:
+        if data_dir is None:
+            raise UserError("imagefolder needs path= (a folder or .zip) or data_dir=")
+        src = data_dir
+        if not src.exists():
+            raise UserError(f"data_dir {src} does not exist")
+    else:
+        src = resolve_path(path, data_dir, what="imagefolder path")
+    splits_ = {}
+    for opt, value in (("train_split", train_split), ("test_split", test_split)):
+        if str(value).lower() not in _SPLITS:
+            raise UserError(f"{opt} must be one of train, test, val; got {value!r}")
+        splits_[opt] = _SPLITS[str(value).lower()]
+    tr_split, te_split = splits_["train_split"], splits_["test_split"]
+    tree = scan_image_tree(src)
+    train_files = tree.splits.get(tr_split) or tree.splits.get("")
+    if not train_files:
+        have = ", ".join(sorted(s for s in tree.splits if s)) or "none"
+        raise UserError(
+            f"no {tr_split!r} images in {src} (expected [prefix/]{tr_split}/<class>/<image>; "
+            f"split folders found: {have}; see train_split=)"
+        )
+    test_tree: ImageTree | None = None
+    test_files: list[tuple[str, str]] | None = None
+    if test_path is not None:
+        test_tree = scan_image_tree(resolve_path(test_path, data_dir, what="imagefolder test_path"))
+        test_files = test_tree.splits.get(te_split) or test_tree.splits.get("")
+        if not test_files:
+            raise UserError(
+                f"no {te_split!r} images in {test_tree.source} (expected [prefix/]{te_split}/<class>/<image>)"
+            )
+    elif te_split != tr_split and tree.splits.get(te_split):
+        test_tree, test_files = tree, tree.splits[te_split]
+
+    found = sorted({c for _, c in train_files} | {c for _, c in (test_files or [])})
+    if classes is None:
+        class_list = found
+    else:
+        if isinstance(classes, str):
+            raise UserError("classes must be a list of class names, not a string")
+        class_list = [str(c) for c in classes]
+        if len(set(class_list)) != len(class_list):
+            raise UserError(f"classes has duplicates: {class_list}")
+        unknown = [c for c in found if c not in set(class_list)]
+        if unknown:
+            raise UserError(f"class folder(s) {', '.join(unknown)} not in classes={class_list}")
+    class_id = {c: k for k, c in enumerate(class_list)}
+
+    opts = dict(image_size=image_size, workers=workers, cache_dir=cache_dir, cache=cache)
+    x_train = _decode_cached(tree, train_files, split=tr_split, **opts)
+    y_train = np.asarray([class_id[c] for _, c in train_files], dtype=np.int64)
+    paths_train = [f for f, _ in train_files]
+    y_clean = None
+    if labels_csv is not None:
+        csv_path = resolve_path(labels_csv, data_dir, what="labels_csv")
+        pos, labels = read_labels_csv(csv_path, classes=class_list, train_paths=paths_train, prefix=tree.prefix)
+        x_train, y_clean, y_train = x_train[pos], y_train[pos], labels
+        paths_train = [paths_train[i] for i in pos]
+
+    x_test = y_test = paths_test = None
+    if test_tree is not None and test_files:
+        x_test = _decode_cached(test_tree, test_files, split=te_split, **opts)
+        y_test = np.asarray([class_id[c] for _, c in test_files], dtype=np.int64)
+        paths_test = [f for f, _ in test_files]
+        if x_test.shape[1:3] != x_train.shape[1:3]:
+            raise UserError(
+                f"test images are {x_test.shape[2]}x{x_test.shape[1]} but training images "
+                f"{x_train.shape[2]}x{x_train.shape[1]}; pass image_size="
+            )
+        if x_test.shape[3] != x_train.shape[3]:  # one side all grey, the other colour
+            if x_test.shape[3] == 1:
+                x_test = np.repeat(x_test, 3, axis=3)
+            else:
+                x_train = np.repeat(x_train, 3, axis=3)
+    raw = RawDataset(
+        name="imagefolder", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+        classes=class_list, paths_train=paths_train, paths_test=paths_test, y_train_clean=y_clean,
+    )
+    if raw.x_test is None and test_fraction is not None:
+        raw = split_off_test(raw, test_fraction=test_fraction)
+    return raw

@@ -1,0 +1,157 @@
+"""Read a ``path,label`` CSV that replaces the training labels of an image folder.
+
+This is how real noisy label sets (CIFAR-N, Clothing1M-style annotations) are
+brought in: the CSV lists training images and the label a (noisy) annotator
+gave each of them. The training pool becomes exactly the CSV's rows, in CSV
+order.
+
+Format
+------
+* One row per image: ``path,label``; extra columns are ignored; blank lines are
+  skipped. A first row whose first cell is ``path``/``file``/``filename``/
+  ``image`` or whose second cell is ``label``/``class``/``target`` is a header.
+* ``path`` is relative to the split folder root and may be given with or
+  without the tree's prefix and split, e.g. ``train/cat/0001.jpg``,
+  ``cifar10/train/cat/0001.jpg`` or ``cat/0001.jpg``.
+* ``label`` is a class name or an integer class id in ``[0, K)``; a class name
+  wins when a name is also a number.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+__all__ = ["read_labels_csv", "path_keys"]
+
+_PATH_HEADERS = {"path", "file", "filename", "file_name", "image", "img", "relpath", "name"}
+_LABEL_HEADERS = {"label", "labels", "class", "target", "noisy_label", "y"}
+
+
+def _norm(p: str) -> str:
+    p = p.strip().replace("\\", "/")
+    while p.startswith("./"):
+        p = p[2:]
+    return p.lstrip("/")
+
+
+def path_keys(relpath: str, prefix: str) -> list[str]:
+    """The spellings under which a CSV row may name a file of the tree.
+
+    Parameters
+    ----------
+    relpath:
+        The file's path inside its source, e.g. ``cifar10/train/cat/0001.jpg``.
+    prefix:
+        The tree's prefix (``cifar10``) or ``""``.
+
+    Returns
+    -------
+    list of str
+        The full path, the path without the prefix, and ``class/file``.
+    """
+    keys = [relpath]
+    if prefix and relpath.startswith(prefix + "/"):
+        keys.append(relpath[len(prefix) + 1:])
+    parts = relpath.split("/")
+    keys.append("/".join(parts[-2:]))
+    return keys
+
+
+def read_labels_csv(
+    path: str | os.PathLike[str],
+    *,
+    classes: Sequence[str],
+    train_paths: Sequence[str],
+    prefix: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Match a labels CSV to the training files.
+
+    Parameters
+    ----------
+    path:
+        The CSV file.
+    classes:
+        Class names; label ``k`` is ``classes[k]``.
+    train_paths:
+        Paths of the training files inside their source (as in ``paths_train``).
+    prefix:
+        The tree's prefix, which CSV paths may omit.
+
+    Returns
+    -------
+    positions, labels:
+        int64 arrays of equal length: for each CSV row (in order) the position
+        of its file in ``train_paths`` and its label.
+
+    Raises
+    ------
+    UserError
+        Unreadable or empty file, a row without two cells, a path that is not
+        a training file, a duplicate path, or an unknown class / out-of-range
+        id; the message names the file, the row number and the value.
+    """
+    p = Path(path)
+    lookup: dict[str, int] = {}
+    for i, rel in enumerate(train_paths):
+        for k in path_keys(rel, prefix):
+            lookup.setdefault(k, i)
+    name_to_id = {c: k for k, c in enumerate(classes)}
+    positions: list[int] = []
+    labels: list[int] = []
+    first_row: dict[int, int] = {}
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header_checked = False
+            for row in reader:
+                row_no = reader.line_num
+                cells = [c.strip() for c in row]
+                if not any(cells):
+                    continue
+                if not header_checked:
+                    header_checked = True
+                    if cells[0].lower() in _PATH_HEADERS or (
+                        len(cells) > 1 and cells[1].lower() in _LABEL_HEADERS
+                    ):
+                        continue
+                if len(cells) < 2 or not cells[0] or not cells[1]:
+                    raise UserError(f"labels_csv {p} row {row_no}: expected 'path,label', got {row!r}")
+                rel, lab = _norm(cells[0]), cells[1]
+                pos = lookup.get(rel)
+                if pos is None:
+                    raise UserError(
+                        f"labels_csv {p} row {row_no}: path {cells[0]!r} is not a training image of the folder"
+                    )
+                if lab in name_to_id:
+                    label = name_to_id[lab]
+                else:
+                    try:
+                        label = int(lab)
+                    except ValueError:
+                        raise UserError(
+                            f"labels_csv {p} row {row_no}: unknown class {lab!r}; "
+                            f"valid: {', '.join(classes)} or ids 0..{len(classes) - 1}"
+                        ) from None
+                    if not 0 <= label < len(classes):
+                        raise UserError(
+                            f"labels_csv {p} row {row_no}: label id {label} outside [0, {len(classes)})"
+                        )
+                if pos in first_row:
+                    raise UserError(
+                        f"labels_csv {p} row {row_no}: path {cells[0]!r} already listed in row {first_row[pos]}"
+                    )
+                first_row[pos] = row_no
+                positions.append(pos)
+                labels.append(label)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"cannot read labels_csv {p}: {err}") from None
+    if not positions:
+        raise UserError(f"labels_csv {p} has no rows")
+    return np.asarray(positions, dtype=np.int64), np.asarray(labels, dtype=np.int64)

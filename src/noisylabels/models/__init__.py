@@ -1,0 +1,129 @@
+"""Classifier networks for learning with noisy labels.
+
+Every model is a :class:`Classifier`: ``forward(x) = classifier(features(x))``
+with ``features(x)`` the flattened penultimate activations of shape
+``(B, num_features)``. Models are built by name::
+
+    from noisylabels.models import create_model
+    net = create_model("resnet32", num_classes=10)                 # CIFAR, option-A shortcuts
+    net = create_model("lenet", num_classes=10, in_channels=1, image_size=8)
+
+Registered families: ``mlp``; ``lenet``; CIFAR ResNets ``resnet8/20/32/44/56``
+(He et al. 2016, sec. 4.2); ``resnet18/34`` (CIFAR-style, GCE paper);
+``preact_resnet18`` (DivideMix); ``wrn`` / ``wrn28_10`` (Zagoruyko & Komodakis
+2016, Meta-Weight-Net). All use global (adaptive) average pooling, so any
+reasonable square image size works, from 8x8 digits to 32x32 CIFAR.
+
+No module uses in-place activations, so models work with
+``torch.func.functional_call``, ``torch.func.grad`` and forward-mode
+``torch.func.jvp`` (BatchNorm included). In train mode BatchNorm updates its
+running statistics in place, which torch.func refuses for tensors captured
+from outside the transformed function; clone the buffers *inside* it::
+
+    buffers = dict(net.named_buffers())
+    def f(params):
+        return torch.func.functional_call(
+            net, (params, {k: b.clone() for k, b in buffers.items()}), (x,))
+    logits, dlogits = torch.func.jvp(f, (params,), (tangents,))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..registry import call_with_options
+from .base import MODELS, Classifier, check_int, count_parameters
+# importing the family modules registers their models
+from .lenet import LeNet
+from .mlp import MLP
+from .preact_resnet import PreActResNet
+from .resnet import ResNet
+from .resnet_cifar import CifarResNet
+from .wide_resnet import WideResNet
+
+__all__ = [
+    "MODELS",
+    "Classifier",
+    "create_model",
+    "list_models",
+    "describe_model",
+    "count_parameters",
+    "MLP",
+    "LeNet",
+    "CifarResNet",
+    "ResNet",
+    "PreActResNet",
+    "WideResNet",
+]
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: int = 32,
+    seed: int | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Build the registered model ``name``.
+
+    Parameters
+    ----------
+    name:
+        A name from :func:`list_models` (case-insensitive).
+    num_classes:
+        Number of output logits ``K``.
+    in_channels:
+        Image channels (1 for MNIST / digits, 3 for CIFAR).
+    image_size:
+        Side of the square input images (8 for sklearn digits, 28 for MNIST,
+        32 for CIFAR). Only ``mlp`` (input width) and ``lenet`` (padding) depend on it.
+    seed:
+        If given, parameters are initialised from ``torch.manual_seed(seed)``
+        inside :func:`torch.random.fork_rng`, so the result is reproducible and
+        the global RNG state is left untouched. If ``None`` the global torch
+        RNG is used.
+    **options:
+        Model-specific options (e.g. ``hidden`` for ``mlp``, ``shortcut`` for
+        the CIFAR ResNets, ``depth`` / ``widen_factor`` / ``dropout`` for ``wrn``).
+
+    Returns
+    -------
+    Classifier
+        A model in training mode on the CPU, with float32 parameters.
+
+    Raises
+    ------
+    UserError
+        Unknown ``name``, unknown option or an invalid value.
+    """
+    factory = MODELS.get(name)
+    key = str(name).lower()
+    kwargs = dict(
+        num_classes=check_int(key, "num_classes", num_classes),
+        in_channels=check_int(key, "in_channels", in_channels),
+        image_size=check_int(key, "image_size", image_size),
+    )
+    if seed is None:
+        return call_with_options("model", key, factory, **kwargs, **options)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UserError(f"model {key!r}: seed must be an integer, got {seed!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return call_with_options("model", key, factory, **kwargs, **options)
+
+
+def list_models() -> list[str]:
+    """Sorted names of the registered models."""
+    return MODELS.names()
+
+
+def describe_model(name: str) -> str:
+    """One-line description of the registered model ``name`` (raises :class:`UserError` if unknown)."""
+    MODELS.get(name)
+    return MODELS.describe(name)

@@ -1,0 +1,379 @@
+"""The one training loop every method reuses.
+
+:func:`fit` builds data, model, loss, method, optimiser and schedule from a config, then runs
+epochs of ``method.train_step`` over shuffled (and batch-augmented) training batches, evaluates
+on validation and test after every epoch, selects the model on validation accuracy only, writes
+a checkpoint every epoch and can resume from it with the same numbers as an uninterrupted run.
+
+Reproducibility: the global torch RNG is seeded from the run seed and saved in checkpoints; the
+data order and augmentation of epoch ``e`` come from a generator seeded by ``(seed, e)``, so
+they do not depend on what happened before (which is what makes resume exact).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..data import BatchLoader
+from ..errors import NonFiniteLossError, UserError
+from ..eval.metrics import detection_metrics
+from ..losses import create_loss
+from ..methods import Method, create_method
+from ..models import create_model
+from ..registry import call_with_options
+from .optim import build_optimizer, build_scheduler
+from .prepare import RunData, derive_seed, prepare_data
+from .records import RunRecorder
+
+__all__ = ["TrainContext", "fit", "evaluate", "predict_proba", "seed_everything"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainContext:
+    """What a method sees of the run: model, optimiser, data and loop state."""
+
+    cfg: dict[str, Any]
+    data: RunData
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: Callable[..., torch.Tensor]
+    method: Method
+    device: torch.device
+    recorder: RunRecorder
+    steps_per_epoch: int
+    epoch: int = 0
+    step: int = 0
+    schedule_start_epoch: int = 0   # > 0 after restart_schedule (saved in checkpoints)
+    best: dict[str, Any] = field(default_factory=dict)  # the validation-selected epoch so far
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lr(self) -> float:
+        """Learning rate of the current step (what ``optimizer.step`` will use)."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def loader(self, split: str | torch.Tensor, *, shuffle: bool, augment: bool, batch_size: int | None = None,
+               generator: torch.Generator | None = None, drop_last: bool = False) -> BatchLoader:
+        """Batches of the training pool restricted to ``split`` (a name or index tensor)."""
+        idx = self.data.splits[split] if isinstance(split, str) else split
+        return BatchLoader(self.images, self.labels, idx, batch_size=batch_size or int(self.cfg["train"]["batch_size"]),
+                           shuffle=shuffle, mean=self.data.mean, std=self.data.std,
+                           augment=self.data.augment if augment else None, generator=generator,
+                           drop_last=drop_last)
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.extra["images"]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.extra["labels"]
+
+    def predict(self, split: str | torch.Tensor = "train") -> torch.Tensor:
+        """Softmax outputs of the current model (eval mode, no augmentation) on a split of the pool."""
+        idx = self.data.splits[split] if isinstance(split, str) else split
+        return predict_proba(self.model, self.images, idx.to(self.images.device), mean=self.data.mean,
+                             std=self.data.std, batch_size=int(self.cfg["train"]["eval_batch_size"]),
+                             device=self.device)
+
+    def restart_schedule(self, start_epoch: int) -> None:
+        """Restart the learning-rate schedule at ``start_epoch`` over the remaining epochs and clear
+        the optimiser's state (used by two-stage methods that retrain from scratch)."""
+        self.schedule_start_epoch = int(start_epoch)
+        self.optimizer.state.clear()
+        self.scheduler = _scheduler(self.optimizer, self.cfg, self.steps_per_epoch, self.schedule_start_epoch)
+
+    def reinit_model(self) -> None:
+        """Re-initialise the model's weights in place (deterministic from the run seed)."""
+        fresh = _create_model(self.cfg, self.data, seed=derive_seed(int(self.cfg["seed"]), f"reinit-{self.epoch}"))
+        self.model.load_state_dict(fresh.state_dict())
+
+    def reset_model_selection(self) -> None:
+        """Forget the best-validation epoch so far (e.g. after a first training stage)."""
+        self.best.clear()
+
+    def backward_and_step(self, loss: torch.Tensor, *, params: Any = None) -> None:
+        """``zero_grad``, ``backward``, optional gradient-norm clipping, ``optimizer.step``."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.cfg["train"]["clip_grad_norm"]
+        if clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
+        self.optimizer.step()
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, images: torch.Tensor, indices: torch.Tensor | None, *,
+                  mean: tuple[float, ...], std: tuple[float, ...], batch_size: int,
+                  device: torch.device) -> torch.Tensor:
+    """Softmax outputs of ``model`` (eval mode, no augmentation) on ``images[indices]``."""
+    idx = torch.arange(len(images)) if indices is None else indices
+    dummy = torch.zeros(len(images), dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    out = []
+    for batch in BatchLoader(images, dummy, idx, batch_size=batch_size, shuffle=False, mean=mean, std=std):
+        out.append(torch.softmax(model(batch.x.to(device)).float(), dim=1).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 1)
+
+
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None, *,
+             mean: tuple[float, ...], std: tuple[float, ...], batch_size: int,
+             device: torch.device) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``images[indices]`` against ``labels``."""
+    probs = predict_proba(model, images, indices, mean=mean, std=std, batch_size=batch_size, device=device)
+    y = labels if indices is None else labels[indices]
+    if len(y) == 0:
+        return {"accuracy": float("nan"), "loss": float("nan")}
+    p_y = probs.gather(1, y[:, None]).clamp_min(1e-12)
+    return {"accuracy": float((probs.argmax(1) == y).float().mean()), "loss": float(-p_y.log().mean())}
+
+
+def _create_model(cfg: Mapping[str, Any], data: RunData, seed: int | None = None) -> torch.nn.Module:
+    mcfg = dict(cfg["model"])
+    name = mcfg.pop("name")
+    if seed is not None:
+        mcfg["seed"] = seed
+    return create_model(name, num_classes=data.num_classes, in_channels=data.in_channels,
+                        image_size=data.image_size, **mcfg)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], steps_per_epoch: int,
+               start_epoch: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """The configured schedule, optionally restarted at ``start_epoch`` over the remaining epochs."""
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+        group["lr"] = group["initial_lr"]
+    epochs = int(cfg["train"]["epochs"]) - start_epoch
+    offset = start_epoch * steps_per_epoch
+    sched = build_scheduler(optimizer, cfg["optim"], steps_per_epoch=steps_per_epoch, epochs=max(1, epochs))
+    if offset:
+        factor = sched.lr_lambdas[0]
+        sched.lr_lambdas = [lambda s: factor(max(0, s - offset))] * len(optimizer.param_groups)
+        sched.last_epoch = offset - 1
+        sched.step()
+    return sched
+
+
+def _build(cfg: dict[str, Any], data: RunData, device: torch.device, recorder: RunRecorder) -> TrainContext:
+    model = _create_model(cfg, data).to(device)
+    lcfg = dict(cfg["loss"])
+    loss_name = lcfg.pop("name")
+    loss_fn = create_loss(loss_name, **lcfg)
+    if hasattr(loss_fn, "to"):
+        loss_fn = loss_fn.to(device)
+    meth_cfg = dict(cfg["method"])
+    method = create_method(meth_cfg.pop("name"), **meth_cfg)
+    if method.needs_meta_set and len(data.splits["meta"]) == 0:
+        raise UserError(f"method {cfg['method']['name']!r} needs a meta set: set data.meta_size > 0 (--meta-size)")
+    optimizer = build_optimizer(model.parameters(), cfg["optim"])
+    n_train = len(data.splits["train"])
+    bs = int(cfg["train"]["batch_size"])
+    steps = max(1, math.ceil(n_train / bs))
+    scheduler = _scheduler(optimizer, cfg, steps)
+    ctx = TrainContext(cfg=cfg, data=data, model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+                       method=method, device=device, recorder=recorder, steps_per_epoch=steps)
+    ctx.extra["images"] = data.images.to(device)
+    ctx.extra["labels"] = data.labels.to(device)
+    return ctx
+
+
+def _summary(cfg: Mapping[str, Any], data: RunData, history: list[dict[str, Any]], best: Mapping[str, Any],
+             seconds: float, status: str) -> dict[str, Any]:
+    last = history[-1] if history else {}
+    return {
+        "status": status,
+        "method": cfg["method"]["name"],
+        "loss": cfg["loss"]["name"],
+        "model": cfg["model"]["name"],
+        "dataset": cfg["data"]["name"],
+        "noise": cfg["noise"]["type"],
+        "noise_rate": float(cfg["noise"]["rate"]),
+        "seed": int(cfg["seed"]),
+        "test_accuracy": best.get("test_accuracy"),
+        "best_epoch": best.get("epoch"),
+        "best_val_accuracy": best.get("val_accuracy"),
+        "last_test_accuracy": last.get("test_accuracy"),
+        "epochs_run": len(history),
+        "realized_noise_rate": data.realized_noise_rate("train"),
+        "num_train": len(data.splits["train"]),
+        "num_val": len(data.splits["val"]),
+        "num_meta": len(data.splits["meta"]),
+        "num_test": len(data.test_labels),
+        "seconds": seconds,
+        "version": __version__,
+    }
+
+
+def fit(cfg: dict[str, Any], *, resume: bool = False, stop_after: int | None = None,
+        progress: bool | None = None, data: RunData | None = None) -> dict[str, Any]:
+    """Train one run described by a resolved config; write its records to ``cfg['out']``.
+
+    Parameters
+    ----------
+    cfg:
+        A resolved config (:func:`noisylabels.config.resolve_config`).
+    resume:
+        Continue from ``out/checkpoint.pt`` if present (numbers equal an uninterrupted run).
+    stop_after:
+        Stop after this many epochs *in this call* (a budget; the run can be resumed later).
+    progress:
+        Show a tqdm bar (default: ``cfg['train']['progress']``).
+    data:
+        Pre-built :class:`RunData` (otherwise built from the config).
+
+    Returns
+    -------
+    dict
+        The summary written to ``summary.json``.
+    """
+    t0 = time.perf_counter()
+    tcfg = cfg["train"]
+    if tcfg["num_threads"]:
+        torch.set_num_threads(int(tcfg["num_threads"]))
+    seed = int(cfg["seed"])
+    seed_everything(seed)
+    device = torch.device(cfg["device"])
+    recorder = RunRecorder(cfg["out"])
+    data = data if data is not None else prepare_data(cfg)
+    ctx = _build(cfg, data, device, recorder)
+    method = ctx.method
+    method.setup(ctx)
+
+    history: list[dict[str, Any]] = []
+    best = ctx.best
+    start_epoch, seconds_before = 0, 0.0
+    ckpt = recorder.load_checkpoint() if resume else None
+    if ckpt is not None:
+        ctx.model.load_state_dict(ckpt["model"])
+        if ckpt.get("schedule_start_epoch"):
+            ctx.restart_schedule(int(ckpt["schedule_start_epoch"]))
+        ctx.optimizer.load_state_dict(ckpt["optimizer"])
+        ctx.scheduler.load_state_dict(ckpt["scheduler"])
+        method.load_state_dict(ckpt["method"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        history = ckpt["history"]
+        best.update(ckpt["best"])
+        start_epoch, seconds_before = int(ckpt["epoch"]) + 1, float(ckpt["seconds"])
+        ctx.step = int(ckpt["step"])
+    else:
+        recorder.write_config(cfg)
+        recorder.write_labels(clean=data.clean_labels.numpy(), observed=data.labels.numpy(),
+                              splits={k: v.numpy() for k, v in data.splits.items()},
+                              ood=None if data.open_set_mask is None else data.open_set_mask.numpy())
+
+    epochs = int(tcfg["epochs"])
+    end_epoch = epochs if stop_after is None else min(epochs, start_epoch + int(stop_after))
+    show = tcfg["progress"] if progress is None else progress
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(start_epoch, end_epoch), desc=f"{cfg['method']['name']}", unit="epoch",
+               disable=not show, leave=False, initial=start_epoch, total=epochs)
+    eval_kw = dict(mean=data.mean, std=data.std, batch_size=int(tcfg["eval_batch_size"]), device=device)
+    status = "running"
+    try:
+        for epoch in bar:
+            ctx.epoch = epoch
+            ctx.model.train()
+            method.on_epoch_start(ctx)
+            gen = torch.Generator().manual_seed(derive_seed(seed, f"epoch-{epoch}"))
+            tot_loss = tot_correct = tot_count = 0.0
+            for batch in ctx.loader("train", shuffle=True, augment=True, generator=gen):
+                stats = method.train_step(ctx, batch.x.to(device), batch.y.to(device), batch.index.to(device))
+                if not math.isfinite(stats["loss"]):
+                    raise NonFiniteLossError(
+                        f"non-finite loss at epoch {epoch} step {ctx.step}; training stopped, "
+                        f"records and the last checkpoint are kept in {recorder.out}")
+                n = stats.get("count", 1.0)
+                tot_loss += stats["loss"] * n
+                tot_correct += stats.get("correct", float("nan"))
+                tot_count += n
+                ctx.scheduler.step()
+                ctx.step += 1
+            row: dict[str, Any] = {"epoch": epoch, "lr": ctx.lr, "train_loss": tot_loss / max(tot_count, 1),
+                                   "train_accuracy": tot_correct / max(tot_count, 1)}
+            row.update(method.on_epoch_end(ctx) or {})
+            val = evaluate(ctx.model, ctx.images, ctx.labels, data.splits["val"], **eval_kw)
+            test = evaluate(ctx.model, data.test_images, data.test_labels, None, **eval_kw)
+            row.update(val_accuracy=val["accuracy"], val_loss=val["loss"], test_accuracy=test["accuracy"],
+                       test_loss=test["loss"])
+            history.append(row)
+            # Model selection on the (noisy) validation split only; ties keep the earlier epoch.
+            val_acc = val["accuracy"] if math.isfinite(val["accuracy"]) else -1.0
+            if not best or val_acc > best["val_accuracy"]:
+                best.clear()
+                best.update(epoch=epoch, val_accuracy=val_acc, test_accuracy=test["accuracy"])
+                recorder.save_best_model(ctx.model.state_dict())
+            bar.set_postfix(val=f"{val['accuracy']:.3f}", test=f"{test['accuracy']:.3f}")
+            seconds = seconds_before + time.perf_counter() - t0
+            if tcfg["checkpoint"]:
+                recorder.save_checkpoint({
+                    "epoch": epoch, "step": ctx.step, "model": ctx.model.state_dict(),
+                    "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
+                    "method": method.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "history": history, "best": dict(best), "seconds": seconds,
+                    "schedule_start_epoch": ctx.schedule_start_epoch,
+                })
+            recorder.write_metrics(history)
+        status = "finished" if (history and history[-1]["epoch"] == epochs - 1) else "stopped"
+    except NonFiniteLossError:
+        status = "diverged"
+        raise
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except BaseException:
+        status = "failed"
+        raise
+    finally:
+        bar.close()
+        seconds = seconds_before + time.perf_counter() - t0
+        summary = _summary(cfg, data, history, best, seconds, status)
+        if status == "finished":
+            summary.update(_finalize(ctx, recorder))
+        recorder.write_metrics(history)
+        recorder.write_summary(summary)
+        if history:
+            try:
+                recorder.plot_curves(history, title=f"{cfg['method']['name']} / {cfg['loss']['name']} on "
+                                     f"{cfg['data']['name']}, {cfg['noise']['type']} {cfg['noise']['rate']}")
+            except Exception as exc:  # a plot must never lose the run's results
+                summary["plot_error"] = str(exc)
+    return summary
+
+
+def _finalize(ctx: TrainContext, recorder: RunRecorder) -> dict[str, Any]:
+    """Score every training sample with the selected model; write ``suspects.csv``."""
+    data = ctx.data
+    best_path = recorder.path("best_model.pt")
+    if best_path.is_file():
+        ctx.model.load_state_dict(torch.load(best_path, map_location=ctx.device, weights_only=True))
+    idx = data.splits["train"]
+    probs = predict_proba(ctx.model, ctx.images, idx.to(ctx.images.device), mean=data.mean, std=data.std,
+                          batch_size=int(ctx.cfg["train"]["eval_batch_size"]), device=ctx.device)
+    given = data.labels[idx]
+    scores = ctx.method.sample_scores(ctx, probs, given).detach().cpu().numpy()
+    recorder.write_suspects(index=idx.numpy(), given=given.numpy(), predicted=probs.argmax(1).numpy(),
+                            score=scores, classes=data.classes)
+    out = detection_metrics(scores, data.is_noisy[idx].numpy())
+    out["train_accuracy_clean"] = float((probs.argmax(1) == data.clean_labels[idx]).float().mean())
+    return out

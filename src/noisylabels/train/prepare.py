@@ -1,0 +1,172 @@
+"""Assemble a run's data from the config: load, corrupt, split, and move to tensors.
+
+The order is fixed so that a seed gives the same data everywhere: load the dataset, (optionally)
+take a class-balanced subset, corrupt the labels of the whole training pool with the noise
+simulator, then carve meta / validation / training splits. ``data.meta_set: clean`` gives the
+meta samples back their clean labels ("gold" samples, as if carved before corruption);
+``noisy`` keeps the corrupted ones (Ghosh & Lan 2021).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ..data import AugmentSpec, channel_stats, create_dataset, make_splits, split_off_test
+from ..errors import UserError
+from ..noise import apply_noise, open_set
+
+__all__ = ["RunData", "prepare_data", "derive_seed", "balanced_subset"]
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """A stable seed for one purpose ("noise", "splits", "order", ...) derived from the run seed."""
+    return (int(seed) * 1_000_003 + zlib.crc32(purpose.encode())) % (2**31 - 1)
+
+
+@dataclass
+class RunData:
+    """Everything the training loop needs about the data of one run (tensors on the CPU)."""
+
+    images: torch.Tensor            # uint8 (N, C, H, W): the training pool (train + val + meta)
+    labels: torch.Tensor            # int64 (N,): the labels training sees
+    clean_labels: torch.Tensor      # int64 (N,): ground truth, for metrics only
+    splits: dict[str, torch.Tensor]  # 'train', 'val', 'meta': int64 indices into the pool
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: AugmentSpec | None
+    transition: np.ndarray          # the matrix the noise was drawn from
+    noise_type: str
+    open_set_mask: torch.Tensor | None = None  # images replaced by out-of-distribution ones
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[2])
+
+    @property
+    def is_noisy(self) -> torch.Tensor:
+        """True where the label training sees is wrong (or the image is out of distribution)."""
+        mask = self.labels != self.clean_labels
+        if self.open_set_mask is not None:
+            mask = mask | self.open_set_mask
+        return mask
+
+    def realized_noise_rate(self, split: str = "train") -> float:
+        idx = self.splits[split]
+        return float(self.is_noisy[idx].float().mean()) if len(idx) else float("nan")
+
+
+def balanced_subset(y: np.ndarray, size: int, *, num_classes: int, seed: int) -> np.ndarray:
+    """Sorted indices of a class-balanced random subset of ``size`` samples."""
+    if size >= len(y):
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    per = np.full(num_classes, size // num_classes)
+    per[: size % num_classes] += 1
+    out = []
+    for c in range(num_classes):
+        idx = np.flatnonzero(y == c)
+        out.append(rng.choice(idx, size=min(per[c], len(idx)), replace=False))
+    return np.sort(np.concatenate(out))
+
+
+def _augment_spec(setting: Any, *, channels: int, size: int) -> AugmentSpec | None:
+    if setting in (None, "none", False):
+        return None
+    if setting == "auto":
+        # CIFAR-style colour images get the standard crop+flip; digits/MNIST get none.
+        return AugmentSpec(crop_padding=4, hflip=True) if channels == 3 and size >= 24 else None
+    if isinstance(setting, Mapping):
+        return AugmentSpec(**{k: setting[k] for k in setting})
+    raise UserError(f"data.augment must be auto, none or a mapping, got {setting!r}")
+
+
+def _open_set_source(name: str, *, like: np.ndarray, cfg: Mapping[str, Any], seed: int) -> np.ndarray:
+    """Out-of-distribution images for open-set noise: another dataset's, or random pixels."""
+    if name == "random":
+        rng = np.random.default_rng(seed)
+        return rng.integers(0, 256, size=(max(1, len(like) // 2), *like.shape[1:]), dtype=np.uint8)
+    other = create_dataset(name, data_dir=cfg["data"]["dir"], cache_dir=cfg["data"]["cache_dir"])
+    if other.x_train.shape[1:] != like.shape[1:]:
+        raise UserError(
+            f"open-set source {name!r} has images of shape {other.x_train.shape[1:]}, "
+            f"but the training images are {like.shape[1:]}"
+        )
+    return other.x_train
+
+
+def prepare_data(cfg: Mapping[str, Any]) -> RunData:
+    """Build :class:`RunData` from a resolved config (see :mod:`noisylabels.config`)."""
+    dcfg, ncfg, seed = cfg["data"], cfg["noise"], int(cfg["seed"])
+    raw = create_dataset(dcfg["name"], data_dir=dcfg["dir"], cache_dir=dcfg["cache_dir"], **(dcfg["options"] or {}))
+    if raw.x_test is None:
+        raw = split_off_test(raw, test_fraction=0.2)
+    num_classes = len(raw.classes)
+    x, given = raw.x_train, raw.y_train.astype(np.int64)
+    clean = raw.y_train_clean.astype(np.int64) if raw.y_train_clean is not None else given.copy()
+
+    if dcfg["train_subset"]:
+        keep = balanced_subset(clean, int(dcfg["train_subset"]), num_classes=num_classes,
+                               seed=derive_seed(seed, "subset"))
+        x, given, clean = x[keep], given[keep], clean[keep]
+
+    noise_type = str(ncfg["type"]).lower()
+    rate = float(ncfg["rate"])
+    options = dict(ncfg["options"] or {})
+    open_mask = None
+    if noise_type == "open-set":
+        source = options.pop("source", "random")
+        other = _open_set_source(source, like=x, cfg=cfg, seed=derive_seed(seed, "open-set-source"))
+        x, noisy, replaced = open_set(x, given, rate=rate, other_images=other, num_classes=num_classes,
+                                      seed=derive_seed(seed, "noise"), **options)
+        transition = np.eye(num_classes)
+        open_mask = torch.from_numpy(np.asarray(replaced, dtype=bool))
+    else:
+        features = x.reshape(len(x), -1).astype(np.float32) / 255.0 if noise_type == "instance" else None
+        result = apply_noise(noise_type, given, num_classes=num_classes, rate=rate,
+                             seed=derive_seed(seed, "noise"), features=features, **options)
+        noisy, transition = result.noisy_labels, result.transition
+
+    meta_clean = dcfg["meta_set"] == "clean"
+    splits = make_splits(clean if meta_clean else noisy, val_fraction=float(dcfg["val_fraction"]),
+                         meta_size=int(dcfg["meta_size"]), seed=derive_seed(seed, "splits"),
+                         num_classes=num_classes)
+    labels = np.asarray(noisy, dtype=np.int64).copy()
+    if meta_clean and len(splits["meta"]):
+        labels[splits["meta"]] = clean[splits["meta"]]
+
+    images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    test_images = torch.from_numpy(np.ascontiguousarray(raw.x_test.transpose(0, 3, 1, 2)))
+    mean, std = channel_stats(images)
+    return RunData(
+        images=images,
+        labels=torch.from_numpy(labels),
+        clean_labels=torch.from_numpy(clean),
+        splits={k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in splits.items()},
+        test_images=test_images,
+        test_labels=torch.from_numpy(raw.y_test.astype(np.int64)),
+        classes=list(raw.classes),
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        augment=_augment_spec(dcfg["augment"], channels=images.shape[1], size=images.shape[2]),
+        transition=np.asarray(transition, dtype=np.float64),
+        noise_type=noise_type,
+        open_set_mask=open_mask,
+        info={"dataset": raw.name},
+    )

@@ -1,0 +1,131 @@
+"""Run records: config, per-epoch metrics, summary, labels, splits, checkpoints, plots.
+
+Every file is written atomically (temporary file + ``os.replace``) so an interrupted run never
+leaves a half-written record behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import save_config
+
+__all__ = ["RunRecorder", "atomic_write_text", "atomic_torch_save", "to_jsonable"]
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy/torch scalars and arrays, and non-finite floats (as null), for JSON."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return to_jsonable(value.detach().cpu().tolist())
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+class RunRecorder:
+    """Writes a run's records into ``out_dir``.
+
+    Files: ``config.yaml``, ``metrics.jsonl`` (one line per epoch), ``summary.json``,
+    ``labels.csv`` (index, split, clean and observed label), ``splits.npz``, ``checkpoint.pt``
+    (last epoch, for resume), ``best_model.pt``, ``suspects.csv``, ``curves.png``.
+    """
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.out / name
+
+    def write_config(self, cfg: Mapping[str, Any]) -> None:
+        _atomic(self.path("config.yaml"), lambda tmp: save_config(cfg, tmp))
+
+    def write_metrics(self, history: Sequence[Mapping[str, Any]]) -> None:
+        """Rewrite ``metrics.jsonl`` from the full history (so a resumed run has no duplicates)."""
+        text = "".join(json.dumps(to_jsonable(row)) + "\n" for row in history)
+        atomic_write_text(self.path("metrics.jsonl"), text)
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        atomic_write_text(self.path("summary.json"), json.dumps(to_jsonable(summary), indent=2) + "\n")
+
+    def write_labels(self, *, clean: np.ndarray, observed: np.ndarray, splits: Mapping[str, np.ndarray],
+                     ood: np.ndarray | None = None) -> None:
+        split_name = np.full(len(clean), "", dtype=object)
+        for name, idx in splits.items():
+            split_name[np.asarray(idx)] = name
+        lines = ["index,split,clean_label,observed_label,is_noisy"]
+        wrong = (np.asarray(clean) != np.asarray(observed))
+        if ood is not None:
+            wrong = wrong | np.asarray(ood, dtype=bool)
+        lines += [f"{i},{split_name[i]},{int(clean[i])},{int(observed[i])},{int(wrong[i])}" for i in range(len(clean))]
+        atomic_write_text(self.path("labels.csv"), "\n".join(lines) + "\n")
+        _atomic(self.path("splits.npz"),
+                lambda tmp: np.savez(open(tmp, "wb"), **{k: np.asarray(v) for k, v in splits.items()}))
+
+    def write_suspects(self, *, index: np.ndarray, given: np.ndarray, predicted: np.ndarray,
+                       score: np.ndarray, classes: Sequence[str] | None = None) -> None:
+        """``suspects.csv``: training samples from most to least likely mislabeled."""
+        order = np.argsort(-np.asarray(score), kind="stable")
+        name = (lambda c: classes[int(c)]) if classes else (lambda c: str(int(c)))
+        lines = ["rank,index,given_label,predicted_label,given_name,predicted_name,score"]
+        for r, o in enumerate(order):
+            lines.append(f"{r},{int(index[o])},{int(given[o])},{int(predicted[o])},"
+                         f"{name(given[o])},{name(predicted[o])},{float(score[o]):.6g}")
+        atomic_write_text(self.path("suspects.csv"), "\n".join(lines) + "\n")
+
+    def save_checkpoint(self, state: Mapping[str, Any]) -> None:
+        atomic_torch_save(dict(state), self.path("checkpoint.pt"))
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        p = self.path("checkpoint.pt")
+        if not p.is_file():
+            return None
+        return torch.load(p, map_location="cpu", weights_only=False)
+
+    def save_best_model(self, model_state: Mapping[str, Any]) -> None:
+        atomic_torch_save(dict(model_state), self.path("best_model.pt"))
+
+    def plot_curves(self, history: Sequence[Mapping[str, Any]], title: str = "") -> None:
+        from ..eval.plots import plot_curves
+
+        _atomic(self.path("curves.png"), lambda tmp: plot_curves(history, tmp, title=title))

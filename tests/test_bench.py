@@ -1,0 +1,43 @@
+"""The benchmark harness: the shipped smoke suite produces its table and resumes."""
+
+import pytest
+
+from noisylabels.bench import list_suites, load_suite, run_suite
+from noisylabels.cli import main
+from noisylabels.errors import UserError
+
+
+def test_suites_listed_and_loadable():
+    assert "smoke" in list_suites()
+    suite = load_suite("smoke")
+    assert len(suite.cells()) == 3 and suite.seeds == [0, 1, 2]
+
+
+def test_unknown_suite():
+    with pytest.raises(UserError, match="unknown suite"):
+        load_suite("nope")
+
+
+def test_smoke_table_and_resume(tmp_path, capsys):
+    out = tmp_path / "smoke"
+    code = main(["bench", "smoke", "--out", str(out), "--workers", "2", "--set", "train.epochs=4"])
+    text = capsys.readouterr().out
+    assert code == 0
+    table = (out / "table.md").read_text()
+    assert "| CE |" in table and "0% | 40% | 60%" in table.replace(" / ", " | ")
+    assert (out / "table.csv").read_text().count("\n") == 1 + 2 * 3
+    # the clean column beats the 60% column
+    res = run_suite("smoke", out=out, assignments=["train.epochs=4"], verbose=False)
+    acc = {r["column"]: r["mean"] for r in res["rows"] if r["metric"] == "test_accuracy"}
+    assert acc["0%"] > acc["60%"]
+    assert "9 runs, 0 already finished" in text
+    # a second call skips every finished cell
+    main(["bench", "smoke", "--out", str(out), "--set", "train.epochs=4"])
+    assert "9 already finished, 0 to run" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_smoke_full(tmp_path):
+    res = run_suite("smoke", out=tmp_path / "smoke", verbose=False)
+    acc = {r["column"]: r["mean"] for r in res["rows"] if r["metric"] == "test_accuracy"}
+    assert acc["0%"] > 90

@@ -1,0 +1,63 @@
+import pytest
+
+from noisylabels.config import default_config, parse_assignment, resolve_config, set_value
+from noisylabels.errors import UserError
+
+
+def test_defaults_are_the_main_job():
+    cfg = resolve_config()
+    assert cfg["data"]["name"] == "digits"
+    assert cfg["noise"]["type"] == "symmetric" and cfg["noise"]["rate"] == 0.4
+    assert cfg["loss"]["name"] == "ce" and cfg["model"]["name"] == "mlp"
+
+
+def test_set_parses_yaml_values_and_free_sections():
+    cfg = resolve_config(assignments=["loss.q=0.7", "optim.milestones=[40, 80]", "train.clip_grad_norm=null",
+                                      "noise.options.include_true_class=true"])
+    assert cfg["loss"]["q"] == 0.7
+    assert cfg["optim"]["milestones"] == [40, 80]
+    assert cfg["train"]["clip_grad_norm"] is None
+    assert cfg["noise"]["options"]["include_true_class"] is True
+
+
+def test_yaml_file_then_flags_then_set(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: 3\nloss:\n  name: gce\n  q: 0.5\n")
+    cfg = resolve_config(config_file=f, overrides={"train.epochs": 5}, assignments=["loss.q=0.9"])
+    assert cfg["train"]["epochs"] == 5 and cfg["loss"] == {"name": "gce", "q": 0.9}
+    assert cfg["train"]["batch_size"] == default_config()["train"]["batch_size"]
+
+
+@pytest.mark.parametrize("text", ["train.epoch=3", "optimm.lr=1", "data.nme=x"])
+def test_unknown_keys_rejected(text):
+    with pytest.raises(UserError, match="unknown config key"):
+        resolve_config(assignments=[text])
+
+
+@pytest.mark.parametrize("text,match", [("noise.rate=1.0", r"\[0, 1\)"), ("noise.rate=-0.1", r"\[0, 1\)"),
+                                        ("train.epochs=0", "epochs"), ("data.meta_set=gold", "meta_set"),
+                                        ("optim.lr=0", "lr")])
+def test_bad_values_rejected(text, match):
+    with pytest.raises(UserError, match=match):
+        resolve_config(assignments=[text])
+
+
+def test_parse_assignment_requires_equals():
+    with pytest.raises(UserError):
+        parse_assignment("loss.q")
+    assert parse_assignment("a=b") == ("a", "b")
+
+
+def test_set_value_does_not_mutate():
+    cfg = default_config()
+    new = set_value(cfg, "train.epochs", 7)
+    assert cfg["train"]["epochs"] == 30 and new["train"]["epochs"] == 7
+
+
+def test_missing_and_corrupt_config_file(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        resolve_config(config_file=tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        resolve_config(config_file=bad)
