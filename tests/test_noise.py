@@ -28,7 +28,7 @@ from noisylabels.noise import (
 
 ALL_TYPES = {
     "none", "symmetric", "uniform", "pair", "flip", "flip2", "cifar10-asym", "cifar100-next",
-    "cifar100-superclass", "fashion-asym", "custom", "instance", "open-set",
+    "cifar100-superclass", "fashion-asym", "mnist-asym", "custom", "instance", "open-set",
 }
 
 
@@ -57,6 +57,7 @@ CASES = [
     ("flip2", 10, 0.6, {}),
     ("cifar10-asym", 10, 0.4, {}),
     ("fashion-asym", 10, 0.3, {}),
+    ("mnist-asym", 10, 0.4, {}),
     ("cifar100-next", 100, 0.4, {}),
     ("cifar100-superclass", 100, 0.4, {}),
     ("cifar100-superclass", 100, 0.6, {"mode": "uniform"}),
@@ -180,6 +181,14 @@ def test_fashion_asym_map() -> None:
     for s, t in {9: 7, 7: 5, 2: 6, 4: 3, 3: 4}.items():
         assert T[s, t] == pytest.approx(0.3) and T[s, s] == pytest.approx(0.7)
     for c in (0, 1, 5, 6, 8):
+        assert T[c, c] == 1.0
+
+
+def test_mnist_asym_map() -> None:
+    T = transition_matrix("mnist-asym", num_classes=10, rate=0.4)
+    for s, t in {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}.items():
+        assert T[s, t] == pytest.approx(0.4) and T[s, s] == pytest.approx(0.6)
+    for c in (0, 1, 4, 8, 9):
         assert T[c, c] == 1.0
 
 

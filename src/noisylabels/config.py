@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
         "meta_set": "clean",    # clean: gold labels; noisy: labels corrupted like training
         "augment": "auto",      # auto | none | {crop_padding: int, hflip: bool}
         "train_subset": None,   # keep a class-balanced subset of this many pool samples
+        "test_subset": None,    # evaluate on a class-balanced subset of this many test samples
         "options": {},          # loader options (e.g. labels_csv, test_fraction)
     },
     "noise": {

@@ -13,7 +13,9 @@ A suite is a YAML file (shipped ones live in ``noisylabels/bench/suites``)::
         - {label: "40%", set: {noise.type: symmetric, noise.rate: 0.4}}
       method:
         - {label: CE, set: {method.name: erm, loss.name: ce}}
-    metrics: [test_accuracy]                        # summary.json keys to tabulate (x100)
+    metrics: [test_accuracy]
+    # an entry may also carry `set_by: {other_axis: {label: {overrides}}}`, applied when the
+    # other axis takes that label (e.g. a class-dependent noise map that differs per dataset)                        # summary.json keys to tabulate (x100)
     reference:                                      # optional, e.g. a paper's table
       source: "Zhang & Sabuncu 2018, Table 1"
       test_accuracy: {CE: {"40%": 81.88}}
@@ -81,8 +83,12 @@ class Suite:
         names = list(self.axes)
         for combo in itertools.product(*(self.axes[a] for a in names)):
             over: dict[str, Any] = {}
+            chosen = {a: str(e["label"]) for a, e in zip(names, combo)}
             for entry in combo:
                 over.update(entry.get("set", {}))
+            for entry in combo:
+                for axis, by_label in (entry.get("set_by") or {}).items():
+                    over.update((by_label or {}).get(chosen.get(axis), {}))
             out.append(Cell(tuple((a, str(e["label"])) for a, e in zip(names, combo)), tuple(over.items())))
         return out
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from .classmaps import CIFAR10_ASYM_MAP, FASHION_ASYM_MAP, cifar100_superclass_groups
+from .classmaps import CIFAR10_ASYM_MAP, FASHION_ASYM_MAP, MNIST_ASYM_MAP, cifar100_superclass_groups
 from .core import CLASS_CONDITIONAL, _check_transition, check_rate_below, register_noise
 
 __all__ = [
@@ -211,6 +211,20 @@ def fashion_asym_matrix(num_classes: int, rate: float, rng: np.random.Generator,
     _need_classes("fashion-asym", num_classes, 10)
     check_rate_below("fashion-asym", rate, 0.5, _MOST_LIKELY)
     return class_map_matrix(10, rate, FASHION_ASYM_MAP)
+
+
+@register_noise(
+    "mnist-asym",
+    CLASS_CONDITIONAL,
+    help="MNIST asymmetric (Patrini et al. 2017): 2->7, 3->8, 5<->6, 7->1",
+)
+def mnist_asym_matrix(num_classes: int, rate: float, rng: np.random.Generator, /) -> np.ndarray:
+    """MNIST class-dependent noise of Patrini et al. (2017, Sec. 6): with probability ``eta``
+    2 -> 7, 3 -> 8, 5 <-> 6, 7 -> 1 (digits that look alike). Requires ``K = 10`` and ``eta < 0.5``.
+    """
+    _need_classes("mnist-asym", num_classes, 10)
+    check_rate_below("mnist-asym", rate, 0.5, _MOST_LIKELY)
+    return class_map_matrix(10, rate, MNIST_ASYM_MAP)
 
 
 @register_noise(

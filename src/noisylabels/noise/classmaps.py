@@ -21,6 +21,7 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "CIFAR10_ASYM_MAP",
     "FASHION_ASYM_MAP",
+    "MNIST_ASYM_MAP",
     "cifar100_superclass_groups",
 ]
 
@@ -73,6 +74,9 @@ CIFAR10_ASYM_MAP: dict[int, int] = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
 #: Fashion-MNIST asymmetric map, source -> target: ankle boot -> sneaker,
 #: sneaker -> sandal, pullover -> shirt, coat <-> dress.
 FASHION_ASYM_MAP: dict[int, int] = {9: 7, 7: 5, 2: 6, 4: 3, 3: 4}
+
+#: Patrini et al. (2017) MNIST map, source -> target: 2 -> 7, 3 -> 8, 5 <-> 6, 7 -> 1.
+MNIST_ASYM_MAP: dict[int, int] = {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
 
 
 def cifar100_superclass_groups(grouping: str = "superclass") -> list[np.ndarray]:

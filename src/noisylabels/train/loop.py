@@ -35,7 +35,7 @@ from .optim import build_optimizer, build_scheduler
 from .prepare import RunData, derive_seed, prepare_data
 from .records import RunRecorder
 
-__all__ = ["TrainContext", "fit", "evaluate", "predict_proba", "seed_everything"]
+__all__ = ["TrainContext", "build_context", "fit", "evaluate", "predict_proba", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -169,8 +169,10 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], steps_p
     if offset:
         factor = sched.lr_lambdas[0]
         sched.lr_lambdas = [lambda s: factor(max(0, s - offset))] * len(optimizer.param_groups)
-        sched.last_epoch = offset - 1
-        sched.step()
+        sched.last_epoch = offset
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor(0)
+        sched._last_lr = [g["lr"] for g in optimizer.param_groups]  # what get_last_lr() reports
     return sched
 
 
@@ -194,6 +196,18 @@ def _build(cfg: dict[str, Any], data: RunData, device: torch.device, recorder: R
                        method=method, device=device, recorder=recorder, steps_per_epoch=steps)
     ctx.extra["images"] = data.images.to(device)
     ctx.extra["labels"] = data.labels.to(device)
+    return ctx
+
+
+def build_context(cfg: dict[str, Any], *, data: RunData | None = None) -> TrainContext:
+    """Build a run's :class:`TrainContext` (data, model, loss, method set up) without training.
+
+    Useful for notebooks and tests that drive ``method.train_step`` by hand.
+    """
+    seed_everything(int(cfg["seed"]))
+    ctx = _build(cfg, data if data is not None else prepare_data(cfg), torch.device(cfg["device"]),
+                 RunRecorder(cfg["out"]))
+    ctx.method.setup(ctx)
     return ctx
 
 

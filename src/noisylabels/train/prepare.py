@@ -122,9 +122,15 @@ def prepare_data(cfg: Mapping[str, Any]) -> RunData:
     clean = raw.y_train_clean.astype(np.int64) if raw.y_train_clean is not None else given.copy()
 
     if dcfg["train_subset"]:
-        keep = balanced_subset(clean, int(dcfg["train_subset"]), num_classes=num_classes,
-                               seed=derive_seed(seed, "subset"))
+        # fixed across run seeds: seeds then vary noise, splits and initialisation, not the data
+        keep = balanced_subset(clean, int(dcfg["train_subset"]), num_classes=num_classes, seed=0)
         x, given, clean = x[keep], given[keep], clean[keep]
+
+    x_test, y_test = raw.x_test, raw.y_test.astype(np.int64)
+    if dcfg["test_subset"]:
+        # a fixed subset (independent of the run seed) so every run is scored on the same samples
+        keep = balanced_subset(y_test, int(dcfg["test_subset"]), num_classes=num_classes, seed=0)
+        x_test, y_test = x_test[keep], y_test[keep]
 
     noise_type = str(ncfg["type"]).lower()
     rate = float(ncfg["rate"])
@@ -152,7 +158,7 @@ def prepare_data(cfg: Mapping[str, Any]) -> RunData:
         labels[splits["meta"]] = clean[splits["meta"]]
 
     images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    test_images = torch.from_numpy(np.ascontiguousarray(raw.x_test.transpose(0, 3, 1, 2)))
+    test_images = torch.from_numpy(np.ascontiguousarray(x_test.transpose(0, 3, 1, 2)))
     mean, std = channel_stats(images)
     return RunData(
         images=images,
@@ -160,7 +166,7 @@ def prepare_data(cfg: Mapping[str, Any]) -> RunData:
         clean_labels=torch.from_numpy(clean),
         splits={k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in splits.items()},
         test_images=test_images,
-        test_labels=torch.from_numpy(raw.y_test.astype(np.int64)),
+        test_labels=torch.from_numpy(y_test),
         classes=list(raw.classes),
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),

@@ -1,0 +1,46 @@
+"""The bilevel engine of the meta methods (Meta-Weight-Net, L2RW, L2B).
+
+* :mod:`~noisylabels.meta.functional` -- forwards at given parameters (BatchNorm statistics untouched).
+* :mod:`~noisylabels.meta.virtual_step` -- the virtual step: exactly one ``torch.optim.SGD`` step.
+* :mod:`~noisylabels.meta.engine` -- meta-gradients ``dL_meta(theta_hat(phi))/dphi`` and per-example
+  weights by one forward-mode (JVP) pass, plus the double-backward reference path.
+"""
+
+from __future__ import annotations
+
+from .engine import (
+    ExampleWeights,
+    MetaStepResult,
+    assign_grads,
+    jvp_logits,
+    meta_gradient_double_backward,
+    meta_gradient_jvp,
+    per_example_weights,
+)
+from .functional import functional_logits, params_and_buffers
+from .virtual_step import (
+    SGDHyperparams,
+    VirtualStep,
+    optimizer_virtual_step,
+    sgd_direction_scale,
+    sgd_hyperparams,
+    sgd_virtual_step,
+)
+
+__all__ = [
+    "ExampleWeights",
+    "MetaStepResult",
+    "SGDHyperparams",
+    "VirtualStep",
+    "assign_grads",
+    "functional_logits",
+    "jvp_logits",
+    "meta_gradient_double_backward",
+    "meta_gradient_jvp",
+    "optimizer_virtual_step",
+    "params_and_buffers",
+    "per_example_weights",
+    "sgd_direction_scale",
+    "sgd_hyperparams",
+    "sgd_virtual_step",
+]
