@@ -30,7 +30,8 @@ DEFAULTS: dict[str, Any] = {
         "dir": None,            # None: $NOISYLABELS_DATA_DIR, ./data, ../shared/data
         "cache_dir": None,      # None: $NOISYLABELS_CACHE or ~/.cache/noisylabels
         "val_fraction": 0.1,    # validation from training data, labels as noisy as training
-        "meta_size": 0,         # meta set carved from training data (meta methods)
+        "meta_size": "auto",    # meta set carved from training data; auto: 0, or for meta methods
+                                # min(1000, 10% of the training pool) (the papers' 1000 on CIFAR)
         "meta_set": "clean",    # clean: gold labels; noisy: labels corrupted like training
         "augment": "auto",      # auto | none | {crop_padding: int, hflip: bool}
         "train_subset": None,   # keep a class-balanced subset of this many pool samples
@@ -164,8 +165,10 @@ def validate(cfg: Mapping[str, Any]) -> None:
     d, t, o = cfg["data"], cfg["train"], cfg["optim"]
     if d["meta_set"] not in ("clean", "noisy"):
         raise UserError(f"data.meta_set must be 'clean' or 'noisy', got {d['meta_set']!r}")
-    for key, val, lo in (("train.epochs", t["epochs"], 1), ("train.batch_size", t["batch_size"], 1),
-                         ("data.meta_size", d["meta_size"], 0)):
+    checks = [("train.epochs", t["epochs"], 1), ("train.batch_size", t["batch_size"], 1)]
+    if d["meta_size"] != "auto":
+        checks.append(("data.meta_size", d["meta_size"], 0))
+    for key, val, lo in checks:
         if not isinstance(val, int) or isinstance(val, bool) or val < lo:
             raise UserError(f"{key} must be an integer >= {lo}, got {val!r}")
     try:

@@ -1,7 +1,7 @@
 r"""Meta-gradients through one virtual SGD step, by one forward-mode (JVP) pass.
 
 The bilevel methods (Meta-Weight-Net, Shu et al. 2019, Eqs. 2-5; L2RW, Ren et al. 2018,
-Eqs. 3-5 and 12-13; L2B, Ghosh & Lan 2021, Eq. 4) share one computation. On a training batch
+Eqs. 3-5 and 12-13; L2B, Zhou et al. 2022; RMNW-Net, Ghosh & Lan 2021, Eq. 4) share one computation. On a training batch
 ``(x_i, y_i), i = 1..n`` with logits ``z_i = f(x_i; theta)``, meta-parameters ``phi`` act only at
 the loss layer: ``L_train(theta, phi) = (1/n) sum_i l_i(z; phi)``. The virtual step
 ``theta_hat(phi)`` is one step of the run's real :class:`torch.optim.SGD` on ``L_train``
@@ -94,12 +94,18 @@ class MetaStepResult:
     train_logits:
         ``z = f(x; theta)``; with ``keep_graph=True`` it keeps its graph to the model's
         parameters (for the real step), otherwise detached.
+    train_grads:
+        ``grad_theta L_train(theta, phi)`` at the *pre-update* phi, by parameter name (the
+        gradient the virtual step used; ``None`` entries for parameters it does not reach).
+        A "delayed" real step (MLC's approximation) applies it instead of recomputing the
+        gradient with the updated phi.
     """
 
     meta_grads: list[Tensor]
     meta_loss: Tensor
     train_losses: Tensor
     train_logits: Tensor
+    train_grads: dict[str, Tensor | None] | None = None
 
 
 @dataclass
@@ -283,7 +289,7 @@ def meta_gradient_jvp(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
             mg = (None,) * len(phi)
     grads = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(phi, mg)]
     return MetaStepResult(meta_grads=grads, meta_loss=meta_loss, train_losses=losses.detach(),
-                          train_logits=z if keep_graph else z.detach())
+                          train_logits=z if keep_graph else z.detach(), train_grads=dict(zip(trainable, g)))
 
 
 def meta_gradient_double_backward(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
@@ -326,7 +332,7 @@ def per_example_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer
     """Per-example weights ``w_i = -dL_meta(theta_hat(eps))/d eps_i`` at ``eps = 0``, all at once.
 
     L2RW (Ren et al. 2018, Eqs. 3-5 and 12: the meta-gradient with respect to perturbation
-    weights ``eps`` initialised at zero) and L2B (Ghosh & Lan 2021, Eq. 4: ``alpha_i`` and
+    weights ``eps`` initialised at zero) and L2B (Zhou et al. 2022, Eqs. 5-8: ``alpha_i`` and
     ``beta_i`` on the given-label and pseudo-label losses). With
     ``L_train(theta, eps) = (1/n) sum_i eps_i l_i`` and ``theta_hat`` the real SGD step::
 

@@ -1,7 +1,7 @@
 """The virtual ("look-ahead") step of the bilevel methods: one step of the real SGD optimiser.
 
-Meta-Weight-Net (Shu et al. 2019, Eq. 4), L2RW (Ren et al. 2018, Eq. 3) and L2B (Ghosh & Lan
-2021, Eq. 4) all differentiate a meta loss through one optimisation step
+Meta-Weight-Net (Shu et al. 2019, Eq. 4; Ghosh & Lan 2021, Eq. 4), L2RW (Ren et al. 2018, Eq. 3)
+and L2B (Zhou et al. 2022) all differentiate a meta loss through one optimisation step
 ``theta_hat(phi) = theta - lr * d(phi)``. Here that step is exactly the step the run's
 :class:`torch.optim.SGD` would take (momentum, dampening, weight decay, Nesterov, the *current*
 learning rate after the scheduler, the current momentum buffers), so the virtual model is the

@@ -41,8 +41,10 @@ class Method:
     ``method`` config section).
     """
 
-    #: the method needs a meta set (``data.meta_size > 0``)
+    #: the method needs a meta set (``data.meta_size > 0``; ``auto`` then gives it one)
     needs_meta_set: bool = False
+    #: the kind of meta set the method is defined with (``'clean'``, ``'noisy'`` or ``None``: either)
+    meta_set_kind: str | None = None
 
     def __init__(self) -> None:
         self.ctx: TrainContext | None = None
@@ -76,6 +78,11 @@ class Method:
 
     def on_epoch_end(self, ctx: TrainContext) -> dict[str, Any]:
         """Called after each epoch's last step; returned values go into ``metrics.jsonl``."""
+        return {}
+
+    def finalize(self, ctx: TrainContext) -> dict[str, Any]:
+        """Called once after training with the selected model loaded; may write plots; returned
+        values go into ``summary.json``."""
         return {}
 
     # -- detection ----------------------------------------------------------------------------

@@ -114,6 +114,10 @@ class TrainContext:
         """``zero_grad``, ``backward``, optional gradient-norm clipping, ``optimizer.step``."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.clip_and_step()
+
+    def clip_and_step(self) -> None:
+        """Optional gradient-norm clipping (``train.clip_grad_norm``), then ``optimizer.step``."""
         clip = self.cfg["train"]["clip_grad_norm"]
         if clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
@@ -176,15 +180,28 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], steps_p
     return sched
 
 
-def _build(cfg: dict[str, Any], data: RunData, device: torch.device, recorder: RunRecorder) -> TrainContext:
+def _create_method(cfg: Mapping[str, Any]) -> Method:
+    meth_cfg = dict(cfg["method"])
+    method = create_method(meth_cfg.pop("name"), **meth_cfg)
+    kind = method.meta_set_kind
+    if kind is not None and cfg["data"]["meta_set"] != kind:
+        raise UserError(f"method {cfg['method']['name']!r} is defined with a {kind} meta set: "
+                        f"set data.meta_set={kind} (--meta-set {kind})")
+    return method
+
+
+def _prepare(cfg: Mapping[str, Any], method: Method) -> RunData:
+    return prepare_data(cfg, needs_meta_set=method.needs_meta_set)
+
+
+def _build(cfg: dict[str, Any], data: RunData, device: torch.device, recorder: RunRecorder,
+           method: Method) -> TrainContext:
     model = _create_model(cfg, data).to(device)
     lcfg = dict(cfg["loss"])
     loss_name = lcfg.pop("name")
     loss_fn = create_loss(loss_name, **lcfg)
     if hasattr(loss_fn, "to"):
         loss_fn = loss_fn.to(device)
-    meth_cfg = dict(cfg["method"])
-    method = create_method(meth_cfg.pop("name"), **meth_cfg)
     if method.needs_meta_set and len(data.splits["meta"]) == 0:
         raise UserError(f"method {cfg['method']['name']!r} needs a meta set: set data.meta_size > 0 (--meta-size)")
     optimizer = build_optimizer(model.parameters(), cfg["optim"])
@@ -205,8 +222,9 @@ def build_context(cfg: dict[str, Any], *, data: RunData | None = None) -> TrainC
     Useful for notebooks and tests that drive ``method.train_step`` by hand.
     """
     seed_everything(int(cfg["seed"]))
-    ctx = _build(cfg, data if data is not None else prepare_data(cfg), torch.device(cfg["device"]),
-                 RunRecorder(cfg["out"]))
+    method = _create_method(cfg)
+    ctx = _build(cfg, data if data is not None else _prepare(cfg, method), torch.device(cfg["device"]),
+                 RunRecorder(cfg["out"]), method)
     ctx.method.setup(ctx)
     return ctx
 
@@ -268,8 +286,9 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, stop_after: int | None = N
     seed_everything(seed)
     device = torch.device(cfg["device"])
     recorder = RunRecorder(cfg["out"])
-    data = data if data is not None else prepare_data(cfg)
-    ctx = _build(cfg, data, device, recorder)
+    method = _create_method(cfg)
+    data = data if data is not None else _prepare(cfg, method)
+    ctx = _build(cfg, data, device, recorder, method)
     method = ctx.method
     method.setup(ctx)
 
@@ -335,7 +354,8 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, stop_after: int | None = N
             val_acc = val["accuracy"] if math.isfinite(val["accuracy"]) else -1.0
             if not best or val_acc > best["val_accuracy"]:
                 best.clear()
-                best.update(epoch=epoch, val_accuracy=val_acc, test_accuracy=test["accuracy"])
+                best.update(epoch=epoch, val_accuracy=val_acc, test_accuracy=test["accuracy"],
+                            **{k: v for k, v in row.items() if k.startswith("detection_")})
                 recorder.save_best_model(ctx.model.state_dict())
             bar.set_postfix(val=f"{val['accuracy']:.3f}", test=f"{test['accuracy']:.3f}")
             seconds = seconds_before + time.perf_counter() - t0
@@ -390,4 +410,5 @@ def _finalize(ctx: TrainContext, recorder: RunRecorder) -> dict[str, Any]:
                             score=scores, classes=data.classes)
     out = detection_metrics(scores, data.is_noisy[idx].numpy())
     out["train_accuracy_clean"] = float((probs.argmax(1) == data.clean_labels[idx]).float().mean())
+    out.update(ctx.method.finalize(ctx) or {})
     return out

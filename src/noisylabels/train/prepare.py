@@ -20,7 +20,7 @@ from ..data import AugmentSpec, channel_stats, create_dataset, make_splits, spli
 from ..errors import UserError
 from ..noise import apply_noise, open_set
 
-__all__ = ["RunData", "prepare_data", "derive_seed", "balanced_subset"]
+__all__ = ["RunData", "prepare_data", "derive_seed", "balanced_subset", "resolve_meta_size"]
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -111,8 +111,20 @@ def _open_set_source(name: str, *, like: np.ndarray, cfg: Mapping[str, Any], see
     return other.x_train
 
 
-def prepare_data(cfg: Mapping[str, Any]) -> RunData:
-    """Build :class:`RunData` from a resolved config (see :mod:`noisylabels.config`)."""
+def resolve_meta_size(setting: Any, pool_size: int, *, needs_meta_set: bool) -> int:
+    """``data.meta_size``: an integer, or ``auto`` = 0 for methods without a meta set and
+    ``min(1000, 10% of the training pool)`` for meta methods (1000 on CIFAR-size sets as in the
+    MW-Net / L2RW / L2B papers, about a tenth of small sets such as digits)."""
+    if setting == "auto":
+        return min(1000, int(round(0.1 * pool_size))) if needs_meta_set else 0
+    return int(setting)
+
+
+def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> RunData:
+    """Build :class:`RunData` from a resolved config (see :mod:`noisylabels.config`).
+
+    ``needs_meta_set`` resolves ``data.meta_size: auto`` (see :func:`resolve_meta_size`).
+    """
     dcfg, ncfg, seed = cfg["data"], cfg["noise"], int(cfg["seed"])
     raw = create_dataset(dcfg["name"], data_dir=dcfg["dir"], cache_dir=dcfg["cache_dir"], **(dcfg["options"] or {}))
     if raw.x_test is None:
@@ -151,7 +163,8 @@ def prepare_data(cfg: Mapping[str, Any]) -> RunData:
 
     meta_clean = dcfg["meta_set"] == "clean"
     splits = make_splits(clean if meta_clean else noisy, val_fraction=float(dcfg["val_fraction"]),
-                         meta_size=int(dcfg["meta_size"]), seed=derive_seed(seed, "splits"),
+                         meta_size=resolve_meta_size(dcfg["meta_size"], len(clean), needs_meta_set=needs_meta_set),
+                         seed=derive_seed(seed, "splits"),
                          num_classes=num_classes)
     labels = np.asarray(noisy, dtype=np.int64).copy()
     if meta_clean and len(splits["meta"]):
