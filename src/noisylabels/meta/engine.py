@@ -332,7 +332,7 @@ def per_example_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer
     """Per-example weights ``w_i = -dL_meta(theta_hat(eps))/d eps_i`` at ``eps = 0``, all at once.
 
     L2RW (Ren et al. 2018, Eqs. 3-5 and 12: the meta-gradient with respect to perturbation
-    weights ``eps`` initialised at zero) and L2B (Zhou et al. 2022, Eqs. 5-8: ``alpha_i`` and
+    weights ``eps`` initialised at zero) and L2B (Zhou et al. 2022: ``alpha_i`` and
     ``beta_i`` on the given-label and pseudo-label losses). With
     ``L_train(theta, eps) = (1/n) sum_i eps_i l_i`` and ``theta_hat`` the real SGD step::
 

@@ -81,7 +81,7 @@ class L2B(ReweightingMethod):
 
     ``alpha, beta`` are the rectified meta-gradients at zero, normalised jointly (``'sum'``,
     Eq. 9; ``'sigmoid'``, Eq. 13; ``'softmax'`` with temperature, Eq. 14). The real loss is
-    ``sum_i alpha_i CE(z_i, y_i) + beta_i CE(z_i, yhat_i)`` (Eq. 5). The first ``warmup_epochs``
+    ``sum_i alpha_i CE(z_i, y_i) + beta_i CE(z_i, yhat_i)``. The first ``warmup_epochs``
     train with plain CE (the paper's appendix: 10 epochs on CIFAR); gradient-norm clipping is the
     loop's ``train.clip_grad_norm``. The ``loss`` config section is not used.
 
