@@ -10,7 +10,7 @@ classes; batch 100 train and 100 meta by default) this times one full training s
 * ``l2rw``             -- learning to reweight (per-example weights by one JVP);
 * ``l2b``              -- learning to bootstrap, after its warm-up epochs;
 * ``double-backward``  -- the reference path (what the official MW-Net code costs): MW-Net's step
-  with :func:`noisylabels.meta.meta_gradient_double_backward` (differentiable virtual step,
+  with ``meta_gradient="double-backward"`` (:func:`noisylabels.meta.meta_gradient_double_backward`: differentiable virtual step,
   backpropagation through it), the weight net's step, then the real step on the same forward.
 
 Every variant goes through the code users run: a real :class:`~noisylabels.train.TrainContext`
@@ -63,10 +63,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from noisylabels.config import resolve_config
-from noisylabels.meta import assign_grads, meta_gradient_double_backward
 from noisylabels.train import RunData, TrainContext, build_context
 
 __all__ = ["main", "VARIANTS", "MODELS"]
@@ -83,7 +81,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], int]] = {
     "mwnet-interval10": ({"name": "mwnet", "meta_interval": 10}, 10),
     "l2rw": ({"name": "l2rw"}, 1),
     "l2b": ({"name": "l2b"}, 1),
-    "double-backward": ({"name": "mwnet"}, 1),  # step replaced by double_backward_step
+    "double-backward": ({"name": "mwnet", "meta_gradient": "double-backward"}, 1),
 }
 LABELS = {"mwnet": "mwnet (exact)", "mwnet-delayed": "mwnet delayed", "mwnet-interval10": "mwnet interval 10",
           "double-backward": "double-backward (reference)"}
@@ -91,35 +89,6 @@ SPEED_TARGETS = {"mwnet": 3.5, "mwnet-delayed": 2.8, "mwnet-interval10": 1.3}  #
 L2B_VS_L2RW = 1.10
 ANCHOR = "official MW-Net: 6.1-6.3x"
 JVP_VARIANTS = ("mwnet", "mwnet-delayed", "mwnet-interval10", "l2rw", "l2b")
-
-
-# -- the reference step ---------------------------------------------------------------------------------
-def double_backward_step(method: Any, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor,
-                         index: torch.Tensor) -> dict[str, float]:
-    """MW-Net's step with the double-backward meta-gradient (the official code's cost).
-
-    Same as :meth:`MetaWeightNet.train_step` (exact, ``meta_interval=1``) but the meta-gradient
-    comes from :func:`meta_gradient_double_backward` (``keep_graph=True``: the real step reuses the
-    training forward, so this is, if anything, cheaper than the official code's second forward).
-    """
-    mx, my = method.next_meta_batch(ctx)
-    phi = list(method.wnet.parameters())
-    res = meta_gradient_double_backward(ctx.model, ctx.optimizer, x, y, method.loss_layer, mx, my,
-                                        method.meta_loss, phi, keep_graph=True)
-    method.wnet_opt.zero_grad(set_to_none=True)
-    assign_grads(phi, res.meta_grads)
-    method.wnet_opt.step()
-    z = res.train_logits
-    ce = F.cross_entropy(z, y, reduction="none")
-    with torch.no_grad():
-        w = method._weights(ce)
-        if method.normalize == "sum":
-            w = w * (len(w) / w.sum().clamp_min(1e-12))
-    loss = (w * ce).mean()
-    ctx.backward_and_step(loss)
-    method.record_weights(index, w)
-    return {"loss": float(loss.detach()), "correct": float((z.detach().argmax(1) == y).sum()),
-            "count": float(y.numel())}
 
 
 # -- building one variant -------------------------------------------------------------------------------
@@ -156,8 +125,6 @@ class Variant:
         return self.ctx.method
 
     def step(self) -> dict[str, float]:
-        if self.name == "double-backward":
-            return double_backward_step(self.method, self.ctx, self.x, self.y, self.index)
         return self.method.train_step(self.ctx, self.x, self.y, self.index)
 
     def run_unit(self) -> None:

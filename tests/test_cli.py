@@ -1,6 +1,5 @@
 """CLI: the main job, listings, the noise command, and every bad input exiting 2 with one line."""
 
-import io
 import json
 import subprocess
 import sys

@@ -210,3 +210,20 @@ def test_rmnw_net_beats_ce_on_digits_with_40pc_symmetric_noise(tmp_path):
     assert rm["test_accuracy"] > ce["test_accuracy"]
     assert rm["last_test_accuracy"] > ce["last_test_accuracy"]
     assert rm["detection_auroc"] > 0.9
+
+
+def test_mwnet_jvp_and_double_backward_paths_train_identically(tmp_path):
+    """The method's reference path (the official code's double backward) gives the same step as the JVP path."""
+    states = []
+    for path in ("jvp", "double-backward"):
+        ctx = build_context(_cfg(tmp_path, path, **{"method.name": "mwnet", "method.meta_gradient": path}))
+        m = ctx.method
+        m.on_epoch_start(ctx)
+        for k, batch in enumerate(ctx.loader("train", shuffle=False, augment=False)):
+            if k == 3:
+                break
+            m.train_step(ctx, batch.x, batch.y, batch.index)
+            ctx.step += 1
+        states.append([p.detach().clone() for p in [*ctx.model.parameters(), *m.wnet.parameters()]])
+    for a, b in zip(*states):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -1,6 +1,5 @@
 """Truncated Lq with alternating pruning (GCE paper, Algorithm 1) and forward correction (Patrini et al.)."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -68,7 +67,6 @@ def test_truncated_objective_is_eq_11(tmp_path):
 
 def test_prune_schedule():
     m = create_method("truncated-lq", warmup_epochs=40, prune_every=10)
-    m._warmup, m._every = 40, 10
     m.warmup_epochs, m.prune_every = 40, 10
     assert [e for e in range(120) if m.is_prune_epoch(e)] == [40, 50, 60, 70, 80, 90, 100, 110]
 

@@ -45,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from ..config import parse_assignment, resolve_config
+from ..config import resolve_config
 from ..errors import UserError
 
 __all__ = ["Suite", "Cell", "load_suite", "list_suites", "run_suite", "tabulate"]

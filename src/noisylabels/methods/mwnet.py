@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..meta import assign_grads, meta_gradient_jvp
+from ..meta import assign_grads, meta_gradient_double_backward, meta_gradient_jvp
 from .base import register_method
 from .reweighting import ReweightingMethod
 
@@ -62,6 +61,9 @@ class MetaWeightNet(ReweightingMethod):
     delayed:
         Approximation (MLC's trick, Wang et al. 2021): the real step applies the virtual step's
         gradient, i.e. the weights of the pre-update phi, and saves one backward pass.
+    meta_gradient:
+        ``'jvp'`` (default: one forward-mode pass) or ``'double-backward'`` (the official code's
+        reference path, same result, several times the cost; for tests and benchmarks).
     meta_batch_size:
         As :class:`ReweightingMethod`.
     """
@@ -70,7 +72,7 @@ class MetaWeightNet(ReweightingMethod):
 
     def __init__(self, *, meta_loss: str | None = None, normalize: str = "none", hidden: int = 100, wnet_lr: float = 1e-3,
                  wnet_weight_decay: float = 1e-4, wnet_optimizer: str = "adam", meta_interval: int = 1,
-                 delayed: bool = False, meta_batch_size: int | None = None) -> None:
+                 delayed: bool = False, meta_gradient: str = "jvp", meta_batch_size: int | None = None) -> None:
         super().__init__(meta_loss=meta_loss or self.default_meta_loss, meta_batch_size=meta_batch_size)
         if normalize not in ("none", "sum"):
             raise UserError(f"mwnet: normalize must be 'none' or 'sum', got {normalize!r}")
@@ -78,40 +80,43 @@ class MetaWeightNet(ReweightingMethod):
             raise UserError(f"mwnet: wnet_optimizer must be 'adam' or 'sgd', got {wnet_optimizer!r}")
         if not isinstance(meta_interval, int) or meta_interval < 1:
             raise UserError(f"mwnet: meta_interval must be an integer >= 1, got {meta_interval!r}")
+        if meta_gradient not in ("jvp", "double-backward"):
+            raise UserError(f"mwnet: meta_gradient must be 'jvp' or 'double-backward', got {meta_gradient!r}")
         self.normalize, self.meta_interval, self.delayed = normalize, meta_interval, bool(delayed)
+        self._meta_grad_fn = meta_gradient_jvp if meta_gradient == "jvp" else meta_gradient_double_backward
         self.wnet = WeightNet(int(hidden))
         self._opt_cfg = (wnet_optimizer, float(wnet_lr), float(wnet_weight_decay))
 
     def setup(self, ctx) -> None:
         super().setup(ctx)
-        gen = torch.Generator().manual_seed(int(ctx.cfg["seed"]))
-        with torch.no_grad():  # deterministic init independent of the global RNG
-            for p in self.wnet.parameters():
-                bound = 1.0 / np.sqrt(p.shape[-1] if p.ndim > 1 else 100)
-                p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=gen))
+        with torch.random.fork_rng(devices=[]):  # deterministic init, global RNG untouched
+            torch.manual_seed(int(ctx.cfg["seed"]))
+            for layer in (self.wnet.fc1, self.wnet.fc2):
+                layer.reset_parameters()
         self.wnet.to(ctx.device)
         name, lr, wd = self._opt_cfg
         params = list(self.wnet.parameters())
         self.wnet_opt = (torch.optim.Adam(params, lr=lr, weight_decay=wd) if name == "adam"
                          else torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd))
 
-    # the loss layer l_i(z; phi): phi enters through the weight of the detached CE
-    def _weights(self, ce: torch.Tensor) -> torch.Tensor:
-        return self.wnet(ce.detach())
-
-    def loss_layer(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(z, y, reduction="none")
-        w = self._weights(ce)
+    def batch_weights(self, ce: torch.Tensor) -> torch.Tensor:
+        """``W(l_i; phi)`` of the detached losses, normalised as configured (mean 1 for ``'sum'``)."""
+        w = self.wnet(ce.detach())
         if self.normalize == "sum":
             w = w * (len(w) / w.sum().clamp_min(1e-12))
-        return w * ce
+        return w
+
+    def loss_layer(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The per-sample training loss ``W(l_i; phi) l_i``; phi enters only through the weights."""
+        ce = F.cross_entropy(z, y, reduction="none")
+        return self.batch_weights(ce) * ce
 
     def train_step(self, ctx, x, y, index) -> dict[str, float]:
         meta_now = ctx.step % self.meta_interval == 0
         if meta_now:
             mx, my = self.next_meta_batch(ctx)
-            res = meta_gradient_jvp(ctx.model, ctx.optimizer, x, y, self.loss_layer, mx, my, self.meta_loss,
-                                    list(self.wnet.parameters()), keep_graph=True)
+            res = self._meta_grad_fn(ctx.model, ctx.optimizer, x, y, self.loss_layer, mx, my, self.meta_loss,
+                                     list(self.wnet.parameters()), keep_graph=True)
             if self.delayed:
                 # apply the virtual step's gradient (pre-update phi) as the real step
                 ctx.optimizer.zero_grad(set_to_none=True)
@@ -121,7 +126,7 @@ class MetaWeightNet(ReweightingMethod):
                         p.grad = g
                 ctx.clip_and_step()
                 with torch.no_grad():
-                    w = self._weights(F.cross_entropy(res.train_logits.detach(), y, reduction="none"))
+                    w = self.batch_weights(F.cross_entropy(res.train_logits.detach(), y, reduction="none"))
                 loss = res.train_losses.mean()
             self.wnet_opt.zero_grad(set_to_none=True)
             assign_grads(list(self.wnet.parameters()), res.meta_grads)
@@ -132,9 +137,7 @@ class MetaWeightNet(ReweightingMethod):
         if not (meta_now and self.delayed):
             ce = F.cross_entropy(z, y, reduction="none")
             with torch.no_grad():
-                w = self._weights(ce)
-                if self.normalize == "sum":
-                    w = w * (len(w) / w.sum().clamp_min(1e-12))
+                w = self.batch_weights(ce)
             loss = (w * ce).mean()
             ctx.backward_and_step(loss)
         self.record_weights(index, w)

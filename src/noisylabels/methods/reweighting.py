@@ -100,7 +100,7 @@ class ReweightingMethod(Method):
         self._save_history(ctx)
         noisy = ctx.data.is_noisy[ctx.data.splits["train"]].numpy()
         seen = np.isfinite(mean)
-        out = {f"{k}": v for k, v in detection_metrics(-mean[seen], noisy[seen]).items()}
+        out: dict[str, Any] = detection_metrics(-mean[seen], noisy[seen])
         out["mean_weight_clean"] = float(np.nanmean(mean[~noisy])) if (~noisy).any() else None
         out["mean_weight_noisy"] = float(np.nanmean(mean[noisy])) if noisy.any() else None
         return out

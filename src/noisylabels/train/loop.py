@@ -17,7 +17,6 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -30,7 +29,6 @@ from ..eval.metrics import detection_metrics
 from ..losses import create_loss
 from ..methods import Method, create_method
 from ..models import create_model
-from ..registry import call_with_options
 from .optim import build_optimizer, build_scheduler
 from .prepare import RunData, derive_seed, prepare_data
 from .records import RunRecorder
@@ -110,7 +108,7 @@ class TrainContext:
         """Forget the best-validation epoch so far (e.g. after a first training stage)."""
         self.best.clear()
 
-    def backward_and_step(self, loss: torch.Tensor, *, params: Any = None) -> None:
+    def backward_and_step(self, loss: torch.Tensor) -> None:
         """``zero_grad``, ``backward``, optional gradient-norm clipping, ``optimizer.step``."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -289,7 +287,6 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, stop_after: int | None = N
     method = _create_method(cfg)
     data = data if data is not None else _prepare(cfg, method)
     ctx = _build(cfg, data, device, recorder, method)
-    method = ctx.method
     method.setup(ctx)
 
     history: list[dict[str, Any]] = []
