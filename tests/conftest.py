@@ -22,3 +22,21 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared/data not present")
     return SHARED
+
+
+@pytest.fixture
+def assert_resume_exact(tmp_path):
+    """``check(make_cfg, stop_after)``: a run stopped after ``stop_after`` epochs and resumed writes
+    the same ``metrics.jsonl`` as an uninterrupted one (``make_cfg(name)`` gives a config under
+    ``tmp_path / name``)."""
+    from noisylabels.train import fit
+
+    def check(make_cfg, stop_after: int) -> None:
+        fit(make_cfg("full"))
+        part = make_cfg("part")
+        fit(part, stop_after=stop_after)
+        fit(part, resume=True)
+        read = lambda d: (tmp_path / d / "metrics.jsonl").read_text()  # noqa: E731
+        assert read("full") == read("part")
+
+    return check

@@ -77,13 +77,8 @@ def test_truncated_bad_options(opts):
         create_method("truncated-lq", **opts)
 
 
-def test_resume_equals_uninterrupted_across_pruning(tmp_path):
-    fit(_cfg(tmp_path, "full", **TLQ))
-    part = _cfg(tmp_path, "part", **TLQ)
-    fit(part, stop_after=2)
-    fit(part, resume=True)
-    read = lambda d: (tmp_path / d / "metrics.jsonl").read_text()  # noqa: E731
-    assert read("full") == read("part")
+def test_resume_equals_uninterrupted_across_pruning(tmp_path, assert_resume_exact):
+    assert_resume_exact(lambda name: _cfg(tmp_path, name, **TLQ), stop_after=2)
 
 
 def test_forward_true_uses_the_simulators_matrix(tmp_path):

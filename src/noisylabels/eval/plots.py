@@ -19,6 +19,23 @@ def _figure(ncols: int, width: float = 4.2, height: float = 3.2):
     return plt, fig, axes
 
 
+def _finish(plt, fig, path: str | Path, *axes_labels: tuple[Any, str, str, bool], title: str = "",
+            suptitle: bool = False) -> None:
+    """Label each ``(ax, xlabel, ylabel, legend)``, title the figure, save it as PNG and close it."""
+    for ax, xlabel, ylabel, legend in axes_labels:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if legend:
+            ax.legend()
+    if title and suptitle:
+        fig.suptitle(title)
+    elif title:
+        axes_labels[0][0].set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+
+
 def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = "") -> None:
     """Training loss (left) and train/validation/test accuracy (right) per epoch."""
     plt, fig, (ax_loss, ax_acc) = _figure(2)
@@ -28,20 +45,11 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path, *, title
         return [h.get(key) if h.get(key) is not None else float("nan") for h in history]
 
     ax_loss.plot(epochs, series("train_loss"), label="train loss")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend()
     for key, label in (("train_accuracy", "train (observed labels)"), ("val_accuracy", "validation (noisy)"),
                        ("test_accuracy", "test (clean)")):
         ax_acc.plot(epochs, series(key), label=label)
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("accuracy")
-    ax_acc.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+    _finish(plt, fig, path, (ax_loss, "epoch", "loss", True), (ax_acc, "epoch", "accuracy", True),
+            title=title, suptitle=True)
 
 
 def plot_weight_histograms(weights, is_noisy, path: str | Path, *, title: str = "", bins: int = 40) -> None:
@@ -55,25 +63,14 @@ def plot_weight_histograms(weights, is_noisy, path: str | Path, *, title: str = 
     edges = np.histogram_bin_edges(w[ok], bins=bins) if ok.any() else bins
     ax.hist(w[ok & ~noisy], bins=edges, alpha=0.6, label=f"clean ({int((ok & ~noisy).sum())})")
     ax.hist(w[ok & noisy], bins=edges, alpha=0.6, label=f"corrupted ({int((ok & noisy).sum())})")
-    ax.set_xlabel("weight (mean over the epoch's visits)")
-    ax.set_ylabel("samples")
-    ax.legend()
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+    _finish(plt, fig, path, (ax, "weight (mean over the epoch's visits)", "samples", True), title=title)
 
 
 def plot_weight_function(losses, weights, path: str | Path, *, title: str = "") -> None:
     """The learned weighting function: weight against training loss (Meta-Weight-Net)."""
     plt, fig, ax = _figure(1, width=5.0)
     ax.plot(losses, weights)
-    ax.set_xlabel("per-sample cross-entropy loss")
-    ax.set_ylabel("weight W(loss)")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+    _finish(plt, fig, path, (ax, "per-sample cross-entropy loss", "weight W(loss)", False), title=title)
 
 
 def plot_alpha_beta(alpha, beta, is_noisy, path: str | Path, *, title: str = "") -> None:
@@ -85,10 +82,4 @@ def plot_alpha_beta(alpha, beta, is_noisy, path: str | Path, *, title: str = "")
     plt, fig, ax = _figure(1, width=5.0, height=4.2)
     ax.scatter(a[~noisy], b[~noisy], s=4, alpha=0.5, label="clean")
     ax.scatter(a[noisy], b[noisy], s=4, alpha=0.5, label="corrupted")
-    ax.set_xlabel("alpha (observed label)")
-    ax.set_ylabel("beta (pseudo-label)")
-    ax.legend()
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+    _finish(plt, fig, path, (ax, "alpha (observed label)", "beta (pseudo-label)", True), title=title)
