@@ -4,7 +4,9 @@ For each model (CIFAR ResNet-32 on 3x32x32 inputs, the MNIST CNN ``lenet`` on 1x
 classes; batch 100 train and 100 meta by default) this times one full training step of
 
 * ``erm``              -- the library's ERM step (forward, CE, backward, SGD step);
-* ``mwnet``            -- Meta-Weight-Net, exact meta-gradient (one JVP pass);
+* ``mwnet``            -- Meta-Weight-Net, exact meta-gradient (one JVP pass on the training
+  forward's recorded graph, :mod:`noisylabels.meta.graph_jvp`);
+* ``mwnet-jvp-func``   -- the same step with the JVP by :func:`torch.func.jvp` (re-runs the forward);
 * ``mwnet-delayed``    -- MW-Net with ``delayed=True`` (real step reuses the virtual step's gradient);
 * ``mwnet-interval10`` -- MW-Net with ``meta_interval=10`` (10 consecutive steps timed, / 10);
 * ``l2rw``             -- learning to reweight (per-example weights by one JVP);
@@ -30,6 +32,9 @@ the tensor bytes allocated and not yet freed during it is reported (MiB above wh
 optimiser states and batches already hold: the step's own working memory). Resident memory is not
 used on the CPU: it is dominated by allocator caching and one-time initialisation. On CUDA it is
 ``torch.cuda.max_memory_allocated`` above the allocation before the unit.
+
+After each table, the JVP pass alone is timed both ways (graph walk on a recorded forward,
+:func:`torch.func.jvp`) and shown against the same ERM step.
 
 Targets (printed beside the ratios): exact MW-Net <= 3.5x ERM, delayed <= 2.8x, interval 10 <=
 1.3x, L2B within 10% of L2RW (L2B / L2RW <= 1.10), every JVP-based variant's peak memory below
@@ -65,6 +70,8 @@ import numpy as np
 import torch
 
 from noisylabels.config import resolve_config
+from noisylabels.meta import graph_jvp, jvp_logits, params_and_buffers
+from noisylabels.models import create_model
 from noisylabels.train import RunData, TrainContext, build_context
 
 __all__ = ["main", "VARIANTS", "MODELS"]
@@ -77,18 +84,19 @@ NUM_CLASSES = 10
 VARIANTS: dict[str, tuple[dict[str, Any], int]] = {
     "erm": ({"name": "erm"}, 1),
     "mwnet": ({"name": "mwnet"}, 1),
+    "mwnet-jvp-func": ({"name": "mwnet", "meta_gradient": "jvp-func"}, 1),
     "mwnet-delayed": ({"name": "mwnet", "delayed": True}, 1),
     "mwnet-interval10": ({"name": "mwnet", "meta_interval": 10}, 10),
     "l2rw": ({"name": "l2rw"}, 1),
     "l2b": ({"name": "l2b"}, 1),
     "double-backward": ({"name": "mwnet", "meta_gradient": "double-backward"}, 1),
 }
-LABELS = {"mwnet": "mwnet (exact)", "mwnet-delayed": "mwnet delayed", "mwnet-interval10": "mwnet interval 10",
+LABELS = {"mwnet": "mwnet (exact)", "mwnet-jvp-func": "mwnet (exact, torch.func.jvp)", "mwnet-delayed": "mwnet delayed", "mwnet-interval10": "mwnet interval 10",
           "double-backward": "double-backward (reference)"}
 SPEED_TARGETS = {"mwnet": 3.5, "mwnet-delayed": 2.8, "mwnet-interval10": 1.3}  # x ERM
 L2B_VS_L2RW = 1.10
 ANCHOR = "official MW-Net: 6.1-6.3x"
-JVP_VARIANTS = ("mwnet", "mwnet-delayed", "mwnet-interval10", "l2rw", "l2b")
+JVP_VARIANTS = ("mwnet", "mwnet-jvp-func", "mwnet-delayed", "mwnet-interval10", "l2rw", "l2b")
 
 
 # -- building one variant -------------------------------------------------------------------------------
@@ -233,6 +241,34 @@ def time_model(model: str, names: list[str], *, batch_size: int, meta_batch_size
             print(f"warning ({model}): non-finite loss in "
                   f"{', '.join(n for n, v in variants.items() if v.nonfinite)}", file=sys.stderr)
     return {n: {"ms": statistics.median(t), "min_ms": min(t), "times_ms": t} for n, t in times.items()}
+
+
+def time_jvp_alone(model: str, *, batch_size: int, device: str, seed: int, repeats: int,
+                   warmup: int) -> dict[str, float]:
+    """Median ms of the JVP pass alone (``u = J z . t`` on the training batch, every parameter),
+    by the graph walk on a recorded forward and by :func:`torch.func.jvp` (train mode)."""
+    channels, size = MODELS[model]
+    net = create_model(model, num_classes=NUM_CLASSES, in_channels=channels, image_size=size, seed=seed)
+    net.to(device).train()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, channels, size, size, generator=gen).to(device)
+    params, buffers = params_and_buffers(net)
+    tangent = {n: torch.randn(p.shape, generator=gen).to(device) for n, p in params.items()}
+    z = net(x)  # the recorded training forward (its cost is part of every step, not of the JVP)
+    by_param = {params[n]: t for n, t in tangent.items()}
+    runs = {"graph": lambda: graph_jvp(z, by_param),
+            "func": lambda: jvp_logits(net, params, buffers, x, tangent)}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for r in range(warmup + repeats):
+        for k, fn in runs.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                fn()
+            _sync(device)
+            if r >= warmup:
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(t) for k, t in times.items()}
 
 
 # -- memory (fresh process per variant) -----------------------------------------------------------------
@@ -380,6 +416,8 @@ def print_table(model: str, res: dict[str, dict[str, Any]], targets: list[dict[s
     if mem_t:
         parts.append(f"peak memory below double-backward ({_fmt(db_peak)} MiB) "
                      f"{sum(t['met'] for t in mem_t)}/{len(mem_t)}")
+    if "mwnet" in res and "mwnet-jvp-func" in res:
+        parts.append(f"torch.func.jvp / graph JVP step time: {res['mwnet-jvp-func']['ms'] / res['mwnet']['ms']:.2f}×")
     if "mwnet" in res and "double-backward" in res:
         parts.append(f"double-backward / exact MW-Net time: {res['double-backward']['ms'] / res['mwnet']['ms']:.2f}×")
     missed = [f"{t['variant']} ({t['target']}: {t['value']:.2f})" for t in targets if not t["met"]]
@@ -435,7 +473,12 @@ def main(argv: list[str] | None = None) -> None:
                 res[n]["memory"] = mem
         targets = evaluate_targets(res)
         print_table(model, res, targets, args)
-        report["models"][model] = {"variants": res, "targets": targets}
+        jvp = time_jvp_alone(model, batch_size=args.batch_size, device=args.device, seed=args.seed,
+                             repeats=args.repeats, warmup=args.warmup)
+        print(f"JVP pass alone (training batch, all parameters): graph walk {jvp['graph']:.1f} ms "
+              f"({jvp['graph'] / erm:.2f}× ERM step), torch.func.jvp {jvp['func']:.1f} ms "
+              f"({jvp['func'] / erm:.2f}× ERM step); torch.func / graph {jvp['func'] / jvp['graph']:.2f}×")
+        report["models"][model] = {"variants": res, "targets": targets, "jvp_alone_ms": jvp}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -199,6 +199,10 @@ def test_direction_scale_is_the_derivative_of_the_step(momentum, nesterov, dampe
     assert sgd_direction_scale(0.9, False, False, maximize=True) == -1.0
 
 
+#: "graph": the walk over the training forward's recorded graph (strict: no fallback); "func": torch.func.jvp
+BACKENDS = ["graph", "func"]
+
+
 # -- 2. JVP meta-gradient == finite differences ----------------------------------------------------
 FD_CASES = {
     "plain": dict(kw=dict(lr=0.5), warm=0),
@@ -209,8 +213,9 @@ FD_CASES = {
 }
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", list(FD_CASES))
-def test_jvp_meta_gradient_matches_finite_differences(case):
+def test_jvp_meta_gradient_matches_finite_differences(case, backend):
     cfg = FD_CASES[case]
     model, opt = setup("mlp", warm=cfg["warm"], groups=cfg.get("groups", False), frozen=cfg.get("frozen", False),
                        **cfg["kw"])
@@ -218,7 +223,7 @@ def test_jvp_meta_gradient_matches_finite_differences(case):
     x, y = batch("mlp", 10, 1)
     mx, my = batch("mlp", 6, 2)
     phi = list(wnet.parameters())
-    res = meta_gradient_jvp(model, opt, x, y, mw_loss_layer(wnet), mx, my, ce_per_sample, phi)
+    res = meta_gradient_jvp(model, opt, x, y, mw_loss_layer(wnet), mx, my, ce_per_sample, phi, jvp_backend=backend)
     got = flat(res.meta_grads)
 
     names = [n for n, _ in wnet.named_parameters()]
@@ -240,16 +245,18 @@ def test_jvp_meta_gradient_matches_finite_differences(case):
 
 
 # -- 3. JVP == double-backward reference ------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 @pytest.mark.parametrize("case", ["plain", "nesterov-wd-buffer", "two-groups-frozen"])
-def test_jvp_equals_double_backward(kind, case):
+def test_jvp_equals_double_backward(kind, case, backend):
     cfg = FD_CASES[case]
     model, opt = setup(kind, warm=cfg["warm"], groups=cfg.get("groups", False), frozen=cfg.get("frozen", False),
                        **cfg["kw"])
     wnet = weight_net()
     x, y = batch(kind, 10, 1)
     mx, my = batch(kind, 6, 2)
-    a = meta_gradient_jvp(model, opt, x, y, mw_loss_layer(wnet), mx, my, ce_per_sample, list(wnet.parameters()))
+    a = meta_gradient_jvp(model, opt, x, y, mw_loss_layer(wnet), mx, my, ce_per_sample, list(wnet.parameters()),
+                          jvp_backend=backend)
     b = meta_gradient_double_backward(model, opt, x, y, mw_loss_layer(wnet), mx, my, ce_per_sample,
                                       list(wnet.parameters()))
     assert flat(b.meta_grads).abs().max() > 1e-6
@@ -258,14 +265,17 @@ def test_jvp_equals_double_backward(kind, case):
     torch.testing.assert_close(a.train_losses, b.train_losses, rtol=1e-12, atol=0)
 
 
-def test_jvp_replays_dropout_masks():
-    """The JVP forward sees the training forward's dropout masks; the RNG ends where the reference's does."""
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_jvp_replays_dropout_masks(backend):
+    """The JVP sees the training forward's dropout masks (saved in the graph, or replayed by torch.func);
+    the RNG ends where the reference's does."""
     model, opt = setup("mlp", dropout=0.3, lr=0.5, momentum=0.9)
     wnet = weight_net()
     x, y = batch("mlp", 10, 1)
     mx, my = batch("mlp", 6, 2)
     torch.manual_seed(5)
-    a = meta_gradient_jvp(model, opt, x, y, mw_loss_layer(wnet), mx, my, ce_per_sample, list(wnet.parameters()))
+    a = meta_gradient_jvp(model, opt, x, y, mw_loss_layer(wnet), mx, my, ce_per_sample, list(wnet.parameters()),
+                          jvp_backend=backend)
     after_a = torch.rand(3)
     torch.manual_seed(5)
     b = meta_gradient_double_backward(model, opt, x, y, mw_loss_layer(wnet), mx, my, ce_per_sample,
@@ -290,14 +300,15 @@ def test_jvp_logits_matches_finite_differences():
 
 
 # -- 4. per-example weights -------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", ["plain", "nesterov-wd-buffer"])
-def test_per_example_weights_identity_and_finite_differences(case):
+def test_per_example_weights_identity_and_finite_differences(case, backend):
     cfg = FD_CASES[case]
     model, opt = setup("mlp", warm=cfg["warm"], **cfg["kw"])
     x, y = batch("mlp", 10, 1)
     mx, my = batch("mlp", 6, 2)
     n = len(x)
-    res = per_example_weights(model, opt, x, y, mx, my, ce_per_sample)
+    res = per_example_weights(model, opt, x, y, mx, my, ce_per_sample, jvp_backend=backend)
     assert res.weights.shape == (n,)
 
     # the dot-product identity with per-sample gradients (vmap over torch.func.grad)

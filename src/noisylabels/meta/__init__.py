@@ -2,6 +2,7 @@
 
 * :mod:`~noisylabels.meta.functional` -- forwards at given parameters (BatchNorm statistics untouched).
 * :mod:`~noisylabels.meta.virtual_step` -- the virtual step: exactly one ``torch.optim.SGD`` step.
+* :mod:`~noisylabels.meta.graph_jvp` -- forward-mode derivatives on a recorded graph (saved primals reused).
 * :mod:`~noisylabels.meta.engine` -- meta-gradients ``dL_meta(theta_hat(phi))/dphi`` and per-example
   weights by one forward-mode (JVP) pass, plus the double-backward reference path.
 """
@@ -9,6 +10,7 @@
 from __future__ import annotations
 
 from .engine import (
+    JVP_BACKENDS,
     ExampleWeights,
     MetaStepResult,
     assign_grads,
@@ -18,6 +20,7 @@ from .engine import (
     per_example_weights,
 )
 from .functional import functional_logits, params_and_buffers
+from .graph_jvp import JVP_RULES, UnsupportedGraph, graph_jvp, register_jvp_rule, supports_graph
 from .virtual_step import (
     SGDHyperparams,
     VirtualStep,
@@ -28,19 +31,25 @@ from .virtual_step import (
 )
 
 __all__ = [
+    "JVP_BACKENDS",
+    "JVP_RULES",
     "ExampleWeights",
     "MetaStepResult",
     "SGDHyperparams",
     "VirtualStep",
     "assign_grads",
     "functional_logits",
+    "graph_jvp",
     "jvp_logits",
     "meta_gradient_double_backward",
     "meta_gradient_jvp",
     "optimizer_virtual_step",
     "params_and_buffers",
     "per_example_weights",
+    "register_jvp_rule",
     "sgd_direction_scale",
     "sgd_hyperparams",
     "sgd_virtual_step",
+    "supports_graph",
+    "UnsupportedGraph",
 ]

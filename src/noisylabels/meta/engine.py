@@ -20,8 +20,11 @@ Conventions (used by every function here)
       dL_meta/dphi = -d/dphi [ t . grad_theta L_train(theta, phi) ]
                    = -d/dphi sum_i (dL_train/dz_i)(z, phi) . u_i,      u = J_theta z . t
 
-  ``u`` is one :func:`torch.func.jvp` pass of the training batch at ``theta``; only the loss
-  layer is differentiated twice (``dL_train/dz`` with ``create_graph=True``, then into phi). The
+  ``u`` is one forward-mode pass of the training batch at ``theta``: by default evaluated on the
+  graph the training forward recorded, reusing its saved activations
+  (:func:`~noisylabels.meta.graph_jvp.graph_jvp`, about half the cost of :func:`torch.func.jvp`,
+  which re-runs the forward and is the fallback for layers without a rule). Only the loss layer
+  is differentiated twice (``dL_train/dz`` with ``create_graph=True``, then into phi). The
   ``1/n`` is inside ``dL_train/dz`` because ``L_train`` is the batch *mean*.
 * Per-example weights (L2RW, L2B): ``L_train(theta, eps) = (1/n) sum_i eps_i l_i(theta)`` and::
 
@@ -34,8 +37,9 @@ Conventions (used by every function here)
   methods normalise the weights, which removes it. At ``eps = 0`` the virtual step keeps only the
   weight-decay / momentum part of the real step.
 
-Dropout: the JVP forward replays the random state of the training forward, so it sees the same
-masks (``u`` is the derivative of the very ``z`` that was used). The global RNG afterwards is as
+Dropout: the graph walk uses the masks the training forward saved, and the torch.func fallback
+replays the random state of the training forward, so both see the same masks (``u`` is the
+derivative of the very ``z`` that was used). The global RNG afterwards is as
 if only the training and meta forwards had run (as in the double-backward reference).
 
 BatchNorm: the virtual, meta and JVP forwards never touch the model's running statistics
@@ -62,11 +66,13 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from .functional import functional_logits, params_and_buffers
+from .graph_jvp import UnsupportedGraph, graph_jvp
 from .virtual_step import VirtualStep, _check_sgd, optimizer_virtual_step
 
 __all__ = [
     "MetaStepResult",
     "ExampleWeights",
+    "JVP_BACKENDS",
     "jvp_logits",
     "meta_gradient_jvp",
     "meta_gradient_double_backward",
@@ -189,10 +195,25 @@ def _meta_tangent(model: torch.nn.Module, buffers: dict[str, Tensor], vs: Virtua
     return meta_loss.detach(), tangent
 
 
+JVP_BACKENDS = ("auto", "graph", "func")
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in JVP_BACKENDS:
+        raise UserError(f"jvp_backend must be one of {', '.join(JVP_BACKENDS)}; got {backend!r}")
+
+
 def _jvp_u(model: torch.nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor,
-           z: Tensor, tangent: dict[str, Tensor], rng: tuple) -> Tensor:
+           z: Tensor, tangent: dict[str, Tensor], rng: tuple, backend: str) -> Tensor:
+    """``u = J z . tangent``: on ``z``'s recorded graph when every node has a rule, else torch.func."""
     if not tangent:  # nothing the meta loss sees is stepped
         return torch.zeros_like(z)
+    if backend != "func":
+        try:
+            return graph_jvp(z, {params[n]: t for n, t in tangent.items()})
+        except UnsupportedGraph as err:
+            if backend == "graph":
+                raise UserError(f"jvp_backend='graph': {err}") from None
     with torch.no_grad(), _replayed_rng(rng):
         _, u = jvp_logits(model, params, buffers, x, tangent)
     return u
@@ -229,15 +250,18 @@ def jvp_logits(model: torch.nn.Module, params: dict[str, Tensor], buffers: dict[
 
 def meta_gradient_jvp(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
                       loss_layer: LossLayer, meta_x: Tensor, meta_y: Tensor, meta_loss_fn: LossLayer,
-                      phi_params: Sequence[Tensor], *, keep_graph: bool = False) -> MetaStepResult:
+                      phi_params: Sequence[Tensor], *, keep_graph: bool = False,
+                      jvp_backend: str = "auto") -> MetaStepResult:
     """``dL_meta(theta_hat(phi))/dphi`` through one virtual SGD step, with one JVP pass.
 
     Meta-Weight-Net's meta step (Shu et al. 2019, Eqs. 4-5) with the real optimiser's step, via
     the identity in the module docstring. Steps: (1) training forward at theta; (2)
     ``g = grad_theta L_train`` (plain backward); (3) ``theta_hat`` = the SGD step (no graph); (4)
     meta forward at ``theta_hat``, ``v = grad L_meta``; (5) ``u = J z . (s v)`` by
-    :func:`torch.func.jvp`; (6) ``-d/dphi sum_i (dL_train/dz_i) . u_i`` (double backward through the
-    loss layer only). Equals :func:`meta_gradient_double_backward` up to rounding.
+    :func:`~noisylabels.meta.graph_jvp.graph_jvp` on the graph of step (1) (its saved primals reused;
+    :func:`torch.func.jvp` for layers without a rule); (6) ``-d/dphi sum_i (dL_train/dz_i) . u_i``
+    (double backward through the loss layer only). Equals :func:`meta_gradient_double_backward`
+    up to rounding.
 
     Parameters
     ----------
@@ -259,12 +283,18 @@ def meta_gradient_jvp(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     keep_graph:
         Forward the training batch with the model's own forward (BatchNorm running statistics
         updated once, like the real step) and return logits with their graph for the real step.
+    jvp_backend:
+        How ``u`` is computed: ``'auto'`` (default: :func:`~noisylabels.meta.graph_jvp.graph_jvp`
+        on the training forward's graph, :func:`torch.func.jvp` if a node has no rule),
+        ``'graph'`` (the graph walk or :class:`UserError`) or ``'func'`` (always
+        :func:`torch.func.jvp`, which re-runs the forward).
 
     Returns
     -------
     MetaStepResult
     """
     _check_sgd(optimizer)
+    _check_backend(jvp_backend)
     phi = _check_phi(phi_params)
     params, buffers = params_and_buffers(model)
     trainable = {n: p for n, p in params.items() if p.requires_grad}
@@ -274,13 +304,13 @@ def meta_gradient_jvp(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
         zd = z.detach().requires_grad_()
         losses = _per_sample(loss_layer(zd, y), len(z), "loss_layer")
         gz, = torch.autograd.grad(losses.mean(), zd, create_graph=True)  # (1/n) dl_i/dz_i (phi)
-        g = torch.autograd.grad(z, list(trainable.values()), grad_outputs=gz.detach(), retain_graph=keep_graph,
-                                allow_unused=True)
+        g = torch.autograd.grad(z, list(trainable.values()), grad_outputs=gz.detach(),
+                                retain_graph=keep_graph or jvp_backend != "func", allow_unused=True)
     with torch.no_grad():
         vs = optimizer_virtual_step(optimizer, params, dict(zip(trainable, g)),
                                     values={n: p.detach() for n, p in params.items()})
     meta_loss, tangent = _meta_tangent(model, buffers, vs, meta_x, meta_y, meta_loss_fn)
-    u = _jvp_u(model, params, buffers, x, z, tangent, rng)
+    u = _jvp_u(model, params, buffers, x, z, tangent, rng, jvp_backend)
     with torch.enable_grad():
         obj = (gz * u).sum().neg()
         if obj.requires_grad:
@@ -328,7 +358,8 @@ def _cross_entropy(z: Tensor, y: Tensor) -> Tensor:
 
 def per_example_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
                         meta_x: Tensor, meta_y: Tensor, meta_loss_fn: LossLayer, *,
-                        per_sample_loss: LossLayer | None = None, keep_graph: bool = False) -> ExampleWeights:
+                        per_sample_loss: LossLayer | None = None, keep_graph: bool = False,
+                        jvp_backend: str = "auto") -> ExampleWeights:
     """Per-example weights ``w_i = -dL_meta(theta_hat(eps))/d eps_i`` at ``eps = 0``, all at once.
 
     L2RW (Ren et al. 2018, Eqs. 3-5 and 12: the meta-gradient with respect to perturbation
@@ -344,7 +375,7 @@ def per_example_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer
 
     Parameters
     ----------
-    model, optimizer, x, y, meta_x, meta_y, meta_loss_fn, keep_graph:
+    model, optimizer, x, y, meta_x, meta_y, meta_loss_fn, keep_graph, jvp_backend:
         As :func:`meta_gradient_jvp`.
     per_sample_loss:
         ``(z, y) -> (n,)`` or ``(n, k)`` losses ``l_i`` (default: cross-entropy); each column gets
@@ -357,18 +388,19 @@ def per_example_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer
         Raw weights (before any clamping / normalisation the method applies).
     """
     _check_sgd(optimizer)
+    _check_backend(jvp_backend)
     loss_fn = per_sample_loss or _cross_entropy
     params, buffers = params_and_buffers(model)
     trainable = {n: p for n, p in params.items() if p.requires_grad}
     rng = _rng_snapshot(x.device)
-    with torch.set_grad_enabled(keep_graph):
+    with torch.set_grad_enabled(keep_graph or jvp_backend != "func"):  # the graph walk needs the graph
         z = _train_forward(model, params, buffers, x, keep_graph)
     zd = z.detach()
     with torch.no_grad():
         zero = {n: torch.zeros_like(p) for n, p in trainable.items()}  # grad of L_train at eps = 0
         vs = optimizer_virtual_step(optimizer, params, zero, values={n: p.detach() for n, p in params.items()})
     meta_loss, tangent = _meta_tangent(model, buffers, vs, meta_x, meta_y, meta_loss_fn)
-    u = _jvp_u(model, params, buffers, x, zd, tangent, rng)
+    u = _jvp_u(model, params, buffers, x, z if z.grad_fn is not None else zd, tangent, rng, jvp_backend)
     with torch.no_grad():
         losses, dl = torch.func.jvp(lambda t: loss_fn(t, y), (zd,), (u,))
     _per_sample(losses, len(zd), "per_sample_loss", allow_columns=True)

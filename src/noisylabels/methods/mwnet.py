@@ -7,6 +7,7 @@ meta-gradient under uniform meta-label noise is (1 - eta) times the clean one, T
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -18,7 +19,14 @@ from ..meta import assign_grads, meta_gradient_double_backward, meta_gradient_jv
 from .base import register_method
 from .reweighting import ReweightingMethod
 
-__all__ = ["WeightNet", "MetaWeightNet"]
+__all__ = ["WeightNet", "MetaWeightNet", "META_GRADIENTS"]
+
+#: ``meta_gradient`` option -> engine function (same gradient, different cost)
+META_GRADIENTS = {
+    "jvp": meta_gradient_jvp,
+    "jvp-func": functools.partial(meta_gradient_jvp, jvp_backend="func"),
+    "double-backward": meta_gradient_double_backward,
+}
 
 
 class WeightNet(nn.Module):
@@ -68,8 +76,11 @@ class MetaWeightNet(ReweightingMethod):
         Approximation (MLC's trick, Wang et al. 2021): the real step applies the virtual step's
         gradient, i.e. the weights of the pre-update phi, and saves one backward pass.
     meta_gradient:
-        ``'jvp'`` (default: one forward-mode pass) or ``'double-backward'`` (the official code's
-        reference path, same result, several times the cost; for tests and benchmarks).
+        ``'jvp'`` (default: one forward-mode pass on the training forward's graph, see
+        :mod:`noisylabels.meta.graph_jvp`), ``'jvp-func'`` (the same pass by
+        :func:`torch.func.jvp`, which re-runs the forward) or ``'double-backward'`` (the official
+        code's reference path). All three give the same gradient up to rounding; the last two are
+        for tests and benchmarks.
     meta_batch_size:
         As :class:`ReweightingMethod`.
     """
@@ -86,10 +97,10 @@ class MetaWeightNet(ReweightingMethod):
             raise UserError(f"mwnet: wnet_optimizer must be 'adam' or 'sgd', got {wnet_optimizer!r}")
         if not isinstance(meta_interval, int) or meta_interval < 1:
             raise UserError(f"mwnet: meta_interval must be an integer >= 1, got {meta_interval!r}")
-        if meta_gradient not in ("jvp", "double-backward"):
-            raise UserError(f"mwnet: meta_gradient must be 'jvp' or 'double-backward', got {meta_gradient!r}")
+        if meta_gradient not in META_GRADIENTS:
+            raise UserError(f"mwnet: meta_gradient must be one of {', '.join(META_GRADIENTS)}; got {meta_gradient!r}")
         self.normalize, self.meta_interval, self.delayed = normalize, meta_interval, bool(delayed)
-        self._meta_grad_fn = meta_gradient_jvp if meta_gradient == "jvp" else meta_gradient_double_backward
+        self._meta_grad_fn = META_GRADIENTS[meta_gradient]
         self.wnet = WeightNet(int(hidden))
         self._opt_cfg = (wnet_optimizer, float(wnet_lr), float(wnet_weight_decay))
 
