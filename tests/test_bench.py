@@ -41,3 +41,24 @@ def test_smoke_full(tmp_path):
     res = run_suite("smoke", out=tmp_path / "smoke", verbose=False)
     acc = {r["column"]: r["mean"] for r in res["rows"] if r["metric"] == "test_accuracy"}
     assert acc["0%"] > 90
+
+
+@pytest.mark.parametrize("name", list_suites())
+def test_every_shipped_suite_cell_names_registered_components(name):
+    """Each cell of each shipped suite (paper tiers included, which CI never runs) resolves and names
+    a registered dataset, model, method, loss and noise type."""
+    from noisylabels.config import resolve_config
+    from noisylabels.data.registry import list_datasets
+    from noisylabels.losses import list_losses
+    from noisylabels.methods import list_methods
+    from noisylabels.models import list_models
+    from noisylabels.noise import list_noise_types
+
+    suite = load_suite(name)
+    for cell in suite.cells():
+        cfg = resolve_config(overrides={**suite.base, **dict(cell.overrides)})
+        assert cfg["data"]["name"] in list_datasets(), cell.key
+        assert cfg["model"]["name"] in list_models(), cell.key
+        assert cfg["method"]["name"] in list_methods(), cell.key
+        assert cfg["loss"]["name"] in list_losses(), cell.key
+        assert cfg["noise"]["type"] in list_noise_types(), cell.key

@@ -26,7 +26,9 @@ identities keep them cheap:
 A graph with a node that has no rule, a consumer of a secondary output (e.g. BatchNorm's saved
 mean), or saved tensors that were already freed raises :class:`UnsupportedGraph`; the engine then
 falls back to :func:`torch.func.jvp` (same numbers up to rounding). Register a rule for a new
-layer with :func:`register_jvp_rule`.
+layer with :func:`register_jvp_rule`. The rules are tested on the CPU kernels' nodes; on CUDA,
+BatchNorm records ``CudnnBatchNormBackward0``, which has no rule yet (fallback), and a
+``dropout`` that records ``NativeDropoutBackward0`` does not save its scale (fallback).
 """
 
 from __future__ import annotations
