@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -40,3 +41,12 @@ def assert_resume_exact(tmp_path):
         assert read("full") == read("part")
 
     return check
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one torch thread (tiny float64 models: thread start-up dominates)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -23,14 +23,7 @@ from noisylabels.meta import (
 from noisylabels.models import create_model, list_models
 
 DT = torch.float64
-
-
-@pytest.fixture(autouse=True)
-def _small_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def func_jvp(model: nn.Module, x: torch.Tensor, tangent: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -27,15 +27,8 @@ from noisylabels.meta import (
 DT = torch.float64
 
 # forward-mode AD loads torch's own jit-scripted decompositions on first use
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-
-
-@pytest.fixture(autouse=True)
-def _small_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 # -- tiny models and data ------------------------------------------------------------------------
