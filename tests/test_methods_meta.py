@@ -1,5 +1,6 @@
 """Meta-reweighting methods on the engine: MW-Net presets, L2RW, L2B (identities the papers state)."""
 
+import copy
 import json
 
 import numpy as np
@@ -137,6 +138,31 @@ def test_mwnet_delayed_real_step_equals_the_virtual_step(tmp_path):
     for name, p in ctx.model.named_parameters():
         assert torch.allclose(p, theta_hat[name], atol=1e-6), name
     assert any(not torch.equal(a, b) for a, b in zip(phi_old, m.wnet.parameters()))
+
+
+@pytest.mark.parametrize("name", ["l2rw", "l2b"])
+def test_warmup_epochs_are_plain_ce_steps(tmp_path, name):
+    """During ``warmup_epochs`` L2RW and L2B take exactly the plain mean-CE step; afterwards they reweight."""
+    ctx = build_context(_cfg(tmp_path, name, **{"method.name": name, "method.warmup_epochs": 1, "model.name": "mlp"}))
+    ref = copy.deepcopy(ctx.model)
+    ref_opt = torch.optim.SGD(ref.parameters(), **{k: ctx.optimizer.defaults[k] for k in ("lr", "momentum",
+                                                                                          "weight_decay")})
+    ctx.method.on_epoch_start(ctx)
+    batch = next(iter(ctx.loader("train", shuffle=False, augment=False)))
+    ctx.method.train_step(ctx, batch.x, batch.y, batch.index)
+    ref_opt.zero_grad()
+    F.cross_entropy(ref(batch.x), batch.y).backward()
+    ref_opt.step()
+    for a, b in zip(ctx.model.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b)
+    ctx.epoch = 1  # past the warm-up: the step now differs from plain CE
+    ctx.method.train_step(ctx, batch.x, batch.y, batch.index)
+    ref_opt.zero_grad()
+    F.cross_entropy(ref(batch.x), batch.y).backward()
+    ref_opt.step()
+    assert any(not torch.allclose(a, b) for a, b in zip(ctx.model.parameters(), ref.parameters()))
+    with pytest.raises(UserError, match="warmup_epochs"):
+        create_method(name, warmup_epochs=-1)
 
 
 def test_mwnet_meta_interval(tmp_path):

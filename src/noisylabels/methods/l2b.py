@@ -48,6 +48,20 @@ def normalize_weights(raw: torch.Tensor, *, mode: str = "sum", temperature: floa
     raise UserError(f"normalize must be 'sum', 'sigmoid' or 'softmax', got {mode!r}")
 
 
+def _check_warmup(method: str, warmup_epochs: int) -> int:
+    if not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+        raise UserError(f"{method}: warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
+    return warmup_epochs
+
+
+def _ce_warmup_step(ctx, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A plain mean-CE step (the warm-up epochs before meta-reweighting); returns ``(logits, loss)``."""
+    z = ctx.model(x)
+    loss = F.cross_entropy(z, y)
+    ctx.backward_and_step(loss)
+    return z, loss
+
+
 @register_method("l2rw", help="learning to reweight examples (Ren et al. 2018): per-step meta-gradient weights")
 class L2RW(ReweightingMethod):
     """L2RW: ``w_i = max(-dL_meta/d eps_i, 0)`` normalised by the batch sum (Ren et al. 2018, Eqs. 12-13).
@@ -56,17 +70,28 @@ class L2RW(ReweightingMethod):
 
     Parameters
     ----------
+    warmup_epochs:
+        Epochs of plain CE before reweighting (default 0, as Ren et al.; the L2B code's
+        ``--warm_up`` applies to its L2RW runs too, so a comparison with L2B should match it).
     meta_loss, meta_batch_size:
         As :class:`ReweightingMethod`.
     """
 
+    def __init__(self, *, warmup_epochs: int = 0, meta_loss: str = "ce", meta_batch_size: int | None = None) -> None:
+        super().__init__(meta_loss=meta_loss, meta_batch_size=meta_batch_size)
+        self.warmup_epochs = _check_warmup("l2rw", warmup_epochs)
+
     def train_step(self, ctx, x, y, index) -> dict[str, float]:
-        mx, my = self.next_meta_batch(ctx)
-        res = per_example_weights(ctx.model, ctx.optimizer, x, y, mx, my, self.meta_loss, keep_graph=True)
-        w = normalize_weights(res.weights * len(y), mode="sum")
-        z = res.train_logits
-        loss = (w * F.cross_entropy(z, y, reduction="none")).sum()
-        ctx.backward_and_step(loss)
+        if ctx.epoch < self.warmup_epochs:
+            z, loss = _ce_warmup_step(ctx, x, y)
+            w = torch.full_like(y, 1.0 / len(y), dtype=z.dtype)
+        else:
+            mx, my = self.next_meta_batch(ctx)
+            res = per_example_weights(ctx.model, ctx.optimizer, x, y, mx, my, self.meta_loss, keep_graph=True)
+            w = normalize_weights(res.weights * len(y), mode="sum")
+            z = res.train_logits
+            loss = (w * F.cross_entropy(z, y, reduction="none")).sum()
+            ctx.backward_and_step(loss)
         self.record_weights(index, w * len(y))  # recorded on the scale "1 = average weight"
         return {"loss": float(loss.detach()), "correct": float((z.detach().argmax(1) == y).sum()),
                 "count": float(y.numel())}
@@ -108,12 +133,10 @@ class L2B(ReweightingMethod):
         normalize_weights(torch.zeros(2), mode=normalize)  # validates the name
         if ablation not in ABLATIONS:
             raise UserError(f"l2b: ablation must be one of {', '.join(ABLATIONS)}, got {ablation!r}")
-        if not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise UserError(f"l2b: warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
         if float(temperature) <= 0:
             raise UserError(f"l2b: temperature must be positive, got {temperature}")
         self.normalize, self.temperature = normalize, float(temperature)
-        self.ablation, self.warmup_epochs = ablation, warmup_epochs
+        self.ablation, self.warmup_epochs = ablation, _check_warmup("l2b", warmup_epochs)
         self.beta_history: dict[int, np.ndarray] = {}
 
     def setup(self, ctx) -> None:
@@ -148,9 +171,7 @@ class L2B(ReweightingMethod):
 
     def train_step(self, ctx, x, y, index) -> dict[str, float]:
         if ctx.epoch < self.warmup_epochs:
-            z = ctx.model(x)
-            loss = F.cross_entropy(z, y)
-            ctx.backward_and_step(loss)
+            z, loss = _ce_warmup_step(ctx, x, y)
             alpha, beta = torch.ones_like(y, dtype=z.dtype) / len(y), torch.zeros_like(y, dtype=z.dtype)
         else:
             mx, my = self.next_meta_batch(ctx)
