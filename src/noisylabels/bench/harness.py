@@ -13,9 +13,9 @@ A suite is a YAML file (shipped ones live in ``noisylabels/bench/suites``)::
         - {label: "40%", set: {noise.type: symmetric, noise.rate: 0.4}}
       method:
         - {label: CE, set: {method.name: erm, loss.name: ce}}
-    metrics: [test_accuracy]
-    # an entry may also carry `set_by: {other_axis: {label: {overrides}}}`, applied when the
-    # other axis takes that label (e.g. a class-dependent noise map that differs per dataset)                        # summary.json keys to tabulate (x100)
+    metrics: [test_accuracy]                        # summary.json keys to tabulate (x100)
+    # an axis entry may also carry `set_by: {other_axis: {label: {overrides}}}`, applied when the
+    # other axis takes that label (e.g. a class-dependent noise map that differs per dataset)
     reference:                                      # optional, e.g. a paper's table
       source: "Zhang & Sabuncu 2018, Table 1"
       test_accuracy: {CE: {"40%": 81.88}}

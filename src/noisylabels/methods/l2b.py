@@ -193,10 +193,8 @@ class L2B(ReweightingMethod):
 
     def on_epoch_end(self, ctx) -> dict[str, Any]:
         out = super().on_epoch_end(ctx)
-        idx = ctx.data.splits["train"].to(self._b_sum.device)
-        cnt = self._w_cnt[idx]
-        if bool((cnt > 0).any()):
-            beta = torch.where(cnt > 0, self._b_sum[idx] / cnt.clamp_min(1), torch.nan).cpu().numpy()
+        beta = self.epoch_mean(ctx, self._b_sum)
+        if beta is not None:
             self.beta_history[ctx.epoch] = beta.astype(np.float32)
             out["mean_beta"] = float(np.nanmean(beta))
         return out
@@ -204,9 +202,7 @@ class L2B(ReweightingMethod):
     def finalize(self, ctx) -> dict[str, Any]:
         out = super().finalize(ctx)
         alpha = self.selected_weights(ctx)
-        epoch = ctx.best.get("epoch")
-        beta = self.beta_history.get(epoch) if epoch in self.beta_history else (
-            self.beta_history[max(self.beta_history)] if self.beta_history else None)
+        beta = self.at_selected_epoch(ctx, self.beta_history)
         if alpha is not None and beta is not None:
             from ..eval.plots import plot_alpha_beta
 

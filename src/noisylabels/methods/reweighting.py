@@ -90,12 +90,20 @@ class ReweightingMethod(Method):
         self._w_sum.index_add_(0, index, weights.detach().to(self._w_sum.dtype))
         self._w_cnt.index_add_(0, index, torch.ones_like(self._w_sum[index]))
 
-    def on_epoch_end(self, ctx) -> dict[str, Any]:
-        idx = ctx.data.splits["train"].to(self._w_sum.device)
+    def epoch_mean(self, ctx, sums: torch.Tensor) -> np.ndarray | None:
+        """Per-training-sample mean over this epoch's visits of a quantity accumulated in ``sums``
+        (by dataset index, counted by :meth:`record_weights`); NaN for unvisited samples, ``None``
+        if no sample was visited."""
+        idx = ctx.data.splits["train"].to(sums.device)
         cnt = self._w_cnt[idx]
         if not bool((cnt > 0).any()):
+            return None
+        return torch.where(cnt > 0, sums[idx] / cnt.clamp_min(1), torch.nan).cpu().numpy()
+
+    def on_epoch_end(self, ctx) -> dict[str, Any]:
+        mean = self.epoch_mean(ctx, self._w_sum)
+        if mean is None:
             return {}
-        mean = torch.where(cnt > 0, self._w_sum[idx] / cnt.clamp_min(1), torch.nan).cpu().numpy()
         self.weight_history[ctx.epoch] = mean.astype(np.float32)
         self._save_history(ctx)
         noisy = ctx.data.is_noisy[ctx.data.splits["train"]].numpy()
@@ -113,14 +121,17 @@ class ReweightingMethod(Method):
                             weights=np.stack([self.weight_history[e] for e in epochs]))
         tmp.replace(path)
 
-    def selected_weights(self, ctx) -> np.ndarray | None:
-        """Weights of the best-validation epoch (else the last recorded one)."""
-        if not self.weight_history:
+    @staticmethod
+    def at_selected_epoch(ctx, history: dict[int, np.ndarray]) -> np.ndarray | None:
+        """The entry of a per-epoch ``history`` at the best-validation epoch (else the last one)."""
+        if not history:
             return None
         epoch = ctx.best.get("epoch")
-        if epoch not in self.weight_history:
-            epoch = max(self.weight_history)
-        return self.weight_history[epoch]
+        return history[epoch if epoch in history else max(history)]
+
+    def selected_weights(self, ctx) -> np.ndarray | None:
+        """Weights of the best-validation epoch (else the last recorded one)."""
+        return self.at_selected_epoch(ctx, self.weight_history)
 
     def sample_scores(self, ctx, probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Suspicion = minus the weight the best-validation epoch gave the sample."""

@@ -188,10 +188,6 @@ def _create_method(cfg: Mapping[str, Any]) -> Method:
     return method
 
 
-def _prepare(cfg: Mapping[str, Any], method: Method) -> RunData:
-    return prepare_data(cfg, needs_meta_set=method.needs_meta_set)
-
-
 def _build(cfg: dict[str, Any], data: RunData, device: torch.device, recorder: RunRecorder,
            method: Method) -> TrainContext:
     model = _create_model(cfg, data).to(device)
@@ -217,12 +213,13 @@ def _build(cfg: dict[str, Any], data: RunData, device: torch.device, recorder: R
 def build_context(cfg: dict[str, Any], *, data: RunData | None = None) -> TrainContext:
     """Build a run's :class:`TrainContext` (data, model, loss, method set up) without training.
 
-    Useful for notebooks and tests that drive ``method.train_step`` by hand.
+    :func:`fit` starts from it; notebooks and tests use it to drive ``method.train_step`` by hand.
     """
     seed_everything(int(cfg["seed"]))
     method = _create_method(cfg)
-    ctx = _build(cfg, data if data is not None else _prepare(cfg, method), torch.device(cfg["device"]),
-                 RunRecorder(cfg["out"]), method)
+    if data is None:
+        data = prepare_data(cfg, needs_meta_set=method.needs_meta_set)
+    ctx = _build(cfg, data, torch.device(cfg["device"]), RunRecorder(cfg["out"]), method)
     ctx.method.setup(ctx)
     return ctx
 
@@ -281,13 +278,8 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, stop_after: int | None = N
     if tcfg["num_threads"]:
         torch.set_num_threads(int(tcfg["num_threads"]))
     seed = int(cfg["seed"])
-    seed_everything(seed)
-    device = torch.device(cfg["device"])
-    recorder = RunRecorder(cfg["out"])
-    method = _create_method(cfg)
-    data = data if data is not None else _prepare(cfg, method)
-    ctx = _build(cfg, data, device, recorder, method)
-    method.setup(ctx)
+    ctx = build_context(cfg, data=data)
+    method, data, recorder, device = ctx.method, ctx.data, ctx.recorder, ctx.device
 
     history: list[dict[str, Any]] = []
     best = ctx.best
