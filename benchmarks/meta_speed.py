@@ -75,6 +75,7 @@ import torch
 
 from noisylabels.config import resolve_config
 from noisylabels.meta import graph_jvp, jvp_logits, params_and_buffers
+from noisylabels.methods import MetaBatch
 from noisylabels.models import create_model
 from noisylabels.train import RunData, TrainContext, build_context
 
@@ -116,8 +117,7 @@ def synthetic_data(model: str, *, batch_size: int, meta_batch_size: int, seed: i
                    splits={"train": torch.arange(batch_size), "val": torch.arange(0),
                            "meta": torch.arange(batch_size, n)},
                    test_images=images[:0], test_labels=labels[:0], classes=[str(k) for k in range(NUM_CLASSES)],
-                   mean=(0.5,) * channels, std=(0.25,) * channels, augment=None, transition=np.eye(NUM_CLASSES),
-                   noise_type="none")
+                   mean=(0.5,) * channels, std=(0.25,) * channels, augment=None, transition=np.eye(NUM_CLASSES))
 
 
 @dataclass
@@ -137,23 +137,23 @@ class Variant:
     def method(self) -> Any:
         return self.ctx.method
 
-    def step(self) -> dict[str, float]:
+    def step(self) -> Any:
         return self.method.train_step(self.ctx, self.x, self.y, self.index)
 
     def run_unit(self) -> None:
         """``steps_per_unit`` consecutive training steps (as the loop runs them: ``ctx.step`` counts)."""
         for _ in range(self.steps_per_unit):
-            stats = self.step()
+            out = self.step()
             self.ctx.step += 1
-            if not math.isfinite(stats["loss"]):
+            if not math.isfinite(float(out.loss)):
                 self.nonfinite = True
 
     # state restored before every timed unit
     def _modules(self) -> list[torch.nn.Module]:
-        return [self.ctx.model] + ([self.method.wnet] if hasattr(self.method, "wnet") else [])
+        return [self.ctx.model] + ([self.method.meta_net] if hasattr(self.method, "meta_net") else [])
 
     def _optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.ctx.optimizer] + ([self.method.wnet_opt] if hasattr(self.method, "wnet_opt") else [])
+        return [self.ctx.optimizer] + ([self.method.meta_opt] if hasattr(self.method, "meta_opt") else [])
 
     def snapshot(self) -> None:
         self.saved = {"modules": [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self._modules()],
@@ -178,7 +178,7 @@ def build_variant(name: str, model: str, *, batch_size: int, meta_batch_size: in
         method_cfg["meta_batch_size"] = meta_batch_size
     cfg = resolve_config(overrides={
         "seed": seed, "device": device, "out": os.path.join(out, name), "model": {"name": model},
-        "loss": {"name": "ce"}, "method": method_cfg, "data.meta_set": "clean", "data.augment": "none",
+        "method": method_cfg, "data.augment": "none",
         "optim.name": "sgd", "optim.lr": 0.1, "optim.momentum": 0.9, "optim.weight_decay": 5e-4,
         "optim.nesterov": False, "optim.schedule": "none", "optim.warmup_epochs": 0,
         "train.batch_size": batch_size, "train.clip_grad_norm": None,
@@ -187,14 +187,14 @@ def build_variant(name: str, model: str, *, batch_size: int, meta_batch_size: in
     ctx = build_context(cfg, data=data)  # seeds the global RNG: every variant gets the same initial model
     ctx.model.train()
     ctx.epoch = int(getattr(ctx.method, "warmup_epochs", 0))  # L2B: past its plain-CE warm-up
-    ctx.method.on_epoch_start(ctx)
+    ctx.method.start_epoch(ctx)
     # one batch of each split through the real loader (outside any timing)
     train = next(iter(ctx.loader("train", shuffle=False, augment=False)))
     meta = next(iter(ctx.loader("meta", shuffle=False, augment=False, batch_size=meta_batch_size)))
     dev = ctx.device
-    if hasattr(ctx.method, "next_meta_batch"):
-        mx, my = meta.x.to(dev), meta.y.to(dev)
-        ctx.method.next_meta_batch = lambda _ctx: (mx, my)  # fixed meta batch: no pipeline in the timing
+    if ctx.method.needs_meta_set:
+        fixed = MetaBatch(meta.x.to(dev), meta.y.to(dev), meta.index.to(dev))
+        ctx.next_meta_batch = lambda batch_size=None: fixed  # fixed meta batch: no pipeline in the timing
     return Variant(name, ctx, train.x.to(dev), train.y.to(dev), train.index.to(dev), steps)
 
 

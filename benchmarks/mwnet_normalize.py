@@ -30,7 +30,6 @@ def _run(out: Path, *, method: str, normalize: str, seed: int, args: argparse.Na
     over = {"out": str(out), "seed": seed, "train.progress": False, "train.epochs": args.epochs,
             "data.name": args.dataset, "noise.type": args.noise, "noise.rate": args.rate,
             "method.name": method, "method.normalize": normalize,
-            "data.meta_set": "clean" if method == "mwnet" else "noisy",
             "optim.lr": 0.05, "optim.momentum": 0.9, "optim.weight_decay": 5e-4, "train.batch_size": 64}
     if args.dataset == "mnist":
         over.update({"model.name": "lenet", "data.meta_size": 500})

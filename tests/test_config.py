@@ -2,13 +2,16 @@ import pytest
 
 from noisylabels.config import default_config, parse_assignment, resolve_config, set_value
 from noisylabels.errors import UserError
+from noisylabels.train import resolve_method_defaults
 
 
 def test_defaults_are_the_main_job():
     cfg = resolve_config()
     assert cfg["data"]["name"] == "digits"
     assert cfg["noise"]["type"] == "symmetric" and cfg["noise"]["rate"] == 0.4
-    assert cfg["loss"]["name"] == "ce" and cfg["model"]["name"] == "mlp"
+    assert cfg["loss"]["name"] == "auto" and cfg["model"]["name"] == "mlp"
+    run = resolve_method_defaults(cfg)  # what the run trains on
+    assert run["loss"]["name"] == "ce" and run["method"]["name"] == "erm" and run["data"]["meta_set"] == "clean"
 
 
 def test_set_parses_yaml_values_and_free_sections():

@@ -100,6 +100,21 @@ def _fmt(v: Any, pct: bool = True) -> str:
     return str(v)
 
 
+def _header(cfg: dict[str, Any]) -> str:
+    """One line naming what the run trains, with the settings the method resolved."""
+    from .methods import METHODS
+    from .train import resolve_method_defaults
+
+    run = resolve_method_defaults(cfg)
+    cls = METHODS.get(run["method"]["name"])
+    text = (f"noisylabels {run['method']['name']} (loss {run['loss']['name']}, {run['model']['name']}) on "
+            f"{run['data']['name']}, {run['noise']['type']} noise {run['noise']['rate']}, seed {run['seed']}")
+    if cls.needs_meta_set:
+        why = f", the {run['method']['name']} preset's" if cls.meta_set_kind else ""
+        text += f"; meta set: {run['data']['meta_set']}{why}"
+    return text
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config, resolve_config
     from .train import fit
@@ -112,9 +127,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
         cfg = resolve_config(config_file=args.config, overrides=overrides, assignments=args.set)
+    print(_header(cfg), flush=True)
     summary = fit(cfg, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
-    print(f"noisylabels {cfg['method']['name']} ({cfg['loss']['name']}, {cfg['model']['name']}) on "
-          f"{cfg['data']['name']}, {cfg['noise']['type']} noise {cfg['noise']['rate']}, seed {cfg['seed']}")
     _print_table([
         ("test accuracy @ best val", _fmt(summary["test_accuracy"])),
         ("best val accuracy (noisy)", f"{_fmt(summary['best_val_accuracy'])} (epoch {summary['best_epoch']})"),

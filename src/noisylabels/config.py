@@ -32,7 +32,8 @@ DEFAULTS: dict[str, Any] = {
         "val_fraction": 0.1,    # validation from training data, labels as noisy as training
         "meta_size": "auto",    # meta set carved from training data; auto: 0, or for meta methods
                                 # min(1000, 10% of the training pool) (the papers' 1000 on CIFAR)
-        "meta_set": "clean",    # clean: gold labels; noisy: labels corrupted like training
+        "meta_set": "auto",     # clean: gold labels; noisy: labels corrupted like training;
+                                # auto: the method's (rmnw-net, mnw-net: noisy), else clean
         "augment": "auto",      # auto | none | {crop_padding: int, hflip: bool}
         "train_subset": None,   # keep a class-balanced subset of this many pool samples
         "test_subset": None,    # evaluate on a class-balanced subset of this many test samples
@@ -44,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
         "options": {},          # e.g. include_true_class, matrix_path, source (open-set)
     },
     "model": {"name": "mlp"},
-    "loss": {"name": "ce"},
+    "loss": {"name": "auto"},   # auto: CE, or the method's own loss (mwnet, truncated-lq, ...)
     "method": {"name": "erm"},
     "optim": {
         "name": "sgd",          # sgd | adam
@@ -163,8 +164,8 @@ def resolve_config(*, config_file: str | Path | None = None, overrides: Mapping[
 def validate(cfg: Mapping[str, Any]) -> None:
     """Cheap checks of values (names are checked by the registries)."""
     d, t, o = cfg["data"], cfg["train"], cfg["optim"]
-    if d["meta_set"] not in ("clean", "noisy"):
-        raise UserError(f"data.meta_set must be 'clean' or 'noisy', got {d['meta_set']!r}")
+    if d["meta_set"] not in ("auto", "clean", "noisy"):
+        raise UserError(f"data.meta_set must be 'auto', 'clean' or 'noisy', got {d['meta_set']!r}")
     checks = [("train.epochs", t["epochs"], 1), ("train.batch_size", t["batch_size"], 1)]
     if d["meta_size"] != "auto":
         checks.append(("data.meta_size", d["meta_size"], 0))

@@ -62,19 +62,37 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
-def call_with_options(kind: str, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn`` turning a bad keyword option into a one-line :class:`UserError`."""
+def _keyword_options(fn: Callable[..., Any]) -> tuple[set[str], list[str]] | None:
+    """``(accepted names, keyword-only names)`` of ``fn``; for a class whose ``__init__`` forwards
+    ``**options`` to its bases, the union over the MRO; ``None`` if anything is accepted."""
     import inspect
 
-    sig = inspect.signature(fn)
-    params = sig.parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        bad = [k for k in kwargs if k not in params]
+    targets = [c.__init__ for c in fn.__mro__ if "__init__" in vars(c) and c is not object] \
+        if inspect.isclass(fn) else [fn]
+    accepted: set[str] = set()
+    keyword: list[str] = []
+    for target in targets:
+        params = inspect.signature(target).parameters
+        for k, p in params.items():
+            if p.kind is p.KEYWORD_ONLY and k not in keyword:
+                keyword.append(k)
+            if p.kind is not p.VAR_KEYWORD:
+                accepted.add(k)
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return accepted, keyword
+    return None
+
+
+def call_with_options(kind: str, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` turning a bad keyword option into a one-line :class:`UserError`."""
+    options = _keyword_options(fn)
+    if options is not None:
+        accepted, keyword = options
+        bad = [k for k in kwargs if k not in accepted]
         if bad:
-            valid = [k for k, p in params.items() if p.kind is p.KEYWORD_ONLY]
             raise UserError(
                 f"{kind} {name!r} has no option(s) {', '.join(map(repr, bad))}; "
-                f"valid options: {', '.join(valid) or '(none)'}"
+                f"valid options: {', '.join(keyword) or '(none)'}"
             )
     return fn(*args, **kwargs)
 

@@ -39,15 +39,8 @@ DATASETS: Registry[Callable[..., RawDataset]] = Registry("dataset")
 T = TypeVar("T")
 
 
-def _ensure_loaders() -> None:
-    # The loaders register on import; ``noisylabels.data`` imports them, but a
-    # caller may import this module on its own.
-    from . import cifar, digits, imagefolder, mnist  # noqa: F401
-
-
 def list_datasets() -> list[str]:
     """Names of the registered datasets, sorted."""
-    _ensure_loaders()
     return DATASETS.names()
 
 
@@ -85,7 +78,6 @@ def create_dataset(
         Unknown name or option, data files not found (the message says where
         it looked), or corrupt files.
     """
-    _ensure_loaders()
     fn = DATASETS.get(name)
     dd = None if data_dir is None else Path(data_dir).expanduser()
     cd = None if cache_dir is None else Path(cache_dir).expanduser()

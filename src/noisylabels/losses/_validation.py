@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..errors import UserError
 
-__all__ = ["HParam", "check_inputs", "check_reduction", "hparam", "reduce"]
+__all__ = ["HParam", "check_inputs", "check_targets", "check_reduction", "hparam", "reduce"]
 
 #: A hyperparameter: a Python number, a 0-d tensor, or a per-sample tensor of shape (B,).
 HParam = Union[float, Tensor]
@@ -51,6 +51,8 @@ def check_inputs(logits: Any, target: Any, loss: str) -> tuple[Tensor, Tensor]:
     n, k = logits.shape
     if k < 2:
         raise UserError(f"{loss}: logits need at least 2 classes; got shape {tuple(logits.shape)}")
+    if isinstance(target, Tensor) and target.is_floating_point() and target.ndim == 2:
+        raise UserError(f"{loss}: takes class indices only; soft (probability-vector) targets are not defined for it")
     if not isinstance(target, Tensor) or target.ndim != 1 or target.shape[0] != n:
         shape = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
         raise UserError(
@@ -68,6 +70,32 @@ def check_inputs(logits: Any, target: Any, loss: str) -> tuple[Tensor, Tensor]:
             bad = lo_v if lo_v < 0 else hi_v
             raise UserError(f"{loss}: labels must lie in [0, {k}); got label {bad}")
     return logits, target.long()
+
+
+def check_targets(logits: Any, target: Any, loss: str) -> tuple[Tensor, Tensor, bool]:
+    """Like :func:`check_inputs`, but ``target`` may also be soft: a floating (B, K) tensor of
+    probability vectors (non-negative, rows summing to 1 within 1e-4).
+
+    Returns ``(logits, target, soft)``; a soft target is cast to the logits' dtype.
+    """
+    if isinstance(target, Tensor) and target.is_floating_point() and target.ndim == 2:
+        if not isinstance(logits, Tensor) or logits.ndim != 2 or not logits.is_floating_point():
+            check_inputs(logits, target, loss)  # raises the logits message
+        if tuple(target.shape) != tuple(logits.shape):
+            raise UserError(f"{loss}: a soft target must have the logits' shape {tuple(logits.shape)}; "
+                            f"got {tuple(target.shape)}")
+        if target.device != logits.device:
+            raise UserError(f"{loss}: target is on {target.device} but logits are on {logits.device}")
+        q = target.detach()
+        if q.numel():
+            if not bool(torch.isfinite(q).all()) or bool((q < 0).any()):
+                raise UserError(f"{loss}: a soft target must hold finite non-negative probabilities")
+            worst = float((q.sum(1) - 1).abs().max())
+            if worst > 1e-4:
+                raise UserError(f"{loss}: soft target rows must sum to 1; a row is off by {worst:.3g}")
+        return logits, target.to(logits.dtype), True
+    logits, target = check_inputs(logits, target, loss)
+    return logits, target, False
 
 
 def _describe_interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:

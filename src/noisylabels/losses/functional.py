@@ -3,7 +3,13 @@
 Every loss has the signature ``fn(logits, target, *, reduction='mean', **hyperparameters)``:
 
 * ``logits``: floating tensor (B, K), unnormalised scores.
-* ``target``: int64 class indices (B,) in [0, K).
+* ``target``: int64 class indices (B,) in [0, K), or -- for every loss but truncated L_q -- a soft
+  target: a floating (B, K) tensor of probability vectors (e.g. a corrected label, EMLC Eq. 6).
+  Losses defined per label extend linearly, ``L(z, q) = sum_c q_c L(z, c)`` (the expected loss
+  under the target distribution: CE, MAE, GCE, focal, forward); losses defined between two
+  distributions use the target distribution directly (the RCE part of SCE, JS); PolySoft and the
+  bootstrapping losses apply their definition to the soft CE. A one-hot soft target gives exactly
+  the hard-label loss.
 * ``reduction``: ``'mean'`` (default), ``'sum'`` or ``'none'`` (per-sample vector (B,)).
 * each hyperparameter: a float, or a tensor of shape () or (B,) (one value per sample,
   e.g. predicted by NARL-Adjuster). Tensors keep their autograd graph, and every loss
@@ -27,7 +33,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..registry import Registry
-from ._validation import HParam, check_inputs, check_reduction, hparam, reduce
+from ._validation import HParam, check_inputs, check_reduction, check_targets, hparam, reduce
 
 __all__ = [
     "LOSSES",
@@ -69,6 +75,18 @@ def _log1m_py(logits: Tensor, target: Tensor, lse: Tensor) -> Tensor:
     return torch.logsumexp(others, dim=1) - lse
 
 
+def _soft_ce(logits: Tensor, q: Tensor) -> Tensor:
+    """``-sum_c q_c log p_c`` (B,), with ``0 * log 0 = 0`` (``xlogy`` semantics through the product)."""
+    return -(q * torch.log_softmax(logits, dim=1)).sum(dim=1)
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """``log(1 - exp(x))`` for ``x < 0`` (Maechler's switch at ``-log 2``); ``x`` is kept below ``-eps``
+    so the value and its gradient stay finite when ``p`` rounds to 1."""
+    x = x.clamp(max=-torch.finfo(x.dtype).eps)
+    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
 def _lq_of_log(log_p: Tensor, q: Tensor) -> Tensor:
     """``(1 - p^q) / q`` computed as ``-expm1(q log p) / q``: exact for tiny q, -> -log p as q -> 0."""
     return -torch.expm1(q * log_p) / q
@@ -106,7 +124,9 @@ def cross_entropy(logits: Tensor, target: Tensor, *, reduction: str = "mean") ->
         The reduced loss, or the per-sample losses (B,) for ``reduction='none'``.
     """
     check_reduction(reduction, "ce")
-    logits, target = check_inputs(logits, target, "ce")
+    logits, target, soft = check_targets(logits, target, "ce")
+    if soft:
+        return reduce(_soft_ce(logits, target), reduction)
     log_py, _ = _log_py(logits, target)
     return reduce(-log_py, reduction)
 
@@ -124,7 +144,9 @@ def mae_loss(logits: Tensor, target: Tensor, *, reduction: str = "mean") -> Tens
         See :func:`cross_entropy`.
     """
     check_reduction(reduction, "mae")
-    logits, target = check_inputs(logits, target, "mae")
+    logits, target, soft = check_targets(logits, target, "mae")
+    if soft:  # sum_c q_c ||e_c - p||_1 = 2 (1 - sum_c q_c p_c)
+        return reduce(2.0 * (1.0 - (target * torch.softmax(logits, dim=1)).sum(dim=1)), reduction)
     _, lse = _log_py(logits, target)
     return reduce(2.0 * torch.exp(_log1m_py(logits, target, lse)), reduction)
 
@@ -144,8 +166,12 @@ def gce_loss(logits: Tensor, target: Tensor, *, q: HParam = 0.7, reduction: str 
         In (0, 1]; float or per-sample tensor (B,). Differentiable. The paper uses 0.7.
     """
     check_reduction(reduction, "gce")
-    logits, target = check_inputs(logits, target, "gce")
+    logits, target, soft = check_targets(logits, target, "gce")
     q_t = hparam(q, "q", "gce", logits, low=0.0, high=1.0, low_open=True)
+    if soft:
+        log_p = torch.log_softmax(logits, dim=1)
+        qq = q_t if q_t.ndim == 0 else q_t[:, None]
+        return reduce((target * _lq_of_log(log_p, qq)).sum(dim=1), reduction)
     log_py, _ = _log_py(logits, target)
     return reduce(_lq_of_log(log_py, q_t), reduction)
 
@@ -293,13 +319,28 @@ def sce_loss(
         beta = gamma2
     alpha = 0.1 if alpha is None else alpha
     beta = 1.0 if beta is None else beta
-    logits, target = check_inputs(logits, target, name)
+    logits, target, soft = check_targets(logits, target, name)
     a_t = hparam(alpha, "alpha", name, logits, low=0.0)
     b_t = hparam(beta, "beta", name, logits, low=0.0)
     big_a = hparam(A, "A", name, logits, high=0.0, high_open=True)
+    if soft:  # RCE = -sum_k p_k log q_k with log q_k := A where q_k < e^A (log 0 := A)
+        log_q = torch.log(target.clamp_min(1e-300)).maximum(big_a if big_a.ndim == 0 else big_a[:, None])
+        rce = -(torch.softmax(logits, dim=1) * log_q).sum(dim=1)
+        return reduce(a_t * _soft_ce(logits, target) + b_t * rce, reduction)
     log_py, lse = _log_py(logits, target)
     rce = -big_a * torch.exp(_log1m_py(logits, target, lse))
     return reduce(a_t * (-log_py) + b_t * rce, reduction)
+
+
+def _js_soft(logits: Tensor, q: Tensor, pi: Tensor) -> Tensor:
+    """Scaled ``JS_pi(q, p)`` between a target distribution q and p (0 log 0 = 0)."""
+    log_p = torch.log_softmax(logits, dim=1)
+    pic = pi if pi.ndim == 0 else pi[:, None]
+    log_q = torch.log(q.clamp_min(1e-300))
+    log_m = torch.logaddexp(torch.log(pic) + log_q, torch.log1p(-pic) + log_p)
+    kl_qm = torch.where(q > 0, q * (log_q - log_m), torch.zeros_like(q)).sum(dim=1)
+    kl_pm = (log_p.exp() * (log_p - log_m)).sum(dim=1)
+    return (pi * kl_qm + (1.0 - pi) * kl_pm) / (-(1.0 - pi) * torch.log1p(-pi))
 
 
 @_register("js")
@@ -325,8 +366,10 @@ def js_loss(logits: Tensor, target: Tensor, *, pi1: HParam = 0.5, reduction: str
     """
     name = "js"
     check_reduction(reduction, name)
-    logits, target = check_inputs(logits, target, name)
+    logits, target, soft = check_targets(logits, target, name)
     pi = hparam(pi1, "pi1", name, logits, low=0.0, high=1.0, low_open=True, high_open=True)
+    if soft:
+        return reduce(_js_soft(logits, target, pi), reduction)
     log_py, lse = _log_py(logits, target)
     py = torch.exp(log_py)
     one_m_py = torch.exp(_log1m_py(logits, target, lse))
@@ -364,11 +407,11 @@ def polysoft_loss(
     """
     name = "polysoft"
     check_reduction(reduction, name)
-    logits, target = check_inputs(logits, target, name)
+    logits, target, soft = check_targets(logits, target, name)
     lam_t = hparam(lam, "lam", name, logits, low=0.0, low_open=True)
     d_t = hparam(d, "d", name, logits, low=1.0, low_open=True)
-    log_py, _ = _log_py(logits, target)
-    ratio = -log_py / lam_t
+    ce = _soft_ce(logits, target) if soft else -_log_py(logits, target)[0]
+    ratio = ce / lam_t
     active = ratio < 1.0
     safe = torch.where(active, ratio, torch.zeros_like(ratio))
     cap = (d_t - 1.0) / d_t * lam_t
@@ -395,11 +438,11 @@ def bootstrap_soft_loss(
     """
     name = "bootstrap-soft"
     check_reduction(reduction, name)
-    logits, target = check_inputs(logits, target, name)
+    logits, target, soft = check_targets(logits, target, name)
     b = hparam(beta, "beta", name, logits, low=0.0, high=1.0)
     logp = torch.log_softmax(logits, dim=1)
     p_hat = logp.detach().exp()
-    ce = -logp.gather(1, target[:, None]).squeeze(1)
+    ce = -(target * logp).sum(dim=1) if soft else -logp.gather(1, target[:, None]).squeeze(1)
     self_ce = -(p_hat * logp).sum(dim=1)
     return reduce(b * ce + (1.0 - b) * self_ce, reduction)
 
@@ -419,11 +462,11 @@ def bootstrap_hard_loss(
     """
     name = "bootstrap-hard"
     check_reduction(reduction, name)
-    logits, target = check_inputs(logits, target, name)
+    logits, target, soft = check_targets(logits, target, name)
     b = hparam(beta, "beta", name, logits, low=0.0, high=1.0)
     logp = torch.log_softmax(logits, dim=1)
     pred = logits.detach().argmax(dim=1)
-    ce = -logp.gather(1, target[:, None]).squeeze(1)
+    ce = -(target * logp).sum(dim=1) if soft else -logp.gather(1, target[:, None]).squeeze(1)
     ce_pred = -logp.gather(1, pred[:, None]).squeeze(1)
     return reduce(b * ce + (1.0 - b) * ce_pred, reduction)
 
@@ -473,9 +516,12 @@ def forward_loss(logits: Tensor, target: Tensor, *, T: Any = None, reduction: st
     """
     name = "forward"
     check_reduction(reduction, name)
-    logits, target = check_inputs(logits, target, name)
+    logits, target, soft = check_targets(logits, target, name)
     t = _transition_matrix(T, logits, name)
     logp = torch.log_softmax(logits, dim=1)
+    if soft:  # -sum_c q_c log (T^T p)_c, in log space
+        log_noisy = torch.logsumexp(logp[:, :, None] + torch.log(t.clamp_min(torch.finfo(t.dtype).tiny))[None], dim=1)
+        return reduce(-(target * log_noisy.clamp_min(torch.finfo(logp.dtype).min)).sum(dim=1), reduction)
     cols = t.t()[target]  # (B, K): cols[b, i] = T[i, y~_b]
     pos = cols > 0
     if not bool(pos.any(dim=1).all()):
@@ -504,8 +550,12 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: HParam = 2.0, reduction
     """
     name = "focal"
     check_reduction(reduction, name)
-    logits, target = check_inputs(logits, target, name)
+    logits, target, soft = check_targets(logits, target, name)
     g = hparam(gamma, "gamma", name, logits, low=0.0)
+    if soft:
+        log_p = torch.log_softmax(logits, dim=1)
+        gg = g if g.ndim == 0 else g[:, None]
+        return reduce(-(target * torch.exp(gg * _log1mexp(log_p)) * log_p).sum(dim=1), reduction)
     log_py, lse = _log_py(logits, target)
     mod = torch.exp(g * _log1m_py(logits, target, lse))
     return reduce(-mod * log_py, reduction)

@@ -4,19 +4,24 @@
 * :mod:`~noisylabels.meta.virtual_step` -- the virtual step: exactly one ``torch.optim.SGD`` step.
 * :mod:`~noisylabels.meta.graph_jvp` -- forward-mode derivatives on a recorded graph (saved primals reused).
 * :mod:`~noisylabels.meta.engine` -- meta-gradients ``dL_meta(theta_hat(phi))/dphi`` and per-example
-  weights by one forward-mode (JVP) pass, plus the double-backward reference path.
+  weights by one forward-mode (JVP) pass, plus the double-backward reference path; the two halves
+  of a meta step (:func:`meta_tangent`, :func:`batch_contribution`) for multi-step look-aheads.
 """
 
 from __future__ import annotations
 
 from .engine import (
     JVP_BACKENDS,
-    ExampleWeights,
-    MetaStepResult,
+    META_GRADIENTS,
+    MetaStep,
     assign_grads,
+    batch_contribution,
     jvp_logits,
+    logits_jvp,
+    meta_gradient,
     meta_gradient_double_backward,
     meta_gradient_jvp,
+    meta_tangent,
     per_example_weights,
 )
 from .functional import functional_logits, params_and_buffers
@@ -33,16 +38,20 @@ from .virtual_step import (
 __all__ = [
     "JVP_BACKENDS",
     "JVP_RULES",
-    "ExampleWeights",
-    "MetaStepResult",
+    "META_GRADIENTS",
+    "MetaStep",
     "SGDHyperparams",
     "VirtualStep",
     "assign_grads",
+    "batch_contribution",
     "functional_logits",
     "graph_jvp",
     "jvp_logits",
+    "logits_jvp",
+    "meta_gradient",
     "meta_gradient_double_backward",
     "meta_gradient_jvp",
+    "meta_tangent",
     "optimizer_virtual_step",
     "params_and_buffers",
     "per_example_weights",

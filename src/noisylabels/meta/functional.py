@@ -27,8 +27,7 @@ def params_and_buffers(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor],
 
 
 def functional_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor],
-                      buffers: Mapping[str, torch.Tensor], x: torch.Tensor, *,
-                      clone_buffers: bool = True) -> torch.Tensor:
+                      buffers: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """``f(x; params)``: the model's forward with ``params`` in place of its parameters.
 
     Parameters
@@ -38,18 +37,15 @@ def functional_logits(model: torch.nn.Module, params: Mapping[str, torch.Tensor]
     params:
         ``name -> tensor`` for every parameter of ``model`` (e.g. ``theta_hat``).
     buffers:
-        ``name -> buffer`` (from :func:`params_and_buffers`).
+        ``name -> buffer`` (from :func:`params_and_buffers`); the forward runs on clones, so
+        in-place BatchNorm running-statistic updates never reach the model.
     x:
         Input batch.
-    clone_buffers:
-        Forward with clones of the buffers (default), so in-place BatchNorm running-statistic
-        updates never reach the model. ``False`` lets the forward update ``buffers`` in place
-        (only outside ``torch.func`` transforms).
 
     Returns
     -------
     torch.Tensor
         The logits.
     """
-    bufs = {k: b.clone() for k, b in buffers.items()} if clone_buffers else dict(buffers)
+    bufs = {k: b.clone() for k, b in buffers.items()}
     return torch.func.functional_call(model, (dict(params), bufs), (x,))

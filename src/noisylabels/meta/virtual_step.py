@@ -94,17 +94,17 @@ def sgd_direction_scale(momentum: float, nesterov: bool, first_step: bool, *, da
     (Shu et al. 2019, Eq. 4 with the real optimiser in place of plain SGD).
 
     * ``momentum == 0``: ``d = g``, ``c = 1``.
-    * momentum, first step (torch sets ``buf' = g``, ignoring dampening): ``c = 1``; Nesterov
-      ``d = g + momentum * g``, ``c = 1 + momentum``.
-    * momentum, later steps (``buf' = momentum * buf + (1 - dampening) * g``): ``c = 1 - dampening``;
-      Nesterov ``c = 1 + momentum * (1 - dampening)``.
+    * momentum, first step (torch sets ``buf' = g``, ignoring dampening): ``c = 1``.
+    * momentum, later steps (``buf' = momentum * buf + (1 - dampening) * g``): ``c = 1 - dampening``.
+    * Nesterov (``d = g + momentum * buf'``; torch requires ``dampening = 0``): ``c = 1 + momentum``.
     * ``maximize=True`` negates ``c``.
     """
     if momentum == 0:
         c = 1.0
+    elif nesterov:
+        c = 1.0 + momentum
     else:
-        b = 1.0 if first_step else 1.0 - dampening
-        c = 1.0 + momentum * b if nesterov else b
+        c = 1.0 if first_step else 1.0 - dampening
     return -c if maximize else c
 
 

@@ -1,12 +1,22 @@
-"""Training methods, one small module each, all on the shared loop."""
+"""Training methods, one small module each, all on the shared loop.
 
-from .base import ERM, METHODS, Method, create_method, list_methods, register_method
+A method sees the run only through :class:`~noisylabels.methods.context.MethodContext` (this
+package never imports the training loop or the data loaders). Meta methods build on
+:class:`~noisylabels.methods.meta.MetaNetMethod` (a meta-network at the loss layer) or
+:class:`~noisylabels.methods.meta.ExampleWeightingMethod` (per-step example weights).
+"""
+
+from .base import ERM, METHODS, Method, check_loss_section, create_method, list_methods, register_method
+from .context import MetaBatch, MethodContext, StepOutput
 from .forward import ForwardCorrection
-from .l2b import L2B, L2RW, normalize_weights
+from .l2b import L2B
+from .l2rw import L2RW, normalize_weights
+from .meta import ExampleWeightingMethod, MetaMethod, MetaNetMethod, meta_loss_fn
 from .mwnet import MetaWeightNet, MNWNet, RMNWNet, WeightNet
-from .reweighting import ReweightingMethod
+from .records import Record, SampleRecords
 from .truncated_lq import TruncatedLq
 
-__all__ = ["ERM", "METHODS", "Method", "create_method", "list_methods", "register_method",
-           "ForwardCorrection", "TruncatedLq", "L2B", "L2RW", "normalize_weights", "MetaWeightNet", "MNWNet",
-           "RMNWNet", "WeightNet", "ReweightingMethod"]
+__all__ = ["ERM", "METHODS", "Method", "check_loss_section", "create_method", "list_methods", "register_method",
+           "MetaBatch", "MethodContext", "StepOutput", "ForwardCorrection", "L2B", "L2RW", "normalize_weights",
+           "ExampleWeightingMethod", "MetaMethod", "MetaNetMethod", "meta_loss_fn", "MetaWeightNet", "MNWNet",
+           "RMNWNet", "WeightNet", "Record", "SampleRecords", "TruncatedLq"]

@@ -1,30 +1,42 @@
 """The method interface every training method implements, and the method registry.
 
-A method plugs into the one training loop (:func:`noisylabels.train.fit`) through a few hooks:
+A method plugs into the one training loop (:func:`noisylabels.train.fit`) through a few hooks;
+it sees the run only through :class:`~noisylabels.methods.context.MethodContext`:
 
-* :meth:`Method.per_sample_loss` -- the loss hook: ``(logits, targets, indices) -> (B,)`` losses
+* :meth:`Method.per_sample_loss` -- ``(logits, targets, indices) -> (B,)`` losses
   (``reduction='none'``). Plain robust-loss methods only override this.
-* :meth:`Method.train_step` -- one optimisation step on a batch. The default is ERM on the
-  per-sample loss; meta methods override it (virtual step, meta step, real step).
+* :meth:`Method.train_step` -- one optimisation step on a batch, returning a
+  :class:`~noisylabels.methods.context.StepOutput` (logits and loss; the loop counts accuracy
+  and averages the loss). The default is a plain step on :meth:`per_sample_loss`; meta methods
+  build on :class:`~noisylabels.methods.meta.MetaNetMethod` instead of overriding it.
 * :meth:`Method.on_epoch_start` / :meth:`Method.on_epoch_end` -- schedules such as pruning
   (truncated Lq) or a CE stage followed by a corrected stage (forward T-hat).
-* :meth:`Method.sample_scores` -- per-sample "this label is wrong" scores for ``suspects.csv``
-  and detection AUROC; the default is ``1 - p(given label)`` under the selected model.
-* :meth:`Method.state_dict` / :meth:`Method.load_state_dict` -- everything needed to resume exactly.
+* :attr:`Method.records` -- named per-sample quantities (:class:`~noisylabels.methods.records.Record`)
+  the method adds with :meth:`Method.record`; the base keeps their per-epoch history, writes
+  ``sample_records.npz``, checkpoints them, plots them on clean vs corrupted samples, and, for the
+  record named by :attr:`Method.detection`, scores noisy-label detection per epoch and ranks
+  ``suspects.csv``.
+* :attr:`Method.own_loss` -- ``None`` if the method trains on the configured ``loss`` section
+  (``ctx.loss_fn``), else the name of the loss it defines itself; a run that sets a contradicting
+  ``loss.name`` is refused (:func:`check_loss_section`).
+* :meth:`Method.state_dict` / :meth:`Method.load_state_dict` -- everything needed to resume exactly
+  (tensors and plain containers only: checkpoints load with ``weights_only=True``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
+from ..errors import UserError
 from ..registry import Registry, call_with_options
+from .context import MethodContext, StepOutput, is_noisy_train
+from .records import RECORDS_FILE, Record, SampleRecords
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..train.loop import TrainContext
-
-__all__ = ["Method", "METHODS", "register_method", "create_method", "list_methods"]
+__all__ = ["Method", "ERM", "METHODS", "register_method", "create_method", "list_methods", "check_loss_section"]
 
 METHODS: Registry = Registry("method")
 
@@ -35,71 +47,170 @@ def register_method(name: str, *, help: str | None = None):
 
 
 class Method:
-    """Base class: ERM with the configured loss.
+    """Base class: a plain step on the configured loss (ERM).
 
     Subclasses take their options as keyword-only ``__init__`` arguments (they come from the
     ``method`` config section).
     """
 
     #: the method needs a meta set (``data.meta_size > 0``; ``auto`` then gives it one)
-    needs_meta_set: bool = False
-    #: the kind of meta set the method is defined with (``'clean'``, ``'noisy'`` or ``None``: either)
-    meta_set_kind: str | None = None
+    needs_meta_set: ClassVar[bool] = False
+    #: the kind of meta set the method is defined with (``'clean'``, ``'noisy'``, or ``None``: either);
+    #: a preset defined by its meta set selects it (``data.meta_set: auto``)
+    meta_set_kind: ClassVar[str | None] = None
+    #: ``None``: trains on the configured ``loss`` section; else the name of its own loss
+    own_loss: ClassVar[str | None] = None
+    #: named per-sample records (see :mod:`noisylabels.methods.records`)
+    records: ClassVar[tuple[Record, ...]] = ()
+    #: ``(record, sign)``: suspicion = ``sign * record`` (e.g. ``('weight', -1)``); ``None``: 1 - p(label)
+    detection: ClassVar[tuple[str, float] | None] = None
 
     def __init__(self) -> None:
-        self.ctx: TrainContext | None = None
+        self.ctx: MethodContext | None = None
+        self.sample_records: SampleRecords | None = None
 
     # -- set-up ---------------------------------------------------------------------------
-    def setup(self, ctx: TrainContext) -> None:
+    def setup(self, ctx: MethodContext) -> None:
         """Called once before training (and before a checkpoint is restored)."""
         self.ctx = ctx
+        if self.records:
+            self.sample_records = SampleRecords([r.name for r in self.records], num_samples=len(ctx.data.labels),
+                                                train_index=ctx.data.splits["train"], device=ctx.device)
 
-    # -- the loss hook ----------------------------------------------------------------------
-    def per_sample_loss(self, logits: torch.Tensor, targets: torch.Tensor,
-                        indices: torch.Tensor) -> torch.Tensor:
+    # -- the loss hook ----------------------------------------------------------------------------
+    def per_sample_loss(self, logits: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Per-sample training loss, shape ``(B,)``; the default is the configured loss."""
         assert self.ctx is not None
         return self.ctx.loss_fn(logits, targets, reduction="none")
 
-    # -- one step ---------------------------------------------------------------------------
-    def train_step(self, ctx: TrainContext, x: torch.Tensor, y: torch.Tensor,
-                   index: torch.Tensor) -> dict[str, float]:
-        """One optimisation step; returns at least ``{'loss': float}`` (the batch mean)."""
-        logits = ctx.model(x)
-        losses = self.per_sample_loss(logits, y, index)
+    # -- one step ---------------------------------------------------------------------------------
+    def train_step(self, ctx: MethodContext, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> StepOutput:
+        """One optimisation step (default: the mean of :meth:`per_sample_loss`)."""
+        return self.plain_step(ctx, x, y, index)
+
+    def plain_step(self, ctx: MethodContext, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
+                   loss_fn: Any = None) -> StepOutput:
+        """A plain step on the mean per-sample loss (``loss_fn(z, y)``, default :meth:`per_sample_loss`);
+        records each record's ``plain_value`` (e.g. weight 1 during a CE warm-up)."""
+        z = ctx.model(x)
+        losses = self.per_sample_loss(z, y, index) if loss_fn is None else loss_fn(z, y)
         loss = losses.mean()
         ctx.backward_and_step(loss)
-        return {"loss": float(loss.detach()), "correct": float((logits.argmax(1) == y).sum()),
-                "count": float(y.numel())}
+        plain = {r.name: r.plain_value for r in self.records if r.plain_value is not None}
+        if plain:
+            self.record(index, **plain)
+        return StepOutput(logits=z.detach(), loss=loss.detach())
 
-    # -- epoch hooks ------------------------------------------------------------------------
-    def on_epoch_start(self, ctx: TrainContext) -> None:
+    # -- records ------------------------------------------------------------------------------------
+    def record(self, index: torch.Tensor, **values: torch.Tensor | float) -> None:
+        """Add the values a batch was trained with to the named records (by dataset index)."""
+        if self.sample_records is None:
+            raise UserError(f"{type(self).__name__} records {', '.join(values)} but declares no records")
+        self.sample_records.add(index, values)
+
+    def selected_record(self, name: str) -> np.ndarray | None:
+        """A record at the best-validation epoch (else the last recorded one)."""
+        if self.sample_records is None or self.ctx is None:
+            return None
+        return self.sample_records.at(name, self.ctx.best.get("epoch"))
+
+    # -- epoch hooks --------------------------------------------------------------------------------
+    def on_epoch_start(self, ctx: MethodContext) -> None:
         """Called before each epoch's first step (``ctx.epoch`` is the epoch about to run)."""
 
-    def on_epoch_end(self, ctx: TrainContext) -> dict[str, Any]:
+    def on_epoch_end(self, ctx: MethodContext) -> dict[str, Any]:
         """Called after each epoch's last step; returned values go into ``metrics.jsonl``."""
         return {}
 
-    def finalize(self, ctx: TrainContext) -> dict[str, Any]:
+    def finalize(self, ctx: MethodContext) -> dict[str, Any]:
         """Called once after training with the selected model loaded; may write plots; returned
         values go into ``summary.json``."""
         return {}
 
-    # -- detection ----------------------------------------------------------------------------
-    def sample_scores(self, ctx: TrainContext, probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    # -- what the loop calls (subclasses override the hooks above, not these) -----------------------
+    def start_epoch(self, ctx: MethodContext) -> None:
+        if self.sample_records is not None:
+            self.sample_records.start_epoch()
+        self.on_epoch_start(ctx)
+
+    def end_epoch(self, ctx: MethodContext) -> dict[str, Any]:
+        """The epoch's records (``sample_records.npz``, per-record means on clean / corrupted samples,
+        detection AUROC/AP of the declared score), then :meth:`on_epoch_end`."""
+        out: dict[str, Any] = {}
+        if self.sample_records is not None:
+            means = self.sample_records.end_epoch(ctx.epoch)
+            if means:
+                self.sample_records.save_npz(ctx.recorder.path(RECORDS_FILE))
+                out.update(_record_metrics(means, is_noisy_train(ctx.data), self.detection))
+        out.update(self.on_epoch_end(ctx) or {})
+        return out
+
+    def finish(self, ctx: MethodContext) -> dict[str, Any]:
+        """Histograms of every record at the selected epoch, then :meth:`finalize`."""
+        if self.sample_records is not None:
+            from ..eval.plots import plot_weight_histograms
+
+            for r in self.records:
+                values = self.selected_record(r.name)
+                if values is not None:
+                    plot_weight_histograms(values, is_noisy_train(ctx.data), ctx.recorder.path(f"{r.name}_hist.png"),
+                                           title=f"{ctx.cfg['method']['name']}: {r.name} at the selected epoch")
+        return self.finalize(ctx) or {}
+
+    def records_state_dict(self) -> dict[str, Any]:
+        """Checkpoint state of the records (tensors only)."""
+        return self.sample_records.state_dict() if self.sample_records is not None else {}
+
+    def load_records_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self.sample_records is not None:
+            self.sample_records.load_state_dict(state)
+
+    # -- detection --------------------------------------------------------------------------------
+    def sample_scores(self, ctx: MethodContext, probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per-sample mislabeling scores (higher = more suspicious) on the training split.
 
-        ``probs`` are the selected model's softmax outputs on the training split (no
-        augmentation), ``labels`` the labels training saw. Default: ``1 - p(label)``.
+        The declared :attr:`detection` record at the best-validation epoch, times its sign (samples
+        never visited rank as least suspicious); without one, ``1 - p(label)`` under the selected
+        model (``probs``: its softmax outputs on the training split, no augmentation).
         """
+        if self.detection is not None:
+            name, sign = self.detection
+            values = self.selected_record(name)
+            if values is not None:
+                s = sign * values.astype(np.float64)
+                s = np.where(np.isfinite(s), s, np.nanmin(s) if np.isfinite(s).any() else 0.0)
+                return torch.from_numpy(s)
         return 1.0 - probs.gather(1, labels[:, None]).squeeze(1)
 
-    # -- resume -------------------------------------------------------------------------------
+    @property
+    def score_name(self) -> str:
+        """What the ``score`` column of ``suspects.csv`` is."""
+        if self.detection is None:
+            return "1 - p(given label) under the selected model"
+        name, sign = self.detection
+        return f"{'-' if sign < 0 else ''}{name} at the selected epoch"
+
+    # -- resume -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def _record_metrics(means: Mapping[str, np.ndarray], noisy: np.ndarray,
+                    detection: tuple[str, float] | None) -> dict[str, Any]:
+    from ..eval.metrics import detection_metrics
+
+    out: dict[str, Any] = {}
+    if detection is not None and detection[0] in means:
+        score = detection[1] * means[detection[0]]
+        seen = np.isfinite(score)
+        out.update(detection_metrics(score[seen], noisy[seen]))
+    for name, mean in means.items():
+        out[f"mean_{name}_clean"] = float(np.nanmean(mean[~noisy])) if (~noisy).any() else None
+        out[f"mean_{name}_noisy"] = float(np.nanmean(mean[noisy])) if noisy.any() else None
+    return out
 
 
 def create_method(name: str, **options: Any) -> Method:
@@ -110,6 +221,33 @@ def create_method(name: str, **options: Any) -> Method:
 
 def list_methods() -> list[str]:
     return METHODS.names()
+
+
+def check_loss_section(method: Method | type[Method], name: str, loss_cfg: Mapping[str, Any]) -> str:
+    """The loss a run trains on; refuses a ``loss`` section that contradicts the method's own loss.
+
+    Parameters
+    ----------
+    method, name:
+        The method and its registered name.
+    loss_cfg:
+        The config's ``loss`` section (``name: auto`` = the method's own loss, or CE for methods
+        that train on the configured loss).
+
+    Returns
+    -------
+    str
+        The effective loss name (recorded in ``config.yaml`` and ``summary.json``).
+    """
+    given = str(loss_cfg.get("name", "auto")).lower()
+    options = sorted(k for k in loss_cfg if k != "name")
+    if method.own_loss is None:
+        return "ce" if given == "auto" else given
+    if given not in ("auto", method.own_loss) or options:
+        what = f"loss.name={given}" if given not in ("auto", method.own_loss) else f"loss options {', '.join(options)}"
+        raise UserError(f"method {name!r} trains on its own loss ({method.own_loss}; see its options with "
+                        f"`noisylabels methods`): {what} would be ignored; remove it or use --method erm")
+    return method.own_loss
 
 
 @register_method("erm", help="empirical risk minimisation with the configured loss (CE, GCE, ...)")

@@ -11,6 +11,7 @@ from ..errors import UserError
 from ..losses import estimate_transition
 from ..losses.functional import cross_entropy, forward_loss
 from .base import Method, register_method
+from .context import MethodContext
 
 __all__ = ["ForwardCorrection"]
 
@@ -27,7 +28,8 @@ class ForwardCorrection(Method):
     schedule trained with the corrected loss for the remaining epochs. Model selection (on
     validation) only considers the corrected stage.
 
-    The ``loss`` config section is not used.
+    The method defines its own loss (``own_loss``: forward-corrected CE); a ``loss`` config
+    section other than ``auto`` is refused.
 
     Parameters
     ----------
@@ -41,6 +43,8 @@ class ForwardCorrection(Method):
         Retrain from scratch after the estimate (Patrini et al.) instead of fine-tuning.
     """
 
+    own_loss = "forward"
+
     def __init__(self, *, transition: str = "true", ce_epochs: int | None = None, percentile: float | None = 97.0,
                  reinit: bool = True) -> None:
         super().__init__()
@@ -52,16 +56,16 @@ class ForwardCorrection(Method):
         self.reinit = bool(reinit)
         self.T: torch.Tensor | None = None
 
-    def setup(self, ctx) -> None:
+    def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
-        epochs = int(ctx.cfg["train"]["epochs"])
+        epochs = ctx.epochs
         self.ce_epochs = (self._ce_epochs if self._ce_epochs is not None else epochs // 2) if self.mode == "estimate" else 0
         if self.mode == "estimate" and not 0 < self.ce_epochs < epochs:
             raise UserError(f"forward: ce_epochs must lie in [1, {epochs - 1}] for a {epochs}-epoch run")
         if self.mode == "true":
             self.T = torch.as_tensor(np.asarray(ctx.data.transition), dtype=torch.float32, device=ctx.device)
 
-    def on_epoch_start(self, ctx) -> None:
+    def on_epoch_start(self, ctx: MethodContext) -> None:
         if self.mode == "estimate" and ctx.epoch == self.ce_epochs and self.T is None:
             probs = ctx.predict("train").double()
             self.T = estimate_transition(probs, percentile=self.percentile).float().to(ctx.device)
@@ -75,7 +79,7 @@ class ForwardCorrection(Method):
             return cross_entropy(logits, targets, reduction="none")
         return forward_loss(logits, targets, T=self.T.to(logits.dtype), reduction="none")
 
-    def on_epoch_end(self, ctx) -> dict[str, Any]:
+    def on_epoch_end(self, ctx: MethodContext) -> dict[str, Any]:
         if self.T is None or ctx.epoch != self.ce_epochs:
             return {}
         true = torch.as_tensor(np.asarray(ctx.data.transition), dtype=torch.float32)

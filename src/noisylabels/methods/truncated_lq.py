@@ -9,6 +9,7 @@ import torch
 from ..errors import UserError
 from ..losses.functional import prune_mask, truncated_lq_weighted
 from .base import Method, register_method
+from .context import MethodContext
 
 __all__ = ["TruncatedLq"]
 
@@ -24,7 +25,8 @@ class TruncatedLq(Method):
     training split from the model being trained (eval mode, no augmentation; the pass changes
     no weights or BatchNorm statistics, so no update of the finished epoch is lost).
 
-    The ``loss`` config section is not used: ``q`` and ``k`` are this method's options.
+    The method defines its own loss (``own_loss``): ``q`` and ``k`` are its options, and a
+    ``loss`` config section other than ``auto`` is refused.
 
     Parameters
     ----------
@@ -38,6 +40,8 @@ class TruncatedLq(Method):
     prune_every:
         Epochs between pruning passes (paper: 10). ``None``: a twelfth of the run (10 of 120).
     """
+
+    own_loss = "truncated-lq"
 
     def __init__(self, *, q: float = 0.7, k: float = 0.5, warmup_epochs: int | None = None,
                  prune_every: int | None = None) -> None:
@@ -54,9 +58,9 @@ class TruncatedLq(Method):
         self.weights: torch.Tensor | None = None
         self.prunes = 0
 
-    def setup(self, ctx) -> None:
+    def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
-        epochs = int(ctx.cfg["train"]["epochs"])
+        epochs = ctx.epochs
         self.warmup_epochs = self._warmup if self._warmup is not None else epochs // 3
         self.prune_every = self._every if self._every is not None else max(1, round(epochs / 12))
         self.weights = torch.ones(len(ctx.data.labels), device=ctx.device)
@@ -64,7 +68,7 @@ class TruncatedLq(Method):
     def is_prune_epoch(self, epoch: int) -> bool:
         return epoch >= self.warmup_epochs and (epoch - self.warmup_epochs) % self.prune_every == 0
 
-    def prune(self, ctx) -> None:
+    def prune(self, ctx: MethodContext) -> None:
         """The w-step of Algorithm 1: ``w_i = 1[p_{y_i} > k]`` on the training split."""
         idx = ctx.data.splits["train"]
         probs = ctx.predict(idx)
@@ -73,7 +77,7 @@ class TruncatedLq(Method):
         self.weights[idx.to(self.weights.device)] = prune_mask(p_y, self.k).to(self.weights)
         self.prunes += 1
 
-    def on_epoch_start(self, ctx) -> None:
+    def on_epoch_start(self, ctx: MethodContext) -> None:
         if self.is_prune_epoch(ctx.epoch):
             self.prune(ctx)
 
@@ -81,7 +85,7 @@ class TruncatedLq(Method):
         assert self.weights is not None
         return truncated_lq_weighted(logits, targets, self.weights[indices], q=self.q, k=self.k, reduction="none")
 
-    def on_epoch_end(self, ctx) -> dict[str, Any]:
+    def on_epoch_end(self, ctx: MethodContext) -> dict[str, Any]:
         assert self.weights is not None
         idx = ctx.data.splits["train"]
         w = self.weights[idx.to(self.weights.device)].cpu()

@@ -1,9 +1,11 @@
 """The shared training loop, optimisers, schedules and run records."""
 
-from .loop import TrainContext, build_context, evaluate, fit, predict_proba, seed_everything
+from ..seeding import derive_seed, seed_everything
+from .loop import TrainContext, build_context, evaluate, fit, predict_proba, resolve_method_defaults
 from .optim import build_optimizer, build_scheduler, lr_factor
-from .prepare import RunData, derive_seed, prepare_data
+from .prepare import RunData, prepare_data
 from .records import RunRecorder
 
-__all__ = ["TrainContext", "build_context", "evaluate", "fit", "predict_proba", "seed_everything", "build_optimizer",
+__all__ = ["TrainContext", "build_context", "evaluate", "fit", "predict_proba", "seed_everything", "resolve_method_defaults",
+           "build_optimizer",
            "build_scheduler", "lr_factor", "RunData", "derive_seed", "prepare_data", "RunRecorder"]

@@ -12,40 +12,37 @@ they do not depend on what happened before (which is what makes resume exact).
 
 from __future__ import annotations
 
+import copy
 import math
-import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from .. import __version__
-from ..data import BatchLoader
+from ..data import Batch, BatchLoader
 from ..errors import NonFiniteLossError, UserError
 from ..eval.metrics import detection_metrics
 from ..losses import create_loss
-from ..methods import Method, create_method
+from ..methods import METHODS, MetaBatch, Method, StepOutput, check_loss_section, create_method
 from ..models import create_model
+from ..seeding import derive_seed, seed_everything
 from .optim import build_optimizer, build_scheduler
-from .prepare import RunData, derive_seed, prepare_data
+from .prepare import RunData, prepare_data
 from .records import RunRecorder
 
-__all__ = ["TrainContext", "build_context", "fit", "evaluate", "predict_proba", "seed_everything"]
+__all__ = ["TrainContext", "build_context", "fit", "evaluate", "predict_proba", "seed_everything",
+           "resolve_method_defaults", "LAST_K"]
 
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch's global generators."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+#: selection-free summary: the mean test accuracy of the last ``LAST_K`` epochs (NARL's protocol)
+LAST_K = 5
 
 
 @dataclass
 class TrainContext:
-    """What a method sees of the run: model, optimiser, data and loop state."""
+    """The run's state; satisfies :class:`noisylabels.methods.MethodContext` (what a method sees)."""
 
     cfg: dict[str, Any]
     data: RunData
@@ -62,6 +59,36 @@ class TrainContext:
     schedule_start_epoch: int = 0   # > 0 after restart_schedule (saved in checkpoints)
     best: dict[str, Any] = field(default_factory=dict)  # the validation-selected epoch so far
     extra: dict[str, Any] = field(default_factory=dict)
+    _meta_streams: dict[int, Iterator[Batch]] = field(default_factory=dict, repr=False)
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg["seed"])
+
+    @property
+    def epochs(self) -> int:
+        return int(self.cfg["train"]["epochs"])
+
+    def start_epoch(self, epoch: int) -> None:
+        """Set the epoch and restart the meta-batch streams (seeded by ``(seed, epoch)``)."""
+        self.epoch = int(epoch)
+        self._meta_streams.clear()
+
+    def next_meta_batch(self, batch_size: int | None = None) -> MetaBatch:
+        """The next batch of the meta split (shuffled, augmented like training), on the device."""
+        bs = int(batch_size or self.cfg["train"]["batch_size"])
+        stream = self._meta_streams.get(bs)
+        if stream is None:
+            stream = self._meta_streams[bs] = self._meta_stream(bs)
+        b = next(stream)
+        return MetaBatch(b.x.to(self.device), b.y.to(self.device), b.index.to(self.device))
+
+    def _meta_stream(self, batch_size: int) -> Iterator[Batch]:
+        if len(self.data.splits["meta"]) == 0:
+            raise UserError(f"method {self.cfg['method']['name']!r} asked for meta batches but the meta set is empty")
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, f"meta-{self.epoch}"))
+        while True:
+            yield from self.loader("meta", shuffle=True, augment=True, batch_size=batch_size, generator=gen)
 
     @property
     def lr(self) -> float:
@@ -85,10 +112,11 @@ class TrainContext:
     def labels(self) -> torch.Tensor:
         return self.extra["labels"]
 
-    def predict(self, split: str | torch.Tensor = "train") -> torch.Tensor:
-        """Softmax outputs of the current model (eval mode, no augmentation) on a split of the pool."""
+    def predict(self, split: str | torch.Tensor = "train", *, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Softmax outputs of ``model`` (default: the one being trained; eval mode, no augmentation)
+        on a split of the pool."""
         idx = self.data.splits[split] if isinstance(split, str) else split
-        return predict_proba(self.model, self.images, idx.to(self.images.device), mean=self.data.mean,
+        return predict_proba(self.model if model is None else model, self.images, idx.to(self.images.device), mean=self.data.mean,
                              std=self.data.std, batch_size=int(self.cfg["train"]["eval_batch_size"]),
                              device=self.device)
 
@@ -178,14 +206,29 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], steps_p
     return sched
 
 
+def resolve_method_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``cfg`` with the settings a method decides resolved (no RNG drawn, nothing built).
+
+    * ``data.meta_set: auto`` becomes the preset's kind (``rmnw-net``, ``mnw-net``: noisy) or
+      ``clean``; an explicit contradicting kind is refused.
+    * ``loss.name: auto`` becomes the method's own loss, or CE for methods that train on the
+      configured loss; a ``loss`` section contradicting a method's own loss is refused.
+    """
+    out = copy.deepcopy(dict(cfg))
+    name = str(out["method"]["name"])
+    cls = METHODS.get(name)
+    kind, given = cls.meta_set_kind, str(out["data"]["meta_set"])
+    if kind is not None and given not in ("auto", kind):
+        raise UserError(f"method {name!r} is defined by a {kind} meta set; --meta-set {given} contradicts it "
+                        f"(leave data.meta_set at auto)")
+    out["data"]["meta_set"] = kind or ("clean" if given == "auto" else given)
+    out["loss"]["name"] = check_loss_section(cls, name, out["loss"])
+    return out
+
+
 def _create_method(cfg: Mapping[str, Any]) -> Method:
     meth_cfg = dict(cfg["method"])
-    method = create_method(meth_cfg.pop("name"), **meth_cfg)
-    kind = method.meta_set_kind
-    if kind is not None and cfg["data"]["meta_set"] != kind:
-        raise UserError(f"method {cfg['method']['name']!r} is defined with a {kind} meta set: "
-                        f"set data.meta_set={kind} (--meta-set {kind})")
-    return method
+    return create_method(meth_cfg.pop("name"), **meth_cfg)
 
 
 def _build(cfg: dict[str, Any], data: RunData, device: torch.device, recorder: RunRecorder,
@@ -193,7 +236,7 @@ def _build(cfg: dict[str, Any], data: RunData, device: torch.device, recorder: R
     model = _create_model(cfg, data).to(device)
     lcfg = dict(cfg["loss"])
     loss_name = lcfg.pop("name")
-    loss_fn = create_loss(loss_name, **lcfg)
+    loss_fn = create_loss("ce" if method.own_loss is not None else loss_name, **lcfg)
     if hasattr(loss_fn, "to"):
         loss_fn = loss_fn.to(device)
     if method.needs_meta_set and len(data.splits["meta"]) == 0:
@@ -214,7 +257,9 @@ def build_context(cfg: dict[str, Any], *, data: RunData | None = None) -> TrainC
     """Build a run's :class:`TrainContext` (data, model, loss, method set up) without training.
 
     :func:`fit` starts from it; notebooks and tests use it to drive ``method.train_step`` by hand.
+    The context's ``cfg`` is ``cfg`` with the method's defaults resolved (:func:`resolve_method_defaults`).
     """
+    cfg = resolve_method_defaults(cfg)
     seed_everything(int(cfg["seed"]))
     method = _create_method(cfg)
     if data is None:
@@ -227,10 +272,12 @@ def build_context(cfg: dict[str, Any], *, data: RunData | None = None) -> TrainC
 def _summary(cfg: Mapping[str, Any], data: RunData, history: list[dict[str, Any]], best: Mapping[str, Any],
              seconds: float, status: str) -> dict[str, Any]:
     last = history[-1] if history else {}
+    tail = [h["test_accuracy"] for h in history[-LAST_K:] if h.get("test_accuracy") is not None]
     return {
         "status": status,
         "method": cfg["method"]["name"],
         "loss": cfg["loss"]["name"],
+        "meta_set": cfg["data"]["meta_set"] if len(data.splits["meta"]) else None,
         "model": cfg["model"]["name"],
         "dataset": cfg["data"]["name"],
         "noise": cfg["noise"]["type"],
@@ -240,6 +287,7 @@ def _summary(cfg: Mapping[str, Any], data: RunData, history: list[dict[str, Any]
         "best_epoch": best.get("epoch"),
         "best_val_accuracy": best.get("val_accuracy"),
         "last_test_accuracy": last.get("test_accuracy"),
+        f"last{LAST_K}_test_accuracy": sum(tail) / len(tail) if len(tail) == LAST_K else None,
         "epochs_run": len(history),
         "realized_noise_rate": data.realized_noise_rate("train"),
         "num_train": len(data.splits["train"]),
@@ -277,8 +325,8 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, stop_after: int | None = N
     tcfg = cfg["train"]
     if tcfg["num_threads"]:
         torch.set_num_threads(int(tcfg["num_threads"]))
-    seed = int(cfg["seed"])
     ctx = build_context(cfg, data=data)
+    cfg, seed = ctx.cfg, ctx.seed
     method, data, recorder, device = ctx.method, ctx.data, ctx.recorder, ctx.device
 
     history: list[dict[str, Any]] = []
@@ -292,6 +340,7 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, stop_after: int | None = N
         ctx.optimizer.load_state_dict(ckpt["optimizer"])
         ctx.scheduler.load_state_dict(ckpt["scheduler"])
         method.load_state_dict(ckpt["method"])
+        method.load_records_state_dict(ckpt.get("records", {}))
         torch.set_rng_state(ckpt["torch_rng"])
         history = ckpt["history"]
         best.update(ckpt["best"])
@@ -314,26 +363,30 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, stop_after: int | None = N
     status = "running"
     try:
         for epoch in bar:
-            ctx.epoch = epoch
+            ctx.start_epoch(epoch)
             ctx.model.train()
-            method.on_epoch_start(ctx)
+            method.start_epoch(ctx)
             gen = torch.Generator().manual_seed(derive_seed(seed, f"epoch-{epoch}"))
             tot_loss = tot_correct = tot_count = 0.0
             for batch in ctx.loader("train", shuffle=True, augment=True, generator=gen):
-                stats = method.train_step(ctx, batch.x.to(device), batch.y.to(device), batch.index.to(device))
-                if not math.isfinite(stats["loss"]):
+                y = batch.y.to(device)
+                out = method.train_step(ctx, batch.x.to(device), y, batch.index.to(device))
+                if not isinstance(out, StepOutput):
+                    raise TypeError(f"{type(method).__name__}.train_step must return a StepOutput, got {type(out).__name__}")
+                loss = float(out.loss)
+                if not math.isfinite(loss):
                     raise NonFiniteLossError(
                         f"non-finite loss at epoch {epoch} step {ctx.step}; training stopped, "
                         f"records and the last checkpoint are kept in {recorder.out}")
-                n = stats.get("count", 1.0)
-                tot_loss += stats["loss"] * n
-                tot_correct += stats.get("correct", float("nan"))
+                n = float(y.numel())
+                tot_loss += loss * n
+                tot_correct += float((out.logits.detach().argmax(1) == y).sum())
                 tot_count += n
                 ctx.scheduler.step()
                 ctx.step += 1
             row: dict[str, Any] = {"epoch": epoch, "lr": ctx.lr, "train_loss": tot_loss / max(tot_count, 1),
                                    "train_accuracy": tot_correct / max(tot_count, 1)}
-            row.update(method.on_epoch_end(ctx) or {})
+            row.update(method.end_epoch(ctx))
             val = evaluate(ctx.model, ctx.images, ctx.labels, data.splits["val"], **eval_kw)
             test = evaluate(ctx.model, data.test_images, data.test_labels, None, **eval_kw)
             row.update(val_accuracy=val["accuracy"], val_loss=val["loss"], test_accuracy=test["accuracy"],
@@ -352,7 +405,8 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, stop_after: int | None = N
                 recorder.save_checkpoint({
                     "epoch": epoch, "step": ctx.step, "model": ctx.model.state_dict(),
                     "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
-                    "method": method.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "method": method.state_dict(), "records": method.records_state_dict(),
+                    "torch_rng": torch.get_rng_state(),
                     "history": history, "best": dict(best), "seconds": seconds,
                     "schedule_start_epoch": ctx.schedule_start_epoch,
                 })
@@ -399,5 +453,5 @@ def _finalize(ctx: TrainContext, recorder: RunRecorder) -> dict[str, Any]:
                             score=scores, classes=data.classes)
     out = detection_metrics(scores, data.is_noisy[idx].numpy())
     out["train_accuracy_clean"] = float((probs.argmax(1) == data.clean_labels[idx]).float().mean())
-    out.update(ctx.method.finalize(ctx) or {})
+    out.update(ctx.method.finish(ctx))
     return out

@@ -9,8 +9,7 @@ meta samples back their clean labels ("gold" samples, as if carved before corrup
 
 from __future__ import annotations
 
-import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -19,13 +18,9 @@ import torch
 from ..data import AugmentSpec, channel_stats, create_dataset, make_splits, split_off_test
 from ..errors import UserError
 from ..noise import apply_noise, open_set
+from ..seeding import derive_seed
 
 __all__ = ["RunData", "prepare_data", "derive_seed", "balanced_subset", "resolve_meta_size"]
-
-
-def derive_seed(seed: int, purpose: str) -> int:
-    """A stable seed for one purpose ("noise", "splits", "order", ...) derived from the run seed."""
-    return (int(seed) * 1_000_003 + zlib.crc32(purpose.encode())) % (2**31 - 1)
 
 
 @dataclass
@@ -43,9 +38,7 @@ class RunData:
     std: tuple[float, ...]
     augment: AugmentSpec | None
     transition: np.ndarray          # the matrix the noise was drawn from
-    noise_type: str
     open_set_mask: torch.Tensor | None = None  # images replaced by out-of-distribution ones
-    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -161,7 +154,7 @@ def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> Run
                              seed=derive_seed(seed, "noise"), features=features, **options)
         noisy, transition = result.noisy_labels, result.transition
 
-    meta_clean = dcfg["meta_set"] == "clean"
+    meta_clean = dcfg["meta_set"] in ("clean", "auto")  # auto: resolved by the method, else clean
     splits = make_splits(clean if meta_clean else noisy, val_fraction=float(dcfg["val_fraction"]),
                          meta_size=resolve_meta_size(dcfg["meta_size"], len(clean), needs_meta_set=needs_meta_set),
                          seed=derive_seed(seed, "splits"),
@@ -185,7 +178,5 @@ def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> Run
         std=tuple(float(s) for s in std),
         augment=_augment_spec(dcfg["augment"], channels=images.shape[1], size=images.shape[2]),
         transition=np.asarray(transition, dtype=np.float64),
-        noise_type=noise_type,
         open_set_mask=open_mask,
-        info={"dataset": raw.name},
     )

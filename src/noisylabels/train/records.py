@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..config import save_config
+from ..errors import UserError
 
 __all__ = ["RunRecorder", "atomic_write_text", "atomic_torch_save", "to_jsonable"]
 
@@ -120,7 +121,14 @@ class RunRecorder:
         p = self.path("checkpoint.pt")
         if not p.is_file():
             return None
-        return torch.load(p, map_location="cpu", weights_only=False)
+        try:  # tensors and plain containers only: a checkpoint can never run code
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:  # corrupt, truncated, or not a checkpoint of this library
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot resume from {p}: not a readable noisylabels checkpoint ({first[:160]})") from None
+        if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+            raise UserError(f"cannot resume from {p}: not a noisylabels checkpoint")
+        return state
 
     def save_best_model(self, model_state: Mapping[str, Any]) -> None:
         atomic_torch_save(dict(model_state), self.path("best_model.pt"))

@@ -1,19 +1,17 @@
 """Truncated Lq with alternating pruning (GCE paper, Algorithm 1) and forward correction (Patrini et al.)."""
 
+import functools
 import pytest
 import torch
 
-from noisylabels.config import resolve_config
 from noisylabels.errors import UserError
 from noisylabels.losses.functional import gce_loss, truncated_lq_weighted
 from noisylabels.methods import create_method
 from noisylabels.train import build_context, fit
 
+from tests.helpers import run_cfg
 
-def _cfg(tmp_path, name="run", **over):
-    base = {"out": str(tmp_path / name), "train.progress": False, "train.epochs": 4}
-    base.update(over)
-    return resolve_config(overrides=base)
+_cfg = functools.partial(run_cfg, epochs=4)  # these tests train 4 epochs by default
 
 
 TLQ = {"method.name": "truncated-lq", "method.warmup_epochs": 1, "method.prune_every": 1}

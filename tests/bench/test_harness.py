@@ -53,10 +53,11 @@ def test_every_shipped_suite_cell_names_registered_components(name):
     from noisylabels.methods import list_methods
     from noisylabels.models import list_models
     from noisylabels.noise import list_noise_types
+    from noisylabels.train import resolve_method_defaults  # refuses a loss section a method would ignore
 
     suite = load_suite(name)
     for cell in suite.cells():
-        cfg = resolve_config(overrides={**suite.base, **dict(cell.overrides)})
+        cfg = resolve_method_defaults(resolve_config(overrides={**suite.base, **dict(cell.overrides)}))
         assert cfg["data"]["name"] in list_datasets(), cell.key
         assert cfg["model"]["name"] in list_models(), cell.key
         assert cfg["method"]["name"] in list_methods(), cell.key

@@ -1,5 +1,6 @@
 """The shared training loop: learning, records, seeding, exact resume, non-finite losses."""
 
+import functools
 import json
 import math
 
@@ -7,16 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from noisylabels.config import resolve_config
 from noisylabels.errors import NonFiniteLossError
 from noisylabels.methods import Method, register_method
 from noisylabels.train import fit, lr_factor, prepare_data
 
+from tests.helpers import run_cfg
 
-def _cfg(tmp_path, name="run", **over):
-    base = {"out": str(tmp_path / name), "train.progress": False, "train.epochs": 4}
-    base.update(over)
-    return resolve_config(overrides=base)
+_cfg = functools.partial(run_cfg, epochs=4)  # these tests train 4 epochs by default
 
 
 def _metrics(path):

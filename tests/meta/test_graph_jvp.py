@@ -211,16 +211,21 @@ def _engine_case(act: type[nn.Module]):
 def test_engine_backends_agree_and_graph_backend_refuses_unsupported_layers(act):
     model, wnet, opt, (x, y, layer, mx, my, ce) = _engine_case(act)
     phi = list(wnet.parameters())
-    res = {b: meta_gradient_jvp(model, opt, x, y, layer, mx, my, ce, phi, jvp_backend=b) for b in ("auto", "func")}
+    res = {b: meta_gradient_jvp(model, opt, x=x, y=y, loss_layer=layer, meta_x=mx, meta_y=my, meta_loss_fn=ce,
+                                phi=phi, jvp_backend=b, reuse_forward=False) for b in ("auto", "func")}
     torch.testing.assert_close(torch.cat([g.flatten() for g in res["auto"].meta_grads]),
                                torch.cat([g.flatten() for g in res["func"].meta_grads]), rtol=1e-10, atol=1e-14)
-    w = {b: per_example_weights(model, opt, x, y, mx, my, ce, jvp_backend=b).weights for b in ("auto", "func")}
+    w = {b: per_example_weights(model, opt, x=x, y=y, meta_x=mx, meta_y=my, meta_loss_fn=ce, jvp_backend=b,
+                                reuse_forward=False).weights for b in ("auto", "func")}
     torch.testing.assert_close(w["auto"], w["func"], rtol=1e-10, atol=1e-14)
     if act is nn.Softplus:
         with pytest.raises(UserError, match="SoftplusBackward0"):
-            meta_gradient_jvp(model, opt, x, y, layer, mx, my, ce, phi, jvp_backend="graph")
+            meta_gradient_jvp(model, opt, x=x, y=y, loss_layer=layer, meta_x=mx, meta_y=my, meta_loss_fn=ce, phi=phi,
+                              jvp_backend="graph", reuse_forward=False)
     else:
-        graph = meta_gradient_jvp(model, opt, x, y, layer, mx, my, ce, phi, jvp_backend="graph")
+        graph = meta_gradient_jvp(model, opt, x=x, y=y, loss_layer=layer, meta_x=mx, meta_y=my, meta_loss_fn=ce,
+                                  phi=phi, jvp_backend="graph", reuse_forward=False)
         torch.testing.assert_close(graph.meta_grads, res["auto"].meta_grads, rtol=0, atol=0)
     with pytest.raises(UserError, match="jvp_backend"):
-        meta_gradient_jvp(model, opt, x, y, layer, mx, my, ce, phi, jvp_backend="fast")
+        meta_gradient_jvp(model, opt, x=x, y=y, loss_layer=layer, meta_x=mx, meta_y=my, meta_loss_fn=ce, phi=phi,
+                          jvp_backend="fast", reuse_forward=False)

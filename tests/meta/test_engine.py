@@ -16,6 +16,7 @@ from noisylabels.meta import (
     jvp_logits,
     meta_gradient_double_backward,
     meta_gradient_jvp,
+    meta_tangent,
     optimizer_virtual_step,
     params_and_buffers,
     per_example_weights,
@@ -216,7 +217,8 @@ def test_jvp_meta_gradient_matches_finite_differences(case, backend):
     x, y = batch("mlp", 10, 1)
     mx, my = batch("mlp", 6, 2)
     phi = list(wnet.parameters())
-    res = meta_gradient_jvp(model, opt, x, y, mw_loss_layer(wnet), mx, my, ce_per_sample, phi, jvp_backend=backend)
+    res = meta_gradient_jvp(model, opt, x=x, y=y, loss_layer=mw_loss_layer(wnet), meta_x=mx, meta_y=my,
+                            meta_loss_fn=ce_per_sample, phi=phi, jvp_backend=backend, reuse_forward=False)
     got = flat(res.meta_grads)
 
     names = [n for n, _ in wnet.named_parameters()]
@@ -248,10 +250,11 @@ def test_jvp_equals_double_backward(kind, case, backend):
     wnet = weight_net()
     x, y = batch(kind, 10, 1)
     mx, my = batch(kind, 6, 2)
-    a = meta_gradient_jvp(model, opt, x, y, mw_loss_layer(wnet), mx, my, ce_per_sample, list(wnet.parameters()),
-                          jvp_backend=backend)
-    b = meta_gradient_double_backward(model, opt, x, y, mw_loss_layer(wnet), mx, my, ce_per_sample,
-                                      list(wnet.parameters()))
+    a = meta_gradient_jvp(model, opt, x=x, y=y, loss_layer=mw_loss_layer(wnet), meta_x=mx, meta_y=my,
+                          meta_loss_fn=ce_per_sample, phi=list(wnet.parameters()), jvp_backend=backend,
+                          reuse_forward=False)
+    b = meta_gradient_double_backward(model, opt, x=x, y=y, loss_layer=mw_loss_layer(wnet), meta_x=mx, meta_y=my,
+                                      meta_loss_fn=ce_per_sample, phi=list(wnet.parameters()), reuse_forward=False)
     assert flat(b.meta_grads).abs().max() > 1e-6
     torch.testing.assert_close(flat(a.meta_grads), flat(b.meta_grads), rtol=1e-8, atol=1e-14)
     torch.testing.assert_close(a.meta_loss, b.meta_loss, rtol=1e-12, atol=0)
@@ -267,12 +270,13 @@ def test_jvp_replays_dropout_masks(backend):
     x, y = batch("mlp", 10, 1)
     mx, my = batch("mlp", 6, 2)
     torch.manual_seed(5)
-    a = meta_gradient_jvp(model, opt, x, y, mw_loss_layer(wnet), mx, my, ce_per_sample, list(wnet.parameters()),
-                          jvp_backend=backend)
+    a = meta_gradient_jvp(model, opt, x=x, y=y, loss_layer=mw_loss_layer(wnet), meta_x=mx, meta_y=my,
+                          meta_loss_fn=ce_per_sample, phi=list(wnet.parameters()), jvp_backend=backend,
+                          reuse_forward=False)
     after_a = torch.rand(3)
     torch.manual_seed(5)
-    b = meta_gradient_double_backward(model, opt, x, y, mw_loss_layer(wnet), mx, my, ce_per_sample,
-                                      list(wnet.parameters()))
+    b = meta_gradient_double_backward(model, opt, x=x, y=y, loss_layer=mw_loss_layer(wnet), meta_x=mx, meta_y=my,
+                                      meta_loss_fn=ce_per_sample, phi=list(wnet.parameters()), reuse_forward=False)
     after_b = torch.rand(3)
     torch.testing.assert_close(flat(a.meta_grads), flat(b.meta_grads), rtol=1e-8, atol=1e-14)
     assert torch.equal(after_a, after_b)
@@ -301,7 +305,8 @@ def test_per_example_weights_identity_and_finite_differences(case, backend):
     x, y = batch("mlp", 10, 1)
     mx, my = batch("mlp", 6, 2)
     n = len(x)
-    res = per_example_weights(model, opt, x, y, mx, my, ce_per_sample, jvp_backend=backend)
+    res = per_example_weights(model, opt, x=x, y=y, meta_x=mx, meta_y=my, meta_loss_fn=ce_per_sample,
+                              jvp_backend=backend, reuse_forward=False)
     assert res.weights.shape == (n,)
 
     # the dot-product identity with per-sample gradients (vmap over torch.func.grad)
@@ -343,12 +348,15 @@ def test_per_example_weights_columns_and_meta_gradient_agree():
     def two(z, yy):
         return torch.stack([ce_per_sample(z, yy), ce_per_sample(z, y_hat)], 1)
 
-    res = per_example_weights(model, opt, x, y, mx, my, ce_per_sample, per_sample_loss=two)
+    res = per_example_weights(model, opt, x=x, y=y, meta_x=mx, meta_y=my, meta_loss_fn=ce_per_sample,
+                              per_sample_loss=two, reuse_forward=False)
     assert res.weights.shape == (8, 2)
     eps = torch.zeros(8, 2, dtype=DT, requires_grad=True)
-    mg = meta_gradient_jvp(model, opt, x, y, lambda z, yy: (eps * two(z, yy)).sum(1), mx, my, ce_per_sample, [eps])
-    db = meta_gradient_double_backward(model, opt, x, y, lambda z, yy: (eps * two(z, yy)).sum(1), mx, my,
-                                       ce_per_sample, [eps])
+    mg = meta_gradient_jvp(model, opt, x=x, y=y, loss_layer=lambda z, yy: (eps * two(z, yy)).sum(1), meta_x=mx,
+                           meta_y=my, meta_loss_fn=ce_per_sample, phi=[eps], reuse_forward=False)
+    db = meta_gradient_double_backward(model, opt, x=x, y=y, loss_layer=lambda z, yy: (eps * two(z, yy)).sum(1),
+                                       meta_x=mx, meta_y=my, meta_loss_fn=ce_per_sample, phi=[eps],
+                                       reuse_forward=False)
     torch.testing.assert_close(res.weights, -mg.meta_grads[0], rtol=1e-10, atol=1e-15)
     torch.testing.assert_close(res.weights, -db.meta_grads[0], rtol=1e-8, atol=1e-15)
     torch.testing.assert_close(res.meta_loss, mg.meta_loss)
@@ -369,9 +377,11 @@ def test_batchnorm_statistics_untouched():
     x, y = batch("cnn", 8, 1)
     mx, my = batch("cnn", 6, 2)
     phi = list(wnet.parameters())
-    meta_gradient_jvp(model, opt, x, y, mw_loss_layer(wnet), mx, my, ce_per_sample, phi)
-    meta_gradient_double_backward(model, opt, x, y, mw_loss_layer(wnet), mx, my, ce_per_sample, phi)
-    per_example_weights(model, opt, x, y, mx, my, ce_per_sample)
+    meta_gradient_jvp(model, opt, x=x, y=y, loss_layer=mw_loss_layer(wnet), meta_x=mx, meta_y=my,
+                      meta_loss_fn=ce_per_sample, phi=phi, reuse_forward=False)
+    meta_gradient_double_backward(model, opt, x=x, y=y, loss_layer=mw_loss_layer(wnet), meta_x=mx, meta_y=my,
+                                  meta_loss_fn=ce_per_sample, phi=phi, reuse_forward=False)
+    per_example_weights(model, opt, x=x, y=y, meta_x=mx, meta_y=my, meta_loss_fn=ce_per_sample, reuse_forward=False)
     params, buffers = params_and_buffers(model)
     jvp_logits(model, params, buffers, x, {n: torch.ones_like(p) for n, p in params.items()})
     functional_logits(model, params, buffers, mx)
@@ -395,11 +405,11 @@ def test_keep_graph_updates_bn_once_and_feeds_the_real_step(fn):
     mx, my = batch("cnn", 6, 2)
     opt.zero_grad(set_to_none=True)
     if fn == "per_example":
-        res = per_example_weights(model, opt, x, y, mx, my, ce_per_sample, keep_graph=True)
+        res = per_example_weights(model, opt, x=x, y=y, meta_x=mx, meta_y=my, meta_loss_fn=ce_per_sample)
     else:
         f = meta_gradient_jvp if fn == "jvp" else meta_gradient_double_backward
-        res = f(model, opt, x, y, mw_loss_layer(wnet), mx, my, ce_per_sample, list(wnet.parameters()),
-                keep_graph=True)
+        res = f(model, opt, x=x, y=y, loss_layer=mw_loss_layer(wnet), meta_x=mx, meta_y=my,
+                meta_loss_fn=ce_per_sample, phi=list(wnet.parameters()))
     assert all(p.grad is None for p in model.parameters())
     z_twin = twin(x)  # one ordinary forward: the statistics the real step would leave
     for (k, a), (_, b) in zip(model.named_buffers(), twin.named_buffers()):
@@ -417,7 +427,8 @@ def test_assign_grads_and_meta_step_lowers_meta_loss():
     meta_opt = torch.optim.SGD(wnet.parameters(), lr=10.0)
     x, y = batch("mlp", 10, 1)
     mx, my = batch("mlp", 6, 2)
-    res = meta_gradient_jvp(model, opt, x, y, mw_loss_layer(wnet), mx, my, ce_per_sample, list(wnet.parameters()))
+    res = meta_gradient_jvp(model, opt, x=x, y=y, loss_layer=mw_loss_layer(wnet), meta_x=mx, meta_y=my,
+                            meta_loss_fn=ce_per_sample, phi=list(wnet.parameters()), reuse_forward=False)
     assign_grads(list(wnet.parameters()), res.meta_grads)
     meta_opt.step()
     after = meta_loss_of_phi(model, opt, x, y, mw_loss_layer(wnet), mx, my)
@@ -433,15 +444,38 @@ def test_non_sgd_optimizer_and_bad_shapes_raise_user_error():
     phi = list(wnet.parameters())
     for call in (
         lambda: sgd_hyperparams(adam),
-        lambda: meta_gradient_jvp(model, adam, x, y, mw_loss_layer(wnet), x, y, ce_per_sample, phi),
-        lambda: meta_gradient_double_backward(model, adam, x, y, mw_loss_layer(wnet), x, y, ce_per_sample, phi),
-        lambda: per_example_weights(model, adam, x, y, x, y, ce_per_sample),
+        lambda: meta_gradient_jvp(model, adam, x=x, y=y, loss_layer=mw_loss_layer(wnet), meta_x=x, meta_y=y,
+                                  meta_loss_fn=ce_per_sample, phi=phi, reuse_forward=False),
+        lambda: meta_gradient_double_backward(model, adam, x=x, y=y, loss_layer=mw_loss_layer(wnet), meta_x=x,
+                                              meta_y=y, meta_loss_fn=ce_per_sample, phi=phi, reuse_forward=False),
+        lambda: per_example_weights(model, adam, x=x, y=y, meta_x=x, meta_y=y, meta_loss_fn=ce_per_sample,
+                                    reuse_forward=False),
         lambda: optimizer_virtual_step(adam, dict(model.named_parameters()), {}),
     ):
         with pytest.raises(UserError, match="SGD"):
             call()
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(UserError, match="per-sample"):
-        meta_gradient_jvp(model, sgd, x, y, lambda z, yy: ce_per_sample(z, yy).mean(), x, y, ce_per_sample, phi)
-    with pytest.raises(UserError, match="phi_params"):
-        meta_gradient_jvp(model, sgd, x, y, mw_loss_layer(wnet), x, y, ce_per_sample, [])
+        meta_gradient_jvp(model, sgd, x=x, y=y, loss_layer=lambda z, yy: ce_per_sample(z, yy).mean(), meta_x=x,
+                          meta_y=y, meta_loss_fn=ce_per_sample, phi=phi, reuse_forward=False)
+    with pytest.raises(UserError, match="phi is empty"):
+        meta_gradient_jvp(model, sgd, x=x, y=y, loss_layer=mw_loss_layer(wnet), meta_x=x, meta_y=y,
+                          meta_loss_fn=ce_per_sample, phi=[], reuse_forward=False)
+
+
+def test_engine_arguments_after_the_optimizer_are_keyword_only():
+    """The old positional order (x, y, loss_layer, meta_x, ...) must raise instead of running silently."""
+    model, opt = setup("mlp", lr=0.1)
+    wnet = weight_net()
+    x, y = batch("mlp", 4, 1)
+    mx, my = batch("mlp", 4, 2)
+    layer = mw_loss_layer(wnet)
+    phi = list(wnet.parameters())
+    with pytest.raises(TypeError):
+        meta_gradient_jvp(model, opt, x, y, layer, mx, my, ce_per_sample, phi)
+    with pytest.raises(TypeError):
+        meta_gradient_double_backward(model, opt, x, y, layer, mx, my, ce_per_sample, phi)
+    with pytest.raises(TypeError):
+        per_example_weights(model, opt, x, y, mx, my, ce_per_sample)
+    with pytest.raises(TypeError):
+        meta_tangent(model, None, mx, my, ce_per_sample)

@@ -1,0 +1,134 @@
+"""What a method may use of the run (:class:`MethodContext`) and what one step returns (:class:`StepOutput`).
+
+The training loop (:class:`noisylabels.train.TrainContext`) satisfies :class:`MethodContext`;
+methods are written against the protocol only, so ``noisylabels.methods`` never imports the loop
+or the data loaders, and a notebook or a test can drive a method with any object that has these
+attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+__all__ = ["MethodContext", "RunDataView", "RecorderView", "MetaBatch", "StepOutput", "is_noisy_train"]
+
+
+@dataclass
+class StepOutput:
+    """What :meth:`Method.train_step` returns; the loop does the accounting (loss, accuracy).
+
+    Attributes
+    ----------
+    logits:
+        The training batch's logits the step trained on (``(B, K)``; detached or not).
+    loss:
+        The 0-dim training loss of the step (what was minimised; checked for finiteness).
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor
+
+
+class MetaBatch(NamedTuple):
+    """A meta batch on the run's device: inputs, labels, dataset indices."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+
+
+class RunDataView(Protocol):
+    """The parts of the run's data a method reads (:class:`noisylabels.train.RunData` has them)."""
+
+    labels: torch.Tensor          # int64 (N,): the labels training sees, by dataset index
+    clean_labels: torch.Tensor    # int64 (N,): ground truth, for metrics only
+    splits: dict[str, torch.Tensor]
+    classes: list[str]
+    transition: np.ndarray
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def is_noisy(self) -> torch.Tensor: ...
+
+
+class RecorderView(Protocol):
+    """Where a method writes its own records (plots, ``.npz`` files)."""
+
+    def path(self, name: str) -> Path: ...
+
+
+@runtime_checkable
+class MethodContext(Protocol):
+    """What a method may use of the run.
+
+    Attributes
+    ----------
+    cfg:
+        The resolved run config (read only).
+    data:
+        Labels, splits and noise ground truth (:class:`RunDataView`).
+    model, optimizer, device:
+        The network being trained, its optimiser (SGD for meta methods) and device.
+    recorder:
+        The run directory (:class:`RecorderView`).
+    loss_fn:
+        The configured base loss ``(logits, target, *, reduction) -> loss`` (``loss`` section).
+    epoch, step, steps_per_epoch:
+        Loop state: the epoch running, the global step about to run, steps per epoch.
+    best:
+        The validation-selected epoch so far (``epoch``, ``val_accuracy``, ...).
+    """
+
+    cfg: dict[str, Any]
+    data: RunDataView
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    recorder: RecorderView
+    loss_fn: Callable[..., torch.Tensor]
+    epoch: int
+    step: int
+    steps_per_epoch: int
+    best: dict[str, Any]
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def epochs(self) -> int: ...
+
+    def next_meta_batch(self, batch_size: int | None = None) -> MetaBatch:
+        """The next meta batch (shuffled and augmented like training; the stream restarts each
+        epoch from a generator seeded by ``(seed, epoch)``, so resume is exact)."""
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """``zero_grad``, ``backward``, optional gradient clipping, ``optimizer.step``."""
+
+    def clip_and_step(self) -> None:
+        """Optional gradient clipping, then ``optimizer.step`` (gradients already in ``.grad``)."""
+
+    def predict(self, split: str | torch.Tensor = "train", *, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Softmax outputs (eval mode, no augmentation) of ``model`` (default: the one being
+        trained) on a split or index tensor of the training pool."""
+
+    def reinit_model(self) -> None:
+        """Re-initialise the model's weights (deterministic from the run seed)."""
+
+    def restart_schedule(self, start_epoch: int) -> None:
+        """Restart the learning-rate schedule at ``start_epoch`` and clear the optimiser state."""
+
+    def reset_model_selection(self) -> None:
+        """Forget the best-validation epoch so far."""
+
+
+def is_noisy_train(data: RunDataView) -> np.ndarray:
+    """The corruption mask of the training split, as a numpy bool array (metrics only)."""
+    return data.is_noisy[data.splits["train"]].numpy()

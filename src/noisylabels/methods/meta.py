@@ -1,0 +1,281 @@
+"""The base of every bilevel method: what MW-Net, RMNW-Net, L2RW, L2B, NARL and EMLC share.
+
+:class:`MetaMethod` owns what every meta method has: a meta set and its batches
+(``ctx.next_meta_batch``), the meta loss by name (``'ce'``, or ``'mae'`` for a noisy meta set as
+in RMNW-Net), the hypergradient option ``meta_gradient`` (``jvp`` | ``jvp-func`` |
+``double-backward``: the same gradient at different cost, :data:`noisylabels.meta.META_GRADIENTS`),
+CE warm-up epochs, and the SGD check (the virtual step is the real SGD step).
+
+:class:`MetaNetMethod` adds a meta-network acting at the loss layer, with its optimiser, seeded
+initialisation, ``meta_interval`` and ``delayed``, and the one ``train_step`` (virtual step,
+meta-gradient by one JVP, meta update, real step). A subclass states its paper's part only::
+
+    @register_method("my-mwnet")
+    class MyMWNet(MetaNetMethod):
+        own_loss = "ce"
+        records = (Record("weight", plain_value=1.0),)
+        detection = ("weight", -1.0)          # suspicion = -weight
+
+        def build_meta_net(self):             # phi
+            return WeightNet(100)
+
+        def loss_layer(self, z, y, *, x, index):   # l_i(z; phi): phi acts only here
+            ce = F.cross_entropy(z, y, reduction="none")
+            w = self.meta_net(ce.detach())
+            self.note(weight=w)               # what the real step trained with
+            return w * ce
+
+:class:`ExampleWeightingMethod` is the per-step variant without a meta-network (L2RW, L2B): the
+weights are the rectified, normalised meta-gradients with respect to per-example perturbations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..losses import get_loss_fn
+from ..meta import META_GRADIENTS, assign_grads, meta_gradient, per_example_weights
+from ..meta.virtual_step import _check_sgd
+from .base import Method
+from .context import MethodContext, StepOutput
+
+__all__ = ["MetaMethod", "MetaNetMethod", "ExampleWeightingMethod", "meta_loss_fn"]
+
+Tensor = torch.Tensor
+
+
+def meta_loss_fn(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """Per-sample meta loss ``(z, y) -> (m,)`` from the loss registry (e.g. ``'ce'``, ``'mae'``)."""
+    fn = get_loss_fn(name)
+    return lambda z, y: fn(z, y, reduction="none")
+
+
+def _int_option(method: str, name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"{method}: {name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+@contextmanager
+def frozen(params: Sequence[Tensor]) -> Iterator[None]:
+    """Treat ``params`` as constants inside the block (no graph to them, no gradient into them)."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+class MetaMethod(Method):
+    """Base of the bilevel methods.
+
+    Parameters
+    ----------
+    meta_loss:
+        Loss of the meta objective on meta batches (a registered loss name); ``None``: the
+        preset's (:attr:`default_meta_loss`).
+    meta_batch_size:
+        Meta batch size (``None``: the training batch size).
+    meta_gradient:
+        ``'jvp'`` (default: one forward-mode pass on the training forward's graph, see
+        :mod:`noisylabels.meta.graph_jvp`), ``'jvp-func'`` (the same pass by :func:`torch.func.jvp`,
+        which re-runs the forward) or ``'double-backward'`` (the official codes' reference path).
+        All three give the same gradient up to rounding.
+    warmup_epochs:
+        Epochs of plain mean-CE steps before meta-learning starts.
+    """
+
+    needs_meta_set = True
+    default_meta_loss = "ce"
+
+    def __init__(self, *, meta_loss: str | None = None, meta_batch_size: int | None = None,
+                 meta_gradient: str = "jvp", warmup_epochs: int = 0) -> None:
+        super().__init__()
+        label = type(self).__name__
+        self.meta_loss_name = str(meta_loss or self.default_meta_loss)
+        self.meta_loss = meta_loss_fn(self.meta_loss_name)  # validates the name
+        if meta_batch_size is not None:
+            _int_option(label, "meta_batch_size", meta_batch_size, 1)
+        if meta_gradient not in META_GRADIENTS:
+            raise UserError(f"{label}: meta_gradient must be one of {', '.join(META_GRADIENTS)}; got {meta_gradient!r}")
+        self.meta_batch_size = meta_batch_size
+        self.meta_gradient = meta_gradient
+        self.warmup_epochs = _int_option(label, "warmup_epochs", warmup_epochs, 0)
+
+    def setup(self, ctx: MethodContext) -> None:
+        super().setup(ctx)
+        _check_sgd(ctx.optimizer)
+
+    def in_warmup(self, ctx: MethodContext) -> bool:
+        return ctx.epoch < self.warmup_epochs
+
+    def warmup_step(self, ctx: MethodContext, x: Tensor, y: Tensor, index: Tensor) -> StepOutput:
+        """A plain mean-CE step (warm-up), recording each record's ``plain_value``."""
+        return self.plain_step(ctx, x, y, index, loss_fn=lambda z, t: nn.functional.cross_entropy(z, t, reduction="none"))
+
+
+class MetaNetMethod(MetaMethod):
+    """A meta-network ``phi`` acting at the loss layer, learned through one virtual SGD step.
+
+    Every ``meta_interval``-th step (Shu et al. 2019, Eqs. 4-6): the virtual step
+    ``theta_hat(phi)`` of the run's real SGD on ``mean_i loss_layer(z, y)_i``; the meta-gradient
+    ``dL_meta(theta_hat(phi))/dphi`` (:func:`noisylabels.meta.meta_gradient`, by ``meta_gradient``);
+    a step of phi's optimiser; then the real step with the updated phi, reusing the training
+    forward. Other steps train with the current phi.
+
+    Subclasses implement :meth:`build_meta_net` and :meth:`loss_layer`, and declare
+    :attr:`~Method.records` (what :meth:`note` receives) and :attr:`~Method.own_loss`.
+
+    Parameters
+    ----------
+    meta_interval:
+        Meta step every k-th training step.
+    delayed:
+        Approximation (MLC's trick, Wang et al. 2021): the real step applies the virtual step's
+        gradient, i.e. the pre-update phi, and saves one backward pass.
+    meta_lr, meta_weight_decay, meta_optimizer, meta_momentum:
+        phi's optimiser: ``'adam'`` (the official MW-Net code: lr 1e-3, weight decay 1e-4) or
+        ``'sgd'`` (with ``meta_momentum``).
+    meta_loss, meta_batch_size, meta_gradient, warmup_epochs:
+        As :class:`MetaMethod`.
+    """
+
+    def __init__(self, *, meta_interval: int = 1, delayed: bool = False, meta_lr: float = 1e-3,
+                 meta_weight_decay: float = 1e-4, meta_optimizer: str = "adam", meta_momentum: float = 0.9,
+                 meta_loss: str | None = None, meta_batch_size: int | None = None, meta_gradient: str = "jvp",
+                 warmup_epochs: int = 0) -> None:
+        super().__init__(meta_loss=meta_loss, meta_batch_size=meta_batch_size, meta_gradient=meta_gradient,
+                         warmup_epochs=warmup_epochs)
+        label = type(self).__name__
+        if meta_optimizer not in ("adam", "sgd"):
+            raise UserError(f"{label}: meta_optimizer must be 'adam' or 'sgd', got {meta_optimizer!r}")
+        if not float(meta_lr) > 0:
+            raise UserError(f"{label}: meta_lr must be positive, got {meta_lr}")
+        self.meta_interval = _int_option(label, "meta_interval", meta_interval, 1)
+        self.delayed = bool(delayed)
+        self._opt_cfg = (meta_optimizer, float(meta_lr), float(meta_weight_decay), float(meta_momentum))
+        self._notes: dict[str, Tensor] = {}
+        # built here, not in setup: construction draws from the global RNG the run seeded
+        self.meta_net = self.build_meta_net()
+
+    # -- the paper's part --------------------------------------------------------------------------
+    def build_meta_net(self) -> nn.Module:
+        """The meta-network (its parameters are phi)."""
+        raise NotImplementedError
+
+    def loss_layer(self, z: Tensor, y: Tensor, *, x: Tensor, index: Tensor) -> Tensor:
+        """Per-sample training losses ``l_i(z; phi)``, shape ``(B,)``; phi acts only here. Call
+        :meth:`note` with the per-sample values to record."""
+        raise NotImplementedError
+
+    def note(self, **values: Tensor) -> None:
+        """Values of the current loss-layer call to record (the last call before the real step wins)."""
+        self._notes = {k: v.detach() for k, v in values.items()}
+
+    # -- set-up --------------------------------------------------------------------------------------
+    def setup(self, ctx: MethodContext) -> None:
+        super().setup(ctx)
+        with torch.random.fork_rng(devices=[]):  # deterministic init, global RNG untouched
+            torch.manual_seed(ctx.seed)
+            for module in self.meta_net.modules():
+                if module is not self.meta_net and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        self.meta_net.to(ctx.device)
+        name, lr, wd, mom = self._opt_cfg
+        params = list(self.meta_net.parameters())
+        self.meta_opt = (torch.optim.Adam(params, lr=lr, weight_decay=wd) if name == "adam"
+                         else torch.optim.SGD(params, lr=lr, momentum=mom, weight_decay=wd))
+
+    @property
+    def phi(self) -> list[Tensor]:
+        return list(self.meta_net.parameters())
+
+    # -- the step ------------------------------------------------------------------------------------
+    def train_step(self, ctx: MethodContext, x: Tensor, y: Tensor, index: Tensor) -> StepOutput:
+        if self.in_warmup(ctx):
+            return self.warmup_step(ctx, x, y, index)
+
+        def layer(z: Tensor, t: Tensor) -> Tensor:
+            return self.loss_layer(z, t, x=x, index=index)
+
+        if ctx.step % self.meta_interval == 0:
+            mb = ctx.next_meta_batch(self.meta_batch_size)
+            res = meta_gradient(ctx.model, ctx.optimizer, how=self.meta_gradient, x=x, y=y, loss_layer=layer,
+                                meta_x=mb.x, meta_y=mb.y, meta_loss_fn=self.meta_loss, phi=self.phi)
+            if self.delayed:  # the real step is the virtual step (pre-update phi)
+                ctx.optimizer.zero_grad(set_to_none=True)
+                for name, p in ctx.model.named_parameters():
+                    g = (res.train_grads or {}).get(name)
+                    if g is not None:
+                        p.grad = g
+                ctx.clip_and_step()
+                self.record(index, **self._notes)
+            self.meta_opt.zero_grad(set_to_none=True)
+            assign_grads(self.phi, res.meta_grads or [])
+            self.meta_opt.step()
+            if self.delayed:
+                return StepOutput(logits=res.train_logits.detach(), loss=res.train_losses.mean())
+            z = res.train_logits
+        else:
+            z = ctx.model(x)
+        with frozen(self.phi):
+            loss = layer(z, y).mean()
+        ctx.backward_and_step(loss)
+        self.record(index, **self._notes)
+        return StepOutput(logits=z.detach(), loss=loss.detach())
+
+    # -- resume ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"meta_net": self.meta_net.state_dict(), "meta_opt": self.meta_opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "meta_net" in state:
+            self.meta_net.load_state_dict(state["meta_net"])
+            self.meta_opt.load_state_dict(state["meta_opt"])
+
+
+class ExampleWeightingMethod(MetaMethod):
+    """Per-step example weights from the meta-gradient at ``eps = 0`` (L2RW, L2B).
+
+    Each step: raw weights ``w_ic = -dL_meta(theta_hat(eps))/d eps_ic`` for every sample ``i`` and
+    loss column ``c`` of :meth:`example_losses` (:func:`noisylabels.meta.per_example_weights`),
+    normalised by :meth:`normalize`, then the real step on ``sum_ic w_ic l_ic`` reusing the
+    training forward. Subclasses implement :meth:`example_losses`, :meth:`normalize` and
+    :meth:`record_weights`.
+    """
+
+    def example_losses(self, z: Tensor, y: Tensor) -> Tensor:
+        """Per-sample loss columns, ``(B,)`` or ``(B, k)`` (forward-mode differentiable)."""
+        raise NotImplementedError
+
+    def normalize(self, raw: Tensor) -> Tensor:
+        """Training weights from the raw meta-gradient weights (same shape)."""
+        raise NotImplementedError
+
+    def record_weights(self, index: Tensor, weights: Tensor) -> None:
+        """Record what a step trained with."""
+        raise NotImplementedError
+
+    def train_step(self, ctx: MethodContext, x: Tensor, y: Tensor, index: Tensor) -> StepOutput:
+        if self.in_warmup(ctx):
+            return self.warmup_step(ctx, x, y, index)
+        mb = ctx.next_meta_batch(self.meta_batch_size)
+        res = per_example_weights(ctx.model, ctx.optimizer, x=x, y=y, meta_x=mb.x, meta_y=mb.y,
+                                  meta_loss_fn=self.meta_loss, per_sample_loss=self.example_losses,
+                                  how=self.meta_gradient)
+        w = self.normalize(res.weights)  # type: ignore[arg-type]
+        losses = self.example_losses(res.train_logits, y)
+        loss = (w * losses).sum(1).sum() if losses.ndim == 2 else (w * losses).sum()
+        ctx.backward_and_step(loss)
+        self.record_weights(index, w)
+        return StepOutput(logits=res.train_logits.detach(), loss=loss.detach())
+
