@@ -66,11 +66,13 @@ def plot_weight_histograms(weights, is_noisy, path: str | Path, *, title: str = 
     _finish(plt, fig, path, (ax, "weight (mean over the epoch's visits)", "samples", True), title=title)
 
 
-def plot_weight_function(losses, weights, path: str | Path, *, title: str = "") -> None:
-    """The learned weighting function: weight against training loss (Meta-Weight-Net)."""
+def plot_weight_function(losses, weights, path: str | Path, *, title: str = "",
+                         xlabel: str = "per-sample cross-entropy loss", ylabel: str = "weight W(loss)") -> None:
+    """A learned function of one input: MW-Net's weight against the loss, NARL's hyperparameter
+    against the margin."""
     plt, fig, ax = _figure(1, width=5.0)
     ax.plot(losses, weights)
-    _finish(plt, fig, path, (ax, "per-sample cross-entropy loss", "weight W(loss)", False), title=title)
+    _finish(plt, fig, path, (ax, xlabel, ylabel, False), title=title)
 
 
 def plot_alpha_beta(alpha, beta, is_noisy, path: str | Path, *, title: str = "") -> None:

@@ -13,10 +13,12 @@ from .l2b import L2B
 from .l2rw import L2RW, normalize_weights
 from .meta import ExampleWeightingMethod, MetaMethod, MetaNetMethod, meta_loss_fn
 from .mwnet import MetaWeightNet, MNWNet, RMNWNet, WeightNet
+from .narl import NARL, Adjuster, TransferNARL, load_adjuster, margin, save_adjuster
 from .records import Record, SampleRecords
 from .truncated_lq import TruncatedLq
 
 __all__ = ["ERM", "METHODS", "Method", "check_loss_section", "create_method", "list_methods", "register_method",
            "MetaBatch", "MethodContext", "StepOutput", "ForwardCorrection", "L2B", "L2RW", "normalize_weights",
            "ExampleWeightingMethod", "MetaMethod", "MetaNetMethod", "meta_loss_fn", "MetaWeightNet", "MNWNet",
-           "RMNWNet", "WeightNet", "Record", "SampleRecords", "TruncatedLq"]
+           "RMNWNet", "WeightNet", "NARL", "Adjuster", "TransferNARL", "load_adjuster", "margin",
+           "save_adjuster", "Record", "SampleRecords", "TruncatedLq"]

@@ -69,6 +69,12 @@ class Method:
         self.ctx: MethodContext | None = None
         self.sample_records: SampleRecords | None = None
 
+    @classmethod
+    def loss_name(cls, options: Mapping[str, Any]) -> str | None:
+        """The loss the method defines itself, given its options (default :attr:`own_loss`);
+        ``None``: it trains on the configured ``loss`` section."""
+        return cls.own_loss
+
     # -- set-up ---------------------------------------------------------------------------
     def setup(self, ctx: MethodContext) -> None:
         """Called once before training (and before a checkpoint is restored)."""
@@ -223,7 +229,8 @@ def list_methods() -> list[str]:
     return METHODS.names()
 
 
-def check_loss_section(method: Method | type[Method], name: str, loss_cfg: Mapping[str, Any]) -> str:
+def check_loss_section(method: Method | type[Method], name: str, loss_cfg: Mapping[str, Any],
+                       options: Mapping[str, Any] | None = None) -> str:
     """The loss a run trains on; refuses a ``loss`` section that contradicts the method's own loss.
 
     Parameters
@@ -233,6 +240,8 @@ def check_loss_section(method: Method | type[Method], name: str, loss_cfg: Mappi
     loss_cfg:
         The config's ``loss`` section (``name: auto`` = the method's own loss, or CE for methods
         that train on the configured loss).
+    options:
+        The method's options (a method's own loss may depend on them, e.g. NARL's family).
 
     Returns
     -------
@@ -240,14 +249,15 @@ def check_loss_section(method: Method | type[Method], name: str, loss_cfg: Mappi
         The effective loss name (recorded in ``config.yaml`` and ``summary.json``).
     """
     given = str(loss_cfg.get("name", "auto")).lower()
-    options = sorted(k for k in loss_cfg if k != "name")
-    if method.own_loss is None:
+    extra = sorted(k for k in loss_cfg if k != "name")
+    own = method.loss_name({k: v for k, v in (options or {}).items() if k != "name"})
+    if own is None:
         return "ce" if given == "auto" else given
-    if given not in ("auto", method.own_loss) or options:
-        what = f"loss.name={given}" if given not in ("auto", method.own_loss) else f"loss options {', '.join(options)}"
-        raise UserError(f"method {name!r} trains on its own loss ({method.own_loss}; see its options with "
+    if given not in ("auto", own) or extra:
+        what = f"loss.name={given}" if given not in ("auto", own) else f"loss options {', '.join(extra)}"
+        raise UserError(f"method {name!r} trains on its own loss ({own}; set it with the method's options, see "
                         f"`noisylabels methods`): {what} would be ignored; remove it or use --method erm")
-    return method.own_loss
+    return own
 
 
 @register_method("erm", help="empirical risk minimisation with the configured loss (CE, GCE, ...)")

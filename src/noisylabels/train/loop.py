@@ -222,7 +222,7 @@ def resolve_method_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise UserError(f"method {name!r} is defined by a {kind} meta set; --meta-set {given} contradicts it "
                         f"(leave data.meta_set at auto)")
     out["data"]["meta_set"] = kind or ("clean" if given == "auto" else given)
-    out["loss"]["name"] = check_loss_section(cls, name, out["loss"])
+    out["loss"]["name"] = check_loss_section(cls, name, out["loss"], out["method"])
     return out
 
 
@@ -236,7 +236,8 @@ def _build(cfg: dict[str, Any], data: RunData, device: torch.device, recorder: R
     model = _create_model(cfg, data).to(device)
     lcfg = dict(cfg["loss"])
     loss_name = lcfg.pop("name")
-    loss_fn = create_loss("ce" if method.own_loss is not None else loss_name, **lcfg)
+    own = method.loss_name({k: v for k, v in cfg["method"].items() if k != "name"})
+    loss_fn = create_loss("ce" if own is not None else loss_name, **lcfg)
     if hasattr(loss_fn, "to"):
         loss_fn = loss_fn.to(device)
     if method.needs_meta_set and len(data.splits["meta"]) == 0:

@@ -1,0 +1,353 @@
+"""NARL-Adjuster (Ding, Shu, Meng, Xu, "Improve Noise Tolerance of Robust Loss via Noise-Awareness").
+
+A meta-learned network predicts, per sample, the hyperparameters of a robust loss from the
+sample's margin: ``Lambda_i = h(m(x_i, y_i); theta)`` (Sec. 3.2), and the classifier trains on
+``L_robust(f(x_i; w), y_i; Lambda_i)`` (Eq. 7). ``theta`` is learned bilevel on a meta set
+(Eqs. 8-12, Algorithm 1): every ``meta_interval`` steps (the paper's T_Meta = 10) a virtual step of
+the run's SGD, the meta-gradient of the meta loss through it (exact, by one JVP:
+:class:`~noisylabels.methods.meta.MetaNetMethod`; theta acts only at the loss layer, through
+``Lambda_i``), an Adam step on theta (lr 1e-3, weight decay 1e-4, Sec. 4.1), then the real step
+with the updated theta.
+
+Families (``method.loss``): ``gce`` (A-GCE: q), ``sl`` (A-SL: gamma1 on CE, gamma2 on RCE),
+``polysoft`` (A-PolySoft: lambda, d), ``js`` (A-JS: pi1, pi2 = 1 - pi1). Transfer (T-*, Algorithm 2):
+``t-narl`` trains a new classifier with a frozen, meta-trained adjuster read from a file
+(:func:`save_adjuster` / :func:`load_adjuster`; ``noisylabels narl-train`` writes it), no meta set.
+
+Where the paper and the authors' public code disagree (reading notes Sec. 3), the paper is
+followed and the code's choice is an option: the margin is detached (paper and code agree); the
+adjuster has biases (the paper's formula has none, "default PyTorch initialisation" and the code
+use ``nn.Linear``); one output head (the 2024 code's three K-means heads are a CMW-Net remnant);
+no linearisation of ``p^q`` near 0 (the 2023 code's ad-hoc ``12.9 p`` for ``p < 0.003``); the
+virtual step is the real SGD step (momentum, weight decay; the 2023 code used plain SGD).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from ..losses import LOG_1E_4, get_loss_fn
+from .base import Method, register_method
+from .context import MethodContext
+from .meta import MetaNetMethod
+from .records import Record
+
+__all__ = ["margin", "Family", "FAMILIES", "Adjuster", "NARL", "TransferNARL", "save_adjuster", "load_adjuster",
+           "ADJUSTER_FORMAT"]
+
+Tensor = torch.Tensor
+
+
+def margin(logits: Tensor, labels: Tensor) -> Tensor:
+    """``m(x, y) = z_y - max_{j != y} z_j`` of the *detached* logits (Sec. 3.2, after AUM, Pleiss et al.).
+
+    Negative exactly when the sample is classified into another class than ``y`` (ties aside);
+    unchanged by adding a constant to all logits.
+    """
+    z = logits.detach()
+    z_y = z.gather(1, labels[:, None]).squeeze(1)
+    others = z.scatter(1, labels[:, None], float("-inf"))
+    return z_y - others.amax(dim=1)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A robust loss whose hyperparameters the adjuster predicts.
+
+    Attributes
+    ----------
+    loss:
+        Registered loss name.
+    hparams:
+        Names of the predicted hyperparameters (the loss's keyword options), in output order.
+    scale, low, high:
+        Defaults of the scale vector ``s`` (``Lambda = s * sigmoid(.)``) and of the clamp to the
+        valid range applied afterwards, per hyperparameter.
+    detection_sign:
+        Suspicion = ``sign * first hyperparameter`` (q, pi1: MAE-like = suspected noisy, +1;
+        gamma1, lambda: small on noisy samples, -1).
+    """
+
+    loss: str
+    hparams: tuple[str, ...]
+    scale: tuple[float, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    detection_sign: float
+
+
+#: The four families of the paper, with the public code's scale and clamp as defaults. PolySoft's
+#: scale is not recoverable from the code (its branch is broken there): ``s = (20, 20)`` with the
+#: code's clamp ``lambda in [0.01, 20]`` (lower end 0.01 instead of 0 keeps lambda > 0) and
+#: ``d in [1.01, 20]`` keeps ``lambda > 0`` and ``d > 1``; at initialisation (sigmoid ~ 1/2)
+#: ``lambda ~ 10, d ~ 10``: nearly CE, since ``dL/dCE = (1 - CE/lambda)^(1/(d-1))``.
+FAMILIES: dict[str, Family] = {
+    "gce": Family("gce", ("q",), (1.5,), (0.01,), (1.0,), +1.0),
+    "sl": Family("sce", ("gamma1", "gamma2"), (1.0, 1.0), (0.0, 0.0), (20.0, 20.0), -1.0),
+    "polysoft": Family("polysoft", ("lam", "d"), (20.0, 20.0), (0.01, 1.01), (20.0, 20.0), -1.0),
+    "js": Family("js", ("pi1",), (1.4,), (0.01,), (0.99,), +1.0),
+}
+
+
+def _family(name: str) -> Family:
+    fam = FAMILIES.get(str(name).lower())
+    if fam is None:
+        raise UserError(f"narl: unknown loss family {name!r}; valid: {', '.join(FAMILIES)}")
+    return fam
+
+
+def _vector(what: str, value: Any, default: Sequence[float], fam: str) -> tuple[float, ...]:
+    if value is None:
+        return tuple(default)
+    vals = (value,) if isinstance(value, (int, float)) else tuple(value)
+    if len(vals) != len(default) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
+        raise UserError(f"narl: {what} must be {len(default)} number(s) for the {fam} family, got {value!r}")
+    return tuple(float(v) for v in vals)
+
+
+class Adjuster(nn.Module):
+    """``Lambda = clamp(s * sigmoid(W2 ReLU(W1 m + b1) + b2), low, high)`` (Sec. 3.2, Fig. 4).
+
+    Parameters
+    ----------
+    num_hparams:
+        ``d'``, the number of hyperparameters of the loss.
+    hidden:
+        ``d`` (the paper: 100).
+    scale, low, high:
+        The scale vector and the valid range, one value per hyperparameter.
+    """
+
+    def __init__(self, num_hparams: int, *, hidden: int = 100, scale: Sequence[float], low: Sequence[float],
+                 high: Sequence[float]) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(1, hidden)
+        self.fc2 = nn.Linear(hidden, num_hparams)
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
+        self.register_buffer("low", torch.tensor(low, dtype=torch.float32))
+        self.register_buffer("high", torch.tensor(high, dtype=torch.float32))
+
+    def raw(self, m: Tensor) -> Tensor:
+        """``s * sigmoid(.)`` before the clamp, shape ``(B, d')``: in ``(0, s)``."""
+        h = self.fc2(F.relu(self.fc1(m.reshape(-1, 1).to(self.fc1.weight.dtype))))
+        return self.scale.to(h.dtype) * torch.sigmoid(h)
+
+    def forward(self, m: Tensor) -> Tensor:
+        out = self.raw(m)
+        return torch.minimum(torch.maximum(out, self.low.to(out.dtype)), self.high.to(out.dtype))
+
+
+class _Robust:
+    """The loss layer shared by A-* and T-*: the family's loss with per-sample hyperparameters."""
+
+    def __init__(self, family: str, *, rce_A: float) -> None:
+        self.family_name = str(family).lower()
+        self.family = _family(self.family_name)
+        self.loss_fn = get_loss_fn(self.family.loss)
+        self.fixed = {"A": float(rce_A)} if self.family_name == "sl" else {}
+        if self.family_name == "sl" and not rce_A < 0:
+            raise UserError(f"narl: rce_A (log 0 of the reverse cross entropy) must be negative, got {rce_A}")
+
+    def losses(self, z: Tensor, y: Tensor, lam: Tensor) -> Tensor:
+        hp = {name: lam[:, k] for k, name in enumerate(self.family.hparams)}  # JS: pi2 = 1 - pi1 inside js_loss
+        return self.loss_fn(z, y, reduction="none", **hp, **self.fixed)
+
+    def records(self) -> tuple[Record, ...]:
+        return tuple(Record(n) for n in self.family.hparams) + (Record("margin"),)
+
+
+def _plot_function(ctx: MethodContext, adjuster: Adjuster, family: Family, title: str) -> None:
+    """The learned hyperparameter(s) against the margin (the paper's Fig. 7)."""
+    from ..eval.plots import plot_weight_function
+
+    grid = torch.linspace(-10, 10, 201)
+    with torch.no_grad():
+        lam = adjuster(grid.to(next(adjuster.parameters()).device)).cpu()
+    for k, name in enumerate(family.hparams):
+        plot_weight_function(grid.numpy(), lam[:, k].numpy(), ctx.recorder.path(f"{name}_vs_margin.png"),
+                             title=f"{title}: {name} vs margin", xlabel="margin z_y - max_{j != y} z_j", ylabel=name)
+
+
+@register_method("narl", help="NARL-Adjuster: per-sample robust-loss hyperparameters from the margin (A-GCE, A-SL, "
+                              "A-PolySoft, A-JS; Ding et al.)")
+class NARL(MetaNetMethod):
+    """A-GCE / A-SL / A-PolySoft / A-JS: the robust loss with hyperparameters ``h(m(x, y); theta)``.
+
+    Parameters
+    ----------
+    loss:
+        The family: ``'gce'`` (default), ``'sl'``, ``'polysoft'`` or ``'js'``.
+    scale, low, high:
+        Scale vector ``s`` and clamp range per hyperparameter (defaults: :data:`FAMILIES`).
+    hidden:
+        Hidden width of the adjuster (the paper: 100).
+    rce_A:
+        A-SL only: the value of ``log 0`` in the reverse cross entropy (default ``log 1e-4``; the
+        2024 public code's log10 gives -4).
+    meta_interval:
+        Meta step every k-th training step (the paper's T_Meta: 10).
+    meta_lr, meta_weight_decay, meta_optimizer, meta_momentum, meta_loss, meta_batch_size,
+    meta_gradient, delayed, warmup_epochs:
+        As :class:`~noisylabels.methods.meta.MetaNetMethod` (adjuster: Adam 1e-3, weight decay
+        1e-4; meta loss CE on the clean meta set, any registered loss allowed, e.g. ``'mae'``
+        on a noisy meta set as in RMNW-Net).
+    """
+
+    own_loss = "narl"
+
+    def __init__(self, *, loss: str = "gce", scale: Sequence[float] | float | None = None,
+                 low: Sequence[float] | float | None = None, high: Sequence[float] | float | None = None,
+                 hidden: int = 100, rce_A: float = LOG_1E_4, meta_interval: int = 10, **options: Any) -> None:
+        self.robust = _Robust(loss, rce_A=rce_A)
+        fam = self.robust.family
+        self.scale = _vector("scale", scale, fam.scale, self.robust.family_name)
+        self.low = _vector("low", low, fam.low, self.robust.family_name)
+        self.high = _vector("high", high, fam.high, self.robust.family_name)
+        if any(lo > hi for lo, hi in zip(self.low, self.high)):
+            raise UserError(f"narl: low must not exceed high, got low={self.low}, high={self.high}")
+        self.hidden = int(hidden)
+        self.records = self.robust.records()
+        self.detection = (fam.hparams[0], fam.detection_sign)
+        super().__init__(meta_interval=meta_interval, **options)
+
+    @classmethod
+    def loss_name(cls, options: Mapping[str, Any]) -> str:
+        return f"a-{str(options.get('loss', 'gce')).lower()}"
+
+    def build_meta_net(self) -> nn.Module:
+        return Adjuster(len(self.scale), hidden=self.hidden, scale=self.scale, low=self.low, high=self.high)
+
+    def loss_layer(self, z: Tensor, y: Tensor, *, x: Tensor, index: Tensor) -> Tensor:
+        """``L_robust(z_i, y_i; Lambda_i(theta))``, ``Lambda_i = h(m(x_i, y_i); theta)`` (Eq. 7)."""
+        m = margin(z, y)
+        lam = self.meta_net(m)
+        self.note(margin=m, **{n: lam[:, k] for k, n in enumerate(self.robust.family.hparams)})
+        return self.robust.losses(z, y, lam)
+
+    def finalize(self, ctx: MethodContext) -> dict[str, Any]:
+        _plot_function(ctx, self.meta_net, self.robust.family, f"A-{self.robust.family_name.upper()}")
+        return {}
+
+
+# -- transfer (T-*) -------------------------------------------------------------------------------------------
+#: the ``format`` field of an adjuster file
+ADJUSTER_FORMAT = "noisylabels-narl-adjuster"
+
+
+def save_adjuster(path: str | Path, *, family: str, adjuster: Adjuster, snapshots: Sequence[Mapping[str, Tensor]],
+                  snapshot_epochs: Sequence[int], tasks: Sequence[str] = ()) -> None:
+    """Write an adjuster file: tensors and plain containers only (``torch.load(weights_only=True)``).
+
+    ``snapshots`` are ``state_dict``s of the adjuster, e.g. at T/3, 2T/3 and T of meta-training
+    (Sec. 3.3.2: the k-th is used in the k-th part of a transfer run).
+    """
+    state = {
+        "format": ADJUSTER_FORMAT, "version": 1, "family": str(family), "hidden": int(adjuster.fc1.out_features),
+        "num_hparams": int(adjuster.fc2.out_features), "hparams": list(_family(family).hparams),
+        "snapshots": [{k: v.detach().cpu().clone() for k, v in s.items()} for s in snapshots],
+        "snapshot_epochs": [int(e) for e in snapshot_epochs], "tasks": [str(t) for t in tasks],
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_adjuster(path: str | Path) -> tuple[dict[str, Any], list[Adjuster]]:
+    """Read and check an adjuster file; returns its metadata and one :class:`Adjuster` per snapshot."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"adjuster file not found: {p}")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{p} is not a readable adjuster file ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != ADJUSTER_FORMAT:
+        raise UserError(f"{p} is not a noisylabels NARL adjuster file (write one with `noisylabels narl-train`)")
+    fam = _family(state.get("family", "?"))
+    n = int(state.get("num_hparams", -1))
+    if n != len(fam.hparams) or not state.get("snapshots"):
+        raise UserError(f"{p}: {n} hyperparameters for the {state['family']} family (expects {len(fam.hparams)}), "
+                        f"{len(state.get('snapshots') or [])} snapshots")
+    nets = []
+    for k, sd in enumerate(state["snapshots"]):
+        net = Adjuster(n, hidden=int(state["hidden"]), scale=fam.scale, low=fam.low, high=fam.high)
+        try:
+            net.load_state_dict(sd)
+        except (RuntimeError, KeyError) as exc:
+            raise UserError(f"{p}: snapshot {k} does not fit the adjuster ({str(exc).splitlines()[0][:120]})") from None
+        nets.append(net.requires_grad_(False).eval())
+    return state, nets
+
+
+@register_method("t-narl", help="T-*: a classifier trained with a frozen, transferred NARL-Adjuster (no meta set)")
+class TransferNARL(Method):
+    """Algorithm 2 (meta-test): the new classifier trains on ``L_robust(.; h(m; theta^(k)))`` (Eq. 13)
+    with the adjuster frozen and no meta data; snapshot ``k`` of the file is used in the ``k``-th
+    equal part of the run (with the usual three snapshots: T/3, 2T/3 and T of meta-training in the
+    first, second and last third, the paper's "dynamically adopt specific ones along different range
+    of classifier training stage").
+
+    Parameters
+    ----------
+    adjuster:
+        Path of the adjuster file (``noisylabels narl-train --adjuster-out FILE``).
+    loss:
+        The family; ``None``: the file's (a different one is refused).
+    rce_A:
+        As :class:`NARL`.
+    """
+
+    own_loss = "t-narl"
+
+    def __init__(self, *, adjuster: str | None = None, loss: str | None = None, rce_A: float = LOG_1E_4) -> None:
+        super().__init__()
+        if not adjuster:
+            raise UserError("t-narl needs an adjuster file: --set method.adjuster=FILE (from `noisylabels narl-train`)")
+        self.info, self.snapshots = load_adjuster(adjuster)
+        if loss is not None and str(loss).lower() != self.info["family"]:
+            raise UserError(f"t-narl: {adjuster} holds a {self.info['family']} adjuster, not {loss}")
+        self.robust = _Robust(self.info["family"], rce_A=rce_A)
+        self.records = self.robust.records()
+        self.detection = (self.robust.family.hparams[0], self.robust.family.detection_sign)
+        self.active = 0
+
+    @classmethod
+    def loss_name(cls, options: Mapping[str, Any]) -> str:
+        return "t-" + str(options.get("loss") or "narl").lower()
+
+    def setup(self, ctx: MethodContext) -> None:
+        super().setup(ctx)
+        for net in self.snapshots:
+            net.to(ctx.device)
+
+    def snapshot_for_epoch(self, epoch: int, epochs: int) -> int:
+        """The snapshot used in ``epoch``: equal parts of the run, one per snapshot."""
+        return min(len(self.snapshots) - 1, epoch * len(self.snapshots) // max(1, epochs))
+
+    def on_epoch_start(self, ctx: MethodContext) -> None:
+        self.active = self.snapshot_for_epoch(ctx.epoch, ctx.epochs)
+
+    def per_sample_loss(self, logits: Tensor, targets: Tensor, indices: Tensor) -> Tensor:
+        m = margin(logits, targets)
+        with torch.no_grad():
+            lam = self.snapshots[self.active](m)
+        self.record(indices, margin=m, **{n: lam[:, k] for k, n in enumerate(self.robust.family.hparams)})
+        return self.robust.losses(logits, targets, lam)
+
+    def on_epoch_end(self, ctx: MethodContext) -> dict[str, Any]:
+        return {"adjuster_snapshot": self.active}
+
+    def finalize(self, ctx: MethodContext) -> dict[str, Any]:
+        _plot_function(ctx, self.snapshots[-1], self.robust.family, f"T-{self.info['family'].upper()} (last snapshot)")
+        return {}
