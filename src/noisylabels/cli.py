@@ -1,4 +1,4 @@
-"""Command-line interface: ``noisylabels train | noise | bench | datasets | methods | models | losses``.
+"""Command-line interface: ``noisylabels train | noise | bench | detect | export | datasets | methods | models | losses``.
 
 User errors (:class:`~noisylabels.errors.UserError`) print one line on stderr and exit with 2.
 """
@@ -45,6 +45,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="set any config field, e.g. --set loss.q=0.7 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--folds", type=int, default=None, metavar="K",
+                   help="cross-fit: train K models on K-1 folds of the training split each and write "
+                        "out-of-sample pred_probs.npy, label_issues.csv and the count of wrong labels")
 
 
 def _add_noise(sub: argparse._SubParsersAction) -> None:
@@ -80,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_noise(sub)
     _add_bench(sub)
+    from .detect.commands import add_parsers as _add_detect_parsers
+
+    _add_detect_parsers(sub)  # detect, export
     for name, what in (("datasets", "datasets"), ("methods", "training methods"), ("models", "models"),
                        ("losses", "losses")):
         sub.add_parser(name, help=f"list the registered {what}")
@@ -112,6 +118,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
         cfg = resolve_config(config_file=args.config, overrides=overrides, assignments=args.set)
+    if args.folds is not None:
+        from .detect.commands import cmd_crossfit
+
+        return cmd_crossfit(cfg, args)
     summary = fit(cfg, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
     print(f"noisylabels {cfg['method']['name']} ({cfg['loss']['name']}, {cfg['model']['name']}) on "
           f"{cfg['data']['name']}, {cfg['noise']['type']} noise {cfg['noise']['rate']}, seed {cfg['seed']}")
@@ -193,6 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_noise(args)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command in ("detect", "export"):
+            from .detect import commands
+
+            return commands.cmd_detect(args) if args.command == "detect" else commands.cmd_export(args)
         if args.command in ("datasets", "methods", "models", "losses"):
             return cmd_list(args.command)
         parser.print_help()
