@@ -59,7 +59,8 @@ def _add_noise(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="noise option, e.g. --set include_true_class=true")
-    p.add_argument("--csv", help="write index,clean_label,noisy_label rows to this CSV")
+    p.add_argument("--csv", help="write the noisy labels to this CSV: path,label rows (what data.options.labels_csv "
+                                 "reads) for image-folder data; index,clean,noisy rows for data without files")
     p.add_argument("--list", action="store_true", help="list the noise types and exit")
 
 
@@ -161,8 +162,14 @@ def cmd_noise(args: argparse.Namespace) -> int:
     print(format_matrix(res.transition, raw.classes))
     print(f"realised noise rate: {res.realized_rate:.4f}")
     if args.csv:
-        write_noisy_labels_csv(args.csv, index=np.arange(len(y)), clean=y, noisy=res.noisy_labels)
-        print(f"wrote {args.csv}")
+        if raw.paths_train is not None:  # file-backed data: the path,label file data.options.labels_csv reads
+            from .noise.io import write_labels_csv
+
+            write_labels_csv(args.csv, paths=raw.paths_train, labels=res.noisy_labels, classes=raw.classes, clean=y)
+            print(f"wrote {args.csv} (path,label: use it with --set data.options.labels_csv={args.csv} --noise none)")
+        else:
+            write_noisy_labels_csv(args.csv, index=np.arange(len(y)), clean=y, noisy=res.noisy_labels)
+            print(f"wrote {args.csv} (index,clean,noisy: {args.dataset} has no image files, so no path,label file)")
     return 0
 
 

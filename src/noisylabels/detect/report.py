@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -285,7 +286,10 @@ def run_detection(inputs: DetectInputs, *, filter_by: str = "prune_by_noise_rate
     for name in names:  # confident learning on each split whose rows are all out-of-sample
         part = np.flatnonzero((split == name) & held)
         if len(part) and not in_sample[split == name].any() and len(part) > k:
-            is_issue[part] = find_label_issues(y[part], p[part], filter_by=filter_by, allow_missing_classes=True)
+            with warnings.catch_warnings():  # small held-out splits: classes with one sample are left alone
+                warnings.simplefilter("ignore", UserWarning)
+                is_issue[part] = find_label_issues(y[part], p[part], filter_by=filter_by,
+                                                   allow_missing_classes=True)
             estimates[name] = estimate_noise(y[part], p[part], allow_missing_classes=True)
             total += estimates[name].num_issues
     if in_sample.any():
