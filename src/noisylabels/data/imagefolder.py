@@ -386,18 +386,13 @@ def _load_csv_defined(src: Path, csv_path: Path, *, classes: Sequence[str] | Non
     ``None`` when ``auto`` finds a class-folder tree whose classes the CSV uses."""
     from .labels_csv import labels_from_csv_rows, read_csv_rows
 
-    rows = read_csv_rows(csv_path)
     if not force:
         try:
-            tree = scan_image_tree(src)
+            scan_image_tree(src)
+            return None  # class folders: they define the classes (a label that is none of them is an error)
         except UserError:
-            tree = None
-        if tree is not None:
-            folder_classes = {c for files in tree.splits.values() for _, c in files}
-            names = set(classes) if classes is not None else folder_classes
-            ok = all(lab in names or lab.lstrip("-").isdigit() for _, _, lab in rows)
-            if ok and folder_classes <= (set(classes) if classes is not None else folder_classes):
-                return None
+            pass  # no [split/]class/file structure (e.g. a flat folder): the CSV defines the classes
+    rows = read_csv_rows(csv_path)
     if isinstance(classes, str):
         raise UserError("classes must be a list of class names, not a string")
     names_all, stats, is_zip = list_image_files(src)
@@ -484,7 +479,7 @@ def load_imagefolder(
         ``y_train_clean``), ``"csv"`` (any layout, a flat folder too: the training pool is
         the CSV's files wherever they are, the classes are ``classes`` or those the CSV
         names, and there are no folder labels), or ``"auto"``: ``"folders"`` when the tree
-        has class folders and every CSV label is one of them (or an id), else ``"csv"``.
+        has class folders, ``"csv"`` when it has none (a flat folder).
 
     Returns
     -------

@@ -142,7 +142,8 @@ def read_labels_csv(
                     except ValueError:
                         raise UserError(
                             f"labels_csv {p} row {row_no}: unknown class {lab!r}; "
-                            f"valid: {', '.join(classes)} or ids 0..{len(classes) - 1}"
+                            f"valid: {', '.join(classes)} or ids 0..{len(classes) - 1} "
+                            "(if the folders are not classes, set classes_from=csv)"
                         ) from None
                     if not 0 <= label < len(classes):
                         raise UserError(

@@ -42,7 +42,7 @@ T = TypeVar("T")
 def _ensure_loaders() -> None:
     # The loaders register on import; ``noisylabels.data`` imports them, but a
     # caller may import this module on its own.
-    from . import cifar, digits, imagefolder, mnist  # noqa: F401
+    from . import cifar, cifar_n, clothing1m, digits, imagefolder, mnist  # noqa: F401
 
 
 def list_datasets() -> list[str]:

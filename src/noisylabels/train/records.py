@@ -126,11 +126,11 @@ class RunRecorder:
         is the source file of each (pool-indexed ``paths``; empty without files)."""
         order = np.argsort(-np.asarray(score), kind="stable")
         name = (lambda c: csv_cell(classes[int(c)])) if classes else (lambda c: str(int(c)))
-        lines = ["rank,index,given_label,predicted_label,given_name,predicted_name,score,path"]
+        lines = ["rank,index,given_label,predicted_label,given_name,predicted_name,path,score"]
         for r, o in enumerate(order):
             p = csv_cell(paths[int(index[o])]) if paths is not None else ""
             lines.append(f"{r},{int(index[o])},{int(given[o])},{int(predicted[o])},"
-                         f"{name(given[o])},{name(predicted[o])},{float(score[o]):.6g},{p}")
+                         f"{name(given[o])},{name(predicted[o])},{p},{float(score[o]):.6g}")
         atomic_write_text(self.path("suspects.csv"), "\n".join(lines) + "\n")
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
