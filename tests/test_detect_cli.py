@@ -197,3 +197,20 @@ def test_export_refuses_runs_without_files_and_bad_options(tmp_path, capsys, one
     code, _, err = run(["export", "--run", tmp_path / "d", "--drop-issues", "--min-confidence", "0.5",
                         "--out", tmp_path / "o.csv"], capsys)
     assert code == 2 and "--relabel" in err
+
+
+def test_zip_source_paths_in_every_record(tmp_path, capsys, one_thread):
+    import shutil
+
+    folder, _, truth = _photos(tmp_path, n=100, wrong=0.0, flat=False)
+    archive = shutil.make_archive(str(tmp_path / "photos"), "zip", root_dir=folder)
+    code, out, err = run(["train", "--quiet", "--dataset", "imagefolder", "--set", f"data.options.path={archive}",
+                          "--epochs", "2", "--set", "train.num_threads=1", "--out", tmp_path / "z"], capsys)
+    assert code == 0, err
+    for name in ("labels.csv", "suspects.csv"):
+        assert {r["path"] for r in _rows(tmp_path / "z" / name)} <= set(truth), name
+    assert len(_rows(tmp_path / "z" / "labels.csv")) == len(truth)
+    code, out, err = run(["detect", "--run", tmp_path / "z"], capsys)
+    assert code == 0, err
+    assert "paths are relative to" in out and archive in out
+    assert {r["path"] for r in _rows(tmp_path / "z" / "label_issues.csv")} == set(truth)

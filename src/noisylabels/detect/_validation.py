@@ -27,10 +27,6 @@ ROW_SUM_TOLERANCE = 1e-3
 PROB_TOLERANCE = 1e-6
 
 
-def _shape(x: Any) -> str:
-    return str(tuple(np.shape(x))) if hasattr(x, "shape") or isinstance(x, (list, tuple)) else type(x).__name__
-
-
 def check_labels(labels: Any, *, num_classes: int | None = None, n: int | None = None,
                  name: str = "labels") -> np.ndarray:
     """``labels`` as a 1-D int64 array (integers, or floats holding integers), in ``[0, num_classes)``."""

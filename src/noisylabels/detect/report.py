@@ -25,7 +25,7 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -57,6 +57,7 @@ class DetectInputs:
     is_noisy: np.ndarray | None = None     # ground truth when the noise was simulated
     method_scores: np.ndarray | None = None  # the training method's own suspicion (higher = worse), NaN = none
     source: str = ""
+    files_root: str = ""                   # where the paths are relative to, when known
 
 
 @dataclass
@@ -245,18 +246,20 @@ def load_run_inputs(run_dir: str | Path) -> DetectInputs:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"cannot read {d / 'pred_probs.json'}: {err}") from None
     scores = np.load(d / "method_scores.npy", allow_pickle=False) if (d / "method_scores.npy").is_file() else None
-    simulated = True
+    simulated, root = True, ""
     if (d / "config.yaml").is_file():
         import yaml
 
         try:
             cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
             simulated = str(cfg.get("noise", {}).get("type", "none")).lower() != "none"
-        except (OSError, yaml.YAMLError):
+            data = cfg.get("data", {}) or {}
+            root = str((data.get("options") or {}).get("path") or data.get("dir") or "")
+        except (OSError, yaml.YAMLError, AttributeError):
             simulated = False
     return DetectInputs(labels=labels, pred_probs=probs, classes=classes, held_out=np.asarray(held, bool),
                         index=index, split=split, paths=paths, is_noisy=noisy if simulated else None,
-                        method_scores=scores, source=str(d))
+                        method_scores=scores, source=str(d), files_root=root if paths is not None else "")
 
 
 # -------------------------------------------------------------------------------- detection
@@ -395,6 +398,8 @@ def format_summary(result: DetectionResult, *, top: int = 5) -> str:
         lines.append(f"  simulated noise (known)     {int(truth.sum())} wrong labels ({100 * truth.mean():.2f}%); "
                      f"flags precision {hit / max(flagged, 1):.3f}, recall {hit / max(int(truth.sum()), 1):.3f}, "
                      f"score AUROC {detection_auroc(-np.nan_to_num(result.quality, nan=np.inf), truth):.3f}")
+    if inp.paths is not None and inp.files_root:
+        lines.append(f"  {'paths are relative to':<28}{inp.files_root}")
     for note in result.notes:
         lines.append(f"  note: {note}")
     return "\n".join(lines)
