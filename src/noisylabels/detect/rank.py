@@ -18,8 +18,8 @@ renormalises each row (cleanlab's ``_subtract_confident_thresholds``); it accoun
 classes the model is systematically over- or under-confident in.
 
 Scores produced by a training method (MW-Net weights, L2B's alpha, ...) are not functions of
-``pred_probs``; :func:`label_quality_scores` accepts them as ``method='given'`` through
-``scores=`` so that filtering and ranking treat every score alike.
+``pred_probs``: a run writes them to ``method_scores.npy`` and ``noisylabels detect --rank-by
+method`` ranks by them (:func:`noisylabels.detect.report.run_detection`).
 """
 
 from __future__ import annotations
