@@ -386,9 +386,10 @@ def format_summary(result: DetectionResult, *, top: int = 5) -> str:
              f"  flagged (is_label_issue)    {int(result.is_issue.sum())} ({result.filter_by}); ranked by {result.rank_by}"]
     conf = est.top_confusions(top)
     if conf:
+        m = est.num_samples
         lines.append("  most confused (given -> probably):")
         for i, j, q in conf:
-            lines.append(f"    {names[i]} -> {names[j]}: ~{q * n:.0f} samples ({100 * q:.1f}%)")
+            lines.append(f"    {names[i]} -> {names[j]}: ~{q * m:.0f} of {m} samples ({100 * q:.1f}%)")
     if inp.is_noisy is not None:
         from ..eval.metrics import detection_auroc
 
