@@ -25,7 +25,7 @@ def _cfg(out, **over):
 @pytest.fixture(scope="module")
 def small_crossfit(tmp_path_factory):
     out = tmp_path_factory.mktemp("cf") / "run"
-    summary = crossfit(_cfg(out, **{"data.train_subset": 600}), folds=3)
+    summary = crossfit(_cfg(out, **{"data.train_subset": 450}), folds=3)
     return out, summary
 
 
@@ -85,7 +85,7 @@ def test_ordinary_run_writes_pred_probs_for_every_sample(tmp_path, one_thread):
 def test_crossfit_counts_more_than_in_sample_fast(small_crossfit, tmp_path, one_thread):
     """Direction test on a small run: in-sample probabilities under-count the wrong labels."""
     out, summary = small_crossfit
-    cfg = _cfg(tmp_path / "ins", **{"data.train_subset": 600, "train.epochs": 12})
+    cfg = _cfg(tmp_path / "ins", **{"data.train_subset": 450, "train.epochs": 12})
     fit(cfg)
     probs = np.load(tmp_path / "ins" / "pred_probs.npy")
     rows = (tmp_path / "ins" / "labels.csv").read_text().splitlines()[1:]
