@@ -1,4 +1,4 @@
-"""Command-line interface: ``noisylabels train | noise | bench | datasets | methods | models | losses``.
+"""Command-line interface: ``noisylabels train | noise | bench | detect | export | datasets | methods | models | losses``.
 
 User errors (:class:`~noisylabels.errors.UserError`) print one line on stderr and exit with 2.
 """
@@ -45,6 +45,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="set any config field, e.g. --set loss.q=0.7 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--folds", type=int, default=None, metavar="K",
+                   help="cross-fit: train K models on K-1 folds of the training split each and write "
+                        "out-of-sample pred_probs.npy, label_issues.csv and the count of wrong labels")
 
 
 def _add_noise(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +59,8 @@ def _add_noise(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="noise option, e.g. --set include_true_class=true")
-    p.add_argument("--csv", help="write index,clean_label,noisy_label rows to this CSV")
+    p.add_argument("--csv", help="write the noisy labels to this CSV: path,label rows (what data.options.labels_csv "
+                                 "reads) for image-folder data; index,clean,noisy rows for data without files")
     p.add_argument("--list", action="store_true", help="list the noise types and exit")
 
 
@@ -80,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_noise(sub)
     _add_bench(sub)
+    from .detect.commands import add_parsers as _add_detect_parsers
+
+    _add_detect_parsers(sub)  # detect, export
     for name, what in (("datasets", "datasets"), ("methods", "training methods"), ("models", "models"),
                        ("losses", "losses")):
         sub.add_parser(name, help=f"list the registered {what}")
@@ -127,6 +134,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
         cfg = resolve_config(config_file=args.config, overrides=overrides, assignments=args.set)
+    if args.folds is not None:
+        from .detect.commands import cmd_crossfit
+
+        return cmd_crossfit(cfg, args)
     print(_header(cfg), flush=True)
     summary = fit(cfg, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
     _print_table([
@@ -165,8 +176,14 @@ def cmd_noise(args: argparse.Namespace) -> int:
     print(format_matrix(res.transition, raw.classes))
     print(f"realised noise rate: {res.realized_rate:.4f}")
     if args.csv:
-        write_noisy_labels_csv(args.csv, index=np.arange(len(y)), clean=y, noisy=res.noisy_labels)
-        print(f"wrote {args.csv}")
+        if raw.paths_train is not None:  # file-backed data: the path,label file data.options.labels_csv reads
+            from .noise.io import write_labels_csv
+
+            write_labels_csv(args.csv, paths=raw.paths_train, labels=res.noisy_labels, classes=raw.classes, clean=y)
+            print(f"wrote {args.csv} (path,label: use it with --set data.options.labels_csv={args.csv} --noise none)")
+        else:
+            write_noisy_labels_csv(args.csv, index=np.arange(len(y)), clean=y, noisy=res.noisy_labels)
+            print(f"wrote {args.csv} (index,clean,noisy: {args.dataset} has no image files, so no path,label file)")
     return 0
 
 
@@ -207,6 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_noise(args)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command in ("detect", "export"):
+            from .detect import commands
+
+            return commands.cmd_detect(args) if args.command == "detect" else commands.cmd_export(args)
         if args.command in ("datasets", "methods", "models", "losses"):
             return cmd_list(args.command)
         parser.print_help()

@@ -12,7 +12,7 @@ from .base import RawDataset, split_off_test, stratified_take, validate_labels
 from .registry import DATASETS, candidate_data_dirs, create_dataset, list_datasets
 
 # Loaders register themselves on import.
-from . import cifar, digits, imagefolder, mnist  # noqa: E402,F401  isort: skip
+from . import cifar, cifar_n, clothing1m, digits, imagefolder, mnist  # noqa: E402,F401  isort: skip
 from .augment import AugmentSpec, apply_augment, normalize, random_crop, random_hflip
 from .cache import default_cache_dir
 from .cifar import CIFAR10_CLASSES

@@ -43,6 +43,9 @@ class RawDataset:
     y_train_clean:
         Set only when the training labels came from a labels CSV: the class of
         each image's folder (the ground truth when the folders are trustworthy).
+    test_carved:
+        True when the test split was carved out of the training images
+        (:func:`split_off_test`): its images are the user's too, with the same kind of labels.
     """
 
     name: str
@@ -54,6 +57,7 @@ class RawDataset:
     paths_train: list[str] | None = None
     paths_test: list[str] | None = None
     y_train_clean: np.ndarray | None = None
+    test_carved: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -217,4 +221,5 @@ def split_off_test(raw: RawDataset, *, test_fraction: float, seed: int = 0) -> R
         paths_train=pick(raw.paths_train, train_idx),
         paths_test=pick(raw.paths_train, test_idx),
         y_train_clean=None if raw.y_train_clean is None else raw.y_train_clean[train_idx],
+        test_carved=True,
     )

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageTree",
+    "list_image_files",
     "scan_image_tree",
     "decode_images",
     "load_imagefolder",
@@ -87,6 +88,34 @@ def _is_image(name: str) -> bool:
     return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
 
 
+def list_image_files(src: Path) -> tuple[list[str], dict[str, tuple[int, int]], bool]:
+    """Every image file under a folder or in a zip, at any depth (hidden files, hidden
+    folders and ``__MACOSX`` skipped): ``(relative paths, {path: (size, mtime_ns)}, is_zip)``."""
+    stats: dict[str, tuple[int, int]] = {}
+    if src.is_file():
+        try:
+            with zipfile.ZipFile(src) as zf:
+                names = [i.filename for i in zf.infolist() if not i.is_dir()]
+        except (zipfile.BadZipFile, OSError) as err:
+            raise UserError(f"cannot read zip file {src}: {err}") from None
+        names = [n for n in names if _is_image(n) and not n.startswith("__MACOSX/")
+                 and not any(part.startswith(".") for part in n.split("/")[:-1])]
+        return names, stats, True
+    if not src.is_dir():
+        raise UserError(f"image folder {src} does not exist")
+    names = []
+    for root, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
+        rel_root = os.path.relpath(root, src).replace(os.sep, "/")
+        for f in sorted(files):
+            rel = f if rel_root == "." else f"{rel_root}/{f}"
+            if _is_image(rel):
+                st = os.stat(os.path.join(root, f))
+                stats[rel] = (int(st.st_size), int(st.st_mtime_ns))
+                names.append(rel)
+    return names, stats, False
+
+
 def scan_image_tree(path: str | os.PathLike[str]) -> ImageTree:
     """List the image files of a folder or zip and sort them into splits and classes.
 
@@ -106,28 +135,7 @@ def scan_image_tree(path: str | os.PathLike[str]) -> ImageTree:
         different prefixes.
     """
     src = Path(path)
-    stats: dict[str, tuple[int, int]] = {}
-    if src.is_file():
-        try:
-            with zipfile.ZipFile(src) as zf:
-                names = [i.filename for i in zf.infolist() if not i.is_dir()]
-        except (zipfile.BadZipFile, OSError) as err:
-            raise UserError(f"cannot read zip file {src}: {err}") from None
-        is_zip = True
-    elif src.is_dir():
-        names = []
-        for root, dirs, files in os.walk(src):
-            dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__MACOSX"]
-            rel_root = os.path.relpath(root, src).replace(os.sep, "/")
-            for f in files:
-                rel = f if rel_root == "." else f"{rel_root}/{f}"
-                if _is_image(rel):
-                    st = os.stat(os.path.join(root, f))
-                    stats[rel] = (int(st.st_size), int(st.st_mtime_ns))
-                    names.append(rel)
-        is_zip = False
-    else:
-        raise UserError(f"image folder {src} does not exist")
+    names, stats, is_zip = list_image_files(src)
     split_files: dict[tuple[str, str], list[tuple[str, str]]] = {}
     plain_files: dict[str, list[tuple[str, str]]] = {}
     for name in names:
@@ -371,6 +379,48 @@ def _decode_cached(
     )
 
 
+def _load_csv_defined(src: Path, csv_path: Path, *, classes: Sequence[str] | None, force: bool,
+                      image_size: int | None, workers: int | None, cache_dir: Path | None,
+                      cache: bool) -> RawDataset | None:
+    """The training pool defined by a labels CSV over any layout (``classes_from='csv'``), or
+    ``None`` when ``auto`` finds a class-folder tree whose classes the CSV uses."""
+    from .labels_csv import labels_from_csv_rows, read_csv_rows
+
+    if not force:
+        try:
+            scan_image_tree(src)
+            return None  # class folders: they define the classes (a label that is none of them is an error)
+        except UserError:
+            pass  # no [split/]class/file structure (e.g. a flat folder): the CSV defines the classes
+    rows = read_csv_rows(csv_path)
+    if isinstance(classes, str):
+        raise UserError("classes must be a list of class names, not a string")
+    names_all, stats, is_zip = list_image_files(src)
+    lookup: dict[str, int] = {}
+    first: dict[str, int] = {}
+    for i, rel in enumerate(names_all):
+        lookup.setdefault(rel, i)
+        parts = rel.split("/", 1)
+        if len(parts) == 2:  # a zip (or folder) wrapping everything in one top folder
+            first.setdefault(parts[1], i)
+    positions, seen = [], {}
+    for row_no, rel, _ in rows:
+        pos = lookup.get(rel, first.get(rel))
+        if pos is None:
+            raise UserError(f"labels_csv {csv_path} row {row_no}: path {rel!r} is not an image in {src}")
+        if pos in seen:
+            raise UserError(f"labels_csv {csv_path} row {row_no}: path {rel!r} already listed in row {seen[pos]}")
+        seen[pos] = row_no
+        positions.append(pos)
+    labels, class_list = labels_from_csv_rows(rows, classes=classes, where=str(csv_path))
+    files = [(names_all[p], class_list[int(y)]) for p, y in zip(positions, labels)]
+    tree = ImageTree(source=src, is_zip=is_zip, prefix="", splits={"": files}, stats=stats)
+    x = _decode_cached(tree, files, split="csv", image_size=image_size, workers=workers, cache_dir=cache_dir,
+                       cache=cache)
+    return RawDataset(name="imagefolder", x_train=x, y_train=labels, x_test=None, y_test=None, classes=class_list,
+                      paths_train=[f for f, _ in files], paths_test=None, y_train_clean=None)
+
+
 @DATASETS.register("imagefolder", help="class-folder images from a directory or .zip ([prefix/]split/class/file)")
 def load_imagefolder(
     *,
@@ -386,8 +436,9 @@ def load_imagefolder(
     test_split: str = "test",
     workers: int | None = None,
     cache: bool = True,
+    classes_from: str = "auto",
 ) -> RawDataset:
-    """Load an ImageFolder-style tree (a folder or a ``.zip``).
+    """Load an ImageFolder-style tree (a folder or a ``.zip``), or any folder plus a labels CSV.
 
     Parameters
     ----------
@@ -423,6 +474,12 @@ def load_imagefolder(
         Decoder processes (see :func:`decode_images`).
     cache:
         ``False`` skips the decoded-image cache.
+    classes_from:
+        With ``labels_csv``: ``"folders"`` (the class folders define the classes and
+        ``y_train_clean``), ``"csv"`` (any layout, a flat folder too: the training pool is
+        the CSV's files wherever they are, the classes are ``classes`` or those the CSV
+        names, and there are no folder labels), or ``"auto"``: ``"folders"`` when the tree
+        has class folders, ``"csv"`` when it has none (a flat folder).
 
     Returns
     -------
@@ -450,6 +507,19 @@ def load_imagefolder(
             raise UserError(f"{opt} must be one of train, test, val; got {value!r}")
         splits_[opt] = _SPLITS[str(value).lower()]
     tr_split, te_split = splits_["train_split"], splits_["test_split"]
+    if classes_from not in ("auto", "folders", "csv"):
+        raise UserError(f"classes_from must be auto, folders or csv; got {classes_from!r}")
+    if classes_from != "folders" and labels_csv is not None:
+        csv_path = resolve_path(labels_csv, data_dir, what="labels_csv")
+        raw = _load_csv_defined(src, csv_path, classes=classes, force=classes_from == "csv", image_size=image_size,
+                                workers=workers, cache_dir=cache_dir, cache=cache)
+        if raw is not None:
+            if test_path is not None:
+                raise UserError("test_path with a CSV-defined data set is not supported; carve the test split "
+                                "(test_fraction) or use class folders")
+            if test_fraction is not None:
+                raw = split_off_test(raw, test_fraction=test_fraction)
+            return raw
     tree = scan_image_tree(src)
     train_files = tree.splits.get(tr_split) or tree.splits.get("")
     if not train_files:

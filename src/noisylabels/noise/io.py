@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["NoisyLabelsTable", "write_noisy_labels_csv", "read_noisy_labels_csv", "format_matrix"]
+__all__ = ["NoisyLabelsTable", "write_noisy_labels_csv", "read_noisy_labels_csv", "format_matrix",
+           "write_labels_csv"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -178,3 +179,35 @@ def format_matrix(T: Any, classes: Sequence[str] | None = None) -> str:
     for name, r in zip(names, cells):
         lines.append(name.ljust(row_w) + "".join(" " + c.rjust(col_w) for c in r))
     return "\n".join(lines)
+
+
+def write_labels_csv(path: str | Path, *, paths: Sequence[str], labels: Any, classes: Sequence[str],
+                     clean: Any | None = None) -> Path:
+    """Write ``path,label[,clean_label,index]`` rows: the file ``data.options.labels_csv`` reads
+    (labels as class names; the extra columns are ignored by the reader).
+
+    Raises
+    ------
+    UserError
+        Lengths differ, a label outside ``[0, K)``, or the file cannot be written.
+    """
+    p = Path(path)
+    y = _int_column("label", labels, len(paths), p)
+    c = None if clean is None else _int_column("clean_label", clean, len(paths), p)
+    k = len(classes)
+    for arr in (y,) if c is None else (y, c):
+        if arr.size and (arr.min() < 0 or arr.max() >= k):
+            raise UserError(f"{p}: labels must be in [0, {k})")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with p.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label"] + (["clean_label", "index"] if c is not None else []))
+            for i, (fp, lab) in enumerate(zip(paths, y.tolist())):
+                row = [fp, classes[lab]]
+                if c is not None:
+                    row += [classes[int(c[i])], i]
+                w.writerow(row)
+    except OSError as e:
+        raise UserError(f"cannot write labels to {p}: {e.strerror or e}") from None
+    return p

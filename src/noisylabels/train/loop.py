@@ -351,7 +351,8 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, stop_after: int | None = N
         recorder.write_config(cfg)
         recorder.write_labels(clean=data.clean_labels.numpy(), observed=data.labels.numpy(),
                               splits={k: v.numpy() for k, v in data.splits.items()},
-                              ood=None if data.open_set_mask is None else data.open_set_mask.numpy())
+                              ood=None if data.open_set_mask is None else data.open_set_mask.numpy(),
+                              paths=data.paths, test_labels=data.test_labels.numpy(), test_paths=data.test_paths)
 
     epochs = int(tcfg["epochs"])
     end_epoch = epochs if stop_after is None else min(epochs, start_epoch + int(stop_after))
@@ -451,7 +452,11 @@ def _finalize(ctx: TrainContext, recorder: RunRecorder) -> dict[str, Any]:
     given = data.labels[idx]
     scores = ctx.method.sample_scores(ctx, probs, given).detach().cpu().numpy()
     recorder.write_suspects(index=idx.numpy(), given=given.numpy(), predicted=probs.argmax(1).numpy(),
-                            score=scores, classes=data.classes)
+                            score=scores, classes=data.classes, paths=data.paths)
+    from .scoring import held_out_rows, pool_and_test_probs, write_pred_probs  # every sample, for `detect`
+    write_pred_probs(recorder, pool_and_test_probs(ctx.model, data, batch_size=int(ctx.cfg["train"]["eval_batch_size"]),
+                     device=ctx.device), held_out=held_out_rows(data, trained_on=idx.numpy()), data=data,
+                     method_scores=(idx.numpy(), scores))
     out = detection_metrics(scores, data.is_noisy[idx].numpy())
     out["train_accuracy_clean"] = float((probs.argmax(1) == data.clean_labels[idx]).float().mean())
     out.update(ctx.method.finish(ctx))

@@ -39,6 +39,9 @@ class RunData:
     augment: AugmentSpec | None
     transition: np.ndarray          # the matrix the noise was drawn from
     open_set_mask: torch.Tensor | None = None  # images replaced by out-of-distribution ones
+    test_carved: bool = False            # the test split was carved from the training images (no test set given)
+    paths: list[str] | None = None       # source file of each pool image (file-backed data), else None
+    test_paths: list[str] | None = None  # source file of each test image
 
     @property
     def num_classes(self) -> int:
@@ -125,17 +128,20 @@ def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> Run
     num_classes = len(raw.classes)
     x, given = raw.x_train, raw.y_train.astype(np.int64)
     clean = raw.y_train_clean.astype(np.int64) if raw.y_train_clean is not None else given.copy()
+    paths, test_paths = raw.paths_train, raw.paths_test
 
     if dcfg["train_subset"]:
         # fixed across run seeds: seeds then vary noise, splits and initialisation, not the data
         keep = balanced_subset(clean, int(dcfg["train_subset"]), num_classes=num_classes, seed=0)
         x, given, clean = x[keep], given[keep], clean[keep]
+        paths = None if paths is None else [paths[i] for i in keep]
 
     x_test, y_test = raw.x_test, raw.y_test.astype(np.int64)
     if dcfg["test_subset"]:
         # a fixed subset (independent of the run seed) so every run is scored on the same samples
         keep = balanced_subset(y_test, int(dcfg["test_subset"]), num_classes=num_classes, seed=0)
         x_test, y_test = x_test[keep], y_test[keep]
+        test_paths = None if test_paths is None else [test_paths[i] for i in keep]
 
     noise_type = str(ncfg["type"]).lower()
     rate = float(ncfg["rate"])
@@ -179,4 +185,7 @@ def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> Run
         augment=_augment_spec(dcfg["augment"], channels=images.shape[1], size=images.shape[2]),
         transition=np.asarray(transition, dtype=np.float64),
         open_set_mask=open_mask,
+        test_carved=bool(raw.test_carved),
+        paths=None if paths is None else list(paths),
+        test_paths=None if test_paths is None else list(test_paths),
     )

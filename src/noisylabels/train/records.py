@@ -20,7 +20,7 @@ import torch
 from ..config import save_config
 from ..errors import UserError
 
-__all__ = ["RunRecorder", "atomic_write_text", "atomic_torch_save", "to_jsonable"]
+__all__ = ["RunRecorder", "atomic_write_text", "atomic_torch_save", "to_jsonable", "csv_cell"]
 
 
 def to_jsonable(value: Any) -> Any:
@@ -41,6 +41,14 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, np.bool_):
         return bool(value)
     return value
+
+
+def csv_cell(text: str) -> str:
+    """``text`` as one CSV cell (quoted when it holds a comma, quote or line break)."""
+    text = str(text)
+    if any(c in text for c in ',"\n\r'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def _atomic(path: Path, write) -> None:
@@ -90,28 +98,40 @@ class RunRecorder:
         atomic_write_text(self.path("summary.json"), json.dumps(to_jsonable(summary), indent=2) + "\n")
 
     def write_labels(self, *, clean: np.ndarray, observed: np.ndarray, splits: Mapping[str, np.ndarray],
-                     ood: np.ndarray | None = None) -> None:
+                     ood: np.ndarray | None = None, paths: Sequence[str] | None = None,
+                     test_labels: np.ndarray | None = None, test_paths: Sequence[str] | None = None) -> None:
+        """``labels.csv``: one row per pool sample (index = pool position), then one per test
+        sample (split ``test``, index continuing after the pool); ``path`` is the source file
+        (empty when the data did not come from files). Rows align with ``pred_probs.npy``."""
         split_name = np.full(len(clean), "", dtype=object)
         for name, idx in splits.items():
             split_name[np.asarray(idx)] = name
-        lines = ["index,split,clean_label,observed_label,is_noisy"]
+        lines = ["index,split,clean_label,observed_label,is_noisy,path"]
         wrong = (np.asarray(clean) != np.asarray(observed))
         if ood is not None:
             wrong = wrong | np.asarray(ood, dtype=bool)
-        lines += [f"{i},{split_name[i]},{int(clean[i])},{int(observed[i])},{int(wrong[i])}" for i in range(len(clean))]
+        path = (lambda ps, i: csv_cell(ps[i]) if ps is not None else "")  # noqa: E731
+        lines += [f"{i},{split_name[i]},{int(clean[i])},{int(observed[i])},{int(wrong[i])},{path(paths, i)}"
+                  for i in range(len(clean))]
+        n = len(clean)
+        if test_labels is not None:
+            lines += [f"{n + j},test,{int(c)},{int(c)},0,{path(test_paths, j)}" for j, c in enumerate(test_labels)]
         atomic_write_text(self.path("labels.csv"), "\n".join(lines) + "\n")
         _atomic(self.path("splits.npz"),
                 lambda tmp: np.savez(open(tmp, "wb"), **{k: np.asarray(v) for k, v in splits.items()}))
 
     def write_suspects(self, *, index: np.ndarray, given: np.ndarray, predicted: np.ndarray,
-                       score: np.ndarray, classes: Sequence[str] | None = None) -> None:
-        """``suspects.csv``: training samples from most to least likely mislabeled."""
+                       score: np.ndarray, classes: Sequence[str] | None = None,
+                       paths: Sequence[str] | None = None) -> None:
+        """``suspects.csv``: training samples from most to least likely mislabeled; ``path``
+        is the source file of each (pool-indexed ``paths``; empty without files)."""
         order = np.argsort(-np.asarray(score), kind="stable")
-        name = (lambda c: classes[int(c)]) if classes else (lambda c: str(int(c)))
-        lines = ["rank,index,given_label,predicted_label,given_name,predicted_name,score"]
+        name = (lambda c: csv_cell(classes[int(c)])) if classes else (lambda c: str(int(c)))
+        lines = ["rank,index,given_label,predicted_label,given_name,predicted_name,path,score"]
         for r, o in enumerate(order):
+            p = csv_cell(paths[int(index[o])]) if paths is not None else ""
             lines.append(f"{r},{int(index[o])},{int(given[o])},{int(predicted[o])},"
-                         f"{name(given[o])},{name(predicted[o])},{float(score[o]):.6g}")
+                         f"{name(given[o])},{name(predicted[o])},{p},{float(score[o]):.6g}")
         atomic_write_text(self.path("suspects.csv"), "\n".join(lines) + "\n")
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:

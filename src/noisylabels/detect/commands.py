@@ -1,0 +1,207 @@
+"""The ``detect`` and ``export`` subcommands and ``train --folds`` (wired into :mod:`noisylabels.cli`).
+
+* ``noisylabels detect --run DIR`` or ``--labels FILE --pred-probs probs.npy``: score, count
+  and flag every sample; write ``label_issues.csv``, ``joint.png`` and
+  ``detect_summary.json`` (into ``--out``, default the run directory or the labels file's
+  folder) and print a summary.
+* ``noisylabels export --run DIR --drop-issues | --relabel [--min-confidence P] --out clean.csv``:
+  the ``path,label`` CSV that ``data.options.labels_csv`` reads, so train -> detect -> export
+  -> retrain is four commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from .filter import FILTER_METHODS
+from .report import RANK_CHOICES
+
+__all__ = ["add_parsers", "cmd_detect", "cmd_export", "cmd_crossfit", "export_labels"]
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``detect`` and ``export`` to the CLI's subparsers."""
+    p = sub.add_parser("detect", help="find the wrong labels: label_issues.csv, a summary and a PNG of the joint")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--run", help="a finished run directory (noisylabels train [--folds K])")
+    src.add_argument("--labels", help="given labels: .npy, or CSV (path,label / label / a run's labels.csv)")
+    p.add_argument("--pred-probs", help="(N, K) predicted probabilities, .npy (with --labels; taken as out-of-sample)")
+    p.add_argument("--classes", help="class names in pred_probs column order: a,b,c or a file (one per line)")
+    p.add_argument("--filter-by", default="prune_by_noise_rate", choices=FILTER_METHODS,
+                   help="confident-learning filter for out-of-sample rows (cleanlab's filter_by)")
+    p.add_argument("--rank-by", default="self_confidence", choices=RANK_CHOICES,
+                   help="score that ranks the rows (method: the training method's own score, e.g. MW-Net weights)")
+    p.add_argument("--adjust-pred-probs", action="store_true", help="subtract per-class thresholds before scoring")
+    p.add_argument("--out", help="output folder (default: the run directory / the labels file's folder)")
+    p.add_argument("--top", type=int, default=5, help="confused class pairs to print")
+
+    e = sub.add_parser("export", help="write a cleaned path,label CSV (for data.options.labels_csv) from a run")
+    e.add_argument("--run", required=True, help="a finished run directory")
+    how = e.add_mutually_exclusive_group(required=True)
+    how.add_argument("--drop-issues", action="store_true", help="leave out the samples flagged is_label_issue")
+    how.add_argument("--relabel", action="store_true",
+                     help="give flagged samples their suggested label (those below --min-confidence are left out)")
+    e.add_argument("--min-confidence", type=float, default=None, metavar="P",
+                   help="with --relabel: relabel only when p(suggested) >= P; other flagged samples are left out")
+    e.add_argument("--out", required=True, help="the CSV to write")
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from ..train.records import atomic_write_text, to_jsonable
+    from .report import format_summary, load_run_inputs, load_user_inputs, plot_joint, run_detection, write_issues_csv
+
+    if args.run:
+        if args.pred_probs:
+            raise UserError("--pred-probs goes with --labels, not --run")
+        inputs = load_run_inputs(args.run)
+        out = Path(args.out or args.run)
+    elif args.labels:
+        if not args.pred_probs:
+            raise UserError("--labels needs --pred-probs (an (N, K) .npy of predicted probabilities)")
+        inputs = load_user_inputs(args.labels, args.pred_probs, classes=args.classes)
+        out = Path(args.out or Path(args.labels).parent)
+    else:
+        raise UserError("give --run DIR, or --labels FILE --pred-probs probs.npy")
+    if args.top < 0:
+        raise UserError(f"--top must be >= 0, got {args.top}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    result = run_detection(inputs, filter_by=args.filter_by, rank_by=args.rank_by,
+                           adjust_pred_probs=args.adjust_pred_probs)
+    out.mkdir(parents=True, exist_ok=True)
+    write_issues_csv(out / "label_issues.csv", result)
+    est = result.estimate
+    summary = {"source": inputs.source, "num_samples": len(inputs.labels),
+               "num_out_of_sample": int(inputs.held_out.sum()), "estimated_noise_rate": est.noise_rate,
+               "estimated_on": result.estimated_on, "estimated_num_issues": result.num_issues_estimate,
+               "num_flagged": int(result.is_issue.sum()), "filter_by": result.filter_by, "rank_by": result.rank_by,
+               "top_confusions": [{"given": inputs.classes[i], "probably": inputs.classes[j], "fraction": q}
+                                  for i, j, q in est.top_confusions(args.top)],
+               "joint": est.joint, "classes": inputs.classes, "notes": result.notes}
+    atomic_write_text(out / "detect_summary.json", json.dumps(to_jsonable(summary), indent=2) + "\n")
+    print(format_summary(result, top=args.top))
+    try:
+        plot_joint(out / "joint.png", result)
+        plotted = ", joint.png"
+    except Exception as exc:  # a plot must never lose the results
+        plotted = f" (no plot: {exc})"
+    print(f"  wrote {out / 'label_issues.csv'}, detect_summary.json{plotted}")
+    return 0
+
+
+def _read_issues(run: Path) -> list[dict[str, str]]:
+    path = run / "label_issues.csv"
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    need = {"index", "split", "path", "given_name", "suggested_label", "suggested_name", "is_label_issue"}
+    if rows and not need <= set(rows[0]):
+        raise UserError(f"{path} lacks columns {', '.join(sorted(need - set(rows[0])))}; rerun noisylabels detect")
+    return rows
+
+
+def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence: float | None = None) -> dict[str, int]:
+    """Write the ``path,label`` CSV of a run's samples after dropping or relabelling its flagged ones.
+
+    Rows: every sample with a source file whose labels came from the user's training images
+    (train / validation / meta splits, and the test split when it was carved out of them),
+    in ``labels.csv`` order; ``label`` is a class name. Extra columns ``given_label`` and
+    ``action`` (``keep`` / ``relabel``) are ignored by the reader. Uses the run's
+    ``label_issues.csv`` (``noisylabels detect`` or ``train --folds``), running detection with
+    the defaults when there is none.
+
+    Returns
+    -------
+    dict
+        Counts: ``kept``, ``relabelled``, ``dropped``, ``written``.
+    """
+    from ..train.records import atomic_write_text, csv_cell
+    from .report import load_run_inputs, run_detection, write_issues_csv
+
+    run = Path(run)
+    if mode not in ("drop", "relabel"):
+        raise UserError(f"export mode must be drop or relabel, got {mode!r}")
+    if min_confidence is not None:
+        if mode != "relabel":
+            raise UserError("--min-confidence goes with --relabel")
+        if not 0.0 <= float(min_confidence) <= 1.0:
+            raise UserError(f"--min-confidence must be in [0, 1], got {min_confidence}")
+    inputs = load_run_inputs(run)
+    if inputs.paths is None:
+        raise UserError(f"{run}: the run's data has no file paths (export writes path,label rows for image-folder, "
+                        "zip or labels-CSV data)")
+    if not (run / "label_issues.csv").is_file():
+        write_issues_csv(run / "label_issues.csv", run_detection(inputs))
+    rows = _read_issues(run)
+    by_index = {int(r["index"]): r for r in rows}
+    info = json.loads((run / "pred_probs.json").read_text()) if (run / "pred_probs.json").is_file() else {}
+    test_from_training = bool(info.get("test_from_training_images", False))
+    counts = {"kept": 0, "relabelled": 0, "dropped": 0, "written": 0}
+    lines = ["path,label,given_label,action"]
+    for i, idx in enumerate(inputs.index):
+        split, path = inputs.split[i] if inputs.split else "", inputs.paths[i]
+        if not path or (split == "test" and not test_from_training):
+            continue
+        r = by_index.get(int(idx))
+        if r is None:
+            raise UserError(f"{run / 'label_issues.csv'} has no row for index {int(idx)}; rerun noisylabels detect")
+        given = inputs.classes[int(inputs.labels[i])]
+        label, action = given, "keep"
+        if r["is_label_issue"] == "1":
+            if mode == "drop":
+                counts["dropped"] += 1
+                continue
+            sug = int(r["suggested_label"])
+            if min_confidence is not None and float(inputs.pred_probs[i, sug]) < float(min_confidence):
+                counts["dropped"] += 1
+                continue
+            label, action = inputs.classes[sug], "relabel"
+            counts["relabelled"] += 1
+        else:
+            counts["kept"] += 1
+        lines.append(f"{csv_cell(path)},{csv_cell(label)},{csv_cell(given)},{action}")
+        counts["written"] += 1
+    if counts["written"] == 0:
+        raise UserError(f"nothing to export from {run}: every sample was dropped")
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a .csv file name")
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    return counts
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    counts = export_labels(args.run, args.out, mode="drop" if args.drop_issues else "relabel",
+                           min_confidence=args.min_confidence)
+    print(f"wrote {args.out}: {counts['written']} rows ({counts['kept']} kept, {counts['relabelled']} relabelled, "
+          f"{counts['dropped']} left out); retrain with --set data.options.labels_csv={args.out} --noise none")
+    return 0
+
+
+def cmd_crossfit(cfg: dict[str, Any], args: argparse.Namespace) -> int:
+    """``noisylabels train --folds K``."""
+    import sys
+
+    from ..train.crossfit import crossfit
+    from .report import format_summary, load_run_inputs, run_detection
+
+    if args.resume:
+        raise UserError("--resume does not apply to --folds (finished folds are reused automatically)")
+    summary = crossfit(cfg, folds=args.folds, progress=not args.quiet and sys.stderr.isatty())
+    print(f"noisylabels cross-fit ({args.folds} folds) {cfg['method']['name']} ({cfg['loss']['name']}, "
+          f"{cfg['model']['name']}) on {cfg['data']['name']}, {cfg['noise']['type']} noise {cfg['noise']['rate']}, "
+          f"seed {cfg['seed']}")
+    accs = [f["test_accuracy"] for f in summary["fold_runs"] if f["test_accuracy"] is not None]
+    if accs:
+        print(f"  fold test accuracies        {', '.join(f'{100 * a:.2f}%' for a in accs)}")
+    print(format_summary(run_detection(load_run_inputs(cfg["out"]))))
+    print(f"  records                     {cfg['out']} (pred_probs.npy, label_issues.csv, joint.png, fold-*/)")
+    return 0
+
