@@ -1,4 +1,4 @@
-"""Command-line interface: ``noisylabels train | noise | bench | detect | export | datasets | methods | models | losses``.
+"""Command-line interface: ``noisylabels train | noise | narl-train | bench | detect | export | datasets | methods | models | losses``.
 
 User errors (:class:`~noisylabels.errors.UserError`) print one line on stderr and exit with 2.
 """
@@ -24,8 +24,8 @@ TRAIN_FLAGS = {
 }
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train one run (no arguments: digits, 40%% symmetric noise, CE, MLP)")
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options that describe a run (shared by ``train`` and ``narl-train``)."""
     p.add_argument("--config", help="YAML config file (merged over the defaults)")
     p.add_argument("--dataset")
     p.add_argument("--data-dir")
@@ -45,6 +45,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="set any config field, e.g. --set loss.q=0.7 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one run (no arguments: digits, 40%% symmetric noise, CE, MLP)")
+    _add_run_options(p)
     p.add_argument("--folds", type=int, default=None, metavar="K",
                    help="cross-fit: train K models on K-1 folds of the training split each and write "
                         "out-of-sample pred_probs.npy, label_issues.csv and the count of wrong labels")
@@ -62,6 +67,15 @@ def _add_noise(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", help="write the noisy labels to this CSV: path,label rows (what data.options.labels_csv "
                                  "reads) for image-folder data; index,clean,noisy rows for data without files")
     p.add_argument("--list", action="store_true", help="list the noise types and exit")
+
+
+def _add_narl_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("narl-train", help="meta-train one NARL-Adjuster over several noise tasks, for --method t-narl")
+    _add_run_options(p)
+    p.add_argument("--task", action="append", default=[], metavar="TYPE:RATE",
+                   help="a task, e.g. symmetric:0.4 (repeatable; default: symmetric, the dataset's class map and "
+                        "instance noise at 20/40/60%%, as the paper)")
+    p.add_argument("--adjuster-out", help="the adjuster file to write (default OUT/adjuster.pt)")
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -83,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     _add_train(sub)
     _add_noise(sub)
+    _add_narl_train(sub)
     _add_bench(sub)
     from .detect.commands import add_parsers as _add_detect_parsers
 
@@ -154,6 +169,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_narl_train(args: argparse.Namespace) -> int:
+    from .config import resolve_config
+    from .train.transfer import default_tasks, meta_train_adjuster
+
+    overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    overrides.setdefault("method.name", "narl")
+    overrides.setdefault("out", "runs/narl-train")
+    cfg = resolve_config(config_file=args.config, overrides=overrides, assignments=args.set)
+    cfg["train"]["progress"] = False
+    tasks = args.task or default_tasks(str(cfg["data"]["name"]))
+    print(f"noisylabels narl-train: one {cfg['method'].get('loss', 'gce')} adjuster over {len(tasks)} tasks "
+          f"({', '.join(tasks)}) on {cfg['data']['name']}, {cfg['train']['epochs']} epochs", flush=True)
+    res = meta_train_adjuster(cfg, tasks, out=cfg["out"], adjuster_out=args.adjuster_out, resume=args.resume)
+    for task, s in zip(tasks, res["summaries"]):
+        print(f"  {task:<22} test accuracy @ best val {_fmt(s['test_accuracy'])}, last 5 epochs "
+              f"{_fmt(s.get('last5_test_accuracy'))}")
+    print(f"wrote {res['adjuster']} (snapshots after epochs {', '.join(map(str, res['snapshot_epochs']))}); "
+          f"use it with --method t-narl --set method.adjuster={res['adjuster']}")
+    return 0
+
+
 def cmd_noise(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -222,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "noise":
             return cmd_noise(args)
+        if args.command == "narl-train":
+            return cmd_narl_train(args)
         if args.command == "bench":
             return cmd_bench(args)
         if args.command in ("detect", "export"):

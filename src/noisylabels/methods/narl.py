@@ -132,9 +132,9 @@ class Adjuster(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(1, hidden)
         self.fc2 = nn.Linear(hidden, num_hparams)
-        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
-        self.register_buffer("low", torch.tensor(low, dtype=torch.float32))
-        self.register_buffer("high", torch.tensor(high, dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float64))  # cast at use
+        self.register_buffer("low", torch.tensor(low, dtype=torch.float64))
+        self.register_buffer("high", torch.tensor(high, dtype=torch.float64))
 
     def raw(self, m: Tensor) -> Tensor:
         """``s * sigmoid(.)`` before the clamp, shape ``(B, d')``: in ``(0, s)``."""
@@ -324,7 +324,13 @@ class TransferNARL(Method):
 
     @classmethod
     def loss_name(cls, options: Mapping[str, Any]) -> str:
-        return "t-" + str(options.get("loss") or "narl").lower()
+        family = options.get("loss")
+        if family is None and options.get("adjuster"):
+            try:
+                family = load_adjuster(options["adjuster"])[0]["family"]
+            except UserError:
+                family = None  # the method itself reports the bad file
+        return "t-" + str(family or "narl").lower()
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)

@@ -183,17 +183,23 @@ def class_map_matrix(num_classes: int, rate: float, mapping: dict[int, int]) -> 
     CLASS_CONDITIONAL,
     help="CIFAR-10 asymmetric (Patrini et al. 2017): truck->automobile, bird->airplane, deer->horse, cat<->dog",
 )
-def cifar10_asym_matrix(num_classes: int, rate: float, rng: np.random.Generator, /) -> np.ndarray:
+def cifar10_asym_matrix(num_classes: int, rate: float, rng: np.random.Generator, /, *,
+                        cat_to_dog_only: bool = False) -> np.ndarray:
     """CIFAR-10 asymmetric noise of Patrini et al. (2017, Sec. 6, "Making deep neural networks robust to label noise").
 
     With probability ``eta``: truck (9) -> automobile (1), bird (2) -> airplane
     (0), deer (4) -> horse (7), cat (3) <-> dog (5).  The other five classes are
     untouched, so the realised rate over balanced CIFAR-10 is ``eta/2``.
+    ``cat_to_dog_only=True``: cat -> dog but not dog -> cat, the map of NARL-Adjuster (Ding et
+    al., Sec. 4.1, and its code's ``flip_smi``); realised rate ``2 eta / 5``.
     Requires ``K = 10`` and ``eta < 0.5``.
     """
     _need_classes("cifar10-asym", num_classes, 10)
     check_rate_below("cifar10-asym", rate, 0.5, _MOST_LIKELY)
-    return class_map_matrix(10, rate, CIFAR10_ASYM_MAP)
+    mapping = dict(CIFAR10_ASYM_MAP)
+    if _need_bool("cifar10-asym", "cat_to_dog_only", cat_to_dog_only):
+        del mapping[5]
+    return class_map_matrix(10, rate, mapping)
 
 
 @register_noise(

@@ -33,8 +33,8 @@ from .optim import build_optimizer, build_scheduler
 from .prepare import RunData, prepare_data
 from .records import RunRecorder
 
-__all__ = ["TrainContext", "build_context", "fit", "evaluate", "predict_proba", "seed_everything",
-           "resolve_method_defaults", "LAST_K"]
+__all__ = ["TrainContext", "Run", "build_context", "fit", "evaluate", "predict_proba", "seed_everything",
+           "resolve_method_defaults", "status_of", "LAST_K"]
 
 #: selection-free summary: the mean test accuracy of the last ``LAST_K`` epochs (NARL's protocol)
 LAST_K = 5
@@ -300,6 +300,150 @@ def _summary(cfg: Mapping[str, Any], data: RunData, history: list[dict[str, Any]
     }
 
 
+class Run:
+    """One run between epochs: what :func:`fit` drives, and what a lockstep driver interleaves
+    (:func:`noisylabels.train.lockstep.fit_lockstep`: several runs whose methods share state).
+
+    ``Run(cfg)`` builds the context (:func:`build_context`); :meth:`begin` restores the checkpoint
+    (``resume``) or writes the first records; :meth:`steps` runs one epoch's training steps, one
+    per ``next()``; :meth:`end_epoch` evaluates, selects on validation, checkpoints; :meth:`finish`
+    writes the summary (and, for a finished run, scores every sample).
+    """
+
+    def __init__(self, cfg: dict[str, Any], *, data: RunData | None = None) -> None:
+        self.t0 = time.perf_counter()
+        if cfg["train"]["num_threads"]:
+            torch.set_num_threads(int(cfg["train"]["num_threads"]))
+        self.ctx = build_context(cfg, data=data)
+        self.cfg = self.ctx.cfg
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch, self.seconds_before = 0, 0.0
+        self._row: dict[str, Any] = {}
+
+    @property
+    def epochs(self) -> int:
+        return self.ctx.epochs
+
+    def begin(self, *, resume: bool = False) -> None:
+        """Restore ``out/checkpoint.pt`` (if ``resume`` and present), else write the first records."""
+        ctx, data, recorder = self.ctx, self.ctx.data, self.ctx.recorder
+        ckpt = recorder.load_checkpoint() if resume else None
+        if ckpt is not None:
+            ctx.model.load_state_dict(ckpt["model"])
+            if ckpt.get("schedule_start_epoch"):
+                ctx.restart_schedule(int(ckpt["schedule_start_epoch"]))
+            ctx.optimizer.load_state_dict(ckpt["optimizer"])
+            ctx.scheduler.load_state_dict(ckpt["scheduler"])
+            ctx.method.load_state_dict(ckpt["method"])
+            ctx.method.load_records_state_dict(ckpt.get("records", {}))
+            torch.set_rng_state(ckpt["torch_rng"])
+            self.history = ckpt["history"]
+            ctx.best.update(ckpt["best"])
+            self.start_epoch, self.seconds_before = int(ckpt["epoch"]) + 1, float(ckpt["seconds"])
+            ctx.step = int(ckpt["step"])
+        else:
+            recorder.write_config(self.cfg)
+            recorder.write_labels(clean=data.clean_labels.numpy(), observed=data.labels.numpy(),
+                                  splits={k: v.numpy() for k, v in data.splits.items()},
+                                  ood=None if data.open_set_mask is None else data.open_set_mask.numpy(),
+                                  paths=data.paths, test_labels=data.test_labels.numpy(), test_paths=data.test_paths)
+
+    def steps(self, epoch: int) -> Iterator[None]:
+        """The training steps of ``epoch``, one per ``next()``; the loop's accounting (loss, accuracy)."""
+        ctx, method, device = self.ctx, self.ctx.method, self.ctx.device
+        ctx.start_epoch(epoch)
+        ctx.model.train()
+        method.start_epoch(ctx)
+        gen = torch.Generator().manual_seed(derive_seed(ctx.seed, f"epoch-{epoch}"))
+        tot_loss = tot_correct = tot_count = 0.0
+        for batch in ctx.loader("train", shuffle=True, augment=True, generator=gen):
+            y = batch.y.to(device)
+            out = method.train_step(ctx, batch.x.to(device), y, batch.index.to(device))
+            if not isinstance(out, StepOutput):
+                raise TypeError(f"{type(method).__name__}.train_step must return a StepOutput, got {type(out).__name__}")
+            loss = float(out.loss)
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite loss at epoch {epoch} step {ctx.step}; training stopped, "
+                    f"records and the last checkpoint are kept in {ctx.recorder.out}")
+            n = float(y.numel())
+            tot_loss += loss * n
+            tot_correct += float((out.logits.detach().argmax(1) == y).sum())
+            tot_count += n
+            ctx.scheduler.step()
+            ctx.step += 1
+            yield
+        self._row = {"epoch": epoch, "lr": ctx.lr, "train_loss": tot_loss / max(tot_count, 1),
+                     "train_accuracy": tot_correct / max(tot_count, 1)}
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        """The method's epoch records, validation and test accuracy, model selection (validation
+        only), checkpoint and ``metrics.jsonl``; returns the epoch's row."""
+        ctx, data, recorder, tcfg = self.ctx, self.ctx.data, self.ctx.recorder, self.cfg["train"]
+        eval_kw = dict(mean=data.mean, std=data.std, batch_size=int(tcfg["eval_batch_size"]), device=ctx.device)
+        row = dict(self._row)
+        row.update(ctx.method.end_epoch(ctx))
+        val = evaluate(ctx.model, ctx.images, ctx.labels, data.splits["val"], **eval_kw)
+        test = evaluate(ctx.model, data.test_images, data.test_labels, None, **eval_kw)
+        row.update(val_accuracy=val["accuracy"], val_loss=val["loss"], test_accuracy=test["accuracy"],
+                   test_loss=test["loss"])
+        self.history.append(row)
+        best = ctx.best
+        # Model selection on the (noisy) validation split only; ties keep the earlier epoch.
+        val_acc = val["accuracy"] if math.isfinite(val["accuracy"]) else -1.0
+        if not best or val_acc > best["val_accuracy"]:
+            best.clear()
+            best.update(epoch=epoch, val_accuracy=val_acc, test_accuracy=test["accuracy"],
+                        **{k: v for k, v in row.items() if k.startswith("detection_")})
+            recorder.save_best_model(ctx.model.state_dict())
+        if tcfg["checkpoint"]:
+            recorder.save_checkpoint({
+                "epoch": epoch, "step": ctx.step, "model": ctx.model.state_dict(),
+                "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
+                "method": ctx.method.state_dict(), "records": ctx.method.records_state_dict(),
+                "torch_rng": torch.get_rng_state(), "history": self.history, "best": dict(best),
+                "seconds": self.seconds, "schedule_start_epoch": ctx.schedule_start_epoch,
+            })
+        recorder.write_metrics(self.history)
+        return row
+
+    @property
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.t0
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.history) and self.history[-1]["epoch"] == self.epochs - 1
+
+    def finish(self, status: str) -> dict[str, Any]:
+        """Write ``summary.json`` (and, if ``status == 'finished'``, score every sample), the metrics
+        and the curves; returns the summary."""
+        cfg, recorder = self.cfg, self.ctx.recorder
+        summary = _summary(cfg, self.ctx.data, self.history, self.ctx.best, self.seconds, status)
+        if status == "finished":
+            summary.update(_finalize(self.ctx, recorder))
+        recorder.write_metrics(self.history)
+        recorder.write_summary(summary)
+        if self.history:
+            try:
+                recorder.plot_curves(self.history, title=f"{cfg['method']['name']} / {cfg['loss']['name']} on "
+                                     f"{cfg['data']['name']}, {cfg['noise']['type']} {cfg['noise']['rate']}")
+            except Exception as exc:  # a plot must never lose the run's results
+                summary["plot_error"] = str(exc)
+        return summary
+
+
+def status_of(exc: BaseException | None, finished: bool) -> str:
+    """The summary status of a run that ended with ``exc`` (``None``: returned normally)."""
+    if exc is None:
+        return "finished" if finished else "stopped"
+    if isinstance(exc, NonFiniteLossError):
+        return "diverged"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return "failed"
+
+
 def fit(cfg: dict[str, Any], *, resume: bool = False, stop_after: int | None = None,
         progress: bool | None = None, data: RunData | None = None) -> dict[str, Any]:
     """Train one run described by a resolved config; write its records to ``cfg['out']``.
@@ -322,121 +466,28 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, stop_after: int | None = N
     dict
         The summary written to ``summary.json``.
     """
-    t0 = time.perf_counter()
-    tcfg = cfg["train"]
-    if tcfg["num_threads"]:
-        torch.set_num_threads(int(tcfg["num_threads"]))
-    ctx = build_context(cfg, data=data)
-    cfg, seed = ctx.cfg, ctx.seed
-    method, data, recorder, device = ctx.method, ctx.data, ctx.recorder, ctx.device
-
-    history: list[dict[str, Any]] = []
-    best = ctx.best
-    start_epoch, seconds_before = 0, 0.0
-    ckpt = recorder.load_checkpoint() if resume else None
-    if ckpt is not None:
-        ctx.model.load_state_dict(ckpt["model"])
-        if ckpt.get("schedule_start_epoch"):
-            ctx.restart_schedule(int(ckpt["schedule_start_epoch"]))
-        ctx.optimizer.load_state_dict(ckpt["optimizer"])
-        ctx.scheduler.load_state_dict(ckpt["scheduler"])
-        method.load_state_dict(ckpt["method"])
-        method.load_records_state_dict(ckpt.get("records", {}))
-        torch.set_rng_state(ckpt["torch_rng"])
-        history = ckpt["history"]
-        best.update(ckpt["best"])
-        start_epoch, seconds_before = int(ckpt["epoch"]) + 1, float(ckpt["seconds"])
-        ctx.step = int(ckpt["step"])
-    else:
-        recorder.write_config(cfg)
-        recorder.write_labels(clean=data.clean_labels.numpy(), observed=data.labels.numpy(),
-                              splits={k: v.numpy() for k, v in data.splits.items()},
-                              ood=None if data.open_set_mask is None else data.open_set_mask.numpy(),
-                              paths=data.paths, test_labels=data.test_labels.numpy(), test_paths=data.test_paths)
-
-    epochs = int(tcfg["epochs"])
-    end_epoch = epochs if stop_after is None else min(epochs, start_epoch + int(stop_after))
-    show = tcfg["progress"] if progress is None else progress
+    run = Run(cfg, data=data)
+    run.begin(resume=resume)
+    epochs, start = run.epochs, run.start_epoch
+    end_epoch = epochs if stop_after is None else min(epochs, start + int(stop_after))
+    show = run.cfg["train"]["progress"] if progress is None else progress
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(start_epoch, end_epoch), desc=f"{cfg['method']['name']}", unit="epoch",
-               disable=not show, leave=False, initial=start_epoch, total=epochs)
-    eval_kw = dict(mean=data.mean, std=data.std, batch_size=int(tcfg["eval_batch_size"]), device=device)
-    status = "running"
+    bar = tqdm(range(start, end_epoch), desc=f"{run.cfg['method']['name']}", unit="epoch",
+               disable=not show, leave=False, initial=start, total=epochs)
+    error: BaseException | None = None
     try:
         for epoch in bar:
-            ctx.start_epoch(epoch)
-            ctx.model.train()
-            method.start_epoch(ctx)
-            gen = torch.Generator().manual_seed(derive_seed(seed, f"epoch-{epoch}"))
-            tot_loss = tot_correct = tot_count = 0.0
-            for batch in ctx.loader("train", shuffle=True, augment=True, generator=gen):
-                y = batch.y.to(device)
-                out = method.train_step(ctx, batch.x.to(device), y, batch.index.to(device))
-                if not isinstance(out, StepOutput):
-                    raise TypeError(f"{type(method).__name__}.train_step must return a StepOutput, got {type(out).__name__}")
-                loss = float(out.loss)
-                if not math.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"non-finite loss at epoch {epoch} step {ctx.step}; training stopped, "
-                        f"records and the last checkpoint are kept in {recorder.out}")
-                n = float(y.numel())
-                tot_loss += loss * n
-                tot_correct += float((out.logits.detach().argmax(1) == y).sum())
-                tot_count += n
-                ctx.scheduler.step()
-                ctx.step += 1
-            row: dict[str, Any] = {"epoch": epoch, "lr": ctx.lr, "train_loss": tot_loss / max(tot_count, 1),
-                                   "train_accuracy": tot_correct / max(tot_count, 1)}
-            row.update(method.end_epoch(ctx))
-            val = evaluate(ctx.model, ctx.images, ctx.labels, data.splits["val"], **eval_kw)
-            test = evaluate(ctx.model, data.test_images, data.test_labels, None, **eval_kw)
-            row.update(val_accuracy=val["accuracy"], val_loss=val["loss"], test_accuracy=test["accuracy"],
-                       test_loss=test["loss"])
-            history.append(row)
-            # Model selection on the (noisy) validation split only; ties keep the earlier epoch.
-            val_acc = val["accuracy"] if math.isfinite(val["accuracy"]) else -1.0
-            if not best or val_acc > best["val_accuracy"]:
-                best.clear()
-                best.update(epoch=epoch, val_accuracy=val_acc, test_accuracy=test["accuracy"],
-                            **{k: v for k, v in row.items() if k.startswith("detection_")})
-                recorder.save_best_model(ctx.model.state_dict())
-            bar.set_postfix(val=f"{val['accuracy']:.3f}", test=f"{test['accuracy']:.3f}")
-            seconds = seconds_before + time.perf_counter() - t0
-            if tcfg["checkpoint"]:
-                recorder.save_checkpoint({
-                    "epoch": epoch, "step": ctx.step, "model": ctx.model.state_dict(),
-                    "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
-                    "method": method.state_dict(), "records": method.records_state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "history": history, "best": dict(best), "seconds": seconds,
-                    "schedule_start_epoch": ctx.schedule_start_epoch,
-                })
-            recorder.write_metrics(history)
-        status = "finished" if (history and history[-1]["epoch"] == epochs - 1) else "stopped"
-    except NonFiniteLossError:
-        status = "diverged"
-        raise
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    except BaseException:
-        status = "failed"
+            for _ in run.steps(epoch):
+                pass
+            row = run.end_epoch(epoch)
+            bar.set_postfix(val=f"{row['val_accuracy']:.3f}", test=f"{row['test_accuracy']:.3f}")
+    except BaseException as exc:
+        error = exc
         raise
     finally:
         bar.close()
-        seconds = seconds_before + time.perf_counter() - t0
-        summary = _summary(cfg, data, history, best, seconds, status)
-        if status == "finished":
-            summary.update(_finalize(ctx, recorder))
-        recorder.write_metrics(history)
-        recorder.write_summary(summary)
-        if history:
-            try:
-                recorder.plot_curves(history, title=f"{cfg['method']['name']} / {cfg['loss']['name']} on "
-                                     f"{cfg['data']['name']}, {cfg['noise']['type']} {cfg['noise']['rate']}")
-            except Exception as exc:  # a plot must never lose the run's results
-                summary["plot_error"] = str(exc)
+        summary = run.finish(status_of(error, run.finished))
     return summary
 
 
@@ -457,7 +508,11 @@ def _finalize(ctx: TrainContext, recorder: RunRecorder) -> dict[str, Any]:
     write_pred_probs(recorder, pool_and_test_probs(ctx.model, data, batch_size=int(ctx.cfg["train"]["eval_batch_size"]),
                      device=ctx.device), held_out=held_out_rows(data, trained_on=idx.numpy()), data=data,
                      method_scores=(idx.numpy(), scores))
-    out = detection_metrics(scores, data.is_noisy[idx].numpy())
+    noisy = data.is_noisy[idx].numpy()
+    out = detection_metrics(scores, noisy)
+    if ctx.method.detection is not None:  # the method's own score; the selected model's confidence beside it
+        confidence = (1.0 - probs.gather(1, given[:, None]).squeeze(1)).numpy()
+        out.update({f"confidence_{k}": v for k, v in detection_metrics(confidence, noisy).items()})
     out["train_accuracy_clean"] = float((probs.argmax(1) == data.clean_labels[idx]).float().mean())
     out.update(ctx.method.finish(ctx))
     return out

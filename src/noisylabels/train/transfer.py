@@ -1,0 +1,130 @@
+"""Meta-training one NARL-Adjuster over several noisy-label tasks, for transfer (T-*).
+
+Ding et al. (Sec. 3.3.2, Algorithm 1 in a multi-task setting): one adjuster is meta-trained on
+several tasks -- the same dataset under several noise types and rates (the paper: CIFAR-10 x
+{symmetric, asymmetric, instance} x {20, 40, 60%}, ResNet-32, 60 epochs, lr x0.1 at 40 and 50) --
+and snapshots ``theta^(T/3)``, ``theta^(2T/3)``, ``theta^(T)`` are saved into one file, which
+``--method t-narl --set method.adjuster=FILE`` uses on a new dataset (Algorithm 2).
+
+How the tasks are interleaved is not specified by the paper; here (:func:`noisylabels.train.lockstep.fit_lockstep`)
+every task has its own classifier, optimiser, noise realisation and meta batches, their training
+steps alternate round-robin, and each task's meta step (every ``meta_interval``-th of *its* steps)
+updates the one shared adjuster with the one shared Adam state. Snapshots are taken at the end of
+epochs ``round(T/3)``, ``round(2T/3)`` and ``T`` (``T`` = epochs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import set_value
+from ..errors import UserError
+from ..methods.narl import NARL, save_adjuster
+from ..noise import list_noise_types
+from .lockstep import fit_lockstep
+from .loop import Run, TrainContext
+
+__all__ = ["parse_task", "default_tasks", "meta_train_adjuster", "ASYMMETRIC_MAPS"]
+
+#: the class-dependent ("asymmetric") map used for each dataset's default tasks
+ASYMMETRIC_MAPS = {"cifar10": "cifar10-asym", "mnist": "mnist-asym", "fashion-mnist": "fashion-asym",
+                   "cifar100": "cifar100-superclass"}
+
+
+def parse_task(text: str) -> dict[str, Any]:
+    """``'TYPE:RATE'`` (e.g. ``'symmetric:0.4'``) -> ``{'noise.type': ..., 'noise.rate': ...}``."""
+    kind, sep, rate = str(text).partition(":")
+    try:
+        value = float(rate)
+    except ValueError:
+        value = float("nan")
+    if not sep or kind not in list_noise_types() or not 0.0 <= value < 1.0:
+        raise UserError(f"a task is TYPE:RATE with a registered noise type and a rate in [0, 1), e.g. "
+                        f"symmetric:0.4; got {text!r}")
+    return {"noise.type": kind, "noise.rate": value}
+
+
+def default_tasks(dataset: str) -> list[str]:
+    """The paper's task grid for a dataset: symmetric, the dataset's class-dependent map and instance
+    noise at 20/40/60% (the class maps only below 50%, where they keep the true class most likely)."""
+    asym = ASYMMETRIC_MAPS.get(dataset, "pair")
+    return ([f"symmetric:{r}" for r in (0.2, 0.4, 0.6)] + [f"{asym}:{r}" for r in (0.2, 0.4)]
+            + [f"instance:{r}" for r in (0.2, 0.4, 0.6)])
+
+
+def _snapshot_epochs(epochs: int, count: int = 3) -> list[int]:
+    """Epoch counts after which a snapshot is taken: ``round(k T / count)``, k = 1..count (distinct)."""
+    out = sorted({max(1, round(k * epochs / count)) for k in range(1, count + 1)})
+    return out
+
+
+def meta_train_adjuster(base: Mapping[str, Any], tasks: Sequence[str], *, out: str | Path,
+                        adjuster_out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Meta-train one adjuster on ``tasks`` (``TYPE:RATE`` strings) in lockstep; write the adjuster file.
+
+    Parameters
+    ----------
+    base:
+        A resolved config with ``method.name: narl`` (its options: the family, meta interval, ...).
+    tasks:
+        Noise settings of the tasks, e.g. ``['symmetric:0.2', 'instance:0.4']``.
+    out:
+        Folder of the task runs (``out/task-<k>-<type>-<rate>``) and of the snapshots so far.
+    adjuster_out:
+        The adjuster file (default ``out/adjuster.pt``).
+    resume:
+        Continue interrupted task runs (same numbers).
+
+    Returns
+    -------
+    dict
+        ``{'adjuster': path, 'snapshot_epochs': [...], 'tasks': [...], 'summaries': [...]}``.
+    """
+    if str(base["method"]["name"]) != "narl":
+        raise UserError(f"narl-train meta-trains the narl method; got --method {base['method']['name']}")
+    if not tasks:
+        raise UserError("narl-train needs at least one task (--task TYPE:RATE)")
+    out = Path(out)
+    cfgs = []
+    for k, text in enumerate(tasks):
+        cfg = dict(base)
+        for key, value in {**parse_task(text), "out": str(out / f"task-{k}-{text.replace(':', '-')}")}.items():
+            cfg = set_value(cfg, key, value)
+        cfgs.append(cfg)
+    epochs = int(base["train"]["epochs"])
+    snap_epochs = _snapshot_epochs(epochs)
+    snaps_path = out / "adjuster_snapshots.pt"
+    snaps: dict[int, dict[str, torch.Tensor]] = {}
+
+    def tie(ctxs: list[TrainContext]) -> None:
+        shared = ctxs[0].method
+        assert isinstance(shared, NARL)
+        for ctx in ctxs[1:]:
+            ctx.method.meta_net = shared.meta_net  # type: ignore[attr-defined]
+            ctx.method.meta_opt = shared.meta_opt  # type: ignore[attr-defined]
+
+    def on_begin(start: int, runs: list[Run]) -> None:
+        if start and snaps_path.is_file():
+            saved = torch.load(snaps_path, map_location="cpu", weights_only=True)
+            snaps.update({int(e): sd for e, sd in saved.items()})
+
+    def on_epoch_end(epoch: int, runs: list[Run]) -> None:
+        if epoch + 1 in snap_epochs:
+            net = runs[0].ctx.method.meta_net  # type: ignore[attr-defined]
+            snaps[epoch + 1] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            tmp = snaps_path.with_name(f".{snaps_path.name}.tmp")
+            torch.save({str(e): sd for e, sd in snaps.items()}, tmp)
+            tmp.replace(snaps_path)
+
+    summaries = fit_lockstep(cfgs, tie=tie, resume=resume, on_epoch_end=on_epoch_end, on_begin=on_begin)
+    if not all(s.get("status") == "finished" for s in summaries):
+        raise UserError(f"narl-train stopped before the end; rerun with --resume (records in {out})")
+    method = NARL(**{k: v for k, v in base["method"].items() if k != "name"})
+    path = Path(adjuster_out or out / "adjuster.pt")
+    save_adjuster(path, family=method.robust.family_name, adjuster=method.meta_net,
+                  snapshots=[snaps[e] for e in snap_epochs], snapshot_epochs=snap_epochs, tasks=tasks)
+    return {"adjuster": str(path), "snapshot_epochs": snap_epochs, "tasks": list(tasks), "summaries": summaries}
