@@ -66,7 +66,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from .functional import functional_logits, params_and_buffers
-from .graph_jvp import UnsupportedGraph, graph_jvp
+from .graph_jvp import UnsupportedGraph, graph_jvp, warn_unsupported_once
 from .virtual_step import VirtualStep, _check_sgd, optimizer_virtual_step
 
 __all__ = [
@@ -214,6 +214,7 @@ def _jvp_u(model: torch.nn.Module, params: dict[str, Tensor], buffers: dict[str,
         except UnsupportedGraph as err:
             if backend == "graph":
                 raise UserError(f"jvp_backend='graph': {err}") from None
+            warn_unsupported_once(err)
     with torch.no_grad(), _replayed_rng(rng):
         _, u = jvp_logits(model, params, buffers, x, tangent)
     return u
