@@ -160,3 +160,23 @@ def test_pool_channel_stats_of_a_stream_sample_the_pool(zips, monkeypatch):
     monkeypatch.setattr(stream, "STATS_SAMPLE", 20)
     mean, std = pool_channel_stats(lazy)
     assert mean != full[0] and np.allclose(mean, full[0], atol=0.05) and np.allclose(std, full[1], atol=0.05)
+
+
+def test_idle_stream_workers_beyond_the_cap_are_stopped(zips, monkeypatch):
+    import noisylabels.data.stream as stream
+
+    pool = stream._LoaderPool()
+    monkeypatch.setattr(stream, "_POOL", pool)
+    monkeypatch.setattr(pool, "max_idle", 1)
+    lazy = create_dataset("imagefolder", path=zips["png"], stream=True).x_train.nchw()
+    kw = dict(batch_size=10, shuffle=False, mean=(0.5,) * 3, std=(0.2,) * 3, workers=1)
+    labels = torch.zeros(len(lazy), dtype=torch.long)
+    list(StreamLoader(lazy[np.arange(20)], labels[:20], torch.arange(20), **kw))
+    (first, _), = [v for stack in pool.free.values() for v in stack]
+    workers = list(first._iterator._workers)
+    assert workers and all(w.is_alive() for w in workers)  # persistent between epochs
+    list(StreamLoader(lazy[np.arange(20, 40)], labels[:20], torch.arange(20), **kw))  # another source
+    assert len(pool.order) == 1
+    for w in workers:
+        w.join(5)
+    assert not any(w.is_alive() for w in workers)

@@ -35,7 +35,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
@@ -62,7 +62,6 @@ class Job:
     fn: str
     args: tuple = ()
     attempts: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def error_result(exc: BaseException) -> dict[str, Any]:

@@ -102,7 +102,7 @@ def run_ray(jobs: Sequence[Job], on_result: Callable[[Job, str, Any], None], *, 
     started = False
     if not ray.is_initialized():
         try:
-            ray.init(address=address, include_dashboard=False)
+            ray.init(address=address) if address else ray.init(include_dashboard=False)
         except (ConnectionError, ValueError, RuntimeError) as err:
             raise UserError(f"cannot connect to Ray at {address or 'a new local cluster'}: "
                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None

@@ -197,10 +197,14 @@ class _Plan(torch.utils.data.Sampler):
 
 class _LoaderPool:
     """Persistent DataLoaders per (source, padding, workers); one is lent per running iteration
-    (a nested iteration, e.g. meta batches inside a training epoch, gets its own)."""
+    (a nested iteration, e.g. meta batches inside a training epoch, gets its own). At most
+    :attr:`max_idle` idle ones are kept (the oldest are dropped, which stops their workers)."""
+
+    max_idle = 6
 
     def __init__(self) -> None:
         self.free: dict[tuple, list[tuple[torch.utils.data.DataLoader, _Plan]]] = {}
+        self.order: list[tuple] = []  # keys of idle loaders, oldest first (one entry per loader)
         self.lock = threading.Lock()
 
     def take(self, images: StreamImages, padding: int, workers: int, pin: bool) -> tuple[Any, _Plan, tuple]:
@@ -209,6 +213,7 @@ class _LoaderPool:
         with self.lock:
             stack = self.free.setdefault(key, [])
             if stack:
+                self.order.remove(key)
                 return (*stack.pop(), key)
         plan = _Plan()
         kw: dict[str, Any] = {}
@@ -219,8 +224,17 @@ class _LoaderPool:
         return dl, plan, key
 
     def give_back(self, key: tuple, dl: Any, plan: _Plan) -> None:
+        dropped = []
         with self.lock:
             self.free.setdefault(key, []).append((dl, plan))
+            self.order.append(key)
+            while len(self.order) > self.max_idle:
+                old = self.order.pop(0)
+                dropped.append(self.free[old].pop(0))
+        for dl_old, _ in dropped:  # stop their persistent workers now
+            it = getattr(dl_old, "_iterator", None)
+            if it is not None and hasattr(it, "_shutdown_workers"):
+                it._shutdown_workers()
 
 
 _POOL = _LoaderPool()
