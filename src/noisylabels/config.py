@@ -38,6 +38,10 @@ DEFAULTS: dict[str, Any] = {
         "train_subset": None,   # keep a class-balanced subset of this many pool samples
         "test_subset": None,    # evaluate on a class-balanced subset of this many test samples
         "options": {},          # loader options (e.g. labels_csv, test_fraction)
+        "stream": "auto",       # auto | true | false: decode images on demand in loader workers
+                                # (image folders / zips too large for memory_budget_gb)
+        "stream_workers": 2,    # decoding processes of a streamed source
+        "memory_budget_gb": None,  # None: half the physical memory
     },
     "noise": {
         "type": "symmetric",

@@ -1,10 +1,16 @@
-"""The benchmark harness: the shipped smoke suite produces its table and resumes."""
+"""The benchmark harness: tables, resume keyed by config hash, failures reported, option errors."""
+
+from pathlib import Path
 
 import pytest
 
-from noisylabels.bench import list_suites, load_suite, run_suite
+from noisylabels.bench import config_hash, list_suites, load_suite, run_suite
 from noisylabels.cli import main
+from noisylabels.config import resolve_config
 from noisylabels.errors import UserError
+
+SUITES = Path(__file__).parent / "suites"
+TINY = str(SUITES / "tiny.yaml")
 
 
 def test_suites_listed_and_loadable():
@@ -18,7 +24,93 @@ def test_unknown_suite():
         load_suite("nope")
 
 
+def test_table_and_resume_skip_finished_runs(tmp_path, capsys):
+    """Inline executor (the process pool is tested in test_bench_pool.py): the table, and a rerun
+    that skips every finished run and rewrites the same table."""
+    out = tmp_path / "tiny"
+    assert main(["bench", TINY, "--out", str(out), "--executor", "inline", "--seeds", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "2 runs, 0 already finished, 2 to run in this process" in text
+    table = (out / "table.md").read_text()
+    assert "| method | 0% | 60% |" in table and "| CE |" in table
+    assert (out / "table.csv").read_text().count("\n") == 1 + 2
+    res = run_suite(TINY, out=out, executor="inline", max_seeds=1, verbose=False)
+    assert res["failed"] == []
+    acc = {r["column"]: r["mean"] for r in res["rows"]}
+    assert acc["0%"] > acc["60%"] > 10
+    assert [p.name.rsplit("-", 1)[0] for p in (out / "0___CE").iterdir()] == ["seed-0"]
+    main(["bench", TINY, "--out", str(out), "--executor", "inline", "--seeds", "1"])
+    assert "2 runs, 2 already finished, 0 to run" in capsys.readouterr().out
+    assert (out / "table.md").read_text() == table
+
+
+def test_changed_settings_rerun_instead_of_reusing_old_runs(tmp_path, capsys):
+    out = tmp_path / "one"
+    args = ["bench", str(SUITES / "one.yaml"), "--out", str(out), "--executor", "inline"]
+    main(args)
+    table = (out / "table.md").read_text()
+    main(args + ["--set", "optim.lr=0.001"])
+    assert "1 runs, 0 already finished, 1 to run" in capsys.readouterr().out.split("suite one:")[-1]
+    assert len(list((out / "CE").iterdir())) == 2 and (out / "table.md").read_text() != table
+    main(args)  # back to the first settings: its run is still there
+    assert "1 runs, 1 already finished, 0 to run" in capsys.readouterr().out
+    assert (out / "table.md").read_text() == table
+
+
+def test_config_hash_covers_results_not_bookkeeping():
+    base = resolve_config(overrides={"out": "a"})
+    same = resolve_config(overrides={"out": "b", "train.progress": False, "train.num_threads": 3,
+                                     "data.cache_dir": "/tmp/x"})
+    assert config_hash(base) == config_hash(same)
+    for key, value in (("seed", 1), ("train.epochs", 31), ("noise.rate", 0.2), ("model.hidden", [64]),
+                       ("device", "cuda")):
+        assert config_hash(resolve_config(overrides={key: value})) != config_hash(base), key
+
+
+def test_failed_cells_exit_nonzero_with_first_error(tmp_path, capsys):
+    out = tmp_path / "broken"
+    code = main(["bench", str(SUITES / "broken.yaml"), "--out", str(out), "--executor", "inline"])
+    text = capsys.readouterr().out
+    assert code == 1
+    assert "2 run(s) failed; the first error of each failed cell:" in text
+    lines = [ln for ln in text.splitlines() if ln.startswith("  nope (seed 0): ")]
+    assert len(lines) == 1 and "no-such-model" in lines[0] and "\n" not in lines[0]
+    assert "| mlp |" in (out / "table.md").read_text() and "| nope | err |" in (out / "table.md").read_text()
+    err_files = list((out / "nope").glob("seed-*/error.txt"))
+    assert len(err_files) == 2 and "no-such-model" in err_files[0].read_text()
+    # the failed runs are not "finished": a rerun tries them again, the good ones are skipped
+    main(["bench", str(SUITES / "broken.yaml"), "--out", str(out), "--executor", "inline"])
+    assert "4 runs, 2 already finished, 2 to run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "0"], "--seeds must be an integer >= 1, got 0"),
+    (["--seeds", "3"], "--seeds 3: suite tiny has 2 seed(s)"),
+    (["--workers", "0"], "--workers must be an integer >= 1, got 0"),
+    (["--workers", "-3"], "--workers must be an integer >= 1, got -3"),
+    (["--runs-per-gpu", "0"], "--runs-per-gpu must be an integer >= 1, got 0"),
+    (["--runs-per-gpu", "2", "--workers", "2"], "give --workers or --runs-per-gpu, not both"),
+    (["--address", "auto"], "--address apply to --executor ray only"),
+    (["--executor", "ray", "--workers", "2"], "--workers apply to the local executor"),
+    (["--executor", "ray", "--cpus-per-run", "0"], "--cpus-per-run must be a number > 0"),
+    (["--executor", "ray", "--gpus-per-run", "1"], "reserves GPUs but cell 0___CE runs on device cpu"),
+])
+def test_bad_bench_options_are_one_line_errors(tmp_path, capsys, argv, message):
+    code = main(["bench", TINY, "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_runs_per_gpu_without_gpu_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert main(["bench", TINY, "--out", str(tmp_path / "o"), "--runs-per-gpu", "2"]) == 2
+    assert "--runs-per-gpu: no GPU is visible" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_smoke_table_and_resume(tmp_path, capsys):
+    """The shipped smoke suite through the process pool (2 workers), then resumed."""
     out = tmp_path / "smoke"
     code = main(["bench", "smoke", "--out", str(out), "--workers", "2", "--set", "train.epochs=4"])
     text = capsys.readouterr().out
@@ -26,12 +118,10 @@ def test_smoke_table_and_resume(tmp_path, capsys):
     table = (out / "table.md").read_text()
     assert "| CE |" in table and "0% | 40% | 60%" in table.replace(" / ", " | ")
     assert (out / "table.csv").read_text().count("\n") == 1 + 2 * 3
-    # the clean column beats the 60% column
     res = run_suite("smoke", out=out, assignments=["train.epochs=4"], verbose=False)
     acc = {r["column"]: r["mean"] for r in res["rows"] if r["metric"] == "test_accuracy"}
     assert acc["0%"] > acc["60%"]
     assert "9 runs, 0 already finished" in text
-    # a second call skips every finished cell
     main(["bench", "smoke", "--out", str(out), "--set", "train.epochs=4"])
     assert "9 already finished, 0 to run" in capsys.readouterr().out
 
@@ -47,7 +137,6 @@ def test_smoke_full(tmp_path):
 def test_every_shipped_suite_cell_names_registered_components(name):
     """Each cell of each shipped suite (paper tiers included, which CI never runs) resolves and names
     a registered dataset, model, method, loss and noise type."""
-    from noisylabels.config import resolve_config
     from noisylabels.data.registry import list_datasets
     from noisylabels.losses import list_losses
     from noisylabels.methods import METHODS, list_methods

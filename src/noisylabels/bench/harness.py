@@ -20,24 +20,30 @@ A suite is a YAML file (shipped ones live in ``noisylabels/bench/suites``)::
       source: "Zhang & Sabuncu 2018, Table 1"
       test_accuracy: {CE: {"40%": 81.88}}
 
-Every (cell, seed) writes its run into ``OUT/<cell>/seed-<s>/``; cells whose ``summary.json``
-says ``finished`` are skipped, and unfinished ones resume from their checkpoint, so an
-interrupted suite picks up where it stopped.
+Every (cell, seed) writes its run into ``OUT/<cell>/seed-<s>-<hash>/``, ``hash`` a hash of the
+run's resolved config (:func:`config_hash`): runs whose ``summary.json`` says ``finished`` are
+skipped, unfinished ones resume from their checkpoint, so an interrupted suite picks up where it
+stopped, and a changed setting gives new directories (the cells affected rerun).
+
+Executors: ``local`` worker processes (:mod:`noisylabels.bench.pool`: Ctrl-C and SIGTERM stop
+them within seconds, they die with their parent, ``runs_per_gpu`` pins worker groups to GPUs),
+``ray`` tasks on a cluster (:mod:`noisylabels.bench.ray_executor`), or ``inline``. A suite with a
+failed run still writes its table (``err`` cells) and reports each failed cell's first error.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import copy
 import csv
+import hashlib
 import io
 import itertools
 import json
 import math
-import multiprocessing as mp
 import os
 import re
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -48,7 +54,7 @@ import yaml
 from ..config import resolve_config
 from ..errors import UserError
 
-__all__ = ["Suite", "Cell", "load_suite", "list_suites", "run_suite", "tabulate"]
+__all__ = ["Suite", "Cell", "EXECUTORS", "load_suite", "list_suites", "run_suite", "tabulate", "config_hash"]
 
 
 @dataclass(frozen=True)
@@ -131,19 +137,43 @@ def load_suite(name_or_path: str | Path) -> Suite:
                  reference=dict(raw.get("reference") or {}))
 
 
-def _run_cell(cfg: dict[str, Any], threads: int) -> dict[str, Any]:
-    """Worker: train one (cell, seed); returns its summary or ``{'status': 'error', ...}``."""
-    import torch
+#: config keys that never change a run's numbers (left out of the cell hash)
+_HASH_IGNORED = (("out",), ("train", "progress"), ("train", "num_threads"), ("data", "cache_dir"))
 
+
+def config_hash(cfg: Mapping[str, Any]) -> str:
+    """A 10-hex-digit hash of a resolved run config (its seed included), without the keys that
+    do not change results (``out``, ``train.progress``, ``train.num_threads``, ``data.cache_dir``).
+
+    A finished bench run is reused only when its directory carries the hash of the config the
+    suite resolves to now, so changing a suite, ``--set`` or a default reruns the cells affected.
+    """
+    clean = json.loads(json.dumps(cfg, default=str))
+    for path in _HASH_IGNORED:
+        d = clean
+        for key in path[:-1]:
+            d = d.get(key, {}) if isinstance(d, dict) else {}
+        if isinstance(d, dict):
+            d.pop(path[-1], None)
+    blob = json.dumps(clean, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def _run_cell(cfg: dict[str, Any], threads: int | None) -> dict[str, Any]:
+    """Worker: train one (cell, seed) in ``cfg['out']``, resuming a checkpoint left there; the summary.
+
+    ``threads``: torch threads (``None`` leaves the process's setting). Errors propagate (the
+    executor turns them into ``{'status': 'error', ...}`` results).
+    """
     from ..train import fit
 
-    torch.set_num_threads(threads)
-    cfg["train"]["num_threads"] = threads
-    try:
-        resume = (Path(cfg["out"]) / "checkpoint.pt").is_file()
-        return fit(cfg, resume=resume, progress=False)
-    except UserError as exc:
-        return {"status": "error", "error": str(exc)}
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+        cfg["train"]["num_threads"] = threads
+    resume = (Path(cfg["out"]) / "checkpoint.pt").is_file()
+    return fit(cfg, resume=resume, progress=False)
 
 
 def _finished(out: Path) -> dict[str, Any] | None:
@@ -157,20 +187,105 @@ def _finished(out: Path) -> dict[str, Any] | None:
     return s if s.get("status") == "finished" else None
 
 
+EXECUTORS = ("local", "ray", "inline")
+
+
+def _check_int(flag: str, value: Any, lo: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise UserError(f"{flag} must be an integer >= {lo}, got {value!r}")
+    return value
+
+
+def _check_options(executor: str, *, workers: int | None, runs_per_gpu: int | None, address: str | None,
+                   gpus_per_run: float | None, cpus_per_run: float | None) -> None:
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+    _check_int("--workers", workers, 1)
+    _check_int("--runs-per-gpu", runs_per_gpu, 1)
+    if workers is not None and runs_per_gpu is not None:
+        raise UserError("give --workers or --runs-per-gpu, not both (--runs-per-gpu N runs N workers per GPU)")
+    for flag, v, lo in (("--gpus-per-run", gpus_per_run, 0.0), ("--cpus-per-run", cpus_per_run, 0.0)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= lo
+                              or not math.isfinite(v) or (flag == "--cpus-per-run" and v == 0)):
+            raise UserError(f"{flag} must be a number {'> 0' if flag == '--cpus-per-run' else '>= 0'}, got {v!r}")
+    if executor != "ray":
+        given = [f for f, v in (("--address", address), ("--gpus-per-run", gpus_per_run),
+                                ("--cpus-per-run", cpus_per_run)) if v is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} apply to --executor ray only")
+    else:
+        given = [f for f, v in (("--workers", workers), ("--runs-per-gpu", runs_per_gpu)) if v is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} apply to the local executor; Ray sizes runs with "
+                            "--cpus-per-run / --gpus-per-run")
+    if executor == "inline" and runs_per_gpu is not None:
+        raise UserError("--runs-per-gpu applies to the local executor")
+
+
 def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, workers: int | None = None,
-              max_seeds: int | None = None, assignments: Sequence[str] = (), verbose: bool = True) -> dict[str, Any]:
-    """Run (or resume) a suite; print and write ``table.md`` / ``table.csv``; return the results."""
+              max_seeds: int | None = None, assignments: Sequence[str] = (), verbose: bool = True,
+              executor: str = "local", runs_per_gpu: int | None = None, address: str | None = None,
+              gpus_per_run: float | None = None, cpus_per_run: float | None = None) -> dict[str, Any]:
+    """Run (or resume) a suite; print and write ``table.md`` / ``table.csv``; return the results.
+
+    Parameters
+    ----------
+    name_or_path:
+        A shipped suite's name or a suite YAML file.
+    out:
+        Output folder (default ``bench/<suite>``). Run ``(cell, seed)`` lives in
+        ``OUT/<cell>/seed-<s>-<hash>/`` with ``hash`` = :func:`config_hash` of its resolved config.
+    workers:
+        Local worker processes (default: one per core, at most one per run).
+    max_seeds:
+        Use only the first N seeds of the suite (1 <= N <= the suite's seeds).
+    assignments:
+        ``key=value`` overrides applied to every cell.
+    executor:
+        ``local`` (worker processes on this machine), ``ray`` (one Ray task per run, see
+        :mod:`noisylabels.bench.ray_executor`) or ``inline`` (one run after another in this
+        process; for debugging and tests).
+    runs_per_gpu:
+        Local executor: ``N`` worker processes per visible GPU, each group pinned to its GPU with
+        ``CUDA_VISIBLE_DEVICES`` (combine with ``--set device=cuda``).
+    address, gpus_per_run, cpus_per_run:
+        Ray executor: the cluster (``None``: an already initialised Ray, else a local one started
+        for the call) and each task's resources (default 1 CPU, 0 GPUs).
+
+    Returns
+    -------
+    dict
+        ``suite``, ``out``, ``results`` (``(cell key, seed) -> summary``), ``rows``, ``markdown``
+        and ``failed``: ``[(cell key, seed, first error line), ...]`` (empty when every run finished).
+
+    Raises
+    ------
+    BenchInterrupted
+        After Ctrl-C or SIGTERM, once every worker has stopped (finished runs are kept).
+    """
+    _check_options(executor, workers=workers, runs_per_gpu=runs_per_gpu, address=address,
+                   gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run)
     suite = load_suite(name_or_path)
+    _check_int("--seeds", max_seeds, 1)
+    if max_seeds is not None and max_seeds > len(suite.seeds):
+        raise UserError(f"--seeds {max_seeds}: suite {suite.name} has {len(suite.seeds)} seed(s)")
     out_dir = Path(out or Path("bench") / suite.name)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file, not a folder")
     seeds = suite.seeds[:max_seeds] if max_seeds else suite.seeds
     jobs: list[tuple[Cell, int, dict[str, Any]]] = []
     for cell in suite.cells():
         for seed in seeds:
-            overrides = {**suite.base, **dict(cell.overrides), "seed": seed,
-                         "out": str(out_dir / cell.key / f"seed-{seed}"), "train.progress": False}
+            overrides = {**suite.base, **dict(cell.overrides), "seed": seed, "train.progress": False}
             cfg = resolve_config(overrides=overrides, assignments=assignments)  # validates up front
+            if gpus_per_run and cfg["device"] == "cpu":
+                raise UserError(f"--gpus-per-run {gpus_per_run} reserves GPUs but cell {cell.key} runs on "
+                                "device cpu: add --set device=cuda")
+            cfg["out"] = str(out_dir / cell.key / f"seed-{seed}-{config_hash(cfg)}")
             jobs.append((cell, seed, cfg))
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     results: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
@@ -180,24 +295,27 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
             results[(cell.key, seed)] = done
         else:
             todo.append((cell, seed, cfg))
-    n_workers = max(1, min(workers or (os.cpu_count() or 1), len(todo) or 1))
-    threads = max(1, (os.cpu_count() or 1) // n_workers)
-    if verbose:
-        print(f"suite {suite.name}: {len(jobs)} runs, {len(jobs) - len(todo)} already finished, "
-              f"{len(todo)} to run on {n_workers} worker(s)", flush=True)
-    if todo:
-        from tqdm.auto import tqdm
+    failed: list[tuple[str, int, str]] = []
 
-        ctx = mp.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
-            futures = {pool.submit(_run_cell, cfg, threads): (cell, seed) for cell, seed, cfg in todo}
-            for fut in tqdm(cf.as_completed(futures), total=len(futures), desc=suite.name, unit="run",
-                            disable=not verbose):
-                cell, seed = futures[fut]
-                res = fut.result()
-                results[(cell.key, seed)] = res
-                if res.get("status") == "error" and verbose:
-                    print(f"  {cell.key} seed {seed}: error: {res['error']}", flush=True)
+    def record(cell: Cell, seed: int, cfg: Mapping[str, Any], status: str, value: Any) -> None:
+        if status == "ok":
+            res = dict(value)
+        elif status == "error":
+            res = dict(value)
+            _write_error(Path(cfg["out"]), res)
+            failed.append((cell.key, seed, res["error"]))
+            if verbose:
+                print(f"  {cell.key} seed {seed}: error: {res['error']}", flush=True)
+        else:
+            return
+        results[(cell.key, seed)] = res
+
+    if todo:
+        _execute(suite.name, todo, record, executor=executor, workers=workers, runs_per_gpu=runs_per_gpu,
+                 address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, verbose=verbose,
+                 total=len(jobs))
+    elif verbose:
+        print(f"suite {suite.name}: {len(jobs)} runs, {len(jobs)} already finished, 0 to run", flush=True)
     md, rows = tabulate(suite, results, seeds)
     (out_dir / "table.md").write_text(md)
     with open(out_dir / "table.csv", "w", newline="") as fh:
@@ -207,7 +325,86 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
     if verbose:
         print(md)
         print(f"tables written to {out_dir / 'table.md'} and {out_dir / 'table.csv'}")
-    return {"suite": suite.name, "out": str(out_dir), "results": results, "rows": rows, "markdown": md}
+        if failed:
+            print(f"{len(failed)} run(s) failed; the first error of each failed cell:")
+            first: dict[str, tuple[int, str]] = {}
+            for key, seed, err in failed:
+                first.setdefault(key, (seed, err))
+            for key, (seed, err) in first.items():
+                print(f"  {key} (seed {seed}): {err}")
+    return {"suite": suite.name, "out": str(out_dir), "results": results, "rows": rows, "markdown": md,
+            "failed": failed}
+
+
+def _write_error(run_dir: Path, res: Mapping[str, Any]) -> None:
+    """Keep a failed run's traceback beside its records (``error.txt``)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text((res.get("traceback") or res["error"]) + "\n")
+    except OSError:
+        pass
+
+
+def _execute(name: str, todo: list[tuple[Cell, int, dict[str, Any]]], record: Callable[..., None], *,
+             executor: str, workers: int | None, runs_per_gpu: int | None, address: str | None,
+             gpus_per_run: float | None, cpus_per_run: float | None, verbose: bool, total: int) -> None:
+    from tqdm.auto import tqdm
+
+    from .pool import Job, WorkerPool, error_result, gpu_groups, visible_gpus, terminating_signals
+
+    cores = os.cpu_count() or 1
+    if executor == "local":
+        envs = None
+        if runs_per_gpu is not None:
+            envs = gpu_groups(visible_gpus(), runs_per_gpu)
+            n_workers = len(envs)
+        else:
+            n_workers = workers or cores
+        n_workers = max(1, min(n_workers, len(todo)))
+        envs = envs[:n_workers] if envs is not None else None
+        where = f"on {n_workers} worker(s)"
+    elif executor == "inline":
+        n_workers = 1
+        where = "in this process"
+    else:
+        where = "as Ray tasks"
+    if verbose:
+        print(f"suite {name}: {total} runs, {total - len(todo)} already finished, {len(todo)} to run {where}",
+              flush=True)
+    bar = tqdm(total=len(todo), desc=name, unit="run", disable=not verbose)
+    by_id = {i: item for i, item in enumerate(todo)}
+
+    def on_result(job: Job, status: str, value: Any) -> None:
+        cell, seed, cfg = by_id[job.id]
+        record(cell, seed, cfg, status, value)
+        if status != "interrupted":
+            bar.update(1)
+
+    fn = f"{__name__}:_run_cell"
+    try:
+        if executor == "local":
+            threads = max(1, cores // n_workers)
+            jobs = [Job(i, fn, (cfg, threads)) for i, (_, _, cfg) in by_id.items()]
+            WorkerPool(n_workers, envs=envs).run(jobs, on_result)
+        elif executor == "inline":
+            with terminating_signals():
+                for i, (_, _, cfg) in by_id.items():
+                    job = Job(i, fn, (cfg, None))
+                    try:
+                        value, status = _run_cell(copy.deepcopy(cfg), None), "ok"
+                    except KeyboardInterrupt:
+                        on_result(job, "interrupted", None)
+                        raise
+                    except Exception as exc:  # noqa: BLE001  (reported per cell)
+                        value, status = error_result(exc), "error"
+                    on_result(job, status, value)
+        else:
+            from .ray_executor import run_ray
+
+            run_ray([Job(i, fn, (cfg,)) for i, (_, _, cfg) in by_id.items()], on_result, address=address,
+                    gpus_per_run=gpus_per_run or 0.0, cpus_per_run=cpus_per_run or 1.0, verbose=verbose)
+    finally:
+        bar.close()
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 
-__all__ = ["AugmentSpec", "random_crop", "random_hflip", "normalize", "apply_augment"]
+__all__ = ["AugmentSpec", "random_crop", "random_hflip", "normalize", "apply_augment", "draw_crop_offsets",
+           "draw_flips"]
 
 
 @dataclass
@@ -51,6 +52,17 @@ def _draw_device(generator: torch.Generator) -> torch.device:
     return generator.device if hasattr(generator, "device") else torch.device("cpu")
 
 
+def draw_crop_offsets(n: int, *, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """The ``(2, n)`` crop offsets (rows, then columns; uniform in ``[0, 2 * padding]``) that
+    :func:`random_crop` draws for a batch of ``n`` (the streaming loader draws the same)."""
+    return torch.randint(0, 2 * padding + 1, (2, n), generator=generator, device=_draw_device(generator))
+
+
+def draw_flips(n: int, *, generator: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """The ``(n,)`` booleans :func:`random_hflip` draws (``u < p``, ``u`` uniform)."""
+    return torch.rand(n, generator=generator, device=_draw_device(generator)) < p
+
+
 def random_crop(x: torch.Tensor, *, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Zero-pad each image by ``padding`` and crop it back at a per-sample random offset.
 
@@ -74,8 +86,7 @@ def random_crop(x: torch.Tensor, *, padding: int, generator: torch.Generator) ->
     if padding == 0 or x.shape[0] == 0:
         return x
     b, c, h, w = x.shape
-    dev = _draw_device(generator)
-    off = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=dev).to(x.device)
+    off = draw_crop_offsets(b, padding=padding, generator=generator).to(x.device)
     padded = F.pad(x, (padding, padding, padding, padding))
     rows = off[0][:, None] + torch.arange(h, device=x.device)  # (B, H)
     cols = off[1][:, None] + torch.arange(w, device=x.device)  # (B, W)
@@ -106,8 +117,7 @@ def random_hflip(x: torch.Tensor, *, generator: torch.Generator, p: float = 0.5)
         raise UserError(f"flip probability must be in [0, 1], got {p}")
     if x.shape[0] == 0:
         return x
-    u = torch.rand(x.shape[0], generator=generator, device=_draw_device(generator)).to(x.device)
-    flip = (u < p)[:, None, None, None]
+    flip = draw_flips(x.shape[0], generator=generator, p=p).to(x.device)[:, None, None, None]
     return torch.where(flip, x.flip(3), x)
 
 

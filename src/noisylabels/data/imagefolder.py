@@ -14,6 +14,7 @@ by :mod:`noisylabels.data.cache`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import math
@@ -419,6 +420,40 @@ def _load_csv_defined(src: Path, csv_path: Path, *, classes: Sequence[str] | Non
                        cache=cache)
     return RawDataset(name="imagefolder", x_train=x, y_train=labels, x_test=None, y_test=None, classes=class_list,
                       paths_train=[f for f, _ in files], paths_test=None, y_train_clean=None)
+def _lazy_images(tree: ImageTree, files: list[tuple[str, str]], *, image_size: int | None):
+    """The files as :class:`~noisylabels.data.stream.StreamImages` (decoded later, in workers)."""
+    from .stream import StreamImages
+
+    names = [f for f, _ in files]
+    src = str(tree.source)
+    try:
+        if image_size is not None:
+            if int(image_size) < 1:
+                raise UserError(f"image_size must be a positive integer, got {image_size!r}")
+            size = (int(image_size), int(image_size))
+        else:
+            where = f"{src}:{names[0]}" if tree.is_zip else os.path.join(src, names[0])
+            size = _decode_one(_read_bytes(src, tree.is_zip, names[0]), where).size
+        _, grey = _decode_chunk(src, tree.is_zip, names[:64], size, image_size is not None)
+    finally:
+        if tree.is_zip:
+            _close_zip(src)
+    return StreamImages(source=src, is_zip=tree.is_zip, names=tuple(names), size=size,
+                        channels=1 if bool(grey.all()) else 3, resize=image_size is not None)
+
+
+def _decoded_bytes(tree: ImageTree, files: list[tuple[str, str]], image_size: int | None) -> int:
+    """What decoding ``files`` would take in memory (3 channels; the first image's size)."""
+    if image_size is not None:
+        w = h = int(image_size)
+    else:
+        src = str(tree.source)
+        try:
+            w, h = _decode_one(_read_bytes(src, tree.is_zip, files[0][0]), src).size
+        finally:
+            if tree.is_zip:
+                _close_zip(src)
+    return len(files) * w * h * 3
 
 
 @DATASETS.register("imagefolder", help="class-folder images from a directory or .zip ([prefix/]split/class/file)")
@@ -437,6 +472,8 @@ def load_imagefolder(
     workers: int | None = None,
     cache: bool = True,
     classes_from: str = "auto",
+    stream: bool | str = False,
+    memory_budget_gb: float | None = None,
 ) -> RawDataset:
     """Load an ImageFolder-style tree (a folder or a ``.zip``), or any folder plus a labels CSV.
 
@@ -480,6 +517,13 @@ def load_imagefolder(
         the CSV's files wherever they are, the classes are ``classes`` or those the CSV
         names, and there are no folder labels), or ``"auto"``: ``"folders"`` when the tree
         has class folders, ``"csv"`` when it has none (a flat folder).
+    stream:
+        ``True``: keep the images as :class:`~noisylabels.data.stream.StreamImages` (decoded
+        on demand by data-loader workers; for data larger than memory); ``"auto"``: stream
+        when the decoded train + test images exceed the memory budget; ``False``: decode
+        everything now (the default; faster where the data fit).
+    memory_budget_gb:
+        The budget of ``stream="auto"`` (default: half the physical memory).
 
     Returns
     -------
@@ -555,7 +599,21 @@ def load_imagefolder(
     class_id = {c: k for k, c in enumerate(class_list)}
 
     opts = dict(image_size=image_size, workers=workers, cache_dir=cache_dir, cache=cache)
-    x_train = _decode_cached(tree, train_files, split=tr_split, **opts)
+    lazy = False
+    if stream is not False:
+        from .stream import memory_budget, should_stream
+
+        need = _decoded_bytes(tree, train_files, image_size)
+        if test_files:
+            need += _decoded_bytes(test_tree, test_files, image_size)
+        lazy = should_stream(stream, decoded_bytes=need, budget=memory_budget(memory_budget_gb))
+
+    def images_of(t: ImageTree, files: list[tuple[str, str]], split: str):
+        if lazy:
+            return _lazy_images(t, files, image_size=image_size)
+        return _decode_cached(t, files, split=split, **opts)
+
+    x_train = images_of(tree, train_files, tr_split)
     y_train = np.asarray([class_id[c] for _, c in train_files], dtype=np.int64)
     paths_train = [f for f, _ in train_files]
     y_clean = None
@@ -567,7 +625,7 @@ def load_imagefolder(
 
     x_test = y_test = paths_test = None
     if test_tree is not None and test_files:
-        x_test = _decode_cached(test_tree, test_files, split=te_split, **opts)
+        x_test = images_of(test_tree, test_files, te_split)
         y_test = np.asarray([class_id[c] for _, c in test_files], dtype=np.int64)
         paths_test = [f for f, _ in test_files]
         if x_test.shape[1:3] != x_train.shape[1:3]:
@@ -576,7 +634,9 @@ def load_imagefolder(
                 f"{x_train.shape[2]}x{x_train.shape[1]}; pass image_size="
             )
         if x_test.shape[3] != x_train.shape[3]:  # one side all grey, the other colour
-            if x_test.shape[3] == 1:
+            if lazy:  # the decoder yields grey as three equal channels
+                x_test, x_train = (dataclasses.replace(a, channels=3) for a in (x_test, x_train))
+            elif x_test.shape[3] == 1:
                 x_test = np.repeat(x_test, 3, axis=3)
             else:
                 x_train = np.repeat(x_train, 3, axis=3)

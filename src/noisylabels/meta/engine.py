@@ -70,7 +70,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from .functional import functional_logits, params_and_buffers
-from .graph_jvp import UnsupportedGraph, graph_jvp
+from .graph_jvp import UnsupportedGraph, graph_jvp, warn_unsupported_once
 from .virtual_step import VirtualStep, _check_sgd, optimizer_virtual_step
 
 __all__ = [
@@ -283,6 +283,7 @@ def logits_jvp(model: torch.nn.Module, *, x: Tensor, logits: Tensor, tangent: Ma
         except UnsupportedGraph as err:
             if jvp_backend == "graph":
                 raise UserError(f"jvp_backend='graph': {err}") from None
+            warn_unsupported_once(err)  # once per node type: the fast path is not taken
     with torch.no_grad(), _replayed_rng(rng):
         _, u = jvp_logits(model, params, buffers, x, dict(tangent))
     return u

@@ -26,19 +26,28 @@ identities keep them cheap:
 A graph with a node that has no rule, a consumer of a secondary output (e.g. BatchNorm's saved
 mean), or saved tensors that were already freed raises :class:`UnsupportedGraph`; the engine then
 falls back to :func:`torch.func.jvp` (same numbers up to rounding). Register a rule for a new
-layer with :func:`register_jvp_rule`. The rules are tested on the CPU kernels' nodes; on CUDA,
-BatchNorm records ``CudnnBatchNormBackward0``, which has no rule yet (fallback), and a
-``dropout`` that records ``NativeDropoutBackward0`` does not save its scale (fallback).
+layer with :func:`register_jvp_rule`; :func:`warn_unsupported_once` is the engine's one-time
+warning naming the node that forced a fallback.
+
+Backends: a CUDA ResNet / WRN forward records the same nodes as on the CPU except BatchNorm
+(``CudnnBatchNormBackward0``; ``MiopenBatchNormBackward0`` on ROCm: same saved tensors, same
+rule as the native one; bf16 inputs and affine-free layers take the native kernel) and dropout
+(``NativeDropoutBackward0``: the fused kernel, its saved mask and ``1 / (1 - p)``). Autocast adds
+``ToCopyBackward0`` casts. The CPU tests apply the GPU BatchNorm rule to nodes with the same saved
+attributes built from CPU batch statistics and the dropout rule to real ``native_dropout`` nodes;
+``benchmarks/gpu_check.py`` checks the CUDA nodes themselves.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["UnsupportedGraph", "JVP_RULES", "graph_jvp", "register_jvp_rule", "supports_graph"]
+__all__ = ["UnsupportedGraph", "JVP_RULES", "graph_jvp", "register_jvp_rule", "supports_graph",
+           "warn_unsupported_once", "fallback_counts"]
 
 Tensor = torch.Tensor
 Node = torch.autograd.graph.Node
@@ -49,7 +58,14 @@ JVP_RULES: dict[str, JvpRule] = {}
 
 
 class UnsupportedGraph(Exception):
-    """The graph cannot be differentiated forward by :data:`JVP_RULES` (the caller falls back)."""
+    """The graph cannot be differentiated forward by :data:`JVP_RULES` (the caller falls back).
+
+    ``node`` names the autograd node at fault (``None`` when the graph as a whole is missing).
+    """
+
+    def __init__(self, message: str, *, node: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node
 
 
 def register_jvp_rule(*names: str) -> Callable[[JvpRule], JvpRule]:
@@ -87,7 +103,7 @@ def _saved(node: Node, attr: str) -> Tensor:
     """A saved tensor the rule needs; autograd saves some only when another input requires grad."""
     value = getattr(node, attr)
     if value is None:
-        raise UnsupportedGraph(f"{_name(node)} did not save {attr.removeprefix('_saved_')}")
+        raise UnsupportedGraph(f"{_name(node)} did not save {attr.removeprefix('_saved_')}", node=_name(node))
     return value
 
 
@@ -153,6 +169,80 @@ def _batch_norm(node: Node, tin: Sequence[Tensor | None]) -> Tensor | None:
     elif dbeta is not None:
         out = _add(out, _channel_view(dbeta, x.ndim).expand(x.shape))
     return out
+
+
+def _batch_norm_stats(node: Node, tin: Sequence[Tensor | None], *, eps: float, training: bool) -> Tensor | None:
+    """BatchNorm's tangent from the saved input, weight and statistics (any backend's node).
+
+    Training: ``mean, invstd`` are the batch statistics the forward saved (``result1``,
+    ``result2``: cuDNN's "saved inverse variance" is ``1 / sqrt(var + eps)``, the same quantity as
+    the native kernel's ``invstd``) and the ``dx`` part is the self-adjoint
+    ``native_batch_norm_backward`` call of the native rule. Eval: the running statistics define a
+    per-channel affine map (cuDNN's inference forward saves no statistics), so
+    ``dy = dx * gamma * invstd + (x - mean) * invstd * dgamma + dbeta`` directly.
+    """
+    dx, dgamma, dbeta = (list(tin) + [None, None])[:3]
+    x = _saved(node, "_saved_input")
+    weight = node._saved_weight
+    if training:
+        mean, invstd = _saved(node, "_saved_result1"), _saved(node, "_saved_result2")
+    else:
+        rm, rv = node._saved_running_mean, node._saved_running_var
+        if rm is None or rv is None:
+            raise UnsupportedGraph(f"{_name(node)} in eval mode without running statistics", node=_name(node))
+        mean, invstd = rm, (rv + eps).rsqrt()
+    out = None
+    if dx is not None:
+        if training:
+            out = torch.ops.aten.native_batch_norm_backward(
+                dx, x, weight, node._saved_running_mean, node._saved_running_var, mean, invstd, True, eps,
+                [True, False, False])[0]
+        else:
+            scale = invstd if weight is None else weight * invstd
+            out = dx * _channel_view(scale.to(dx.dtype), x.ndim)
+    if dgamma is not None:  # xhat * dgamma + dbeta = x * a + c, a = invstd dgamma, c = dbeta - mean a
+        a = invstd * dgamma
+        c = -mean * a if dbeta is None else dbeta - mean * a
+        part = torch.addcmul(_channel_view(c, x.ndim), x, _channel_view(a, x.ndim))
+        out = part if out is None else out.add_(part)
+    elif dbeta is not None:
+        out = _add(out, _channel_view(dbeta, x.ndim).expand(x.shape))
+    return out
+
+
+@register_jvp_rule("CudnnBatchNormBackward0", "MiopenBatchNormBackward0")
+def _gpu_batch_norm(node: Node, tin: Sequence[Tensor | None]) -> Tensor | None:
+    """``cudnn_batch_norm`` / ``miopen_batch_norm`` (CUDA / ROCm BatchNorm with affine parameters).
+
+    Saved (``derivatives.yaml``): ``input, weight, running_mean, running_var, result1 = save_mean,
+    result2 = save_invstd, training, epsilon``; the same tangent as the native rule.
+    """
+    return _batch_norm_stats(node, tin, eps=float(node._saved_epsilon), training=bool(node._saved_training))
+
+
+@register_jvp_rule("NativeDropoutBackward0")
+def _native_dropout(node: Node, tin: Sequence[Tensor | None]) -> Tensor | None:
+    """``native_dropout`` (the fused kernel ``F.dropout`` uses on CUDA): ``dy = dx * mask / (1 - p)``.
+
+    Saved: ``p`` and ``result1`` (the boolean keep-mask). The node does not expose its ``train``
+    flag; ``F.dropout`` / ``nn.Dropout`` call ``native_dropout`` only when training (in eval they
+    record nothing), which is what this rule assumes: a direct ``torch.native_dropout(x, p,
+    train=False)`` (an identity) is outside it.
+    """
+    if tin[0] is None:
+        return None
+    p = float(node._saved_p)
+    scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+    return torch.ops.aten.native_dropout_backward(tin[0], _saved(node, "_saved_result1"), scale)
+
+
+@register_jvp_rule("ToCopyBackward0")
+def _to_copy(node: Node, tin: Sequence[Tensor | None]) -> Tensor | None:
+    """``x.to(dtype / device)`` (autocast's casts of weights and inputs): the tangent is cast alike."""
+    if tin[0] is None:
+        return None
+    meta = node._input_metadata[0]
+    return tin[0].to(device=meta.device, dtype=meta.dtype)
 
 
 @register_jvp_rule("AddmmBackward0")
@@ -255,6 +345,36 @@ JVP_RULES.update({
 })
 
 
+# -- the fallback: one warning per node, counts for reports --------------------------------------------
+_WARNED: set[str] = set()
+_FALLBACKS: dict[str, int] = {}
+
+
+def warn_unsupported_once(err: UnsupportedGraph) -> None:
+    """Record that a JVP fell back to :func:`torch.func.jvp` because of ``err``; warn the first time.
+
+    One :class:`RuntimeWarning` per process and node name (e.g. ``CudnnBatchNormBackward0`` on a
+    torch without its rule), so a long run is told once which layer makes the meta step slower;
+    every call is counted (:func:`fallback_counts`).
+    """
+    key = err.node or str(err)
+    _FALLBACKS[key] = _FALLBACKS.get(key, 0) + 1
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    warnings.warn(f"graph JVP not available ({err}): falling back to torch.func.jvp, which gives the same "
+                  "numbers but re-runs the forward (about twice the JVP cost); "
+                  "noisylabels.meta.register_jvp_rule adds a rule", RuntimeWarning, stacklevel=3)
+
+
+def fallback_counts(*, reset: bool = False) -> dict[str, int]:
+    """How often each node (or reason) made :func:`warn_unsupported_once` fall back, since the last reset."""
+    out = dict(_FALLBACKS)
+    if reset:
+        _FALLBACKS.clear()
+    return out
+
+
 # -- the graph walk --------------------------------------------------------------------------------
 def _forward_order(root: Node) -> list[Node]:
     """Nodes reachable from ``root`` with every node after all of its inputs (iterative DFS)."""
@@ -280,12 +400,12 @@ def _check(order: Sequence[Node]) -> dict[Node, int]:
     for node in order:
         name = _name(node)
         if name not in JVP_RULES:
-            raise UnsupportedGraph(f"no forward-mode rule for autograd node {name}")
+            raise UnsupportedGraph(f"no forward-mode rule for autograd node {name}", node=name)
         for f, nr in node.next_functions:
             if f is None:
                 continue
             if nr != 0:
-                raise UnsupportedGraph(f"{name} consumes output {nr} of {_name(f)}")
+                raise UnsupportedGraph(f"{name} consumes output {nr} of {_name(f)}", node=_name(f))
             uses[f] = uses.get(f, 0) + 1
     return uses
 
@@ -349,6 +469,6 @@ def graph_jvp(output: Tensor, tangents: Mapping[Tensor, Tensor]) -> Tensor:
             try:
                 tan[node] = JVP_RULES[name](node, inputs)
             except RuntimeError as err:  # saved tensors freed or modified in place
-                raise UnsupportedGraph(f"{name}: {err}".splitlines()[0]) from err
+                raise UnsupportedGraph(f"{name}: {err}".splitlines()[0], node=name) from err
     out = tan[root]
     return torch.zeros_like(output) if out is None else out.reshape(output.shape)

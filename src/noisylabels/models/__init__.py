@@ -37,12 +37,14 @@ from torch import nn
 from ..errors import UserError
 from ..registry import call_with_options
 from .base import MODELS, Classifier, check_int, count_parameters
+from .checkpoint import load_init_checkpoint, read_state_dict
 # importing the family modules registers their models
 from .lenet import LeNet
 from .mlp import MLP
 from .preact_resnet import PreActResNet
 from .resnet import ResNet
 from .resnet_cifar import CifarResNet
+from .timm_adapter import TIMM_PREFIX, TimmClassifier, create_timm_model
 from .wide_resnet import WideResNet
 
 __all__ = [
@@ -58,6 +60,9 @@ __all__ = [
     "ResNet",
     "PreActResNet",
     "WideResNet",
+    "TimmClassifier",
+    "load_init_checkpoint",
+    "read_state_dict",
 ]
 
 
@@ -90,7 +95,12 @@ def create_model(
         RNG is used.
     **options:
         Model-specific options (e.g. ``hidden`` for ``mlp``, ``shortcut`` for
-        the CIFAR ResNets, ``depth`` / ``widen_factor`` / ``dropout`` for ``wrn``).
+        the CIFAR ResNets, ``depth`` / ``widen_factor`` / ``dropout`` for ``wrn``;
+        timm's options for ``timm:<name>``, see :mod:`noisylabels.models.timm_adapter`),
+        and for every model ``init_checkpoint`` (a state-dict file the weights start
+        from, checked key by key and shape by shape) with ``init_exclude`` (key prefixes
+        left at their fresh init, e.g. ``[classifier]``); see
+        :mod:`noisylabels.models.checkpoint`.
 
     Returns
     -------
@@ -102,20 +112,26 @@ def create_model(
     UserError
         Unknown ``name``, unknown option or an invalid value.
     """
-    factory = MODELS.get(name)
+    init_checkpoint = options.pop("init_checkpoint", None)
+    init_exclude = options.pop("init_exclude", None) or ()
     key = str(name).lower()
+    is_timm = key.startswith(TIMM_PREFIX)
+    factory = create_timm_model if is_timm else MODELS.get(name)
     kwargs = dict(
         num_classes=check_int(key, "num_classes", num_classes),
         in_channels=check_int(key, "in_channels", in_channels),
         image_size=check_int(key, "image_size", image_size),
     )
-    if seed is None:
-        return call_with_options("model", key, factory, **kwargs, **options)
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    args = (str(name),) if is_timm else ()
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise UserError(f"model {key!r}: seed must be an integer, got {seed!r}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return call_with_options("model", key, factory, **kwargs, **options)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = call_with_options("model", key, factory, *args, **kwargs, **options)
+    if init_checkpoint is not None:
+        load_init_checkpoint(model, init_checkpoint, exclude=init_exclude)
+    return model
 
 
 def list_models() -> list[str]:

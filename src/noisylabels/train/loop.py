@@ -23,6 +23,7 @@ import torch
 
 from .. import __version__
 from ..data import Batch, BatchLoader
+from ..data.stream import batch_loader
 from ..errors import NonFiniteLossError, UserError
 from ..eval.metrics import detection_metrics
 from ..losses import create_loss
@@ -99,7 +100,7 @@ class TrainContext:
                generator: torch.Generator | None = None, drop_last: bool = False) -> BatchLoader:
         """Batches of the training pool restricted to ``split`` (a name or index tensor)."""
         idx = self.data.splits[split] if isinstance(split, str) else split
-        return BatchLoader(self.images, self.labels, idx, batch_size=batch_size or int(self.cfg["train"]["batch_size"]),
+        return batch_loader(self.images, self.labels, idx, batch_size=batch_size or int(self.cfg["train"]["batch_size"]),
                            shuffle=shuffle, mean=self.data.mean, std=self.data.std,
                            augment=self.data.augment if augment else None, generator=generator,
                            drop_last=drop_last)
@@ -160,7 +161,7 @@ def predict_proba(model: torch.nn.Module, images: torch.Tensor, indices: torch.T
     was_training = model.training
     model.eval()
     out = []
-    for batch in BatchLoader(images, dummy, idx, batch_size=batch_size, shuffle=False, mean=mean, std=std):
+    for batch in batch_loader(images, dummy, idx, batch_size=batch_size, shuffle=False, mean=mean, std=std):
         out.append(torch.softmax(model(batch.x.to(device)).float(), dim=1).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 1)

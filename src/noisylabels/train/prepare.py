@@ -15,7 +15,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..data import AugmentSpec, channel_stats, create_dataset, make_splits, split_off_test
+from ..data import AugmentSpec, create_dataset, make_splits, split_off_test
+from ..data.stream import is_stream, pool_channel_stats, stream_options, to_pool
 from ..errors import UserError
 from ..noise import apply_noise, open_set
 from ..seeding import derive_seed
@@ -122,7 +123,8 @@ def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> Run
     ``needs_meta_set`` resolves ``data.meta_size: auto`` (see :func:`resolve_meta_size`).
     """
     dcfg, ncfg, seed = cfg["data"], cfg["noise"], int(cfg["seed"])
-    raw = create_dataset(dcfg["name"], data_dir=dcfg["dir"], cache_dir=dcfg["cache_dir"], **(dcfg["options"] or {}))
+    raw = create_dataset(dcfg["name"], data_dir=dcfg["dir"], cache_dir=dcfg["cache_dir"], **(dcfg["options"] or {}),
+                         **stream_options(dcfg))
     if raw.x_test is None:
         raw = split_off_test(raw, test_fraction=0.2)
     num_classes = len(raw.classes)
@@ -144,6 +146,8 @@ def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> Run
         test_paths = None if test_paths is None else [test_paths[i] for i in keep]
 
     noise_type = str(ncfg["type"]).lower()
+    if is_stream(x) and noise_type in ("instance", "open-set"):
+        raise UserError(f"{noise_type} noise needs every image in memory; set data.stream=false")
     rate = float(ncfg["rate"])
     options = dict(ncfg["options"] or {})
     open_mask = None
@@ -169,9 +173,8 @@ def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> Run
     if meta_clean and len(splits["meta"]):
         labels[splits["meta"]] = clean[splits["meta"]]
 
-    images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    test_images = torch.from_numpy(np.ascontiguousarray(x_test.transpose(0, 3, 1, 2)))
-    mean, std = channel_stats(images)
+    images, test_images = to_pool(x, dcfg), to_pool(x_test, dcfg)
+    mean, std = pool_channel_stats(images)
     return RunData(
         images=images,
         labels=torch.from_numpy(labels),

@@ -1,0 +1,104 @@
+"""Start a model from a user's state-dict file (``model.init_checkpoint``).
+
+The file is read with ``torch.load(weights_only=True)`` (tensors and plain containers only; a
+file carrying pickled code is refused without running it). Accepted layouts: a state dict
+(``{name: tensor}``), or one under a ``state_dict`` / ``model`` / ``model_state_dict`` key (the
+usual training-script checkpoints, this library's ``checkpoint.pt`` and ``best_model.pt``);
+a ``module.`` prefix (``DataParallel`` / DDP) is removed when every key has it.
+
+Every key must match: a missing key, an unexpected key or a shape mismatch is a one-line
+:class:`~noisylabels.errors.UserError` naming the first offenders, so a checkpoint of another
+architecture is never half-loaded silently. ``exclude`` lists key prefixes left at their fresh
+initialisation and ignored in the file: a pretrained backbone with another number of classes
+loads with ``model.init_exclude: [classifier]`` (``[fc]`` for a timm ResNet, whose head is
+``fc``).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+__all__ = ["read_state_dict", "load_init_checkpoint"]
+
+_WRAPPERS = ("state_dict", "model", "model_state_dict")
+
+
+def _names(keys: Sequence[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The ``{name: tensor}`` state dict in ``path`` (see the module docstring for layouts)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"model.init_checkpoint: file not found: {p}")
+    try:
+        obj: Any = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError,
+            AttributeError, TypeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"model.init_checkpoint {p} is not a readable state dict (weights_only load: {first})") from None
+    for key in _WRAPPERS:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"model.init_checkpoint {p} does not hold a state dict of tensors "
+                        f"(nor one under {', '.join(_WRAPPERS)})")
+    sd = {str(k): v for k, v in obj.items()}
+    if all(k.startswith("module.") for k in sd):
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    return sd
+
+
+def load_init_checkpoint(model: nn.Module, path: str | os.PathLike[str], *,
+                         exclude: Sequence[str] = ()) -> nn.Module:
+    """Load ``path`` into ``model`` (in place; returns it), every key and shape checked.
+
+    ``model.checkpoint_module`` (the timm adapter's inner network) is the target when present,
+    so files saved from the original architecture load as they are.
+
+    Raises
+    ------
+    UserError
+        Missing or unreadable file, missing / unexpected keys, shape mismatch (one line).
+    """
+    if isinstance(exclude, str):
+        exclude = [exclude]
+    prefixes = [str(e).rstrip(".") for e in exclude]
+
+    def kept(k: str) -> bool:
+        return not any(k == e or k.startswith(e + ".") for e in prefixes)
+
+    target = getattr(model, "checkpoint_module", model)
+    sd = {k: v for k, v in read_state_dict(path).items() if kept(k)}
+    own = {k: v for k, v in target.state_dict().items() if kept(k)}
+    where = f"model.init_checkpoint {Path(path)}"
+    unexpected = [k for k in sd if k not in own]
+    missing = [k for k in own if k not in sd]
+    if unexpected or missing:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) ({_names(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) ({_names(unexpected)})")
+        hint = " (model.init_exclude: [prefix] keeps layers such as the classifier at their fresh init)"
+        raise UserError(f"{where} does not match the model: {'; '.join(parts)}{hint}")
+    bad = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if sd[k].shape != own[k].shape]
+    if bad:
+        raise UserError(f"{where}: shape mismatch (file vs model) for {len(bad)} tensor(s): {_names(bad, 3)}"
+                        " (model.init_exclude: [classifier] for another number of classes)")
+    with torch.no_grad():
+        target.load_state_dict(sd, strict=not prefixes)
+    return model

@@ -1,0 +1,132 @@
+"""The bench's Ray executor: same table as the local executor, records returned to the driver,
+a failed run retried once and then reported, Ctrl-C cancels outstanding tasks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from noisylabels.bench import run_suite
+from noisylabels.bench.pool import Job
+from noisylabels.bench.ray_executor import collect_records, write_records
+from noisylabels.config import resolve_config
+from noisylabels.errors import UserError
+
+TESTS = Path(__file__).resolve().parents[1]  # tests/ (the bench fixtures are in tests/bench)
+SUITES = TESTS / "bench" / "suites"
+SRC = TESTS.parent / "src"
+ROOT = TESTS.parent
+
+
+def test_ray_executor_without_ray_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(UserError, match=r'--executor ray needs Ray: pip install "noisylabels\[ray\]"'):
+        run_suite(SUITES / "one.yaml", out=tmp_path / "o", executor="ray", verbose=False)
+
+
+def test_records_travel_without_model_files_and_stay_inside_the_run(tmp_path):
+    run = tmp_path / "run"
+    (run / "sub").mkdir(parents=True)
+    for name, data in (("summary.json", b"{}"), ("metrics.jsonl", b"1\n"), ("checkpoint.pt", b"x"),
+                       ("best_model.pt", b"x"), ("sub/plot.png", b"png"), (".tmp", b"x")):
+        (run / name).write_bytes(data)
+    files = collect_records(run)
+    assert sorted(files) == ["metrics.jsonl", "sub/plot.png", "summary.json"]
+    write_records(tmp_path / "dest", files)
+    assert (tmp_path / "dest" / "sub" / "plot.png").read_bytes() == b"png"
+    with pytest.raises(UserError, match="outside its run folder"):
+        write_records(tmp_path / "dest", {"../evil.txt": b"x"})
+    assert not (tmp_path / "evil.txt").exists()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    path = os.pathsep.join([str(SRC), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "NOISYLABELS_CACHE": os.environ["NOISYLABELS_CACHE"]}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_gives_the_local_executors_table_and_skips_finished_runs(local_ray, tmp_path, capsys):
+    local = run_suite(SUITES / "tiny.yaml", out=tmp_path / "local", workers=2, verbose=False)
+    remote = run_suite(SUITES / "tiny.yaml", out=tmp_path / "ray", executor="ray", cpus_per_run=1)
+    text = capsys.readouterr().out
+    assert "4 runs, 0 already finished, 4 to run as Ray tasks" in text
+    assert remote["failed"] == [] and remote["markdown"] == local["markdown"]
+    for run in (tmp_path / "ray").glob("*/seed-*"):  # records came back; model files stayed behind
+        names = {p.name for p in run.iterdir()}
+        assert {"summary.json", "metrics.jsonl", "config.yaml", "suspects.csv", "labels.csv"} <= names
+        assert not any(n.endswith(".pt") for n in names)
+    local_dirs = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").glob("*/seed-*"))
+    assert local_dirs == sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").glob("*/seed-*"))
+    again = run_suite(SUITES / "tiny.yaml", out=tmp_path / "ray", executor="ray")
+    assert "4 runs, 4 already finished, 0 to run" in capsys.readouterr().out
+    assert again["markdown"] == local["markdown"]
+
+
+@pytest.mark.slow
+def test_ray_retries_a_failed_run_once_then_reports_it(local_ray, tmp_path, capsys):
+    from noisylabels.bench.ray_executor import run_ray
+
+    cfg = resolve_config(overrides={"train.epochs": 1, "train.progress": False, "out": str(tmp_path / "flaky"),
+                                    "data.options": {"flaky_marker": str(tmp_path / "marker")}})
+    got = {}
+    run_ray([Job(0, "tests.bench._bench_jobs:flaky_run", (cfg,))], lambda job, s, v: got.__setitem__(job.id, (s, v, job.attempts)))
+    status, summary, attempts = got[0]
+    assert status == "ok" and summary["status"] == "finished" and attempts == 2
+    assert "flaky failure on the first attempt" in capsys.readouterr().out
+    assert (tmp_path / "flaky" / "summary.json").is_file()
+
+    res = run_suite(SUITES / "broken.yaml", out=tmp_path / "broken", executor="ray")
+    text = capsys.readouterr().out
+    assert sorted(s for _, s, _ in res["failed"]) == [0, 1]
+    assert all("no-such-model" in e and "(failed 2 times)" in e for _, _, e in res["failed"])
+    assert text.count("retrying once") == 2 and "| nope | err |" in res["markdown"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_ctrl_c_cancels_outstanding_ray_tasks(tmp_path):
+    pytest.importorskip("ray")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    driver = subprocess.Popen([sys.executable, "-m", "noisylabels", "bench", str(SUITES / "slow.yaml"),
+                               "--executor", "ray", "--out", str(tmp_path / "b")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def task_pids():
+        pids = []
+        for p in Path("/proc").iterdir():
+            try:
+                if p.name.isdigit() and b"ray::_ray_task" in (p / "cmdline").read_bytes():
+                    pids.append(int(p.name))
+            except OSError:
+                pass
+        return pids
+
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (tmp_path / "b" / "short").exists():
+            time.sleep(0.5)  # the two short runs came back; the long ones are running
+        assert (tmp_path / "b" / "short").exists()
+        time.sleep(2)
+        running = task_pids()
+        assert running, "the long runs are executing as Ray tasks"
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130 and "bench interrupted (Ctrl-C)" in err
+    assert len(list((tmp_path / "b").glob("short/seed-*/summary.json"))) == 2
+    assert not list((tmp_path / "b").glob("long/seed-*/summary.json"))
+    time.sleep(2)
+    assert not [p for p in running if Path(f"/proc/{p}").exists()]
