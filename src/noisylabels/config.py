@@ -71,6 +71,10 @@ DEFAULTS: dict[str, Any] = {
         "num_threads": None,    # torch threads; None leaves torch's default
         "progress": True,
         "checkpoint": True,
+        "amp": "none",          # none | bf16 | fp16: autocast of the training steps (fp16 adds a GradScaler)
+        "channels_last": False,  # NHWC memory format for model and batches (faster convolutions on GPUs)
+        "compile": False,       # torch.compile the model (methods without a meta step only)
+        "cudnn_benchmark": False,  # let cuDNN pick the fastest convolution algorithms (CUDA)
     },
 }
 
@@ -188,6 +192,11 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise UserError(f"optim.lr must be a number, got {o['lr']!r}") from None
     if not lr > 0:
         raise UserError(f"optim.lr must be positive, got {lr}")
+    if str(t.get("amp", "none")).lower() not in ("none", "bf16", "fp16"):
+        raise UserError(f"train.amp must be none, bf16 or fp16, got {t['amp']!r}")
+    for key in ("channels_last", "compile", "cudnn_benchmark"):
+        if not isinstance(t.get(key, False), bool):
+            raise UserError(f"train.{key} must be true or false, got {t[key]!r}")
     if not isinstance(cfg["seed"], int):
         raise UserError(f"seed must be an integer, got {cfg['seed']!r}")
 

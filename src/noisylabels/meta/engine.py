@@ -51,9 +51,18 @@ reuses it::
 
 ``reuse_forward=False`` forwards functionally on cloned buffers: nothing about the model changes.
 
+Mixed precision (``train.amp: bf16``; the caller's :func:`torch.autocast`): the training forward, its
+recorded graph and the meta forward at ``theta_hat`` run in the autocast dtype like the real step;
+the virtual step, the tangent and the parameters stay float32; the graph walk applies each node's
+rule to the tensors it saved (bf16 activations); the loss layer is differentiated in float32
+(losses upcast the logits); the torch.func fallback runs the whole JVP in float32 (dual tensors do
+not mix with autocast's casts). On a ResNet-8 the bf16 meta-gradient's cosine similarity with the
+float32 one is above 0.999 (tests: ``tests/meta/test_engine.py``).
+
 Dropout: the graph walk uses the masks the training forward saved, and the torch.func fallback
 replays the random state of the training forward, so ``u`` is the derivative of the very ``z``
-that was used. The virtual, meta and JVP forwards never touch BatchNorm running statistics
+that was used (except with ``channels_last`` activations, where torch.func may draw the masks in
+another memory order: the graph walk, which has rules for every registered model, is exact there). The virtual, meta and JVP forwards never touch BatchNorm running statistics
 (:mod:`noisylabels.meta.functional`). Everything runs on the tensors' device; results are tensors
 (no host synchronisation). The virtual step does not clip gradients (``train.clip_grad_norm``
 applies to the real step only).
@@ -330,7 +339,9 @@ def jvp_logits(model: torch.nn.Module, params: dict[str, Tensor], buffers: dict[
         p.update(zip(names, primals))
         return functional_logits(model, p, buffers, x)
 
-    return torch.func.jvp(f, tuple(params[n].detach() for n in names), tuple(tangent[n] for n in names))
+    # torch.func's dual tensors do not mix with autocast's casts: the fallback runs in float32
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return torch.func.jvp(f, tuple(params[n].detach() for n in names), tuple(tangent[n] for n in names))
 
 
 def meta_gradient_jvp(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, x: Tensor, y: Tensor,

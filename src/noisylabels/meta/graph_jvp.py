@@ -313,6 +313,27 @@ JVP_RULES.update({
 })
 
 
+@register_jvp_rule("AsStridedBackward1")
+def _as_strided(node: Node, tin: Sequence[Tensor | None]) -> Tensor | None:
+    """A restride that covers its (contiguous) input exactly once, e.g. the ``(N, C, 1, 1)`` result
+    of a pooling seen in ``channels_last`` strides: the same restride of the contiguous tangent.
+    Any other ``as_strided`` (overlapping or partial views) has no rule."""
+    if tin[0] is None:
+        return None
+    t = tin[0].contiguous()
+    size, stride = tuple(node._saved_size), tuple(node._saved_stride)
+    offset = node._saved_storage_offset
+    spans = sorted((st, sz) for st, sz in zip(stride, size) if sz > 1)
+    dense, expect = True, 1
+    for st, sz in spans:  # strides of a permutation of a contiguous block
+        dense &= st == expect
+        expect *= sz
+    if offset not in (None, 0) or not dense or expect != t.numel():
+        raise UnsupportedGraph(f"no forward-mode rule for this as_strided view (size {size}, stride {stride})",
+                               node="AsStridedBackward1")
+    return t.as_strided(size, stride)
+
+
 @register_jvp_rule("MaxPool2DWithIndicesBackward0")
 def _max_pool2d(node: Node, tin: Sequence[Tensor | None]) -> Tensor | None:
     """The tangent at the arg-max of each window (the saved indices)."""

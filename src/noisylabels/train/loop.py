@@ -82,7 +82,7 @@ class TrainContext:
         if stream is None:
             stream = self._meta_streams[bs] = self._meta_stream(bs)
         b = next(stream)
-        return MetaBatch(b.x.to(self.device), b.y.to(self.device), b.index.to(self.device))
+        return MetaBatch(self.to_device(b.x), b.y.to(self.device), b.index.to(self.device))
 
     def _meta_stream(self, batch_size: int) -> Iterator[Batch]:
         if len(self.data.splits["meta"]) == 0:
@@ -138,17 +138,39 @@ class TrainContext:
         self.best.clear()
 
     def backward_and_step(self, loss: torch.Tensor) -> None:
-        """``zero_grad``, ``backward``, optional gradient-norm clipping, ``optimizer.step``."""
+        """``zero_grad``, ``backward``, optional gradient-norm clipping, ``optimizer.step`` (through
+        the fp16 gradient scaler when ``train.amp: fp16``)."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler = self.extra.get("scaler")
+        (loss if scaler is None else scaler.scale(loss)).backward()
         self.clip_and_step()
 
     def clip_and_step(self) -> None:
         """Optional gradient-norm clipping (``train.clip_grad_norm``), then ``optimizer.step``."""
         clip = self.cfg["train"]["clip_grad_norm"]
+        scaler = self.extra.get("scaler")
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
         if clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
-        self.optimizer.step()
+        if scaler is None:
+            self.optimizer.step()
+        else:
+            scaler.step(self.optimizer)
+            scaler.update()
+
+    def autocast(self) -> Any:
+        """The autocast context of the training steps (``train.amp``; a no-op for ``none``)."""
+        amp = str(self.cfg["train"].get("amp", "none")).lower()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        return torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of inputs on the run's device, in the model's memory format."""
+        x = x.to(self.device)
+        if self.cfg["train"].get("channels_last") and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
 
 @torch.no_grad()
@@ -235,6 +257,19 @@ def _create_method(cfg: Mapping[str, Any]) -> Method:
 def _build(cfg: dict[str, Any], data: RunData, device: torch.device, recorder: RunRecorder,
            method: Method) -> TrainContext:
     model = _create_model(cfg, data).to(device)
+    tcfg = cfg["train"]
+    amp = str(tcfg.get("amp", "none")).lower()
+    if method.needs_meta_set and (tcfg.get("compile") or amp == "fp16"):
+        what = "train.compile" if tcfg.get("compile") else "train.amp=fp16"
+        raise UserError(f"{what} is not supported for meta method {cfg['method']['name']!r}: the meta engine walks the "
+                        f"training forward's autograd graph (compile replaces it) and differentiates unscaled "
+                        f"gradients (fp16 needs a gradient scaler); use train.amp=bf16")
+    if tcfg.get("cudnn_benchmark"):
+        torch.backends.cudnn.benchmark = True
+    if tcfg.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    if tcfg.get("compile"):
+        model.compile()  # in place: parameter names and state_dict keys stay those of the model
     lcfg = dict(cfg["loss"])
     loss_name = lcfg.pop("name")
     own = method.loss_name({k: v for k, v in cfg["method"].items() if k != "name"})
@@ -252,6 +287,8 @@ def _build(cfg: dict[str, Any], data: RunData, device: torch.device, recorder: R
                        method=method, device=device, recorder=recorder, steps_per_epoch=steps)
     ctx.extra["images"] = data.images.to(device)
     ctx.extra["labels"] = data.labels.to(device)
+    if amp == "fp16":
+        ctx.extra["scaler"] = torch.amp.GradScaler(device.type)
     return ctx
 
 
@@ -338,6 +375,10 @@ class Run:
             ctx.method.load_state_dict(ckpt["method"])
             ctx.method.load_records_state_dict(ckpt.get("records", {}))
             torch.set_rng_state(ckpt["torch_rng"])
+            if ckpt.get("cuda_rng") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(list(ckpt["cuda_rng"]))
+            if ckpt.get("scaler") and ctx.extra.get("scaler") is not None:
+                ctx.extra["scaler"].load_state_dict(ckpt["scaler"])
             self.history = ckpt["history"]
             ctx.best.update(ckpt["best"])
             self.start_epoch, self.seconds_before = int(ckpt["epoch"]) + 1, float(ckpt["seconds"])
@@ -359,7 +400,8 @@ class Run:
         tot_loss = tot_correct = tot_count = 0.0
         for batch in ctx.loader("train", shuffle=True, augment=True, generator=gen):
             y = batch.y.to(device)
-            out = method.train_step(ctx, batch.x.to(device), y, batch.index.to(device))
+            with ctx.autocast():
+                out = method.train_step(ctx, ctx.to_device(batch.x), y, batch.index.to(device))
             if not isinstance(out, StepOutput):
                 raise TypeError(f"{type(method).__name__}.train_step must return a StepOutput, got {type(out).__name__}")
             loss = float(out.loss)
@@ -402,7 +444,10 @@ class Run:
                 "epoch": epoch, "step": ctx.step, "model": ctx.model.state_dict(),
                 "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
                 "method": ctx.method.state_dict(), "records": ctx.method.records_state_dict(),
-                "torch_rng": torch.get_rng_state(), "history": self.history, "best": dict(best),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "scaler": ctx.extra["scaler"].state_dict() if ctx.extra.get("scaler") is not None else {},
+                "history": self.history, "best": dict(best),
                 "seconds": self.seconds, "schedule_start_epoch": ctx.schedule_start_epoch,
             })
         recorder.write_metrics(self.history)
