@@ -135,12 +135,14 @@ def test_a_new_meta_method_inherits_the_step_records_and_detection(tmp_path):
 
 # -- the same numbers as before the base existed ------------------------------------------------------------
 BEFORE = json.loads((Path(__file__).parent / "data" / "summaries_before_meta_base.json").read_text())
+OLD_PRESET = {"method.normalize": "sum", "method.meta_optimizer": "adam", "method.meta_weight_decay": 1e-4}
 CASES = {
     "mwnet": {"method.name": "mwnet"},
     "mwnet-none": {"method.name": "mwnet", "method.normalize": "none"},
     "mwnet-delayed": {"method.name": "mwnet", "method.delayed": True, "method.meta_interval": 2},
-    "rmnw-net": {"method.name": "rmnw-net"},
-    "mnw-net": {"method.name": "mnw-net"},
+    # the presets' defaults then were MW-Net's (Adam, sum); now Ghosh & Lan's: pin the old ones
+    "rmnw-net": {"method.name": "rmnw-net", **OLD_PRESET},
+    "mnw-net": {"method.name": "mnw-net", **OLD_PRESET},
     "l2rw": {"method.name": "l2rw", "method.warmup_epochs": 1},
     "l2b-sum": {"method.name": "l2b", "method.normalize": "sum"},
     "l2b-sigmoid": {"method.name": "l2b", "method.normalize": "sigmoid"},

@@ -14,11 +14,13 @@ A suite is a YAML file (shipped ones live in ``noisylabels/bench/suites``)::
       method:
         - {label: CE, set: {method.name: erm, loss.name: ce}}
     metrics: [test_accuracy]                        # summary.json keys to tabulate (x100)
+    metric_labels:                                  # optional: what each metric is, printed in its title
+      test_accuracy: "test accuracy at the best-validation epoch (the paper's protocol)"
     # an axis entry may also carry `set_by: {other_axis: {label: {overrides}}}`, applied when the
     # other axis takes that label (e.g. a class-dependent noise map that differs per dataset)
     reference:                                      # optional, e.g. a paper's table
-      source: "Zhang & Sabuncu 2018, Table 1"
-      test_accuracy: {CE: {"40%": 81.88}}
+      source: "Zhang & Sabuncu 2018, Table 1"       # or one per metric: {test_accuracy: "Table 1", ...}
+      test_accuracy: {CE: {"40%": 81.88}}           # reference[metric][row label][column label]
 
 Every (cell, seed) writes its run into ``OUT/<cell>/seed-<s>-<hash>/``, ``hash`` a hash of the
 run's resolved config (:func:`config_hash`): runs whose ``summary.json`` says ``finished`` are
@@ -44,7 +46,7 @@ import os
 import re
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,15 @@ class Suite:
     axes: dict[str, list[dict[str, Any]]]
     metrics: list[str]
     reference: dict[str, Any]
+    metric_labels: dict[str, str] = field(default_factory=dict)
+
+    def reference_source(self, metric: str) -> str | None:
+        """The source text of ``metric``'s reference cells (``reference.source``: one string, or
+        one per metric)."""
+        src = self.reference.get("source")
+        if isinstance(src, Mapping):
+            src = src.get(metric)
+        return None if src is None else str(src)
 
     def cells(self) -> list[Cell]:
         out = []
@@ -134,7 +145,8 @@ def load_suite(name_or_path: str | Path) -> Suite:
     return Suite(name=str(raw.get("name", p.stem)), description=str(raw.get("description", "")),
                  base=dict(raw.get("base") or {}), seeds=[int(s) for s in raw.get("seeds", [0])], rows=rows,
                  axes={k: list(v) for k, v in axes.items()}, metrics=list(raw.get("metrics", ["test_accuracy"])),
-                 reference=dict(raw.get("reference") or {}))
+                 reference=dict(raw.get("reference") or {}),
+                 metric_labels={str(k): str(v) for k, v in (raw.get("metric_labels") or {}).items()})
 
 
 #: config keys that never change a run's numbers (left out of the cell hash)
@@ -428,11 +440,13 @@ def tabulate(suite: Suite, results: Mapping[tuple[str, int], Mapping[str, Any]],
     by_pos = {(c.label(suite.rows), tuple(c.label(a) for a in suite.column_axes)): c for c in cells}
     buf = io.StringIO()
     csv_rows: list[dict[str, Any]] = []
-    src = suite.reference.get("source")
     for metric in suite.metrics:
         ref = suite.reference.get(metric, {}) or {}
         has_ref = bool(ref)
-        buf.write(f"\n### {suite.name}: {metric} (x100, mean ± std over {len(seeds)} seed(s))\n")
+        src = suite.reference_source(metric)
+        label = suite.metric_labels.get(metric)
+        title = f"{metric}: {label}" if label else metric
+        buf.write(f"\n### {suite.name}: {title} (x100, mean ± std over {len(seeds)} seed(s))\n")
         if has_ref and src:
             buf.write(f"reference columns ('ref'): {src}\n")
         buf.write("\n")

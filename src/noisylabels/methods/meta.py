@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -142,27 +142,38 @@ class MetaNetMethod(MetaMethod):
     delayed:
         Approximation (MLC's trick, Wang et al. 2021): the real step applies the virtual step's
         gradient, i.e. the pre-update phi, and saves one backward pass.
-    meta_lr, meta_weight_decay, meta_optimizer, meta_momentum:
-        phi's optimiser: ``'adam'`` (the official MW-Net code: lr 1e-3, weight decay 1e-4) or
-        ``'sgd'`` (with ``meta_momentum``).
+    meta_lr, meta_weight_decay, meta_optimizer, meta_momentum, meta_nesterov:
+        phi's optimiser, ``'adam'`` or ``'sgd'``; unset values come from
+        :attr:`default_meta_optimizer` (Adam, weight decay 1e-4: the official MW-Net code; a
+        preset may state its paper's, e.g. RMNW-Net's SGD).
     meta_loss, meta_batch_size, meta_gradient, warmup_epochs:
         As :class:`MetaMethod`.
     """
 
+    #: the meta-network's optimiser when the options leave it unset (a preset may state its paper's)
+    default_meta_optimizer: ClassVar[dict[str, Any]] = {"name": "adam", "weight_decay": 1e-4, "momentum": 0.9,
+                                                        "nesterov": False}
+
     def __init__(self, *, meta_interval: int = 1, delayed: bool = False, meta_lr: float = 1e-3,
-                 meta_weight_decay: float = 1e-4, meta_optimizer: str = "adam", meta_momentum: float = 0.9,
+                 meta_weight_decay: float | None = None, meta_optimizer: str | None = None,
+                 meta_momentum: float | None = None, meta_nesterov: bool | None = None,
                  meta_loss: str | None = None, meta_batch_size: int | None = None, meta_gradient: str = "jvp",
                  warmup_epochs: int = 0) -> None:
         super().__init__(meta_loss=meta_loss, meta_batch_size=meta_batch_size, meta_gradient=meta_gradient,
                          warmup_epochs=warmup_epochs)
         label = type(self).__name__
+        d = self.default_meta_optimizer
+        meta_optimizer = d["name"] if meta_optimizer is None else meta_optimizer
         if meta_optimizer not in ("adam", "sgd"):
             raise UserError(f"{label}: meta_optimizer must be 'adam' or 'sgd', got {meta_optimizer!r}")
         if not float(meta_lr) > 0:
             raise UserError(f"{label}: meta_lr must be positive, got {meta_lr}")
         self.meta_interval = _int_option(label, "meta_interval", meta_interval, 1)
         self.delayed = bool(delayed)
-        self._opt_cfg = (meta_optimizer, float(meta_lr), float(meta_weight_decay), float(meta_momentum))
+        self._opt_cfg = (meta_optimizer, float(meta_lr),
+                         float(d["weight_decay"] if meta_weight_decay is None else meta_weight_decay),
+                         float(d["momentum"] if meta_momentum is None else meta_momentum),
+                         bool(d["nesterov"] if meta_nesterov is None else meta_nesterov))
         self._notes: dict[str, Tensor] = {}
         # built here, not in setup: construction draws from the global RNG the run seeded
         self.meta_net = self.build_meta_net()
@@ -190,10 +201,10 @@ class MetaNetMethod(MetaMethod):
                 if module is not self.meta_net and hasattr(module, "reset_parameters"):
                     module.reset_parameters()
         self.meta_net.to(ctx.device)
-        name, lr, wd, mom = self._opt_cfg
+        name, lr, wd, mom, nesterov = self._opt_cfg
         params = list(self.meta_net.parameters())
         self.meta_opt = (torch.optim.Adam(params, lr=lr, weight_decay=wd) if name == "adam"
-                         else torch.optim.SGD(params, lr=lr, momentum=mom, weight_decay=wd))
+                         else torch.optim.SGD(params, lr=lr, momentum=mom, weight_decay=wd, nesterov=nesterov and mom > 0))
 
     @property
     def phi(self) -> list[Tensor]:

@@ -70,10 +70,11 @@ def symmetric_matrix(
     replaced by one of the *other* ``K-1`` classes uniformly,
     ``T = (1-eta) I + eta/(K-1) (11^T - I)``; the realised rate is ``eta``.
     This is the convention of Zhang & Sabuncu (2018, "Generalized cross
-    entropy loss", Sec. 4) and of NARL-Adjuster.  Requires ``eta < (K-1)/K``.
+    entropy loss", Sec. 3.1) and of the NARL-Adjuster paper's text (its
+    official code mixes over all K classes instead).  Requires ``eta < (K-1)/K``.
 
     ``include_true_class=True``: "uniform" noise of Meta-Weight-Net (Shu et al.,
-    2019, Sec. 4.1) and Ghosh & Lan (2021): with probability ``eta`` the label
+    2019, Sec. 4.1) and Ghosh & Lan (2021, Sec. 2): with probability ``eta`` the label
     is replaced by a uniform draw over all ``K`` classes, so it stays correct
     with probability ``1 - eta + eta/K``: ``T = (1-eta) I + eta/K 11^T``; the
     realised rate is ``eta (K-1)/K``.
@@ -128,10 +129,16 @@ def flip_targets(num_classes: int, seed: int) -> np.ndarray:
 
 
 @register_noise(
-    "flip", CLASS_CONDITIONAL, help="flip (MW-Net): each class -> one fixed random other class with prob eta"
+    "flip",
+    CLASS_CONDITIONAL,
+    help="flip (Ghosh & Lan 2021): each class -> one fixed random other class with prob eta",
 )
 def flip_matrix(num_classes: int, rate: float, rng: np.random.Generator, /) -> np.ndarray:
-    """"Flip" noise of Meta-Weight-Net (Shu et al., 2019, Sec. 4.1) and Ghosh & Lan (2021).
+    """"Flip" noise of Ghosh & Lan (2021, Sec. 2: "corrupts the true labels with probability eta
+    to a random single class").
+
+    Not Meta-Weight-Net's "flip": Ghosh & Lan's footnote 3 says their ``flip2`` "is denoted as
+    flip noise in" Shu et al. (2019); see :func:`flip2_matrix`.
 
     Each class ``i`` has one fixed target ``t(i) != i`` drawn from the seed
     (targets may coincide across classes; not a derangement); the label moves to
@@ -148,10 +155,14 @@ def flip_matrix(num_classes: int, rate: float, rng: np.random.Generator, /) -> n
 @register_noise(
     "flip2",
     CLASS_CONDITIONAL,
-    help="flip2 (Ghosh & Lan 2021): each class -> two fixed random other classes, eta/2 each",
+    help="flip2 (Ghosh & Lan 2021; MW-Net's 'flip'): each class -> two fixed random other classes, eta/2 each",
 )
 def flip2_matrix(num_classes: int, rate: float, rng: np.random.Generator, /) -> np.ndarray:
-    """"Flip2" noise of Ghosh & Lan (2021, "Do we really need gold samples for sample weighting under label noise?").
+    """"Flip2" noise of Ghosh & Lan (2021, "Do we really need gold samples for sample weighting
+    under label noise?", Sec. 2: corrupts "to two random other classes").
+
+    This is the noise Meta-Weight-Net (Shu et al., 2019, Sec. 4.1) calls "flip" (Ghosh & Lan,
+    footnote 3: "The flip2 noise model is denoted as flip noise in [54]").
 
     Each class ``i`` has two fixed, distinct targets different from ``i``,
     drawn from the seed; the label moves to each with probability ``eta/2``.
