@@ -257,6 +257,22 @@ def test_polysoft_definition():
     assert torch.allclose(polysoft_loss(z, y, lam=lam, d=d, reduction="none"), expect, atol=1e-13)
 
 
+def test_polysoft_default_lambda_trains_from_uniform_predictions():
+    """lam <= log K leaves every near-uniform sample on the flat part (no gradient at all); the
+    default 2 log K gives dL/dCE = (1 - 1/2)^(1/(d-1)) = 0.5 there (d = 2)."""
+    k = 10
+    z = torch.zeros(4, k, dtype=torch.float64, requires_grad=True)
+    y = torch.arange(4)
+    default = polysoft_loss(z, y, reduction="none")
+    explicit = polysoft_loss(z, y, lam=2 * math.log(k), d=2.0, reduction="none")
+    assert torch.equal(default, explicit)
+    (g,) = torch.autograd.grad(default.sum(), z)
+    ce_grad = torch.softmax(z, 1) - torch.nn.functional.one_hot(y, k)
+    assert torch.allclose(g, 0.5 * ce_grad.detach())
+    (g_small,) = torch.autograd.grad(polysoft_loss(z, y, lam=2.0, d=2.0, reduction="sum"), z)
+    assert torch.count_nonzero(g_small) == 0
+
+
 @HYP
 @given(row=logit_rows, lam=st.floats(0.05, 20.0), d=st.floats(1.01, 20.0))
 def test_polysoft_class_sum_bounds(row, lam, d):
