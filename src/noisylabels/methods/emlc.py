@@ -73,6 +73,11 @@ Tensor = torch.Tensor
 CORRUPTIONS = ("adversarial", "random", "none")
 
 
+def _upcast(t: Tensor) -> Tensor:
+    """Half / bfloat16 to float32 (autocast); float32 and float64 unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 class Teacher(nn.Module):
     """EMLC's teacher (Sec. 3.3): own backbone + classifier, label embedding, gate MLP.
 
@@ -113,7 +118,7 @@ class Teacher(nn.Module):
         """``(q, gate, teacher logits)`` for inputs ``x`` with given labels."""
         logits, h = self.encode(x)
         w = self.gate(h, labels)
-        return gate_mix(w, labels, F.softmax(logits.float(), dim=1)), w, logits
+        return gate_mix(w, labels, F.softmax(_upcast(logits), dim=1)), w, logits
 
 
 def corrupt_half(labels: Tensor, logits: Tensor | None = None, *, mode: str, num_classes: int,
@@ -243,13 +248,13 @@ class EMLC(LabelCorrectionMethod):
         """``L_CE + L_BCE`` of Eq. 12 on the clean batch (the meta term is the meta-gradient)."""
         t: Teacher = self.meta_net  # type: ignore[assignment]
         logits, h = t.encode(mb.x)
-        loss = self.supervised_weight * F.cross_entropy(logits.float(), mb.y)
+        loss = self.supervised_weight * F.cross_entropy(_upcast(logits), mb.y)
         if self.corruption != "none" and self.bce_weight:
             gen = None
             if self.corruption == "random":
                 gen = torch.Generator(device=mb.y.device).manual_seed(ctx.seed * 1_000_003 + ctx.step)
             fake = corrupt_half(mb.y, logits, mode=self.corruption, num_classes=ctx.data.num_classes, generator=gen)
             target = (fake == mb.y).float()
-            w = t.gate(h, fake).float().clamp(0.0, 1.0)
+            w = _upcast(t.gate(h, fake)).clamp(0.0, 1.0)
             loss = loss + self.bce_weight * F.binary_cross_entropy(w, target)
         return loss

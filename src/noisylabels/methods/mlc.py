@@ -158,7 +158,7 @@ class MLC(LabelCorrectionMethod):
         if h is None:  # a forward we did not see (e.g. a stored step): recompute without a graph
             with torch.no_grad():
                 h = self.ctx.model.features(x).detach()
-        return self.meta_net(h.float(), y)
+        return self.meta_net(h.float() if h.dtype in (torch.float16, torch.bfloat16) else h, y)
 
     # -- MLC's k-step accumulation ----------------------------------------------------------------------
     def on_meta_batch(self, ctx: MethodContext, mb: Any) -> None:
