@@ -107,10 +107,11 @@ def test_k_step_meta_gradient_is_the_live_step_plus_the_discounted_stored_steps(
 def test_emlc_run_records_recovery_detection_corrected_labels_and_weights_only_checkpoint(tmp_path):
     s = fit(run_cfg(tmp_path, epochs=2, **QUICK))
     assert s["status"] == "finished" and s["loss"] == "soft-ce" and "detection_auroc" in s
+    assert {"clean_selected_test_accuracy", "label_recovery", "label_recovery_given_wrong"} <= set(s)
     out = tmp_path / "run"
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     for key in ("label_recovery", "label_recovery_given_right", "label_recovery_given_wrong", "meta_loss",
-                "detection_auroc", "detection_ap", "mean_gate_clean", "mean_gate_noisy"):
+                "detection_auroc", "detection_ap", "mean_gate_clean", "mean_gate_noisy", "meta_accuracy"):
         assert all(key in r for r in rows), key
     with open(out / "corrected_labels.csv") as f:
         table = list(csv.DictReader(f))

@@ -24,7 +24,12 @@ steps with alpha^(t), then alpha is updated from the clean loss at the student's
 * the mean meta (clean) loss per epoch (``meta_loss``) and ``meta_loss.png`` over meta steps
   (EMLC's Fig. 5);
 * ``corrected_labels.csv`` after training: ``index, given, corrected, confidence`` (argmax and max
-  of the last soft label of each training sample; ``path`` when the data came from files).
+  of the last soft label of each training sample; ``path`` when the data came from files);
+* the student's accuracy on the clean meta set each epoch (``meta_accuracy``) and, in
+  ``summary.json``, the test accuracy at the epoch of the best ``meta_accuracy``
+  (``clean_selected_test_accuracy``: the paper's selection on the clean set, optimistic because the
+  teacher trains on that set) beside the loop's noisy-validation selection, and the last epoch's
+  label recovery.
 
 Choices where the papers are silent: recovery is measured on the soft labels the student actually
 trained with in that epoch (train-mode teacher, augmented inputs), not by a separate pass; the
@@ -48,7 +53,8 @@ from .context import MethodContext
 from .meta import MetaNetMethod
 from .records import Record
 
-__all__ = ["soft_cross_entropy", "gate_mix", "LabelCorrectionMethod", "CORRECTED_LABELS_FILE"]
+__all__ = ["soft_cross_entropy", "gate_mix", "label_recovery", "summary_from_metrics", "LabelCorrectionMethod",
+           "CORRECTED_LABELS_FILE"]
 
 Tensor = torch.Tensor
 
@@ -158,9 +164,14 @@ class LabelCorrectionMethod(MetaNetMethod):
             out["meta_loss"] = float(np.mean(losses))
         out.update(label_recovery(self.q_table, self.q_seen, ctx.data.splits["train"], given=ctx.data.labels,
                                   clean=ctx.data.clean_labels))
+        meta = ctx.data.splits.get("meta")
+        if meta is not None and len(meta):
+            probs = ctx.predict(meta)
+            out["meta_accuracy"] = float((probs.argmax(1) == ctx.data.labels[meta].to(probs.device)).float().mean())
         return out
 
     def finalize(self, ctx: MethodContext) -> dict[str, Any]:
+        out = summary_from_metrics(ctx.recorder.path("metrics.jsonl"))
         self.write_corrected_labels(ctx)
         if self.meta_loss_history:
             from ..eval.plots import plot_weight_function
@@ -169,7 +180,7 @@ class LabelCorrectionMethod(MetaNetMethod):
             plot_weight_function(steps, np.asarray(self.meta_loss_history), ctx.recorder.path("meta_loss.png"),
                                  title=f"{ctx.cfg['method']['name']}: clean (meta) loss at the student's new weights",
                                  xlabel="meta step", ylabel="L_clean(w^(t+1))")
-        return {}
+        return out
 
     def write_corrected_labels(self, ctx: MethodContext) -> None:
         """``corrected_labels.csv``: each training sample's last soft label as a label and confidence."""
@@ -205,6 +216,29 @@ class LabelCorrectionMethod(MetaNetMethod):
             self.q_table.copy_(state["q_table"])
             self.q_seen.copy_(state["q_seen"])
             self.meta_loss_history = [float(v) for v in state["meta_loss_history"].tolist()]
+
+
+def summary_from_metrics(path: Any) -> dict[str, Any]:
+    """Summary values from ``metrics.jsonl``: test accuracy at the best clean meta-set accuracy (ties:
+    the earlier epoch) and the last epoch's label recovery."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    out: dict[str, Any] = {}
+    scored = [r for r in rows if r.get("meta_accuracy") is not None and r.get("test_accuracy") is not None]
+    if scored:
+        best = max(scored, key=lambda r: (r["meta_accuracy"], -r["epoch"]))
+        out.update(clean_selected_test_accuracy=best["test_accuracy"], clean_selected_epoch=best["epoch"],
+                   clean_selected_meta_accuracy=best["meta_accuracy"])
+    if rows:
+        for key in ("label_recovery", "label_recovery_given_right", "label_recovery_given_wrong"):
+            if key in rows[-1]:
+                out[key] = rows[-1][key]
+    return out
 
 
 def label_recovery(q: Tensor, seen: Tensor, train: Tensor, *, given: Tensor, clean: Tensor) -> dict[str, float]:
