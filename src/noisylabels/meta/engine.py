@@ -624,6 +624,7 @@ def _per_example_weights_double_backward(model, optimizer, *, x, y, meta_x, meta
 
 
 def assign_grads(params: Iterable[Tensor], grads: Sequence[Tensor]) -> None:
-    """Store ``grads`` in ``p.grad`` (as ``backward`` would), ready for the meta optimiser's step."""
+    """Store ``grads`` in ``p.grad`` (as ``backward`` would, in the parameter's memory layout, so a
+    later ``backward`` accumulates into it without a layout warning), ready for the meta optimiser's step."""
     for p, g in zip(list(params), grads, strict=True):
-        p.grad = g.detach().clone()
+        p.grad = torch.empty_like(p, memory_format=torch.preserve_format).copy_(g.detach())
