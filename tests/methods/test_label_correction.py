@@ -32,3 +32,24 @@ def test_label_recovery_splits_kept_and_repaired_labels():
     out = label_recovery(q, seen, torch.arange(5), given=given, clean=clean)
     assert out["label_recovery"] == 0.5
     assert out["label_recovery_given_right"] == 0.5 and out["label_recovery_given_wrong"] == 0.5
+
+
+def test_corrected_labels_csv_has_paths_for_file_backed_data(tmp_path):
+    """``corrected_labels.csv``: one row per visited training sample, the file path column when the
+    run's data has paths (as ``suspects.csv``)."""
+    import csv
+    from types import SimpleNamespace
+
+    from noisylabels.methods.label_correction import CORRECTED_LABELS_FILE, LabelCorrectionMethod
+
+    m = LabelCorrectionMethod.__new__(LabelCorrectionMethod)
+    m.q_table = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.0, 0.0]])
+    m.q_seen = torch.tensor([True, True, False, False])
+    data = SimpleNamespace(splits={"train": torch.tensor([0, 1, 3])}, labels=torch.tensor([0, 0, 1, 1]),
+                           paths=["a.png", "b,c.png", "x.png", "d.png"])
+    ctx = SimpleNamespace(data=data, recorder=SimpleNamespace(path=lambda name: tmp_path / name))
+    m.write_corrected_labels(ctx)
+    with open(tmp_path / CORRECTED_LABELS_FILE) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["index"] for r in rows] == ["0", "1"]  # sample 3 never got a soft label
+    assert rows[1] == {"index": "1", "given": "0", "corrected": "1", "confidence": "0.8", "path": "b,c.png"}
