@@ -114,3 +114,27 @@ def test_mlc_bad_options(tmp_path):
     for over in ({"method.k": 0}, {"method.lookahead": 2}, {"method.k": 2, "method.meta_gradient": "double-backward"}):
         with pytest.raises(UserError):
             build_context(run_cfg(tmp_path, "bad", **QUICK, **over))
+
+
+def test_clean_in_student_mixes_half_the_clean_batch_into_the_student_step(tmp_path, one_thread):
+    """The public MLC code's default (hmlc_K_mix): one forward over noisy + half the clean batch, the
+    clean rows with hard labels, the other half for the meta-gradient; records see the noisy rows only."""
+    ctx = build_context(run_cfg(tmp_path, **QUICK, **{"method.clean_in_student": True}))
+    m, b = ctx.method, _batch(ctx)
+    ctx.start_epoch(0)
+    ctx.model.train()
+    m.start_epoch(ctx)
+    seen = {}
+    orig = m.apply_meta_gradient
+    m.apply_meta_gradient = lambda c, g, res, mb: (seen.update(n=len(res.train_losses), mb=len(mb.y)), orig(c, g, res, mb))
+    calls = []
+    hook = ctx.model.register_forward_hook(lambda mod, a, out: calls.append(len(a[0])))
+    out = m.train_step(ctx, b.x, b.y, b.index)
+    hook.remove()
+    half = seen["mb"]  # the meta batch (here the whole small meta set, 30) split in halves
+    assert half >= 10 and out.logits.shape[0] == len(b.y) and seen["n"] == len(b.y) + half
+    assert calls[0] == len(b.y) + half  # one training forward over both parts
+    assert bool(m.q_seen[b.index].all())
+    with pytest.raises(UserError, match="clean_in_student"):
+        build_context(run_cfg(tmp_path, "bad", **QUICK, **{"method.clean_in_student": True, "method.k": 2,
+                                                          "method.meta_interval": 2}))

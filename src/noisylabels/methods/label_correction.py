@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from .context import MethodContext
 from .meta import MetaNetMethod
 from .records import Record
@@ -94,6 +95,12 @@ class LabelCorrectionMethod(MetaNetMethod):
     delayed:
         Default ``True``: the real student step is the virtual step (Algorithm 1's order, MLC's and
         EMLC's code).
+    clean_in_student:
+        The public codes' option (MLC's default ``hmlc_K_mix``, EMLC's ``mix_g``; not in EMLC's
+        Eq. 6): half of each clean batch joins the student's training batch with its hard labels
+        (one forward, the mean over all rows), the other half is the meta batch of the
+        meta-gradient (and of EMLC's teacher losses). Needs a meta step at every step (k = 1 for
+        EMLC, ``meta_interval = 1``). Default off.
     **options:
         As :class:`~noisylabels.methods.meta.MetaNetMethod`.
     """
@@ -102,9 +109,24 @@ class LabelCorrectionMethod(MetaNetMethod):
     records: tuple[Record, ...] = (Record("q_given"),)
     detection = ("q_given", -1.0)
 
-    def __init__(self, *, delayed: bool = True, **options: Any) -> None:
+    def __init__(self, *, delayed: bool = True, clean_in_student: bool = False, **options: Any) -> None:
         super().__init__(delayed=delayed, **options)
         self._extra_notes: dict[str, Tensor] = {}
+        self.clean_in_student = bool(clean_in_student)
+        if self.clean_in_student and (self.lookahead > 1 or self.meta_interval > 1):
+            raise UserError(f"{type(self).__name__}: clean_in_student needs a meta step at every step "
+                            f"(k = 1, meta_interval = 1)")
+        self._mixed: tuple[Tensor, int] | None = None
+
+    def training_batch(self, ctx: MethodContext, x: Tensor, y: Tensor, index: Tensor,
+                       mb: Any) -> tuple[Tensor, Tensor, Tensor, Any]:
+        if not self.clean_in_student or len(mb.y) < 2:
+            return x, y, index, mb
+        h = len(mb.y) // 2
+        xs = torch.cat([x, mb.x[:h].to(x.dtype)])
+        self._mixed = (xs, len(y))
+        return (xs, torch.cat([y, mb.y[:h]]), torch.cat([index, mb.index[:h]]),
+                type(mb)(mb.x[h:], mb.y[h:], mb.index[h:]))
 
     # -- the paper's part ----------------------------------------------------------------------------
     def build_meta_net(self) -> nn.Module | None:
@@ -121,10 +143,14 @@ class LabelCorrectionMethod(MetaNetMethod):
 
     # -- the loss layer (Eq. 6) -----------------------------------------------------------------------
     def loss_layer(self, z: Tensor, y: Tensor, *, x: Tensor, index: Tensor) -> Tensor:
-        """``CE(q_alpha(. | x_i, y~_i), p_w(. | x_i))`` per sample (EMLC Eq. 6)."""
+        """``CE(q_alpha(. | x_i, y~_i), p_w(. | x_i))`` per sample (EMLC Eq. 6); rows of a clean half
+        (``clean_in_student``) have their one-hot label as the target."""
         self._extra_notes = {}
-        q = self.soft_labels(z, y, x=x, index=index)
-        self.note(q=q, q_given=q.gather(1, y[:, None]).squeeze(1), **self._extra_notes)
+        n = self._mixed[1] if self._mixed is not None and x is self._mixed[0] else len(y)
+        q = self.soft_labels(z[:n], y[:n], x=x[:n], index=index[:n])
+        self.note(q=q, q_given=q.gather(1, y[:n, None]).squeeze(1), **self._extra_notes)
+        if n < len(y):
+            q = torch.cat([q.to(z.dtype), F.one_hot(y[n:], z.shape[1]).to(z.dtype)])
         return soft_cross_entropy(z, q.to(z.dtype))
 
     # -- set-up and records ---------------------------------------------------------------------------

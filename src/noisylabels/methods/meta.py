@@ -263,14 +263,17 @@ class MetaNetMethod(MetaMethod):
         if self.in_warmup(ctx):
             return self.warmup_step(ctx, x, y, index)
 
-        def layer(z: Tensor, t: Tensor) -> Tensor:
-            return self.loss_layer(z, t, x=x, index=index)
-
         k = self.lookahead
+        xs, ys, idxs = x, y, index
         if (ctx.step % k == k - 1) if k > 1 else (ctx.step % self.meta_interval == 0):
             mb = ctx.next_meta_batch(self.meta_batch_size)
+            xs, ys, idxs, mb = self.training_batch(ctx, x, y, index, mb)
             self.on_meta_batch(ctx, mb)
-            res = meta_gradient(ctx.model, ctx.optimizer, how=self.meta_gradient, x=x, y=y, loss_layer=layer,
+
+            def layer(z: Tensor, t: Tensor) -> Tensor:
+                return self.loss_layer(z, t, x=xs, index=idxs)
+
+            res = meta_gradient(ctx.model, ctx.optimizer, how=self.meta_gradient, x=xs, y=ys, loss_layer=layer,
                                 meta_x=mb.x, meta_y=mb.y, meta_loss_fn=self.meta_loss, phi=self.phi)
             grads = list(res.meta_grads or [])
             if self._window:  # Eq. 11: the stored steps of the window, discounted (FPMG)
@@ -292,17 +295,28 @@ class MetaNetMethod(MetaMethod):
             self.apply_meta_gradient(ctx, grads, res, mb)
             self.after_meta_step(ctx, res)
             if self.delayed:
-                return StepOutput(logits=res.train_logits.detach(), loss=res.train_losses.mean())
+                return StepOutput(logits=res.train_logits[:len(y)].detach(), loss=res.train_losses.mean())
             z = res.train_logits
         else:
+            def layer(z: Tensor, t: Tensor) -> Tensor:
+                return self.loss_layer(z, t, x=x, index=index)
+
             if k > 1:  # Algorithm 1: phi fixed; keep w^(tau) and the batch for Eq. 11
                 self._window.append(StoredStep.capture(ctx.model, x=x, y=y, index=index))
             z = ctx.model(x)
         with frozen(self.phi):
-            loss = layer(z, y).mean()
+            loss = layer(z, ys).mean()
         ctx.backward_and_step(loss)
         self.record(index, **self._notes)
-        return StepOutput(logits=z.detach(), loss=loss.detach())
+        return StepOutput(logits=z[:len(y)].detach(), loss=loss.detach())
+
+    def training_batch(self, ctx: MethodContext, x: Tensor, y: Tensor, index: Tensor,
+                       mb: Any) -> tuple[Tensor, Tensor, Tensor, Any]:
+        """At a meta step: the batch the (virtual and real) step trains on, and the meta batch of the
+        meta-gradient (default: both unchanged). MLC's and EMLC's codes can move half of the clean
+        batch into the training batch; its rows follow the given ones (records and the loop's
+        accounting see the given rows only)."""
+        return x, y, index, mb
 
     def after_meta_step(self, ctx: MethodContext, res: Any) -> None:
         """Called after each meta update with the engine's :class:`~noisylabels.meta.MetaStep`

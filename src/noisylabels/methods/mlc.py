@@ -155,7 +155,10 @@ class MLC(LabelCorrectionMethod):
     def soft_labels(self, z: Tensor, y: Tensor, *, x: Tensor, index: Tensor) -> Tensor:
         """``g_alpha(h(x).detach(), emb(y~))``; ``h`` from the training forward that gave ``z``."""
         h = self.tap.features(x)
-        if h is None:  # a forward we did not see (e.g. a stored step): recompute without a graph
+        if h is None and self._mixed is not None and len(x) == self._mixed[1]:  # the given rows of a mixed batch
+            full = self.tap.features(self._mixed[0])
+            h = None if full is None else full[:len(x)]
+        if h is None:  # a forward we did not see: recompute without a graph
             with torch.no_grad():
                 h = self.ctx.model.features(x).detach()
         return self.meta_net(h.float() if h.dtype in (torch.float16, torch.bfloat16) else h, y)
