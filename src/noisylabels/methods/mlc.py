@@ -17,8 +17,12 @@ HEAD, ``meta_models.py`` / ``main.py`` / ``mlc.py``):
   ``--skip`` gate (its default is off) and no sparsemax.
 * LCN optimiser: Adam, lr 3e-4 (README CIFAR runs), weight decay 0 (the code's ``amsgrad=True`` is
   not reproduced: the base's Adam is plain Adam).
-* The code's default ``hmlc_K_mix`` adds CE on a clean batch to the student loss: not done here
-  (the student trains on the noisy batch only, ``hmlc_K``).
+* The code's default ``hmlc_K_mix`` adds CE on a clean batch to the student loss: the default here
+  too (``clean_in_student=True``: half of each clean batch joins the student's batch with its hard
+  labels, the other half is the meta batch); ``clean_in_student=False`` is the code's ``hmlc_K``.
+  Why: without it the student starts by fitting the untrained LCN's near-random soft labels and
+  learns slowly or collapses to one class (digits, 40% symmetric, 6 epochs: test accuracy 0.52
+  without, 0.88 with; MNIST-10k LeNet, uniform 80%: 0.09, a constant prediction, without).
 * ``k`` (the code's ``--gradient_steps``, MLC's k-step look-ahead): every step computes the
   one-step meta-gradient ``G_t`` and carries the previous accumulated one with MLC's discount
   ``gamma_t = <(1 - s) * g_w(w_{t+1}), g_w(w_t)> / ||g_w(w_t)||^2`` (the training-loss Hessian taken
@@ -122,6 +126,9 @@ class MLC(LabelCorrectionMethod):
         look-ahead (exact meta-gradient).
     label_embedding_dim, hidden:
         LCN sizes (128, 128).
+    clean_in_student:
+        Half of each clean batch in the student's step (the code's default ``hmlc_K_mix``; default
+        ``True``, see the module docstring).
     meta_lr, meta_optimizer, meta_weight_decay, ...:
         The LCN's optimiser (default Adam, lr 3e-4, weight decay 0).
     **options:
@@ -132,7 +139,7 @@ class MLC(LabelCorrectionMethod):
     default_meta_optimizer = {"name": "adam", "weight_decay": 0.0, "momentum": 0.9, "nesterov": False}
 
     def __init__(self, *, k: int = 1, label_embedding_dim: int = 128, hidden: int = 128, meta_lr: float = 3e-4,
-                 **options: Any) -> None:
+                 clean_in_student: bool = True, **options: Any) -> None:
         if "lookahead" in options:
             raise UserError("mlc: set the look-ahead with method.k (MLC's own k-step), not lookahead")
         self.k = _int_option("mlc", "k", k, 1)
@@ -140,7 +147,7 @@ class MLC(LabelCorrectionMethod):
             raise UserError("mlc: k > 1 needs meta_gradient jvp or jvp-func")
         self.embedding_dim = _int_option("mlc", "label_embedding_dim", label_embedding_dim, 1)
         self.hidden = _int_option("mlc", "hidden", hidden, 1)
-        super().__init__(meta_lr=meta_lr, **options)
+        super().__init__(meta_lr=meta_lr, clean_in_student=clean_in_student, **options)
         self._acc: list[Tensor] | None = None
         self._g_prev: dict[str, Tensor] | None = None
 
