@@ -15,6 +15,16 @@ classes; batch 100 train and 100 meta by default) this times one full training s
 * ``narl``             -- NARL-Adjuster (A-GCE) with a meta step at every step (the same computation
   as ``mwnet`` with another loss layer; target: at most 5% slower, for measurement noise);
 * ``narl-interval10``  -- NARL at the paper's meta interval 10 (10 consecutive steps timed, / 10);
+* ``mlc``              -- MLC (label-correction net on the student's detached features), one-step
+  look-ahead, exact meta-gradient by one JVP; ``mlc-double-backward``: the same step by the public
+  MLC code's path (a differentiable virtual step and a backward through it);
+* ``emlc``             -- EMLC k = 1: teacher (a second copy of the student's architecture + gate)
+  forward, the engine's exact meta-gradient (graph-walk JVP of the student's training forward,
+  VJP through the teacher's soft labels), teacher CE + gate BCE on the clean batch, two teacher
+  optimisers; ``emlc-official``: the same step the way the public EMLC code computes it (student
+  step, clean gradient at the new weights, a *re-forward* JVP of the old student by forward-mode AD,
+  teacher VJP): ``meta_gradient="jvp-func"``; ``emlc-k5``: k = 5 (FPMG over 5 stored steps; 5-step
+  units against 5-step ERM units), whose peak memory holds the 4 stored student copies;
 * ``double-backward``  -- the reference path (what the official MW-Net code costs): MW-Net's step
   with ``meta_gradient="double-backward"`` (:func:`noisylabels.meta.meta_gradient_double_backward`: differentiable virtual step,
   backpropagation through it), the weight net's step, then the real step on the same forward.
@@ -45,8 +55,10 @@ After each table, the JVP pass alone is timed both ways (graph walk on a recorde
 
 Targets (printed beside the ratios): exact MW-Net <= 3.5x ERM, delayed <= 2.8x, interval 10 <=
 1.3x, L2B within 10% of L2RW (L2B / L2RW <= 1.10), every JVP-based variant's peak memory below
-the double-backward path's. Anchor: the official MW-Net step costs 6.1-6.3x a plain step on
-CIFAR ResNet-32, batch 100, 2 CPU threads.
+the double-backward path's; MLC k = 1 <= 3.5x ERM; EMLC k = 1 at least 1.15x faster than the
+official-style path (``emlc-official`` / ``emlc`` >= 1.15). Anchors: the official MW-Net step
+costs 6.1-6.3x a plain step on CIFAR ResNet-32, batch 100, 2 CPU threads; the public MLC step
+5.9x (``hmlc_K_mix`` 6.9x), the public EMLC teacher + student step 5.1-5.2x.
 
 Usage::
 
@@ -100,17 +112,30 @@ VARIANTS: dict[str, tuple[dict[str, Any], int]] = {
     "l2b": ({"name": "l2b"}, 1),
     "narl": ({"name": "narl", "meta_interval": 1}, 1),
     "narl-interval10": ({"name": "narl", "meta_interval": 10}, 10),
+    "mlc": ({"name": "mlc"}, 1),
+    "mlc-double-backward": ({"name": "mlc", "meta_gradient": "double-backward"}, 1),
+    "emlc": ({"name": "emlc"}, 1),
+    "emlc-official": ({"name": "emlc", "meta_gradient": "jvp-func"}, 1),
+    "erm-5": ({"name": "erm"}, 5),
+    "emlc-k5": ({"name": "emlc", "k": 5}, 5),
     "double-backward": ({"name": "mwnet", "meta_gradient": "double-backward"}, 1),
 }
 LABELS = {"erm-10": "erm (10-step units)", "mwnet": "mwnet (exact)", "mwnet-jvp-func": "mwnet (exact, torch.func.jvp)", "mwnet-delayed": "mwnet delayed", "mwnet-interval10": "mwnet interval 10",
           "narl": "narl A-GCE (meta step every step)", "narl-interval10": "narl A-GCE interval 10 (the paper's)",
-          "double-backward": "double-backward (reference)"}
-SPEED_TARGETS = {"mwnet": 3.5, "mwnet-delayed": 2.8, "mwnet-interval10": 1.3, "narl-interval10": 1.3}  # x ERM
+          "double-backward": "double-backward (reference)", "mlc": "mlc k=1 (exact, JVP)",
+          "mlc-double-backward": "mlc k=1 (public code's double backward)", "emlc": "emlc k=1 (engine, exact)",
+          "emlc-official": "emlc k=1 (official-style: re-forward JVP + teacher VJP)", "erm-5": "erm (5-step units)",
+          "emlc-k5": "emlc k=5 (FPMG, 5-step units)"}
+SPEED_TARGETS = {"mwnet": 3.5, "mwnet-delayed": 2.8, "mwnet-interval10": 1.3, "narl-interval10": 1.3,
+                 "mlc": 3.5}  # x ERM
+#: the engine's EMLC k = 1 step at least this much faster than the official-style path
+EMLC_VS_OFFICIAL = 1.15
 #: a NARL meta step is MW-Net's computation with another loss layer: at most this much slower
 NARL_VS_MWNET = 1.05
 L2B_VS_L2RW = 1.10
 ANCHOR = "official MW-Net: 6.1-6.3x"
-JVP_VARIANTS = ("mwnet", "mwnet-jvp-func", "mwnet-delayed", "mwnet-interval10", "l2rw", "l2b", "narl", "narl-interval10")
+JVP_VARIANTS = ("mwnet", "mwnet-jvp-func", "mwnet-delayed", "mwnet-interval10", "l2rw", "l2b", "narl", "narl-interval10",
+                "mlc")
 
 
 # -- building one variant -------------------------------------------------------------------------------
@@ -161,7 +186,9 @@ class Variant:
         return [self.ctx.model] + ([self.method.meta_net] if hasattr(self.method, "meta_net") else [])
 
     def _optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.ctx.optimizer] + ([self.method.meta_opt] if hasattr(self.method, "meta_opt") else [])
+        meta = getattr(self.method, "meta_opts", None) or ([self.method.meta_opt] if hasattr(self.method, "meta_opt")
+                                                            else [])
+        return [self.ctx.optimizer] + list(meta)
 
     def snapshot(self) -> None:
         self.saved = {"modules": [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self._modules()],
@@ -288,7 +315,11 @@ def _erm_baseline(res: dict[str, dict[str, Any]], name: str) -> float:
     """ERM ms per step timed in units of the same number of steps as ``name``: a unit of several
     consecutive steps runs with warm caches, which on small models makes each step measurably
     cheaper (LeNet: about 25%), so a 10-step unit is compared with 10-step ERM units."""
-    if VARIANTS[name][1] > 1 and name != "erm-10" and "erm-10" in res:
+    steps = VARIANTS[name][1]
+    same = f"erm-{steps}"
+    if steps > 1 and name != same and same in res:
+        return res[same]["ms"]
+    if steps > 1 and name != "erm-10" and "erm-10" in res:
         return res["erm-10"]["ms"]
     return res["erm"]["ms"]
 
@@ -405,6 +436,10 @@ def evaluate_targets(res: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         r = res["narl"]["ms"] / res["mwnet"]["ms"]
         out.append({"variant": "narl", "target": f"NARL/MW-Net step <= {NARL_VS_MWNET}", "value": r,
                     "met": r <= NARL_VS_MWNET})
+    if "emlc" in res and "emlc-official" in res:
+        r = res["emlc-official"]["ms"] / res["emlc"]["ms"]
+        out.append({"variant": "emlc", "target": f"official-style / engine >= {EMLC_VS_OFFICIAL}", "value": r,
+                    "met": r >= EMLC_VS_OFFICIAL})
     db = res.get("double-backward", {}).get("peak_mib")
     for n in JVP_VARIANTS:
         p = res.get(n, {}).get("peak_mib")
@@ -431,6 +466,9 @@ def print_table(model: str, res: dict[str, dict[str, Any]], targets: list[dict[s
             target, met = f"≤ {L2B_VS_L2RW:.2f}× L2RW (is {speed['value']:.2f}×)", "yes" if speed["met"] else "NO"
         elif n == "narl":
             target, met = f"≤ {NARL_VS_MWNET:.2f}× MW-Net (is {speed['value']:.2f}×)", "yes" if speed["met"] else "NO"
+        elif n == "emlc":
+            target, met = (f"≥ {EMLC_VS_OFFICIAL:.2f}× faster than official-style (is {speed['value']:.2f}×)",
+                           "yes" if speed["met"] else "NO")
         else:
             target, met = f"≤ {SPEED_TARGETS[n]}×", "yes" if speed["met"] else "NO"
         peak = _fmt(r.get("peak_mib"))
@@ -448,6 +486,11 @@ def print_table(model: str, res: dict[str, dict[str, Any]], targets: list[dict[s
         parts.append(f"torch.func.jvp / graph JVP step time: {res['mwnet-jvp-func']['ms'] / res['mwnet']['ms']:.2f}×")
     if "mwnet" in res and "double-backward" in res:
         parts.append(f"double-backward / exact MW-Net time: {res['double-backward']['ms'] / res['mwnet']['ms']:.2f}×")
+    if "mlc" in res and "mlc-double-backward" in res:
+        parts.append(f"MLC public-code path / engine: {res['mlc-double-backward']['ms'] / res['mlc']['ms']:.2f}×")
+    k1, k5 = res.get("emlc", {}).get("peak_mib"), res.get("emlc-k5", {}).get("peak_mib")
+    if k1 is not None and k5 is not None:
+        parts.append(f"EMLC peak memory k=5 {k5:.1f} MiB vs k=1 {k1:.1f} MiB")
     missed = [f"{t['variant']} ({t['target']}: {t['value']:.2f})" for t in targets if not t["met"]]
     print(f"\n{model}: " + "; ".join(parts) + (f". Missed: {', '.join(missed)}" if missed else ". All met."))
 
@@ -475,8 +518,10 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"unknown model/variant {bad} (models: {', '.join(MODELS)}; variants: {', '.join(VARIANTS)})"
                  if bad else "--repeats must be >= 1 and --warmup >= 0")
     names = ["erm"] + [n for n in VARIANTS if n in names and n != "erm"]
-    if any(VARIANTS[n][1] > 1 for n in names) and "erm-10" not in names:
+    if any(VARIANTS[n][1] == 10 for n in names) and "erm-10" not in names:
         names.insert(1, "erm-10")  # the baseline of the multi-step units
+    if "emlc-k5" in names and "erm-5" not in names:
+        names.insert(1, "erm-5")
     kw = dict(batch_size=args.batch_size, meta_batch_size=args.meta_batch_size, device=args.device, seed=args.seed)
 
     if args.memory_child is not None:

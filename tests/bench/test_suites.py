@@ -17,6 +17,7 @@ PAPER_OF_SUITE = {
     "rmnw-paper": "ghosh-lan-2021-rmnw-net.txt",
     "gce-paper": "zhang-sabuncu-2018-gce.txt",
     "l2b-paper": "l2b-learning-to-bootstrap.txt",
+    "emlc-paper": "taraday-baskin-2023-emlc.txt",
 }
 SUITES_WITH_REFERENCES = [n for n in list_suites() if load_suite(n).reference]
 

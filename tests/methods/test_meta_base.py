@@ -148,7 +148,9 @@ CASES = {
     "l2b-sigmoid": {"method.name": "l2b", "method.normalize": "sigmoid"},
     "l2b-softmax": {"method.name": "l2b", "method.normalize": "softmax"},
     "l2b-ab1": {"method.name": "l2b", "method.ablation": "alpha+beta=1"},
-    "truncated-lq": {"method.name": "truncated-lq", "method.warmup_epochs": 1, "method.prune_every": 1},
+    # pruned with the current model then (prune_model: best is the default since issue 11)
+    "truncated-lq": {"method.name": "truncated-lq", "method.warmup_epochs": 1, "method.prune_every": 1,
+                     "method.prune_model": "current"},
     "erm-gce": {"method.name": "erm", "loss.name": "gce"},
 }
 

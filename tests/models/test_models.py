@@ -81,6 +81,7 @@ def test_lenet_is_classic_on_mnist() -> None:
         ("preact_resnet18", 11_171_146),
         ("resnet18", 11_173_962),
         ("resnet34", 21_282_122),
+        ("resnet50", 23_520_842),  # the usual CIFAR-style ResNet-50 (3x3 stem, no max-pool)
         ("wrn28_10", 36_479_194),  # Zagoruyko & Komodakis 2016: 36.5M
     ],
 )
@@ -141,6 +142,14 @@ def test_user_errors(name: str, kw: dict, match: str) -> None:
     kw.setdefault("num_classes", 10)
     with pytest.raises(UserError, match=match):
         create_model(name, **kw)
+
+
+def test_resnet50_has_bottlenecks_and_2048_features() -> None:
+    from noisylabels.models.resnet import Bottleneck
+
+    m = create_model("resnet50", num_classes=10, seed=0)
+    assert m.num_features == 2048 and sum(isinstance(b, Bottleneck) for b in m.modules()) == 16
+    assert not any(getattr(x, "inplace", False) for x in m.modules())
 
 
 def test_registry_is_case_insensitive() -> None:

@@ -84,12 +84,14 @@ from .virtual_step import VirtualStep, _check_sgd, optimizer_virtual_step
 
 __all__ = [
     "MetaStep",
+    "StoredStep",
     "JVP_BACKENDS",
     "META_GRADIENTS",
     "assign_grads",
     "batch_contribution",
     "jvp_logits",
     "logits_jvp",
+    "lookahead_contributions",
     "meta_gradient",
     "meta_gradient_double_backward",
     "meta_gradient_jvp",
@@ -132,6 +134,11 @@ class MetaStep:
         ``grad_theta L_train(theta, phi)`` at the *pre-update* phi, by parameter name (the
         gradient the virtual step used; ``None`` entries for parameters it does not reach). A
         "delayed" real step (MLC's approximation) applies it instead of a new backward.
+    tangent, scale:
+        The JVP path only (``None`` for the double-backward path): the tangent ``t_p = s_p v_p`` at
+        ``theta_hat`` (:func:`meta_tangent`) and the per-parameter scale ``s_p = lr_p c_p`` it was
+        built with; a k-step look-ahead reuses them for its stored steps
+        (:func:`lookahead_contributions`), MLC's k-step discount reads ``v = t / s``.
     """
 
     meta_loss: Tensor
@@ -140,6 +147,8 @@ class MetaStep:
     meta_grads: list[Tensor] | None = None
     weights: Tensor | None = None
     train_grads: dict[str, Tensor | None] | None = None
+    tangent: dict[str, Tensor] | None = None
+    scale: dict[str, float] | None = None
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -323,6 +332,97 @@ def batch_contribution(model: torch.nn.Module, *, x: Tensor, logits: Tensor, los
     return _zeros_for_missing(phi, mg)
 
 
+# -- k-step look-ahead: stored inner steps (EMLC, Taraday & Baskin 2023, Eq. 11 / Algorithm 2) -------
+@dataclass
+class StoredStep:
+    """One inner (student) step kept for a k-step look-ahead: the batch and the parameters it was
+    taken *from* (``w^(tau)`` of EMLC's Algorithm 2), detached copies.
+
+    Attributes
+    ----------
+    x, y, index:
+        The training batch of the step (inputs as the step saw them, augmentation included).
+    params:
+        ``name -> w^(tau)`` (every parameter of the model, detached clones).
+    rng:
+        The RNG state at the step's training forward (dropout masks are replayed), or ``None``.
+    """
+
+    x: Tensor
+    y: Tensor
+    index: Tensor
+    params: dict[str, Tensor]
+    rng: RngState | None = None
+
+    @classmethod
+    def capture(cls, model: torch.nn.Module, *, x: Tensor, y: Tensor, index: Tensor) -> "StoredStep":
+        """The step about to be taken: the model's current parameters (cloned) and RNG state."""
+        params = {n: p.detach().clone() for n, p in model.named_parameters()}
+        return cls(x=x.detach(), y=y.detach(), index=index.detach(), params=params, rng=_rng_snapshot(x.device))
+
+
+def lookahead_contributions(model: torch.nn.Module, *, steps: Sequence[StoredStep], tangent: Mapping[str, Tensor],
+                            loss_layer: Callable[[Tensor, StoredStep], Tensor], phi: Sequence[Tensor],
+                            gamma: float, offset: int = 0, buffers: Mapping[str, Tensor] | None = None) -> list[Tensor]:
+    r"""FPMG (EMLC Algorithm 2): ``sum_j gamma^(j + offset) * contribution(steps[-1 - j])``.
+
+    EMLC's Eq. 11 (Taraday & Baskin 2023, Corollary 3.1 with Proposition 2) for the stored steps:
+    newest first, step ``tau`` contributes :func:`batch_contribution` at its own parameters
+    ``w^(tau)`` and batch, along the one tangent ``t = s * grad_w L_meta(w^(t+1))`` of the last
+    step, discounted by ``gamma^(t - tau)`` (EMLC: ``gamma = 1 - eta``). ``u = J_{w^(tau)} z . t``
+    is one :func:`torch.func.jvp` pass re-running the forward at ``w^(tau)`` (the stored graphs are
+    not kept: memory is the k parameter copies, as the paper says); the loss layer is
+    differentiated twice at the re-forwarded logits (the meta-parameters' forward, e.g. EMLC's
+    teacher, runs again on the stored batch).
+
+    This is an **approximation** of the k-step look-ahead meta-gradient: the exact recursion is
+    ``dw^(tau+1)/dphi = (I - eta H_ww^(tau)) dw^(tau)/dphi - eta H_wphi^(tau)``; replacing the
+    student's Hessian ``H_ww`` by the identity gives the discount ``gamma = 1 - eta`` (exact when
+    ``H_ww = I``; tests check it on such an inner loss). The meta-parameters are held fixed over the
+    window (Algorithm 1).
+
+    Parameters
+    ----------
+    model:
+        The network (its current mode; buffers: ``buffers`` or its own, cloned in the forward).
+    steps:
+        Stored steps, oldest first (:meth:`StoredStep.capture`).
+    tangent:
+        ``name -> t_p`` (:attr:`MetaStep.tangent` or :func:`meta_tangent`).
+    loss_layer:
+        ``(z, step) -> (n,)`` per-sample training losses ``l_i(z; phi)`` of that step's batch.
+    phi:
+        Meta-parameters.
+    gamma, offset:
+        Step ``steps[-1 - j]`` is weighted ``gamma ** (j + offset)`` (``offset=1`` when the newest
+        step, weight 1, is the live one computed by :func:`meta_gradient_jvp`).
+
+    Returns
+    -------
+    list
+        One tensor per entry of ``phi``.
+    """
+    phi = _check_phi(phi)
+    total = [torch.zeros_like(p) for p in phi]
+    if not tangent:
+        return total
+    bufs = dict(model.named_buffers()) if buffers is None else dict(buffers)
+    for j, st in enumerate(reversed(list(steps))):
+        weight = float(gamma) ** (j + offset)
+        with torch.no_grad(), _replayed_rng(st.rng):
+            z, u = jvp_logits(model, st.params, bufs, st.x, {n: t for n, t in tangent.items() if n in st.params})
+        with torch.enable_grad():
+            zd = z.detach().requires_grad_()
+            losses = _per_sample(loss_layer(zd, st), len(zd), "loss_layer")
+            gz, = torch.autograd.grad(losses.mean(), zd, create_graph=True)
+            obj = (gz * u).sum().neg()
+            mg = torch.autograd.grad(obj, phi, allow_unused=True) if obj.requires_grad else (None,) * len(phi)
+        for acc, g in zip(total, mg):
+            if g is not None:
+                acc.add_(g, alpha=weight)
+    return total
+
+
 # -- one-step meta-gradients -----------------------------------------------------------------------
 def jvp_logits(model: torch.nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor,
                tangent: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -396,7 +496,8 @@ def meta_gradient_jvp(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     grads = batch_contribution(model, x=x, logits=z, loss_grad=gz, tangent=tangent, phi=phi,
                                jvp_backend=jvp_backend, params=s.params, buffers=s.buffers, rng=s.rng)
     return MetaStep(meta_loss=meta_loss, train_logits=z if reuse_forward else z.detach(),
-                    train_losses=losses.detach(), meta_grads=grads, train_grads=train_grads)
+                    train_losses=losses.detach(), meta_grads=grads, train_grads=train_grads, tangent=tangent,
+                    scale=dict(vs.scale))
 
 
 def meta_gradient_double_backward(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, x: Tensor,
@@ -523,6 +624,7 @@ def _per_example_weights_double_backward(model, optimizer, *, x, y, meta_x, meta
 
 
 def assign_grads(params: Iterable[Tensor], grads: Sequence[Tensor]) -> None:
-    """Store ``grads`` in ``p.grad`` (as ``backward`` would), ready for the meta optimiser's step."""
+    """Store ``grads`` in ``p.grad`` (as ``backward`` would, in the parameter's memory layout, so a
+    later ``backward`` accumulates into it without a layout warning), ready for the meta optimiser's step."""
     for p, g in zip(list(params), grads, strict=True):
-        p.grad = g.detach().clone()
+        p.grad = torch.empty_like(p, memory_format=torch.preserve_format).copy_(g.detach())

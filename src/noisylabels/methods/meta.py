@@ -40,7 +40,8 @@ from torch import nn
 
 from ..errors import UserError
 from ..losses import get_loss_fn
-from ..meta import META_GRADIENTS, assign_grads, meta_gradient, per_example_weights
+from ..meta import (META_GRADIENTS, StoredStep, assign_grads, lookahead_contributions, meta_gradient,
+                    per_example_weights)
 from ..meta.virtual_step import _check_sgd
 from .base import Method
 from .context import MethodContext, StepOutput
@@ -141,7 +142,16 @@ class MetaNetMethod(MetaMethod):
         Meta step every k-th training step.
     delayed:
         Approximation (MLC's trick, Wang et al. 2021): the real step applies the virtual step's
-        gradient, i.e. the pre-update phi, and saves one backward pass.
+        gradient, i.e. the pre-update phi, and saves one backward pass. (For label correction,
+        EMLC's Algorithm 1 *is* this order: the student steps with alpha^(t), then the teacher is
+        updated from the clean loss at the student's new weights.)
+    lookahead:
+        k of a k-step look-ahead (EMLC, Taraday & Baskin 2023, Algorithm 1 and Eq. 11): phi is held
+        fixed for k real steps and updated once, at steps with ``t mod k = k - 1``, by the
+        discounted sum of the k steps' contributions (:func:`noisylabels.meta.lookahead_contributions`,
+        FPMG; gamma = 1 - lr). An approximation that drops the student's Hessian; needs
+        ``meta_interval = 1`` and a JVP ``meta_gradient``. The k - 1 stored student copies are its
+        memory cost.
     meta_lr, meta_weight_decay, meta_optimizer, meta_momentum, meta_nesterov:
         phi's optimiser, ``'adam'`` or ``'sgd'``; unset values come from
         :attr:`default_meta_optimizer` (Adam, weight decay 1e-4: the official MW-Net code; a
@@ -158,10 +168,15 @@ class MetaNetMethod(MetaMethod):
                  meta_weight_decay: float | None = None, meta_optimizer: str | None = None,
                  meta_momentum: float | None = None, meta_nesterov: bool | None = None,
                  meta_loss: str | None = None, meta_batch_size: int | None = None, meta_gradient: str = "jvp",
-                 warmup_epochs: int = 0) -> None:
+                 warmup_epochs: int = 0, lookahead: int = 1) -> None:
         super().__init__(meta_loss=meta_loss, meta_batch_size=meta_batch_size, meta_gradient=meta_gradient,
                          warmup_epochs=warmup_epochs)
         label = type(self).__name__
+        self.lookahead = _int_option(label, "lookahead (k)", lookahead, 1)
+        if self.lookahead > 1 and (meta_interval != 1 or meta_gradient == "double-backward"):
+            raise UserError(f"{label}: a k-step look-ahead (k={lookahead}) needs meta_interval=1 and meta_gradient "
+                            f"jvp or jvp-func (got meta_interval={meta_interval}, meta_gradient={meta_gradient})")
+        self._window: list[StoredStep] = []
         d = self.default_meta_optimizer
         meta_optimizer = d["name"] if meta_optimizer is None else meta_optimizer
         if meta_optimizer not in ("adam", "sgd"):
@@ -188,6 +203,40 @@ class MetaNetMethod(MetaMethod):
         :meth:`note` with the per-sample values to record."""
         raise NotImplementedError
 
+    def init_meta_net(self, ctx: MethodContext) -> None:
+        """Called in :meth:`setup` after the seeded re-initialisation (inside the same seeded RNG
+        block): a paper's own initialisation, or weights from a file."""
+
+    def build_meta_optimizers(self) -> list[torch.optim.Optimizer]:
+        """phi's optimiser(s) (default: one, from the ``meta_*`` options); EMLC has two."""
+        name, lr, wd, mom, nesterov = self._opt_cfg
+        params = list(self.meta_net.parameters())
+        return [torch.optim.Adam(params, lr=lr, weight_decay=wd) if name == "adam"
+                else torch.optim.SGD(params, lr=lr, momentum=mom, weight_decay=wd, nesterov=nesterov and mom > 0)]
+
+    def meta_net_loss(self, ctx: MethodContext, mb: Any) -> Tensor | None:
+        """An auxiliary loss of the meta-network on the meta batch, added to the meta-gradient at
+        each meta update (EMLC's teacher: supervised CE + gate BCE, Eq. 12); default none."""
+        return None
+
+    def on_meta_batch(self, ctx: MethodContext, mb: Any) -> None:
+        """Called with each meta batch before the meta-gradient (e.g. MLC's k-step discount)."""
+
+    def apply_meta_gradient(self, ctx: MethodContext, grads: Sequence[Tensor], res: Any, mb: Any) -> None:
+        """The meta update: ``grads`` (plus :meth:`meta_net_loss`'s gradient) into phi's optimisers."""
+        for opt in self.meta_opts:
+            opt.zero_grad(set_to_none=True)
+        assign_grads(self.phi, grads)
+        aux = self.meta_net_loss(ctx, mb)
+        if aux is not None:
+            aux.backward()
+        for opt in self.meta_opts:
+            opt.step()
+
+    def lookahead_discount(self, ctx: MethodContext) -> float:
+        """EMLC's gamma_w = 1 - eta_w (Proposition 2) with the student's current learning rate."""
+        return 1.0 - float(ctx.optimizer.param_groups[0]["lr"])
+
     def note(self, **values: Tensor) -> None:
         """Values of the current loss-layer call to record (the last call before the real step wins)."""
         self._notes = {k: v.detach() for k, v in values.items()}
@@ -200,11 +249,10 @@ class MetaNetMethod(MetaMethod):
             for module in self.meta_net.modules():
                 if module is not self.meta_net and hasattr(module, "reset_parameters"):
                     module.reset_parameters()
+            self.init_meta_net(ctx)
         self.meta_net.to(ctx.device)
-        name, lr, wd, mom, nesterov = self._opt_cfg
-        params = list(self.meta_net.parameters())
-        self.meta_opt = (torch.optim.Adam(params, lr=lr, weight_decay=wd) if name == "adam"
-                         else torch.optim.SGD(params, lr=lr, momentum=mom, weight_decay=wd, nesterov=nesterov and mom > 0))
+        self.meta_opts = self.build_meta_optimizers()
+        self.meta_opt = self.meta_opts[0]
 
     @property
     def phi(self) -> list[Tensor]:
@@ -215,13 +263,27 @@ class MetaNetMethod(MetaMethod):
         if self.in_warmup(ctx):
             return self.warmup_step(ctx, x, y, index)
 
-        def layer(z: Tensor, t: Tensor) -> Tensor:
-            return self.loss_layer(z, t, x=x, index=index)
-
-        if ctx.step % self.meta_interval == 0:
+        k = self.lookahead
+        xs, ys, idxs = x, y, index
+        if (ctx.step % k == k - 1) if k > 1 else (ctx.step % self.meta_interval == 0):
             mb = ctx.next_meta_batch(self.meta_batch_size)
-            res = meta_gradient(ctx.model, ctx.optimizer, how=self.meta_gradient, x=x, y=y, loss_layer=layer,
+            xs, ys, idxs, mb = self.training_batch(ctx, x, y, index, mb)
+            self.on_meta_batch(ctx, mb)
+
+            def layer(z: Tensor, t: Tensor) -> Tensor:
+                return self.loss_layer(z, t, x=xs, index=idxs)
+
+            res = meta_gradient(ctx.model, ctx.optimizer, how=self.meta_gradient, x=xs, y=ys, loss_layer=layer,
                                 meta_x=mb.x, meta_y=mb.y, meta_loss_fn=self.meta_loss, phi=self.phi)
+            grads = list(res.meta_grads or [])
+            if self._window:  # Eq. 11: the stored steps of the window, discounted (FPMG)
+                notes = self._notes
+                extra = lookahead_contributions(
+                    ctx.model, steps=self._window, tangent=res.tangent or {}, phi=self.phi, offset=1,
+                    gamma=self.lookahead_discount(ctx),
+                    loss_layer=lambda z, st: self.loss_layer(z, st.y, x=st.x, index=st.index))
+                grads = [g + e for g, e in zip(grads, extra)]
+                self._window, self._notes = [], notes
             if self.delayed:  # the real step is the virtual step (pre-update phi)
                 ctx.optimizer.zero_grad(set_to_none=True)
                 for name, p in ctx.model.named_parameters():
@@ -230,28 +292,61 @@ class MetaNetMethod(MetaMethod):
                         p.grad = g
                 ctx.clip_and_step()
                 self.record(index, **self._notes)
-            self.meta_opt.zero_grad(set_to_none=True)
-            assign_grads(self.phi, res.meta_grads or [])
-            self.meta_opt.step()
+            self.apply_meta_gradient(ctx, grads, res, mb)
+            self.after_meta_step(ctx, res)
             if self.delayed:
-                return StepOutput(logits=res.train_logits.detach(), loss=res.train_losses.mean())
+                return StepOutput(logits=res.train_logits[:len(y)].detach(), loss=res.train_losses.mean())
             z = res.train_logits
         else:
+            def layer(z: Tensor, t: Tensor) -> Tensor:
+                return self.loss_layer(z, t, x=x, index=index)
+
+            if k > 1:  # Algorithm 1: phi fixed; keep w^(tau) and the batch for Eq. 11
+                self._window.append(StoredStep.capture(ctx.model, x=x, y=y, index=index))
             z = ctx.model(x)
         with frozen(self.phi):
-            loss = layer(z, y).mean()
+            loss = layer(z, ys).mean()
         ctx.backward_and_step(loss)
         self.record(index, **self._notes)
-        return StepOutput(logits=z.detach(), loss=loss.detach())
+        return StepOutput(logits=z[:len(y)].detach(), loss=loss.detach())
+
+    def training_batch(self, ctx: MethodContext, x: Tensor, y: Tensor, index: Tensor,
+                       mb: Any) -> tuple[Tensor, Tensor, Tensor, Any]:
+        """At a meta step: the batch the (virtual and real) step trains on, and the meta batch of the
+        meta-gradient (default: both unchanged). MLC's and EMLC's codes can move half of the clean
+        batch into the training batch; its rows follow the given ones (records and the loop's
+        accounting see the given rows only)."""
+        return x, y, index, mb
+
+    def after_meta_step(self, ctx: MethodContext, res: Any) -> None:
+        """Called after each meta update with the engine's :class:`~noisylabels.meta.MetaStep`
+        (e.g. to log the meta loss)."""
 
     # -- resume ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"meta_net": self.meta_net.state_dict(), "meta_opt": self.meta_opt.state_dict()}
+        out: dict[str, Any] = {"meta_net": self.meta_net.state_dict(), "meta_opt": self.meta_opt.state_dict()}
+        if len(self.meta_opts) > 1:
+            out["meta_opts"] = [o.state_dict() for o in self.meta_opts[1:]]
+        if self.lookahead > 1:  # a window may span an epoch end: tensors only
+            out["window"] = [{"x": st.x, "y": st.y, "index": st.index, "params": st.params,
+                              "rng": st.rng[0] if st.rng is not None else torch.zeros(0, dtype=torch.uint8),
+                              "cuda_rng": st.rng[1] if st.rng is not None and st.rng[1] is not None
+                              else torch.zeros(0, dtype=torch.uint8)} for st in self._window]
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "meta_net" in state:
             self.meta_net.load_state_dict(state["meta_net"])
             self.meta_opt.load_state_dict(state["meta_opt"])
+        for opt, sd in zip(self.meta_opts[1:], state.get("meta_opts", [])):
+            opt.load_state_dict(sd)
+        if "window" in state:
+            dev = self.ctx.device if self.ctx is not None else torch.device("cpu")
+            self._window = [StoredStep(x=w["x"].to(dev), y=w["y"].to(dev), index=w["index"].to(dev),
+                                       params={n: t.to(dev) for n, t in w["params"].items()},
+                                       rng=(w["rng"], w["cuda_rng"] if w["cuda_rng"].numel() else None, dev)
+                                       if w["rng"].numel() else None)
+                            for w in state["window"]]
 
 
 class ExampleWeightingMethod(MetaMethod):

@@ -9,7 +9,7 @@ with ``features(x)`` the flattened penultimate activations of shape
     net = create_model("lenet", num_classes=10, in_channels=1, image_size=8)
 
 Registered families: ``mlp``; ``lenet``; CIFAR ResNets ``resnet8/20/32/44/56``
-(He et al. 2016, sec. 4.2); ``resnet18/34`` (CIFAR-style, GCE paper);
+(He et al. 2016, sec. 4.2); ``resnet18/34/50`` (CIFAR-style, GCE paper; ResNet-50 with bottlenecks, EMLC);
 ``preact_resnet18`` (DivideMix); ``wrn`` / ``wrn28_10`` (Zagoruyko & Komodakis
 2016, Meta-Weight-Net). All use global (adaptive) average pooling, so any
 reasonable square image size works, from 8x8 digits to 32x32 CIFAR.

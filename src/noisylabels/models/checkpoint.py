@@ -38,23 +38,24 @@ def _names(keys: Sequence[str], limit: int = 4) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """The ``{name: tensor}`` state dict in ``path`` (see the module docstring for layouts)."""
+def read_state_dict(path: str | os.PathLike[str], *, what: str = "model.init_checkpoint") -> dict[str, torch.Tensor]:
+    """The ``{name: tensor}`` state dict in ``path`` (see the module docstring for layouts); ``what``
+    names the option in error messages (e.g. ``method.teacher_init``)."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise UserError(f"model.init_checkpoint: file not found: {p}")
+        raise UserError(f"{what}: file not found: {p}")
     try:
         obj: Any = torch.load(p, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError,
             AttributeError, TypeError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"model.init_checkpoint {p} is not a readable state dict (weights_only load: {first})") from None
+        raise UserError(f"{what} {p} is not a readable state dict (weights_only load: {first})") from None
     for key in _WRAPPERS:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
             break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"model.init_checkpoint {p} does not hold a state dict of tensors "
+        raise UserError(f"{what} {p} does not hold a state dict of tensors "
                         f"(nor one under {', '.join(_WRAPPERS)})")
     sd = {str(k): v for k, v in obj.items()}
     if all(k.startswith("module.") for k in sd):
@@ -63,7 +64,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 
 def load_init_checkpoint(model: nn.Module, path: str | os.PathLike[str], *,
-                         exclude: Sequence[str] = ()) -> nn.Module:
+                         exclude: Sequence[str] = (), what: str = "model.init_checkpoint") -> nn.Module:
     """Load ``path`` into ``model`` (in place; returns it), every key and shape checked.
 
     ``model.checkpoint_module`` (the timm adapter's inner network) is the target when present,
@@ -82,9 +83,9 @@ def load_init_checkpoint(model: nn.Module, path: str | os.PathLike[str], *,
         return not any(k == e or k.startswith(e + ".") for e in prefixes)
 
     target = getattr(model, "checkpoint_module", model)
-    sd = {k: v for k, v in read_state_dict(path).items() if kept(k)}
+    sd = {k: v for k, v in read_state_dict(path, what=what).items() if kept(k)}
     own = {k: v for k, v in target.state_dict().items() if kept(k)}
-    where = f"model.init_checkpoint {Path(path)}"
+    where = f"{what} {Path(path)}"
     unexpected = [k for k in sd if k not in own]
     missing = [k for k in own if k not in sd]
     if unexpected or missing:
