@@ -39,8 +39,9 @@ at commit 4ef6fe0 speaks):
   batches and splits them later, and averages the meta term over all k n samples (1/k of Eq. 11's
   ``1/n`` per step); Eq. 11 is followed. The teacher's forward on each stored batch runs again at the
   window's end (its BatchNorm statistics see those batches twice).
-* The code's extra CE on half of each clean batch in the student loss (``mix_g``) is not
-  implemented (off in the paper's Eq. 6 and in the code's CIFAR entry point).
+* The code's extra CE on half of each clean batch in the student loss (``mix_g``) is the option
+  ``clean_in_student`` (off by default: Eq. 6 has no such term; when on, the teacher's losses use
+  only the other half of the clean batch).
 * Strong augmentation of the clean batch (the paper's AutoAugment) is **off**: torchvision is not
   available and AutoAugment's PIL operations (shear, posterize, solarize, equalize, ...) would need
   a batched tensor re-implementation whose fidelity could not be checked here; the clean batch gets
