@@ -43,8 +43,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output directory (default runs/latest)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field, e.g. --set loss.q=0.7 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (the saved config; "
+                   "only more --epochs may be added, other differing settings are refused)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="a new run into an --out that holds an earlier run clears it first (else refused)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -129,6 +132,20 @@ def _fmt(v: Any, pct: bool = True) -> str:
     return str(v)
 
 
+def _noise_text(run: dict[str, Any]) -> str:
+    from .config import labels_from_user
+
+    options = run["data"].get("options") or {}
+    source = ""
+    if options.get("labels_csv"):
+        source = f"labels from {options['labels_csv']}, "
+    elif labels_from_user(run):
+        source = "its real noisy labels, "
+    if str(run["noise"]["type"]).lower() == "none":
+        return f"{source}no simulated noise"
+    return f"{source}{run['noise']['type']} noise {run['noise']['rate']}" + (" simulated on top" if source else "")
+
+
 def _header(cfg: dict[str, Any]) -> str:
     """One line naming what the run trains, with the settings the method resolved."""
     from .methods import METHODS
@@ -137,43 +154,177 @@ def _header(cfg: dict[str, Any]) -> str:
     run = resolve_method_defaults(cfg)
     cls = METHODS.get(run["method"]["name"])
     text = (f"noisylabels {run['method']['name']} (loss {run['loss']['name']}, {run['model']['name']}) on "
-            f"{run['data']['name']}, {run['noise']['type']} noise {run['noise']['rate']}, seed {run['seed']}")
+            f"{run['data']['name']}, {_noise_text(run)}, seed {run['seed']}")
     if cls.needs_meta_set:
         why = f", the {run['method']['name']} preset's" if cls.meta_set_kind else ""
-        text += f"; meta set: {run['data']['meta_set']}{why}"
+        kind = run["data"]["meta_set"]
+        if (run["data"].get("options") or {}).get("trusted_csv"):
+            kind = f"clean (trusted labels from {run['data']['options']['trusted_csv']})"
+        text += f"; meta set: {kind}{why}"
     return text
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config, resolve_config
-    from .train import fit
+#: settings a resumed run may take from the command line without changing its numbers
+_RESUME_FREE = ("out", "train.progress", "train.num_threads", "data.cache_dir", "data.dir")
 
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict) or (prefix and not d and prefix.endswith("options")):
+        return {prefix: d} if prefix else {}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def _resume_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """The saved config of the run in ``out``, with the flags given now applied when they are
+    safe (more epochs) and refused, naming them, when they would change the run."""
+    from .config import load_config, parse_assignment, set_value, validate
+    from .train.loop import check_more_epochs
+
+    if not (out / "config.yaml").is_file():
+        raise UserError(f"cannot resume: {out / 'config.yaml'} not found")
+    if args.config:
+        raise UserError(f"--config with --resume: a resumed run keeps its saved config ({out / 'config.yaml'})")
+    saved = load_config(out / "config.yaml")
+    new = saved
+    flag_of = {key: flag for flag, key in TRAIN_FLAGS.items()}
+    given: list[tuple[str, str]] = []  # (dotted key, how it was given)
+    for flag, key in TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None and key != "out":
+            new = set_value(new, key, value)
+            given.append((key, f"--{flag.replace('_', '-')} {value}"))
+    for text in args.set:
+        key, value = parse_assignment(text)
+        new = set_value(new, key, value)
+        given.append((key, f"--set {text}"))
+    before, after = _flatten(saved), _flatten(new)
+    differ = sorted(k for k in set(before) | set(after)
+                    if k not in _RESUME_FREE and before.get(k) != after.get(k))
+    if differ == ["train.epochs"]:
+        check_more_epochs(new, before=int(saved["train"]["epochs"]), run=0)
+    elif differ:
+        how = {k: h for k, h in given}
+        named = []
+        for k in differ:
+            what = how.get(k) or next((h for g, h in given if k.startswith(g + ".")), None) \
+                or (f"--{flag_of[k].replace('_', '-')}" if k in flag_of else f"--set {k}")
+            named.append(f"{what} (saved: {before.get(k, '-')})")
+        raise UserError(f"cannot resume with settings that differ from the saved run ({out / 'config.yaml'}): "
+                        f"{'; '.join(named)}; a resumed run keeps its config (only more --epochs can be added): "
+                        f"start a new run with --overwrite or choose another --out")
+    new["out"] = str(out)  # a run writes only where --out points (a copied run directory too)
+    validate(new)
+    return new
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so the run stops the same clean way."""
+
+    signum = 15
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _interrupted_message(cfg: dict[str, Any], exc: BaseException) -> str:
+    import json
+
+    out = Path(cfg["out"])
+    what = "SIGTERM" if isinstance(exc, _Terminated) else "Ctrl-C"
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    done = int(summary.get("epochs_run") or 0)
+    total = int(cfg["train"]["epochs"])
+    if (out / "checkpoint.pt").is_file():
+        return (f"noisylabels: interrupted ({what}) after {done} of {total} epochs; records kept in {out}; continue "
+                f"with: noisylabels train --out {out} --resume")
+    if done and not cfg["train"]["checkpoint"]:
+        return (f"noisylabels: interrupted ({what}) after {done} of {total} epochs; records kept in {out}, but "
+                f"train.checkpoint=false left no checkpoint: the run cannot be resumed")
+    if any(out.glob("*")) if out.is_dir() else False:
+        return (f"noisylabels: interrupted ({what}) before the first epoch finished: nothing to resume; "
+                f"start again with --overwrite")
+    return f"noisylabels: interrupted ({what}) before the run started (while loading data): nothing was written"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .config import resolve_config
+    from .methods import METHODS
+    from .train import fit
+    from .train.loop import check_names
+    from .train.records import prepare_run_dir
+
+    if args.resume and args.overwrite:
+        raise UserError("give --resume or --overwrite, not both")
     if args.resume:
-        out = Path(args.out or "runs/latest")
-        if not (out / "config.yaml").is_file():
-            raise UserError(f"cannot resume: {out / 'config.yaml'} not found")
-        cfg = load_config(out / "config.yaml")
+        cfg = _resume_config(args, Path(args.out or "runs/latest"))
     else:
         overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
         cfg = resolve_config(config_file=args.config, overrides=overrides, assignments=args.set)
+        meta = cfg["data"]["meta_size"]
+        if meta not in ("auto", 0) and not METHODS.get(str(cfg["method"]["name"])).needs_meta_set:
+            raise UserError(f"--meta-size {meta}: method {cfg['method']['name']!r} uses no meta set, so it would "
+                            f"only take {meta} samples away from training; leave data.meta_size at auto")
+    run = check_names(cfg)  # every name and the device, before any data are loaded
     if args.folds is not None:
         from .detect.commands import cmd_crossfit
 
         return cmd_crossfit(cfg, args)
+    prepare_run_dir(cfg["out"], resume=args.resume, overwrite=args.overwrite)
     print(_header(cfg), flush=True)
-    summary = fit(cfg, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
-    _print_table([
-        ("test accuracy @ best val", _fmt(summary["test_accuracy"])),
-        ("best val accuracy (noisy)", f"{_fmt(summary['best_val_accuracy'])} (epoch {summary['best_epoch']})"),
-        ("last-epoch test accuracy", _fmt(summary["last_test_accuracy"])),
-        ("realised noise rate", _fmt(summary["realized_noise_rate"])),
-        ("noisy-label detection AUROC", _fmt(summary.get("detection_auroc"), pct=False)
-         if summary.get("detection_auroc") is None else f"{summary['detection_auroc']:.3f}"),
-        ("train / val / test samples", f"{summary['num_train']} / {summary['num_val']} / {summary['num_test']}"),
-        ("seconds", f"{summary['seconds']:.1f}"),
-        ("records", str(cfg["out"])),
-    ])
+    print(f"loading data ({run['data']['name']}) ...", flush=True)
+    progress: bool | str = False if args.quiet else (True if sys.stderr.isatty() else "lines")
+    in_main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
+    try:
+        summary = fit(cfg, resume=args.resume, overwrite=args.overwrite, progress=progress)
+    except KeyboardInterrupt as exc:
+        print(_interrupted_message(cfg, exc), file=sys.stderr)
+        return 128 + (15 if isinstance(exc, _Terminated) else 2)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, old)
+    _print_table(_result_rows(summary, cfg))
     return 0
+
+
+def _result_rows(summary: dict[str, Any], cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    """What the run measured; without ground truth only what is known."""
+    truth = summary.get("ground_truth", True)
+    test_name = "test accuracy" if truth else "test accuracy (on your labels)"
+    rows = [
+        (f"{test_name} @ best val", _fmt(summary["test_accuracy"])),
+        ("best val accuracy (noisy)", f"{_fmt(summary['best_val_accuracy'])} (epoch {summary['best_epoch']})"),
+        (f"last-epoch {test_name}", _fmt(summary["last_test_accuracy"])),
+    ]
+    if truth:
+        rows.append(("realised noise rate", _fmt(summary["realized_noise_rate"])))
+        if summary.get("detection_auroc") is not None:
+            rows.append(("noisy-label detection AUROC", f"{summary['detection_auroc']:.3f}"))
+    rows.append(("train / val / test samples", f"{summary['num_train']} / {summary['num_val']} / {summary['num_test']}"))
+    if not truth and summary.get("test_carved"):
+        rows.append(("note", "no ground truth: the test split was carved from your (noisy) labels, so test "
+                             "accuracy is agreement with them; no noise rate or detection AUROC can be measured"))
+    elif not truth:
+        rows.append(("note", "no ground truth for the training labels: no noise rate or detection AUROC"))
+    seconds = f"{summary['seconds']:.1f}"
+    if summary.get("seconds_total") is not None and abs(summary["seconds_total"] - summary["seconds"]) > 0.05:
+        seconds += f" (this process; {summary['seconds_total']:.1f} in all)"
+    rows += [("seconds", seconds), ("records", str(cfg["out"]))]
+    return rows
 
 
 def cmd_narl_train(args: argparse.Namespace) -> int:
@@ -291,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"noisylabels: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("noisylabels: interrupted; records kept (resume with --resume)", file=sys.stderr)
+        print("noisylabels: interrupted", file=sys.stderr)
         return 130
 
 

@@ -64,6 +64,8 @@ class Method:
     records: ClassVar[tuple[Record, ...]] = ()
     #: ``(record, sign)``: suspicion = ``sign * record`` (e.g. ``('weight', -1)``); ``None``: 1 - p(label)
     detection: ClassVar[tuple[str, float] | None] = None
+    #: the method plans stages over the run's total epochs (a resumed run may not be given more)
+    total_epochs_matter: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.ctx: MethodContext | None = None

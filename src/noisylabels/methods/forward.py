@@ -44,6 +44,7 @@ class ForwardCorrection(Method):
     """
 
     own_loss = "forward"
+    total_epochs_matter = True
 
     def __init__(self, *, transition: str = "true", ce_epochs: int | None = None, percentile: float | None = 97.0,
                  reinit: bool = True) -> None:

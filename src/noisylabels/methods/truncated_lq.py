@@ -56,6 +56,7 @@ class TruncatedLq(Method):
     PRUNE_MODELS = ("best", "current")
 
     own_loss = "truncated-lq"
+    total_epochs_matter = True
 
     def __init__(self, *, q: float = 0.7, k: float = 0.5, warmup_epochs: int | None = None,
                  prune_every: int | None = None, prune_model: str = "best") -> None:

@@ -90,6 +90,9 @@ def _augment_spec(setting: Any, *, channels: int, size: int) -> AugmentSpec | No
         # CIFAR-style colour images get the standard crop+flip; digits/MNIST get none.
         return AugmentSpec(crop_padding=4, hflip=True) if channels == 3 and size >= 24 else None
     if isinstance(setting, Mapping):
+        from ..config import check_augment
+
+        check_augment(setting)
         return AugmentSpec(**{k: setting[k] for k in setting})
     raise UserError(f"data.augment must be auto, none or a mapping, got {setting!r}")
 
