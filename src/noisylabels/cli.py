@@ -6,6 +6,7 @@ User errors (:class:`~noisylabels.errors.UserError`) print one line on stderr an
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,8 +68,9 @@ def _add_noise(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="noise option, e.g. --set include_true_class=true")
-    p.add_argument("--csv", help="write the noisy labels to this CSV: path,label rows (what data.options.labels_csv "
-                                 "reads) for image-folder data; index,clean,noisy rows for data without files")
+    p.add_argument("--csv", help="write the noisy labels to this CSV: for image-folder data the columns "
+                                 "path,label,clean_label,index (data.options.labels_csv reads path,label); for data "
+                                 "without image files (digits, MNIST, CIFAR pickles) the columns index,clean,noisy")
     p.add_argument("--list", action="store_true", help="list the noise types and exit")
 
 
@@ -312,14 +314,14 @@ def _result_rows(summary: dict[str, Any], cfg: dict[str, Any]) -> list[tuple[str
     ]
     if truth:
         rows.append(("realised noise rate", _fmt(summary["realized_noise_rate"])))
-        if summary.get("detection_auroc") is not None:
+        if summary.get("detection_auroc") is not None and math.isfinite(summary["detection_auroc"]):
             rows.append(("noisy-label detection AUROC", f"{summary['detection_auroc']:.3f}"))
     rows.append(("train / val / test samples", f"{summary['num_train']} / {summary['num_val']} / {summary['num_test']}"))
     if not truth and summary.get("test_carved"):
-        rows.append(("note", "no ground truth: the test split was carved from your (noisy) labels, so test "
-                             "accuracy is agreement with them; no noise rate or detection AUROC can be measured"))
+        rows.append(("note", "no ground truth: the test split was carved from your (noisy) labels; "
+                             "noise rate and detection AUROC unknown"))
     elif not truth:
-        rows.append(("note", "no ground truth for the training labels: no noise rate or detection AUROC"))
+        rows.append(("note", "no ground truth for the training labels: noise rate and detection AUROC unknown"))
     seconds = f"{summary['seconds']:.1f}"
     if summary.get("seconds_total") is not None and abs(summary["seconds_total"] - summary["seconds"]) > 0.05:
         seconds += f" (this process; {summary['seconds_total']:.1f} in all)"
@@ -374,7 +376,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
             from .noise.io import write_labels_csv
 
             write_labels_csv(args.csv, paths=raw.paths_train, labels=res.noisy_labels, classes=raw.classes, clean=y)
-            print(f"wrote {args.csv} (path,label: use it with --set data.options.labels_csv={args.csv} --noise none)")
+            print(f"wrote {args.csv} (path,label,clean_label,index: use it with --set data.options.labels_csv={args.csv} --noise none)")
         else:
             write_noisy_labels_csv(args.csv, index=np.arange(len(y)), clean=y, noisy=res.noisy_labels)
             print(f"wrote {args.csv} (index,clean,noisy: {args.dataset} has no image files, so no path,label file)")

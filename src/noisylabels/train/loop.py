@@ -395,6 +395,8 @@ def _summary(cfg: Mapping[str, Any], data: RunData, history: list[dict[str, Any]
         f"last{LAST_K}_test_accuracy": sum(tail) / len(tail) if len(tail) == LAST_K else None,
         "epochs_run": len(history),
         "realized_noise_rate": data.realized_noise_rate("train"),
+        "ground_truth": bool(data.has_ground_truth),
+        "test_carved": bool(data.test_carved),
         "num_train": len(data.splits["train"]),
         "num_val": len(data.splits["val"]),
         "num_meta": len(data.splits["meta"]),
@@ -579,8 +581,13 @@ class Run:
         recorder.write_summary(summary)
         if self.history:
             try:
+                data = self.ctx.data
+                test = "test (clean)" if data.has_ground_truth else (
+                    "test (carved from your labels)" if data.test_carved else "test (your test labels)")
+                noise = ("no simulated noise" if str(cfg["noise"]["type"]).lower() == "none"
+                         else f"{cfg['noise']['type']} {cfg['noise']['rate']}")
                 recorder.plot_curves(self.history, title=f"{cfg['method']['name']} / {cfg['loss']['name']} on "
-                                     f"{cfg['data']['name']}, {cfg['noise']['type']} {cfg['noise']['rate']}")
+                                     f"{cfg['data']['name']}, {noise}", test_label=test)
             except Exception as exc:  # a plot must never lose the run's results
                 summary["plot_error"] = str(exc)
         return summary
@@ -667,16 +674,19 @@ def _finalize(ctx: TrainContext, recorder: RunRecorder) -> dict[str, Any]:
     given = data.labels[idx]
     scores = ctx.method.sample_scores(ctx, probs, given).detach().cpu().numpy()
     recorder.write_suspects(index=idx.numpy(), given=given.numpy(), predicted=probs.argmax(1).numpy(),
-                            score=scores, classes=data.classes, paths=data.paths)
+                            score=scores, classes=data.classes, paths=data.paths,
+                            score_column=ctx.method.score_column)
     from .scoring import held_out_rows, pool_and_test_probs, write_pred_probs  # every sample, for `detect`
     write_pred_probs(recorder, pool_and_test_probs(ctx.model, data, batch_size=int(ctx.cfg["train"]["eval_batch_size"]),
                      device=ctx.device), held_out=held_out_rows(data, trained_on=idx.numpy()), data=data,
                      method_scores=(idx.numpy(), scores))
-    noisy = data.is_noisy[idx].numpy()
-    out = detection_metrics(scores, noisy)
-    if ctx.method.detection is not None:  # the method's own score; the selected model's confidence beside it
-        confidence = (1.0 - probs.gather(1, given[:, None]).squeeze(1)).numpy()
-        out.update({f"confidence_{k}": v for k, v in detection_metrics(confidence, noisy).items()})
-    out["train_accuracy_clean"] = float((probs.argmax(1) == data.clean_labels[idx]).float().mean())
+    out: dict[str, Any] = {}
+    if data.has_ground_truth:  # without it nothing is known to be wrong: no detection metrics
+        noisy = data.is_noisy[idx].numpy()
+        out.update(detection_metrics(scores, noisy))
+        if ctx.method.detection is not None:  # the method's own score; the selected model's confidence beside it
+            confidence = (1.0 - probs.gather(1, given[:, None]).squeeze(1)).numpy()
+            out.update({f"confidence_{k}": v for k, v in detection_metrics(confidence, noisy).items()})
+        out["train_accuracy_clean"] = float((probs.argmax(1) == data.clean_labels[idx]).float().mean())
     out.update(ctx.method.finish(ctx))
     return out

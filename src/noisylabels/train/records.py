@@ -166,12 +166,15 @@ class RunRecorder:
 
     def write_suspects(self, *, index: np.ndarray, given: np.ndarray, predicted: np.ndarray,
                        score: np.ndarray, classes: Sequence[str] | None = None,
-                       paths: Sequence[str] | None = None) -> None:
+                       paths: Sequence[str] | None = None, score_column: str = "score_1_minus_p_given") -> None:
         """``suspects.csv``: training samples from most to least likely mislabeled; ``path``
-        is the source file of each (pool-indexed ``paths``; empty without files)."""
+        is the source file of each (pool-indexed ``paths``; empty without files); the last
+        column, named ``score_column``, is the suspicion score (``score_1_minus_p_given``: one
+        minus the selected model's probability of the given label; ``score_neg_weight``: minus
+        a meta method's weight at the selected epoch, ...)."""
         order = np.argsort(-np.asarray(score), kind="stable")
         name = (lambda c: csv_cell(classes[int(c)])) if classes else (lambda c: str(int(c)))
-        lines = ["rank,index,given_label,predicted_label,given_name,predicted_name,path,score"]
+        lines = [f"rank,index,given_label,predicted_label,given_name,predicted_name,path,{score_column}"]
         for r, o in enumerate(order):
             p = csv_cell(paths[int(index[o])]) if paths is not None else ""
             lines.append(f"{r},{int(index[o])},{int(given[o])},{int(predicted[o])},"
@@ -197,7 +200,8 @@ class RunRecorder:
     def save_best_model(self, model_state: Mapping[str, Any]) -> None:
         atomic_torch_save(dict(model_state), self.path("best_model.pt"))
 
-    def plot_curves(self, history: Sequence[Mapping[str, Any]], title: str = "") -> None:
+    def plot_curves(self, history: Sequence[Mapping[str, Any]], title: str = "",
+                    test_label: str = "test (clean)") -> None:
         from ..eval.plots import plot_curves
 
-        _atomic(self.path("curves.png"), lambda tmp: plot_curves(history, tmp, title=title))
+        _atomic(self.path("curves.png"), lambda tmp: plot_curves(history, tmp, title=title, test_label=test_label))
