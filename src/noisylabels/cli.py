@@ -282,8 +282,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                             f"only take {meta} samples away from training; leave data.meta_size at auto")
     run = check_names(cfg)  # every name and the device, before any data are loaded
     if args.folds is not None:
+        from .config import load_config
         from .detect.commands import cmd_crossfit
 
+        out = Path(cfg["out"])
+        try:  # the same cross-fit again reuses its finished folds; anything else is a new run
+            same = (out / "config.yaml").is_file() and load_config(out / "config.yaml") == cfg
+        except UserError:
+            same = False
+        if not same and not args.resume:
+            prepare_run_dir(out, overwrite=args.overwrite)
         return cmd_crossfit(cfg, args)
     prepare_run_dir(cfg["out"], resume=args.resume, overwrite=args.overwrite)
     print(_header(cfg), flush=True)

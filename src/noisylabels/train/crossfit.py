@@ -138,7 +138,7 @@ def crossfit(cfg: dict[str, Any], *, folds: int = 5, progress: bool = False,
         if _fold_is_done(Path(cfg_k["out"]), cfg_k):
             summary_k = json.loads((Path(cfg_k["out"]) / "summary.json").read_text())
         else:
-            summary_k = fit(cfg_k, data=sub, progress=progress)
+            summary_k = fit(cfg_k, data=sub, progress=progress, overwrite=True)  # the fold's own folder
             if summary_k.get("status") != "finished":
                 raise UserError(f"cross-fitting fold {k} ended with status {summary_k.get('status')!r}")
         p_k = np.load(Path(cfg_k["out"]) / "pred_probs.npy", allow_pickle=False).astype(np.float64)

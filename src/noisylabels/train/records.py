@@ -24,7 +24,7 @@ __all__ = ["RunRecorder", "atomic_write_text", "atomic_torch_save", "to_jsonable
            "RUN_MARKERS"]
 
 #: files whose presence makes a folder a noisylabels run directory
-RUN_MARKERS = ("config.yaml", "summary.json", "checkpoint.pt", "metrics.jsonl")
+RUN_MARKERS = ("config.yaml", "summary.json", "checkpoint.pt", "metrics.jsonl", "error.txt")
 
 
 def prepare_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
