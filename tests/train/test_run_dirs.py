@@ -263,3 +263,41 @@ def test_progress_off_a_terminal_is_one_line_per_epoch_after_a_loading_line(tmp_
     assert lines[1].startswith("loading data (digits)")
     assert [ln.split(":")[0] for ln in lines if ln.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
     assert "\r" not in out + err
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_real_cli_run_stops_cleanly_and_resumes_to_the_same_numbers(tmp_path):
+    """End to end: SIGTERM to `noisylabels train` mid-run; status interrupted, one line, exit 143;
+    `--resume` then finishes with the numbers of an uninterrupted run."""
+    import subprocess
+    import sys
+    import time
+
+    flags = ["--epochs", "8", "--set", "data.train_subset=600", "--set", "train.num_threads=1"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    full = subprocess.run([sys.executable, "-m", "noisylabels", "train", "--out", str(tmp_path / "full"), *flags],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert full.returncode == 0, full.stderr
+    out = tmp_path / "part"
+    proc = subprocess.Popen([sys.executable, "-m", "noisylabels", "train", "--out", str(out), *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            s = json.loads((out / "summary.json").read_text())
+        except (OSError, ValueError):
+            s = {}
+        if s.get("status") == "running" and s.get("epochs_run", 0) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "SIGTERM" in _one_line(err)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "interrupted" and 2 <= s["epochs_run"] < 8
+    res = subprocess.run([sys.executable, "-m", "noisylabels", "train", "--out", str(out), "--resume", "--quiet"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert _metrics(tmp_path / "full") == _metrics(out)
+    assert json.loads((out / "summary.json").read_text())["status"] == "finished"

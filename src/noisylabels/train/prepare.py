@@ -140,7 +140,11 @@ def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> Run
     raw = create_dataset(dcfg["name"], data_dir=dcfg["dir"], cache_dir=dcfg["cache_dir"], **options,
                          **stream_options(dcfg))
     truth = raw.y_train_clean is not None or not labels_from_user(cfg)
-    meta_kind = dcfg["meta_set"] if dcfg["meta_set"] != "auto" else "clean"
+    meta_kind = str(dcfg["meta_set"])
+    if meta_kind == "auto":  # unresolved (resolve_method_defaults): the method's preset, else clean
+        from ..methods import METHODS
+
+        meta_kind = METHODS.get(str(cfg["method"]["name"])).meta_set_kind or "clean"
     trusted = None
     if trusted_csv is not None:
         if not needs_meta_set:
