@@ -191,12 +191,19 @@ def _resume_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     if not (out / "config.yaml").is_file():
         raise UserError(f"cannot resume: {out / 'config.yaml'} not found")
-    if args.config:
-        raise UserError(f"--config with --resume: a resumed run keeps its saved config ({out / 'config.yaml'})")
     saved = load_config(out / "config.yaml")
     new = saved
     flag_of = {key: flag for flag, key in TRAIN_FLAGS.items()}
     given: list[tuple[str, str]] = []  # (dotted key, how it was given)
+    if args.config:  # the same file again is fine; what it changes is checked like the flags
+        import yaml
+
+        from .config import merge
+
+        load_config(args.config)  # one-line errors for a missing or invalid file
+        data = yaml.safe_load(Path(args.config).read_text()) or {}
+        new = merge(new, data)
+        given += [(k, f"{k}={v} in --config {args.config}") for k, v in _flatten(data).items()]
     for flag, key in TRAIN_FLAGS.items():
         value = getattr(args, flag)
         if value is not None and key != "out":

@@ -156,6 +156,10 @@ def test_resume_with_differing_flags_is_refused_naming_them(tmp_path, capsys):
     assert code == 2
     for flag in ("--lr 0.01", "--loss mae", "--set train.batch_size=32"):
         assert flag in line, line
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("optim:\n  lr: 0.2\n")
+    code, _, err = _cli(capsys, "--out", str(out), "--resume", "--quiet", "--config", str(cfg_file))
+    assert code == 2 and f"optim.lr=0.2 in --config {cfg_file} (saved: 0.1)" in _one_line(err)
     assert json.loads((out / "summary.json").read_text())["epochs_run"] == 1  # untouched
 
 
