@@ -356,7 +356,13 @@ def cmd_narl_train(args: argparse.Namespace) -> int:
     tasks = args.task or default_tasks(str(cfg["data"]["name"]))
     print(f"noisylabels narl-train: one {cfg['method'].get('loss', 'gce')} adjuster over {len(tasks)} tasks "
           f"({', '.join(tasks)}) on {cfg['data']['name']}, {cfg['train']['epochs']} epochs", flush=True)
-    res = meta_train_adjuster(cfg, tasks, out=cfg["out"], adjuster_out=args.adjuster_out, resume=args.resume)
+    try:
+        res = meta_train_adjuster(cfg, tasks, out=cfg["out"], adjuster_out=args.adjuster_out, resume=args.resume)
+    except KeyboardInterrupt:
+        saved = any(Path(cfg["out"]).glob("task-*/checkpoint.pt"))
+        print("noisylabels: narl-train interrupted; " + (f"records in {cfg['out']}: continue with the same command "
+              "and --resume" if saved else "no epoch finished: nothing to resume"), file=sys.stderr)
+        return 130
     for task, s in zip(tasks, res["summaries"]):
         print(f"  {task:<22} test accuracy @ best val {_fmt(s['test_accuracy'])}, last 5 epochs "
               f"{_fmt(s.get('last5_test_accuracy'))}")

@@ -305,3 +305,13 @@ def test_sigterm_to_a_real_cli_run_stops_cleanly_and_resumes_to_the_same_numbers
     assert res.returncode == 0, res.stderr
     assert _metrics(tmp_path / "full") == _metrics(out)
     assert json.loads((out / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_cross_fit_into_another_run_is_refused_before_loading_data(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "r"
+    fit(_cfg(tmp_path, "r", epochs=1))
+    import noisylabels.train.crossfit as crossfit
+
+    monkeypatch.setattr(crossfit, "prepare_data", lambda *a, **k: pytest.fail("data loaded"))
+    code, _, err = _cli(capsys, *_small_flags(out, "--folds", "2", "--quiet"))
+    assert code == 2 and "already holds a run" in _one_line(err)
