@@ -46,14 +46,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="set any config field, e.g. --set loss.q=0.7 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (the saved config; "
                    "only more --epochs may be added, other differing settings are refused)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="a new run into an --out that holds an earlier run clears it first (else refused)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one run (no arguments: digits, 40%% symmetric noise, CE, MLP)")
     _add_run_options(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="a new run into an --out that holds an earlier run clears it first (else refused)")
     p.add_argument("--folds", type=int, default=None, metavar="K",
                    help="cross-fit: train K models on K-1 folds of the training split each and write "
                         "out-of-sample pred_probs.npy, label_issues.csv and the count of wrong labels")
