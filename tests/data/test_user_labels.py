@@ -54,7 +54,12 @@ def test_user_labels_get_no_simulated_noise_unless_asked_for(photos):
     assert resolve_config(overrides={"noise.type": "none"})["noise"]["rate"] == 0.0
 
 
-def test_without_ground_truth_only_what_is_known_is_printed(photos, tmp_path, capsys):
+def test_without_ground_truth_only_what_is_known_is_printed(photos, tmp_path, capsys, monkeypatch):
+    import noisylabels.eval.plots as plots
+
+    labels = []
+    real = plots.plot_curves
+    monkeypatch.setattr(plots, "plot_curves", lambda *a, **k: (labels.append(k.get("test_label")), real(*a, **k)))
     code = main(["train", "--dataset", "imagefolder", "--data-dir", str(photos / "photos"), "--set",
                  f"data.options.labels_csv={photos / 'labels.csv'}", "--epochs", "2", "--quiet",
                  "--out", str(tmp_path / "r")])
@@ -68,6 +73,7 @@ def test_without_ground_truth_only_what_is_known_is_printed(photos, tmp_path, ca
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["ground_truth"] is False and s["test_carved"] is True and s["realized_noise_rate"] is None
     assert "detection_auroc" not in s and "train_accuracy_clean" not in s
+    assert labels == ["test (carved from your labels)"]  # curves.png: no "test (clean)"
 
 
 def test_a_clean_meta_set_needs_trusted_labels(photos, tmp_path):
