@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 # (a) in-sample
                 run = out_root / tag / "erm"
-                fit(resolve_config(overrides=_base(args, dataset, noise, rate, run)))
+                fit(resolve_config(overrides=_base(args, dataset, noise, rate, run)), overwrite=True)
                 inp, tr = _train_rows(run)
                 y, pp, truth = inp.labels[tr], inp.pred_probs[tr], inp.is_noisy[tr]
                 true_n = int(truth.sum())
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                         mrun = out_root / tag / method
                         over = _base(args, dataset, noise, rate, mrun)
                         over.update({"method.name": method})
-                        fit(resolve_config(overrides=over))
+                        fit(resolve_config(overrides=over), overwrite=True)
                         inp_m, tr_m = _train_rows(mrun)
                         ms = inp_m.method_scores[tr_m]
                         ym, pm, tm = inp_m.labels[tr_m], inp_m.pred_probs[tr_m], inp_m.is_noisy[tr_m]

@@ -146,7 +146,7 @@ def run(out: Path, variant: str, rate: float, seed: int, args: argparse.Namespac
             **VARIANTS[variant]}
     if variant != "ce":
         over["method.warmup_epochs"] = args.warmup
-    summary = fit(resolve_config(overrides=over))
+    summary = fit(resolve_config(overrides=over), overwrite=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"summary": summary, "rows": rows}
 

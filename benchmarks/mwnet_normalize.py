@@ -33,7 +33,7 @@ def _run(out: Path, *, method: str, normalize: str, seed: int, args: argparse.Na
             "optim.lr": 0.05, "optim.momentum": 0.9, "optim.weight_decay": 5e-4, "train.batch_size": 64}
     if args.dataset == "mnist":
         over.update({"model.name": "lenet", "data.meta_size": 500})
-    summary = fit(resolve_config(overrides=over))
+    summary = fit(resolve_config(overrides=over), overwrite=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rows[-1]["_test_at_best_val"] = summary["test_accuracy"]
     return rows

@@ -162,7 +162,7 @@ def run(out: Path, variant: str, seed: int, args: argparse.Namespace) -> dict[st
     for kv in args.set:
         k, v = kv.split("=", 1)
         over[k] = json.loads(v) if v[:1] in "[{0123456789-" or v in ("true", "false", "null") else v
-    summary = fit(resolve_config(overrides=over))
+    summary = fit(resolve_config(overrides=over), overwrite=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"summary": summary, "rows": rows}
 

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> None:
             done = out / "summary.json"
             s = json.loads(done.read_text()) if done.is_file() else {}
             if s.get("status") != "finished":
-                s = fit(cfg, resume=(out / "checkpoint.pt").is_file())
+                resume = (out / "checkpoint.pt").is_file()
+                s = fit(cfg, resume=resume, overwrite=not resume)
             rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
             s.setdefault("last5_test_accuracy", statistics.fmean(r["test_accuracy"] for r in rows[-5:]))
             results[(cell.key, seed)] = s

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
             cfg = resolve_config(overrides={"out": str(out), "seed": args.seed, "train.progress": False,
                                             "train.num_threads": 1, "train.epochs": args.epochs,
                                             "noise.type": args.noise, "noise.rate": rate, **common, **over})
-            s = fit(cfg)
+            s = fit(cfg, overwrite=True)
             rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
             acc = [100 * r["test_accuracy"] for r in rows]
             best = max(range(len(acc)), key=acc.__getitem__)

@@ -87,6 +87,12 @@ def _bad_inputs(tmp_path):
         "csv label range": ([*ifold, str(folder), "--set", f"data.options.labels_csv={csv_range}"], "7"),
         "bad option": (["--set", "loss.qq=3"], "qq"),
         "non-finite loss": (["--method", "test-nan-at-epoch-1", "--epochs", "3"], "non-finite loss"),
+        "negative clip": (["--set", "train.clip_grad_norm=-1"], "train.clip_grad_norm must be a number > 0"),
+        "no validation": (["--set", "data.val_fraction=0"], "data.val_fraction must be a number in (0, 1)"),
+        "meta size without meta set": (["--meta-size", "100"], "method 'erm' uses no meta set"),
+        "device tpu": (["--set", "device=tpu"], "device must be cpu, cuda, cuda:N or mps, got 'tpu'"),
+        "unknown augment key": (["--set", "data.augment={crop: 4}"], "unknown data.augment key(s) crop"),
+        "out is a file": (["--out", str(csv_path)], "is an existing file"),
     }
 
 
@@ -100,7 +106,8 @@ if "test-nan-at-epoch-1" not in methods.METHODS:
 
 BAD = ["unknown dataset", "unknown method", "unknown model", "unknown loss", "unknown noise", "rate out of range",
        "rate above type", "meta too large", "missing data", "corrupt image", "csv path", "csv class",
-       "csv label range", "bad option", "non-finite loss"]
+       "csv label range", "bad option", "non-finite loss", "negative clip", "no validation",
+       "meta size without meta set", "device tpu", "unknown augment key", "out is a file"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -108,6 +115,7 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path, capsys):
     argv, expect = _bad_inputs(tmp_path)[case]
     code, out, err = run(["train", "--quiet", "--epochs", "2", "--out", str(tmp_path / "o"), *argv], capsys)
     assert code == 2, (out, err)
+    assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert lines[0].startswith("noisylabels: error:")
@@ -129,3 +137,42 @@ def test_console_script_bad_input_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_a_one_line_error(tmp_path, capsys):
+    code, _, err = run(["train", "--quiet", "--set", "device=cuda", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "CUDA is not available" in err
+
+
+@pytest.mark.parametrize("argv, message", [(["--model", "nope"], "unknown model 'nope'"),
+                                           (["--loss", "nope"], "unknown loss 'nope'"),
+                                           (["--noise", "nope"], "unknown noise type 'nope'"),
+                                           (["--set", "device=cuda:7"], "device cuda:7")])
+def test_names_and_device_are_checked_before_any_data_are_loaded(tmp_path, capsys, monkeypatch, argv, message):
+    import noisylabels.train.loop as loop
+
+    def no_data(*a, **k):
+        raise AssertionError("data loaded before the names were checked")
+
+    monkeypatch.setattr(loop, "prepare_data", no_data)
+    code, out, err = run(["train", "--quiet", "--out", str(tmp_path / "o"), *argv], capsys)
+    assert code == 2 and message in err and "loading data" not in out
+    assert not (tmp_path / "o").exists()
+
+
+def test_noise_help_names_the_columns_the_csv_has(tmp_path, capsys):
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        main(["noise", "--help"])
+    text = " ".join(buf.getvalue().split())
+    root = _imagefolder(tmp_path)
+    for dataset, csv in ((["--dataset", "imagefolder", "--data-dir", str(root)], tmp_path / "img.csv"),
+                         (["--dataset", "digits"], tmp_path / "digits.csv")):
+        code, _, err = run(["noise", *dataset, "--rate", "0.2", "--csv", str(csv)], capsys)
+        assert code == 0, err
+        header = csv.read_text().splitlines()[0]
+        assert header in text, (header, text)

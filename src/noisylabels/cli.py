@@ -6,6 +6,7 @@ User errors (:class:`~noisylabels.errors.UserError`) print one line on stderr an
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,13 +44,16 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output directory (default runs/latest)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field, e.g. --set loss.q=0.7 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (the saved config; "
+                   "only more --epochs may be added, other differing settings are refused)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one run (no arguments: digits, 40%% symmetric noise, CE, MLP)")
     _add_run_options(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="a new run into an --out that holds an earlier run clears it first (else refused)")
     p.add_argument("--folds", type=int, default=None, metavar="K",
                    help="cross-fit: train K models on K-1 folds of the training split each and write "
                         "out-of-sample pred_probs.npy, label_issues.csv and the count of wrong labels")
@@ -64,8 +68,9 @@ def _add_noise(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="noise option, e.g. --set include_true_class=true")
-    p.add_argument("--csv", help="write the noisy labels to this CSV: path,label rows (what data.options.labels_csv "
-                                 "reads) for image-folder data; index,clean,noisy rows for data without files")
+    p.add_argument("--csv", help="write the noisy labels to this CSV: for image-folder data the columns "
+                                 "path,label,clean_label,index (data.options.labels_csv reads path,label); for data "
+                                 "without image files (digits, MNIST, CIFAR pickles) the columns index,clean,noisy")
     p.add_argument("--list", action="store_true", help="list the noise types and exit")
 
 
@@ -129,6 +134,20 @@ def _fmt(v: Any, pct: bool = True) -> str:
     return str(v)
 
 
+def _noise_text(run: dict[str, Any]) -> str:
+    from .config import labels_from_user
+
+    options = run["data"].get("options") or {}
+    source = ""
+    if options.get("labels_csv"):
+        source = f"labels from {options['labels_csv']}, "
+    elif labels_from_user(run):
+        source = "its real noisy labels, "
+    if str(run["noise"]["type"]).lower() == "none":
+        return f"{source}no simulated noise"
+    return f"{source}{run['noise']['type']} noise {run['noise']['rate']}" + (" simulated on top" if source else "")
+
+
 def _header(cfg: dict[str, Any]) -> str:
     """One line naming what the run trains, with the settings the method resolved."""
     from .methods import METHODS
@@ -137,43 +156,192 @@ def _header(cfg: dict[str, Any]) -> str:
     run = resolve_method_defaults(cfg)
     cls = METHODS.get(run["method"]["name"])
     text = (f"noisylabels {run['method']['name']} (loss {run['loss']['name']}, {run['model']['name']}) on "
-            f"{run['data']['name']}, {run['noise']['type']} noise {run['noise']['rate']}, seed {run['seed']}")
+            f"{run['data']['name']}, {_noise_text(run)}, seed {run['seed']}")
     if cls.needs_meta_set:
         why = f", the {run['method']['name']} preset's" if cls.meta_set_kind else ""
-        text += f"; meta set: {run['data']['meta_set']}{why}"
+        kind = run["data"]["meta_set"]
+        if (run["data"].get("options") or {}).get("trusted_csv"):
+            kind = f"clean (trusted labels from {run['data']['options']['trusted_csv']})"
+        text += f"; meta set: {kind}{why}"
     return text
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config, resolve_config
-    from .train import fit
+#: settings a resumed run may take from the command line without changing its numbers
+_RESUME_FREE = ("out", "train.progress", "train.num_threads", "data.cache_dir", "data.dir")
 
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict) or (prefix and not d and prefix.endswith("options")):
+        return {prefix: d} if prefix else {}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def _resume_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """The saved config of the run in ``out``, with the flags given now applied when they are
+    safe (more epochs) and refused, naming them, when they would change the run."""
+    from .config import load_config, parse_assignment, set_value, validate
+    from .train.loop import check_more_epochs
+
+    if not (out / "config.yaml").is_file():
+        raise UserError(f"cannot resume: {out / 'config.yaml'} not found")
+    saved = load_config(out / "config.yaml")
+    new = saved
+    flag_of = {key: flag for flag, key in TRAIN_FLAGS.items()}
+    given: list[tuple[str, str]] = []  # (dotted key, how it was given)
+    if args.config:  # the same file again is fine; what it changes is checked like the flags
+        import yaml
+
+        from .config import merge
+
+        load_config(args.config)  # one-line errors for a missing or invalid file
+        data = yaml.safe_load(Path(args.config).read_text()) or {}
+        new = merge(new, data)
+        given += [(k, f"{k}={v} in --config {args.config}") for k, v in _flatten(data).items()]
+    for flag, key in TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None and key != "out":
+            new = set_value(new, key, value)
+            given.append((key, f"--{flag.replace('_', '-')} {value}"))
+    for text in args.set:
+        key, value = parse_assignment(text)
+        new = set_value(new, key, value)
+        given.append((key, f"--set {text}"))
+    before, after = _flatten(saved), _flatten(new)
+    differ = sorted(k for k in set(before) | set(after)
+                    if k not in _RESUME_FREE and before.get(k) != after.get(k))
+    if differ == ["train.epochs"]:
+        check_more_epochs(new, before=int(saved["train"]["epochs"]), run=0)
+    elif differ:
+        how = {k: h for k, h in given}
+        named = []
+        for k in differ:
+            what = how.get(k) or next((h for g, h in given if k.startswith(g + ".")), None) \
+                or (f"--{flag_of[k].replace('_', '-')}" if k in flag_of else f"--set {k}")
+            named.append(f"{what} (saved: {before.get(k, '-')})")
+        raise UserError(f"cannot resume with settings that differ from the saved run ({out / 'config.yaml'}): "
+                        f"{'; '.join(named)}; a resumed run keeps its config (only more --epochs can be added): "
+                        f"start a new run with --overwrite or choose another --out")
+    new["out"] = str(out)  # a run writes only where --out points (a copied run directory too)
+    validate(new)
+    return new
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so the run stops the same clean way."""
+
+    signum = 15
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _interrupted_message(cfg: dict[str, Any], exc: BaseException) -> str:
+    import json
+
+    out = Path(cfg["out"])
+    what = "SIGTERM" if isinstance(exc, _Terminated) else "Ctrl-C"
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    done = int(summary.get("epochs_run") or 0)
+    total = int(cfg["train"]["epochs"])
+    if (out / "checkpoint.pt").is_file():
+        return (f"noisylabels: interrupted ({what}) after {done} of {total} epochs; records kept in {out}; continue "
+                f"with: noisylabels train --out {out} --resume")
+    if done and not cfg["train"]["checkpoint"]:
+        return (f"noisylabels: interrupted ({what}) after {done} of {total} epochs; records kept in {out}, but "
+                f"train.checkpoint=false left no checkpoint: the run cannot be resumed")
+    if any(out.glob("*")) if out.is_dir() else False:
+        return (f"noisylabels: interrupted ({what}) before the first epoch finished: nothing to resume; "
+                f"start again with --overwrite")
+    return f"noisylabels: interrupted ({what}) before the run started (while loading data): nothing was written"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .config import resolve_config
+    from .methods import METHODS
+    from .train import fit
+    from .train.loop import check_names
+    from .train.records import prepare_run_dir
+
+    if args.resume and args.overwrite:
+        raise UserError("give --resume or --overwrite, not both")
     if args.resume:
-        out = Path(args.out or "runs/latest")
-        if not (out / "config.yaml").is_file():
-            raise UserError(f"cannot resume: {out / 'config.yaml'} not found")
-        cfg = load_config(out / "config.yaml")
+        cfg = _resume_config(args, Path(args.out or "runs/latest"))
     else:
         overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
         cfg = resolve_config(config_file=args.config, overrides=overrides, assignments=args.set)
+        meta = cfg["data"]["meta_size"]
+        if meta not in ("auto", 0) and not METHODS.get(str(cfg["method"]["name"])).needs_meta_set:
+            raise UserError(f"--meta-size {meta}: method {cfg['method']['name']!r} uses no meta set, so it would "
+                            f"only take {meta} samples away from training; leave data.meta_size at auto")
+    run = check_names(cfg)  # every name and the device, before any data are loaded
     if args.folds is not None:
+        from .config import load_config
         from .detect.commands import cmd_crossfit
 
+        out = Path(cfg["out"])
+        try:  # the same cross-fit again reuses its finished folds; anything else is a new run
+            same = (out / "config.yaml").is_file() and load_config(out / "config.yaml") == cfg
+        except UserError:
+            same = False
+        if not same and not args.resume:
+            prepare_run_dir(out, overwrite=args.overwrite)
         return cmd_crossfit(cfg, args)
+    prepare_run_dir(cfg["out"], resume=args.resume, overwrite=args.overwrite)
     print(_header(cfg), flush=True)
-    summary = fit(cfg, resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
-    _print_table([
-        ("test accuracy @ best val", _fmt(summary["test_accuracy"])),
-        ("best val accuracy (noisy)", f"{_fmt(summary['best_val_accuracy'])} (epoch {summary['best_epoch']})"),
-        ("last-epoch test accuracy", _fmt(summary["last_test_accuracy"])),
-        ("realised noise rate", _fmt(summary["realized_noise_rate"])),
-        ("noisy-label detection AUROC", _fmt(summary.get("detection_auroc"), pct=False)
-         if summary.get("detection_auroc") is None else f"{summary['detection_auroc']:.3f}"),
-        ("train / val / test samples", f"{summary['num_train']} / {summary['num_val']} / {summary['num_test']}"),
-        ("seconds", f"{summary['seconds']:.1f}"),
-        ("records", str(cfg["out"])),
-    ])
+    print(f"loading data ({run['data']['name']}) ...", flush=True)
+    progress: bool | str = False if args.quiet else (True if sys.stderr.isatty() else "lines")
+    in_main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
+    try:
+        summary = fit(cfg, resume=args.resume, overwrite=args.overwrite, progress=progress)
+    except KeyboardInterrupt as exc:
+        print(_interrupted_message(cfg, exc), file=sys.stderr)
+        return 128 + (15 if isinstance(exc, _Terminated) else 2)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, old)
+    _print_table(_result_rows(summary, cfg))
     return 0
+
+
+def _result_rows(summary: dict[str, Any], cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    """What the run measured; without ground truth only what is known."""
+    truth = summary.get("ground_truth", True)
+    test_name = "test accuracy" if truth else "test accuracy (on your labels)"
+    rows = [
+        (f"{test_name} @ best val", _fmt(summary["test_accuracy"])),
+        ("best val accuracy (noisy)", f"{_fmt(summary['best_val_accuracy'])} (epoch {summary['best_epoch']})"),
+        (f"last-epoch {test_name}", _fmt(summary["last_test_accuracy"])),
+    ]
+    if truth:
+        rows.append(("realised noise rate", _fmt(summary["realized_noise_rate"])))
+        if summary.get("detection_auroc") is not None and math.isfinite(summary["detection_auroc"]):
+            rows.append(("noisy-label detection AUROC", f"{summary['detection_auroc']:.3f}"))
+    rows.append(("train / val / test samples", f"{summary['num_train']} / {summary['num_val']} / {summary['num_test']}"))
+    if not truth and summary.get("test_carved"):
+        rows.append(("note", "no ground truth: the test split was carved from your (noisy) labels; "
+                             "noise rate and detection AUROC unknown"))
+    elif not truth:
+        rows.append(("note", "no ground truth for the training labels: noise rate and detection AUROC unknown"))
+    seconds = f"{summary['seconds']:.1f}"
+    if summary.get("seconds_total") is not None and abs(summary["seconds_total"] - summary["seconds"]) > 0.05:
+        seconds += f" (this process; {summary['seconds_total']:.1f} in all)"
+    rows += [("seconds", seconds), ("records", str(cfg["out"]))]
+    return rows
 
 
 def cmd_narl_train(args: argparse.Namespace) -> int:
@@ -188,7 +356,13 @@ def cmd_narl_train(args: argparse.Namespace) -> int:
     tasks = args.task or default_tasks(str(cfg["data"]["name"]))
     print(f"noisylabels narl-train: one {cfg['method'].get('loss', 'gce')} adjuster over {len(tasks)} tasks "
           f"({', '.join(tasks)}) on {cfg['data']['name']}, {cfg['train']['epochs']} epochs", flush=True)
-    res = meta_train_adjuster(cfg, tasks, out=cfg["out"], adjuster_out=args.adjuster_out, resume=args.resume)
+    try:
+        res = meta_train_adjuster(cfg, tasks, out=cfg["out"], adjuster_out=args.adjuster_out, resume=args.resume)
+    except KeyboardInterrupt:
+        saved = any(Path(cfg["out"]).glob("task-*/checkpoint.pt"))
+        print("noisylabels: narl-train interrupted; " + (f"records in {cfg['out']}: continue with the same command "
+              "and --resume" if saved else "no epoch finished: nothing to resume"), file=sys.stderr)
+        return 130
     for task, s in zip(tasks, res["summaries"]):
         print(f"  {task:<22} test accuracy @ best val {_fmt(s['test_accuracy'])}, last 5 epochs "
               f"{_fmt(s.get('last5_test_accuracy'))}")
@@ -223,7 +397,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
             from .noise.io import write_labels_csv
 
             write_labels_csv(args.csv, paths=raw.paths_train, labels=res.noisy_labels, classes=raw.classes, clean=y)
-            print(f"wrote {args.csv} (path,label: use it with --set data.options.labels_csv={args.csv} --noise none)")
+            print(f"wrote {args.csv} (path,label,clean_label,index: use it with --set data.options.labels_csv={args.csv} --noise none)")
         else:
             write_noisy_labels_csv(args.csv, index=np.arange(len(y)), clean=y, noisy=res.noisy_labels)
             print(f"wrote {args.csv} (index,clean,noisy: {args.dataset} has no image files, so no path,label file)")
@@ -291,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"noisylabels: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("noisylabels: interrupted; records kept (resume with --resume)", file=sys.stderr)
+        print("noisylabels: interrupted", file=sys.stderr)
         return 130
 
 

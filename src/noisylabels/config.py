@@ -10,6 +10,8 @@ the factory, naming the valid ones).
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -157,14 +159,62 @@ def save_config(config: Mapping[str, Any], path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(dict(config), sort_keys=False))
 
 
+#: datasets whose training labels are a real (human) noisy label set: no simulated noise unless asked for
+REAL_LABEL_DATASETS = ("cifar10n", "cifar100n", "clothing1m")
+
+
+def labels_from_user(cfg: Mapping[str, Any]) -> bool:
+    """Whether the training labels are a real label set (``data.options.labels_csv``, CIFAR-N,
+    Clothing1M) rather than a dataset's ground truth that the noise simulator corrupts."""
+    options = cfg["data"].get("options") or {}
+    return bool(options.get("labels_csv")) or str(cfg["data"]["name"]).lower() in REAL_LABEL_DATASETS
+
+
+def _explicit_noise_keys(config_file: str | Path | None, overrides: Mapping[str, Any],
+                         assignments: Iterable[str]) -> set[str]:
+    """Which of ``noise.type`` / ``noise.rate`` the caller set (file, overrides or assignments)."""
+    keys: set[str] = set()
+
+    def note(key: str, value: Any) -> None:
+        if key in ("noise.type", "noise.rate"):
+            keys.add(key)
+        elif key == "noise" and isinstance(value, Mapping):
+            keys.update(f"noise.{k}" for k in value if k in ("type", "rate"))
+
+    if config_file:
+        try:
+            data = yaml.safe_load(Path(config_file).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            data = {}
+        if isinstance(data, Mapping):
+            for k, v in data.items():
+                note(str(k), v)
+    for k, v in (overrides or {}).items():
+        note(str(k), v)
+    for text in assignments:
+        note(*parse_assignment(text))
+    return keys
+
+
 def resolve_config(*, config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
                    assignments: Iterable[str] = ()) -> dict[str, Any]:
-    """Defaults, then a YAML file, then dotted ``overrides``, then ``key=value`` assignments."""
+    """Defaults, then a YAML file, then dotted ``overrides``, then ``key=value`` assignments.
+
+    Real labels are never corrupted by default: when the labels are the user's
+    (:func:`labels_from_user`) and ``noise.type`` is not given, it is ``none``; a ``noise.type:
+    none`` without a given ``noise.rate`` has rate 0.
+    """
+    assignments = list(assignments)
     cfg = load_config(config_file) if config_file else default_config()
     for key, value in (overrides or {}).items():
         cfg = set_value(cfg, key, value)
     for text in assignments:
         cfg = set_value(cfg, *parse_assignment(text))
+    explicit = _explicit_noise_keys(config_file, overrides or {}, assignments)
+    if labels_from_user(cfg) and "noise.type" not in explicit:
+        cfg["noise"]["type"] = "none"
+    if str(cfg["noise"]["type"]).lower() == "none" and "noise.rate" not in explicit:
+        cfg["noise"]["rate"] = 0.0
     validate(cfg)
     return cfg
 
@@ -199,6 +249,62 @@ def validate(cfg: Mapping[str, Any]) -> None:
             raise UserError(f"train.{key} must be true or false, got {t[key]!r}")
     if not isinstance(cfg["seed"], int):
         raise UserError(f"seed must be an integer, got {cfg['seed']!r}")
+    clip = t.get("clip_grad_norm")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
+        raise UserError(f"train.clip_grad_norm must be a number > 0 (or null: no clipping), got {clip!r}")
+    vf = d["val_fraction"]
+    if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0.0 < float(vf) < 1.0:
+        raise UserError(f"data.val_fraction must be a number in (0, 1) (models are selected on the validation "
+                        f"split), got {vf!r}")
+    device_type(cfg["device"])
+    check_augment(d["augment"])
 
 
-__all__ += ["validate"]
+def check_augment(setting: Any) -> None:
+    """``data.augment``: ``auto``, ``none`` or a mapping of ``crop_padding`` / ``hflip``."""
+    if setting in (None, "none", False, "auto"):
+        return
+    if not isinstance(setting, Mapping):
+        raise UserError(f"data.augment must be auto, none or a mapping, got {setting!r}")
+    unknown = sorted(str(k) for k in setting if k not in ("crop_padding", "hflip"))
+    if unknown:
+        raise UserError(f"unknown data.augment key(s) {', '.join(unknown)}; valid keys: crop_padding, hflip")
+
+
+def device_type(name: Any) -> str:
+    """The type (``cpu``, ``cuda``, ``mps``) of a ``device`` setting; a one-line error for anything else."""
+    import torch
+
+    try:
+        dev = torch.device(str(name))
+    except (RuntimeError, ValueError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"device must be cpu, cuda, cuda:N or mps, got {name!r}")
+    return dev.type
+
+
+#: config keys that never change a run's numbers (left out of :func:`config_hash`)
+BOOKKEEPING_KEYS: tuple[tuple[str, ...], ...] = (("out",), ("train", "progress"), ("train", "num_threads"),
+                                                 ("data", "cache_dir"))
+#: left out of the hash a checkpoint carries: where the data are, and the number of epochs (a resumed
+#: run may be given more, see ``noisylabels.train.loop.Run.begin``)
+RESUME_FREE_KEYS: tuple[tuple[str, ...], ...] = BOOKKEEPING_KEYS + (("data", "dir"), ("train", "epochs"))
+
+
+def config_hash(cfg: Mapping[str, Any], *, ignore: Iterable[tuple[str, ...]] = BOOKKEEPING_KEYS) -> str:
+    """A 10-hex-digit hash of a resolved run config (its seed included), without the keys in
+    ``ignore`` (default: those that do not change results, :data:`BOOKKEEPING_KEYS`)."""
+    clean = json.loads(json.dumps(cfg, default=str))
+    for path in ignore:
+        d = clean
+        for key in path[:-1]:
+            d = d.get(key, {}) if isinstance(d, dict) else {}
+        if isinstance(d, dict):
+            d.pop(path[-1], None)
+    blob = json.dumps(clean, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+__all__ += ["validate", "device_type", "check_augment", "config_hash", "BOOKKEEPING_KEYS", "RESUME_FREE_KEYS",
+            "labels_from_user", "REAL_LABEL_DATASETS"]

@@ -110,3 +110,20 @@ def test_crossfit_count_within_20_percent_on_digits(noise, tmp_path, one_thread)
     s = crossfit(cfg, folds=5)
     true = s["true_num_wrong_train"]
     assert abs(s["estimated_num_issues_train"] - true) <= 0.2 * true, s
+
+
+def test_crossfit_folds_use_the_presets_meta_set(tmp_path, monkeypatch, one_thread):
+    """rmnw-net's folds carve a *noisy* meta set, as a plain run of the preset does."""
+    import noisylabels.train.crossfit as cf
+
+    seen = {}
+    real = cf.prepare_data
+
+    def spy(cfg, **kw):
+        seen["meta_set"] = cfg["data"]["meta_set"]
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(cf, "prepare_data", spy)
+    crossfit(_cfg(tmp_path / "cf", **{"data.train_subset": 200, "train.epochs": 1, "method.name": "rmnw-net",
+                                      "method.meta_interval": 5}), folds=2, detect=False)
+    assert seen["meta_set"] == "noisy"

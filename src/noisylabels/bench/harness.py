@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import hashlib
 import io
 import itertools
 import json
@@ -53,7 +52,8 @@ from typing import Any
 
 import yaml
 
-from ..config import resolve_config
+from ..config import BOOKKEEPING_KEYS, resolve_config
+from ..config import config_hash as _config_hash
 from ..errors import UserError
 
 __all__ = ["Suite", "Cell", "EXECUTORS", "load_suite", "list_suites", "run_suite", "tabulate", "config_hash"]
@@ -150,7 +150,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
 
 
 #: config keys that never change a run's numbers (left out of the cell hash)
-_HASH_IGNORED = (("out",), ("train", "progress"), ("train", "num_threads"), ("data", "cache_dir"))
+_HASH_IGNORED = BOOKKEEPING_KEYS
 
 
 def config_hash(cfg: Mapping[str, Any]) -> str:
@@ -160,15 +160,7 @@ def config_hash(cfg: Mapping[str, Any]) -> str:
     A finished bench run is reused only when its directory carries the hash of the config the
     suite resolves to now, so changing a suite, ``--set`` or a default reruns the cells affected.
     """
-    clean = json.loads(json.dumps(cfg, default=str))
-    for path in _HASH_IGNORED:
-        d = clean
-        for key in path[:-1]:
-            d = d.get(key, {}) if isinstance(d, dict) else {}
-        if isinstance(d, dict):
-            d.pop(path[-1], None)
-    blob = json.dumps(clean, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+    return _config_hash(cfg, ignore=BOOKKEEPING_KEYS)
 
 
 def _run_cell(cfg: dict[str, Any], threads: int | None) -> dict[str, Any]:
@@ -185,7 +177,8 @@ def _run_cell(cfg: dict[str, Any], threads: int | None) -> dict[str, Any]:
         torch.set_num_threads(threads)
         cfg["train"]["num_threads"] = threads
     resume = (Path(cfg["out"]) / "checkpoint.pt").is_file()
-    return fit(cfg, resume=resume, progress=False)
+    # the cell's folder is its own (keyed by the config hash): a run that left no checkpoint starts over there
+    return fit(cfg, resume=resume, overwrite=not resume, progress=False)
 
 
 def _finished(out: Path) -> dict[str, Any] | None:

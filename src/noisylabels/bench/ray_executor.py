@@ -60,15 +60,9 @@ def write_records(run_dir: str | os.PathLike[str], files: Mapping[str, bytes]) -
         dest = (root / name).resolve()
         if root not in dest.parents:
             raise UserError(f"a Ray task returned a record outside its run folder: {name!r}")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(files[name])
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        from ..train.records import _atomic
+
+        _atomic(dest, lambda tmp, data=files[name]: Path(tmp).write_bytes(data))
 
 
 def _ray_task(fn_path: str, cfg: dict[str, Any], threads: int) -> dict[str, Any]:

@@ -165,7 +165,8 @@ def stratified_take(y: np.ndarray, *, fraction: float, rng: np.random.Generator)
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
-def split_off_test(raw: RawDataset, *, test_fraction: float, seed: int = 0) -> RawDataset:
+def split_off_test(raw: RawDataset, *, test_fraction: float, seed: int = 0,
+                   keep: np.ndarray | None = None) -> RawDataset:
     """Give a dataset without a test split a fixed, stratified one.
 
     The split is drawn with ``numpy.random.default_rng(seed)`` where ``seed``
@@ -182,6 +183,9 @@ def split_off_test(raw: RawDataset, *, test_fraction: float, seed: int = 0) -> R
         Fraction of the pool moved to the test split, in ``(0, 1)``.
     seed:
         Seed of the split (keep the default for comparable test sets).
+    keep:
+        Positions that must stay in the training pool (e.g. the user's verified samples); the
+        test split is drawn from the others.
 
     Returns
     -------
@@ -199,7 +203,12 @@ def split_off_test(raw: RawDataset, *, test_fraction: float, seed: int = 0) -> R
     if not 0.0 < float(test_fraction) < 1.0:
         raise UserError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     truth = raw.y_train_clean if raw.y_train_clean is not None else raw.y_train
-    test_idx = stratified_take(truth, fraction=float(test_fraction), rng=np.random.default_rng(seed))
+    if keep is None:
+        test_idx = stratified_take(truth, fraction=float(test_fraction), rng=np.random.default_rng(seed))
+    else:
+        free = np.setdiff1d(np.arange(len(raw.y_train)), np.asarray(keep, dtype=np.int64))
+        test_idx = free[stratified_take(np.asarray(truth)[free], fraction=float(test_fraction),
+                                        rng=np.random.default_rng(seed))]
     keep = np.ones(len(raw.y_train), dtype=bool)
     keep[test_idx] = False
     train_idx = np.flatnonzero(keep)

@@ -105,6 +105,9 @@ def save_array(path: str | os.PathLike[str], array: np.ndarray) -> bool:
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp_name, 0o666 & ~mask)  # mkstemp creates 0600: give the cache file the user's usual permissions
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
             fh.flush()

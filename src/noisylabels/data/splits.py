@@ -48,6 +48,7 @@ def make_splits(
     meta_size: int = 0,
     seed: int,
     num_classes: int,
+    meta: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Split the training pool into disjoint ``train``, ``val`` and ``meta`` index sets.
 
@@ -66,6 +67,9 @@ def make_splits(
         Seed of ``numpy.random.default_rng``; the same seed gives the same splits.
     num_classes:
         Number of classes ``K``.
+    meta:
+        Given meta indices (e.g. the user's verified samples, ``data.options.trusted_csv``)
+        instead of a drawn meta set; ``meta_size`` is then ignored.
 
     Returns
     -------
@@ -84,15 +88,15 @@ def make_splits(
         raise UserError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if int(meta_size) != meta_size or meta_size < 0:
         raise UserError(f"meta_size must be a non-negative integer, got {meta_size!r}")
-    meta_size = int(meta_size)
+    meta_size = int(meta_size) if meta is None else len(meta)
     if meta_size > max(n - num_classes, 0):
         raise UserError(
             f"meta_size={meta_size} too large for {n} samples: at least {num_classes} must stay for training"
         )
     rng = np.random.default_rng(seed)
     counts = np.bincount(y, minlength=num_classes)
-    meta_parts = []
-    if meta_size:
+    meta_parts = [] if meta is None else [np.unique(np.asarray(meta, dtype=np.int64))]
+    if meta_size and meta is None:
         quota = _meta_quota(counts, meta_size, rng)
         for c in range(num_classes):
             if quota[c]:

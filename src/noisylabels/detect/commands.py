@@ -195,9 +195,10 @@ def cmd_crossfit(cfg: dict[str, Any], args: argparse.Namespace) -> int:
     if args.resume:
         raise UserError("--resume does not apply to --folds (finished folds are reused automatically)")
     summary = crossfit(cfg, folds=args.folds, progress=not args.quiet and sys.stderr.isatty())
+    from ..cli import _noise_text
+
     print(f"noisylabels cross-fit ({args.folds} folds) {cfg['method']['name']} ({cfg['loss']['name']}, "
-          f"{cfg['model']['name']}) on {cfg['data']['name']}, {cfg['noise']['type']} noise {cfg['noise']['rate']}, "
-          f"seed {cfg['seed']}")
+          f"{cfg['model']['name']}) on {cfg['data']['name']}, {_noise_text(cfg)}, seed {cfg['seed']}")
     accs = [f["test_accuracy"] for f in summary["fold_runs"] if f["test_accuracy"] is not None]
     if accs:
         print(f"  fold test accuracies        {', '.join(f'{100 * a:.2f}%' for a in accs)}")

@@ -36,8 +36,10 @@ def _finish(plt, fig, path: str | Path, *axes_labels: tuple[Any, str, str, bool]
     plt.close(fig)
 
 
-def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = "") -> None:
-    """Training loss (left) and train/validation/test accuracy (right) per epoch."""
+def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path, *, title: str = "",
+                test_label: str = "test (clean)") -> None:
+    """Training loss (left) and train/validation/test accuracy (right) per epoch; ``test_label``
+    says what the test labels are (``test (clean)`` only with ground truth)."""
     plt, fig, (ax_loss, ax_acc) = _figure(2)
     epochs = [h["epoch"] for h in history]
 
@@ -46,23 +48,27 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path, *, title
 
     ax_loss.plot(epochs, series("train_loss"), label="train loss")
     for key, label in (("train_accuracy", "train (observed labels)"), ("val_accuracy", "validation (noisy)"),
-                       ("test_accuracy", "test (clean)")):
+                       ("test_accuracy", test_label)):
         ax_acc.plot(epochs, series(key), label=label)
     _finish(plt, fig, path, (ax_loss, "epoch", "loss", True), (ax_acc, "epoch", "accuracy", True),
             title=title, suptitle=True)
 
 
 def plot_weight_histograms(weights, is_noisy, path: str | Path, *, title: str = "", bins: int = 40) -> None:
-    """Histograms of per-sample weights on clean versus corrupted training samples."""
+    """Histograms of per-sample weights on clean versus corrupted training samples (``is_noisy``
+    ``None``, no ground truth: one histogram of every training sample)."""
     import numpy as np
 
     w = np.asarray(weights, dtype=float)
-    noisy = np.asarray(is_noisy, dtype=bool)
     ok = np.isfinite(w)
     plt, fig, ax = _figure(1, width=5.0)
     edges = np.histogram_bin_edges(w[ok], bins=bins) if ok.any() else bins
-    ax.hist(w[ok & ~noisy], bins=edges, alpha=0.6, label=f"clean ({int((ok & ~noisy).sum())})")
-    ax.hist(w[ok & noisy], bins=edges, alpha=0.6, label=f"corrupted ({int((ok & noisy).sum())})")
+    if is_noisy is None:
+        ax.hist(w[ok], bins=edges, alpha=0.8, label=f"training samples ({int(ok.sum())}; no ground truth)")
+    else:
+        noisy = np.asarray(is_noisy, dtype=bool)
+        ax.hist(w[ok & ~noisy], bins=edges, alpha=0.6, label=f"clean ({int((ok & ~noisy).sum())})")
+        ax.hist(w[ok & noisy], bins=edges, alpha=0.6, label=f"corrupted ({int((ok & noisy).sum())})")
     _finish(plt, fig, path, (ax, "weight (mean over the epoch's visits)", "samples", True), title=title)
 
 
@@ -80,8 +86,11 @@ def plot_alpha_beta(alpha, beta, is_noisy, path: str | Path, *, title: str = "")
     import numpy as np
 
     a, b = np.asarray(alpha, dtype=float), np.asarray(beta, dtype=float)
-    noisy = np.asarray(is_noisy, dtype=bool)
     plt, fig, ax = _figure(1, width=5.0, height=4.2)
-    ax.scatter(a[~noisy], b[~noisy], s=4, alpha=0.5, label="clean")
-    ax.scatter(a[noisy], b[noisy], s=4, alpha=0.5, label="corrupted")
+    if is_noisy is None:  # no ground truth
+        ax.scatter(a, b, s=4, alpha=0.5, label="training samples (no ground truth)")
+    else:
+        noisy = np.asarray(is_noisy, dtype=bool)
+        ax.scatter(a[~noisy], b[~noisy], s=4, alpha=0.5, label="clean")
+        ax.scatter(a[noisy], b[noisy], s=4, alpha=0.5, label="corrupted")
     _finish(plt, fig, path, (ax, "alpha (observed label)", "beta (pseudo-label)", True), title=title)

@@ -64,6 +64,8 @@ class Method:
     records: ClassVar[tuple[Record, ...]] = ()
     #: ``(record, sign)``: suspicion = ``sign * record`` (e.g. ``('weight', -1)``); ``None``: 1 - p(label)
     detection: ClassVar[tuple[str, float] | None] = None
+    #: the method plans stages over the run's total epochs (a resumed run may not be given more)
+    total_epochs_matter: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.ctx: MethodContext | None = None
@@ -147,7 +149,9 @@ class Method:
             means = self.sample_records.end_epoch(ctx.epoch)
             if means:
                 self.sample_records.save_npz(ctx.recorder.path(RECORDS_FILE))
-                out.update(_record_metrics(means, is_noisy_train(ctx.data), self.detection))
+                noisy = is_noisy_train(ctx.data)
+                if noisy is not None:  # without ground truth there is nothing to score the records against
+                    out.update(_record_metrics(means, noisy, self.detection))
         out.update(self.on_epoch_end(ctx) or {})
         return out
 
@@ -179,22 +183,32 @@ class Method:
         never visited rank as least suspicious); without one, ``1 - p(label)`` under the selected
         model (``probs``: its softmax outputs on the training split, no augmentation).
         """
+        self._score_from_record = False
         if self.detection is not None:
             name, sign = self.detection
             values = self.selected_record(name)
             if values is not None:
                 s = sign * values.astype(np.float64)
                 s = np.where(np.isfinite(s), s, np.nanmin(s) if np.isfinite(s).any() else 0.0)
+                self._score_from_record = True
                 return torch.from_numpy(s)
         return 1.0 - probs.gather(1, labels[:, None]).squeeze(1)
 
     @property
     def score_name(self) -> str:
-        """What the ``score`` column of ``suspects.csv`` is."""
-        if self.detection is None:
+        """What the last :meth:`sample_scores` returned (the ``score`` column of ``suspects.csv``)."""
+        if self.detection is None or not getattr(self, "_score_from_record", False):
             return "1 - p(given label) under the selected model"
         name, sign = self.detection
         return f"{'-' if sign < 0 else ''}{name} at the selected epoch"
+
+    @property
+    def score_column(self) -> str:
+        """The header of that column: ``score_1_minus_p_given``, ``score_neg_weight``, ..."""
+        if self.detection is None or not getattr(self, "_score_from_record", False):
+            return "score_1_minus_p_given"
+        name, sign = self.detection
+        return f"score_{'neg_' if sign < 0 else ''}{name}"
 
     # -- resume -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

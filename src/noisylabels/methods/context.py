@@ -129,6 +129,9 @@ class MethodContext(Protocol):
         """Forget the best-validation epoch so far."""
 
 
-def is_noisy_train(data: RunDataView) -> np.ndarray:
-    """The corruption mask of the training split, as a numpy bool array (metrics only)."""
+def is_noisy_train(data: RunDataView) -> np.ndarray | None:
+    """The corruption mask of the training split, as a numpy bool array (metrics only); ``None``
+    when the run has no ground truth (the labels are the user's: nothing is known to be wrong)."""
+    if not getattr(data, "has_ground_truth", True):
+        return None
     return data.is_noisy[data.splits["train"]].numpy()

@@ -21,7 +21,10 @@ class ForwardCorrection(Method):
     """Forward correction: cross entropy of the noisy label against ``T^T p`` (Patrini et al., Thm. 2).
 
     ``transition='true'`` uses the matrix the noise simulator drew the labels from ("Forward T"
-    in the GCE paper's Table 1). ``transition='estimate'`` ("Forward T-hat") runs two stages
+    in the GCE paper's Table 1); without simulated noise (``noise.type: none``: the labels are
+    the data's own, e.g. the user's) that matrix is the identity and the correction would be
+    plain CE, so ``true`` is refused there and ``auto`` (the default) estimates T-hat instead:
+    ``auto`` = ``true`` with simulated noise, ``estimate`` without. ``transition='estimate'`` ("Forward T-hat") runs two stages
     inside one run, as the paper does with two trainings: plain CE for ``ce_epochs``, then
     T-hat from the anchor-point estimator (Eqs. 13-14, 97th-percentile anchors) on the training
     split, then -- with ``reinit=True`` -- a fresh network, optimiser state and learning-rate
@@ -34,7 +37,7 @@ class ForwardCorrection(Method):
     Parameters
     ----------
     transition:
-        ``'true'`` or ``'estimate'``.
+        ``'auto'`` (default), ``'true'`` or ``'estimate'``.
     ce_epochs:
         Length of the CE stage for ``'estimate'`` (``None``: half the run).
     percentile:
@@ -44,12 +47,13 @@ class ForwardCorrection(Method):
     """
 
     own_loss = "forward"
+    total_epochs_matter = True
 
-    def __init__(self, *, transition: str = "true", ce_epochs: int | None = None, percentile: float | None = 97.0,
+    def __init__(self, *, transition: str = "auto", ce_epochs: int | None = None, percentile: float | None = 97.0,
                  reinit: bool = True) -> None:
         super().__init__()
-        if transition not in ("true", "estimate"):
-            raise UserError(f"forward: transition must be 'true' or 'estimate', got {transition!r}")
+        if transition not in ("auto", "true", "estimate"):
+            raise UserError(f"forward: transition must be 'auto', 'true' or 'estimate', got {transition!r}")
         self.mode = transition
         self._ce_epochs = ce_epochs
         self.percentile = percentile
@@ -58,6 +62,13 @@ class ForwardCorrection(Method):
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
+        simulated = str(ctx.cfg["noise"]["type"]).lower() != "none"
+        if self.mode == "true" and not simulated:
+            raise UserError("forward: method.transition=true uses the noise simulator's T, but there is no simulated "
+                            "noise (noise.type none): T is the identity and the correction plain CE; use "
+                            "method.transition=estimate (T-hat from a CE stage, Patrini et al.) or the default auto")
+        if self.mode == "auto":
+            self.mode = "true" if simulated else "estimate"
         epochs = ctx.epochs
         self.ce_epochs = (self._ce_epochs if self._ce_epochs is not None else epochs // 2) if self.mode == "estimate" else 0
         if self.mode == "estimate" and not 0 < self.ce_epochs < epochs:
@@ -80,7 +91,7 @@ class ForwardCorrection(Method):
         return forward_loss(logits, targets, T=self.T.to(logits.dtype), reduction="none")
 
     def on_epoch_end(self, ctx: MethodContext) -> dict[str, Any]:
-        if self.T is None or ctx.epoch != self.ce_epochs:
+        if self.T is None or ctx.epoch != self.ce_epochs or not getattr(ctx.data, "has_ground_truth", True):
             return {}
         true = torch.as_tensor(np.asarray(ctx.data.transition), dtype=torch.float32)
         return {"transition_error_l1": float((self.T.cpu() - true).abs().sum(1).mean())}

@@ -188,8 +188,9 @@ class LabelCorrectionMethod(MetaNetMethod):
             losses = torch.stack(self._epoch_meta).cpu().tolist()
             self.meta_loss_history.extend(float(v) for v in losses)
             out["meta_loss"] = float(np.mean(losses))
-        out.update(label_recovery(self.q_table, self.q_seen, ctx.data.splits["train"], given=ctx.data.labels,
-                                  clean=ctx.data.clean_labels))
+        if getattr(ctx.data, "has_ground_truth", True):  # the user's own labels: recovery is unknown
+            out.update(label_recovery(self.q_table, self.q_seen, ctx.data.splits["train"], given=ctx.data.labels,
+                                      clean=ctx.data.clean_labels))
         meta = ctx.data.splits.get("meta")
         if meta is not None and len(meta):
             probs = ctx.predict(meta)

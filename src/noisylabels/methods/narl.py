@@ -309,6 +309,7 @@ class TransferNARL(Method):
     """
 
     own_loss = "t-narl"
+    total_epochs_matter = True
 
     def __init__(self, *, adjuster: str | None = None, loss: str | None = None, rce_A: float = LOG_1E_4) -> None:
         super().__init__()

@@ -56,6 +56,7 @@ class TruncatedLq(Method):
     PRUNE_MODELS = ("best", "current")
 
     own_loss = "truncated-lq"
+    total_epochs_matter = True
 
     def __init__(self, *, q: float = 0.7, k: float = 0.5, warmup_epochs: int | None = None,
                  prune_every: int | None = None, prune_model: str = "best") -> None:
@@ -126,12 +127,13 @@ class TruncatedLq(Method):
         assert self.weights is not None
         idx = ctx.data.splits["train"]
         w = self.weights[idx.to(self.weights.device)].cpu()
+        truth = getattr(ctx.data, "has_ground_truth", True)
         noisy = ctx.data.is_noisy[idx]
         pruned = w == 0
         return {
             "kept_fraction": float(w.mean()),
-            "pruned_noisy_precision": float(noisy[pruned].float().mean()) if pruned.any() else None,
-            "pruned_noisy_recall": float(pruned[noisy].float().mean()) if noisy.any() else None,
+            "pruned_noisy_precision": float(noisy[pruned].float().mean()) if pruned.any() and truth else None,
+            "pruned_noisy_recall": float(pruned[noisy].float().mean()) if noisy.any() and truth else None,
             "pruned_with_epoch": self.pruned_with_epoch,
         }
 

@@ -106,8 +106,9 @@ def crossfit(cfg: dict[str, Any], *, folds: int = 5, progress: bool = False,
         true number.
     """
     from ..config import save_config
-    from .loop import _create_method, fit
+    from .loop import _create_method, fit, resolve_method_defaults
 
+    cfg = resolve_method_defaults(cfg)  # e.g. rmnw-net's noisy meta set, before the data are carved
     seed = int(cfg["seed"])
     if data is None:
         data = prepare_data(cfg, needs_meta_set=_create_method(cfg).needs_meta_set)
@@ -138,7 +139,7 @@ def crossfit(cfg: dict[str, Any], *, folds: int = 5, progress: bool = False,
         if _fold_is_done(Path(cfg_k["out"]), cfg_k):
             summary_k = json.loads((Path(cfg_k["out"]) / "summary.json").read_text())
         else:
-            summary_k = fit(cfg_k, data=sub, progress=progress)
+            summary_k = fit(cfg_k, data=sub, progress=progress, overwrite=True)  # the fold's own folder
             if summary_k.get("status") != "finished":
                 raise UserError(f"cross-fitting fold {k} ended with status {summary_k.get('status')!r}")
         p_k = np.load(Path(cfg_k["out"]) / "pred_probs.npy", allow_pickle=False).astype(np.float64)

@@ -32,10 +32,11 @@ from ..models import create_model
 from ..seeding import derive_seed, seed_everything
 from .optim import build_optimizer, build_scheduler
 from .prepare import RunData, prepare_data
-from .records import RunRecorder
+from .records import RunRecorder, prepare_run_dir
 
 __all__ = ["TrainContext", "Run", "build_context", "fit", "evaluate", "predict_proba", "seed_everything",
-           "resolve_method_defaults", "status_of", "LAST_K"]
+           "resolve_method_defaults", "status_of", "LAST_K", "check_names", "check_device",
+           "resume_hash", "check_more_epochs"]
 
 #: selection-free summary: the mean test accuracy of the last ``LAST_K`` epochs (NARL's protocol)
 LAST_K = 5
@@ -249,6 +250,45 @@ def resolve_method_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_names(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Every registered name and the device of a config, checked before any data are loaded
+    (one-line errors); returns :func:`resolve_method_defaults` of ``cfg``."""
+    from ..data import DATASETS
+    from ..losses import LOSSES
+    from ..models import MODELS
+    from ..models.timm_adapter import TIMM_PREFIX
+    from ..noise import NOISE
+
+    run = resolve_method_defaults(cfg)
+    DATASETS.get(str(run["data"]["name"]))
+    model = str(run["model"]["name"])
+    if not model.lower().startswith(TIMM_PREFIX):
+        MODELS.get(model)
+    cls = METHODS.get(str(run["method"]["name"]))
+    if cls.loss_name({k: v for k, v in run["method"].items() if k != "name"}) is None:
+        LOSSES.get(str(run["loss"]["name"]))
+    NOISE.get(str(run["noise"]["type"]))
+    check_device(run["device"])
+    return run
+
+
+def check_device(name: Any) -> torch.device:
+    """``torch.device(name)``, refused in one line when this machine cannot run on it."""
+    from ..config import device_type
+
+    kind = device_type(name)
+    dev = torch.device(str(name))
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name}: CUDA is not available on this machine (torch {torch.__version__}, "
+                            f"torch.cuda.is_available() is False); use --set device=cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UserError(f"device {name}: MPS is not available on this machine; use --set device=cpu")
+    return dev
+
+
 def _create_method(cfg: Mapping[str, Any]) -> Method:
     meth_cfg = dict(cfg["method"])
     return create_method(meth_cfg.pop("name"), **meth_cfg)
@@ -298,18 +338,44 @@ def build_context(cfg: dict[str, Any], *, data: RunData | None = None) -> TrainC
     :func:`fit` starts from it; notebooks and tests use it to drive ``method.train_step`` by hand.
     The context's ``cfg`` is ``cfg`` with the method's defaults resolved (:func:`resolve_method_defaults`).
     """
-    cfg = resolve_method_defaults(cfg)
+    cfg = check_names(cfg)
     seed_everything(int(cfg["seed"]))
     method = _create_method(cfg)
     if data is None:
         data = prepare_data(cfg, needs_meta_set=method.needs_meta_set)
-    ctx = _build(cfg, data, torch.device(cfg["device"]), RunRecorder(cfg["out"]), method)
+    ctx = _build(cfg, data, check_device(cfg["device"]), RunRecorder(cfg["out"]), method)
     ctx.method.setup(ctx)
     return ctx
 
 
+def resume_hash(cfg: Mapping[str, Any]) -> str:
+    """The config hash a checkpoint carries: every setting but bookkeeping, ``data.dir`` and
+    ``train.epochs`` (:data:`noisylabels.config.RESUME_FREE_KEYS`)."""
+    from ..config import RESUME_FREE_KEYS, config_hash
+
+    return config_hash(cfg, ignore=RESUME_FREE_KEYS)
+
+
+def check_more_epochs(cfg: Mapping[str, Any], *, before: int, run: int) -> None:
+    """Refuse (one line) a resumed run's ``train.epochs`` that differs from the ``before`` it was
+    started with, unless it is more than the ``run`` epochs done and neither the learning-rate
+    schedule (``cosine`` spans the run) nor the method depends on the total number of epochs."""
+    after = int(cfg["train"]["epochs"])
+    name = str(cfg["method"]["name"])
+    why = None
+    if after < run:
+        why = f"the run has already trained {run} epochs"
+    elif str(cfg["optim"]["schedule"]) == "cosine":
+        why = "the cosine schedule spans the run's epochs, so the learning rates already used would change"
+    elif METHODS.get(name).total_epochs_matter:
+        why = f"method {name!r} plans its stages over the run's epochs"
+    if why is not None:
+        raise UserError(f"cannot resume with --epochs {after} (the run was started with {before}): {why}; "
+                        f"start a new run with --overwrite or choose another --out")
+
+
 def _summary(cfg: Mapping[str, Any], data: RunData, history: list[dict[str, Any]], best: Mapping[str, Any],
-             seconds: float, status: str) -> dict[str, Any]:
+             seconds: float, status: str, *, seconds_total: float | None = None) -> dict[str, Any]:
     last = history[-1] if history else {}
     tail = [h["test_accuracy"] for h in history[-LAST_K:] if h.get("test_accuracy") is not None]
     return {
@@ -329,11 +395,14 @@ def _summary(cfg: Mapping[str, Any], data: RunData, history: list[dict[str, Any]
         f"last{LAST_K}_test_accuracy": sum(tail) / len(tail) if len(tail) == LAST_K else None,
         "epochs_run": len(history),
         "realized_noise_rate": data.realized_noise_rate("train"),
+        "ground_truth": bool(data.has_ground_truth),
+        "test_carved": bool(data.test_carved),
         "num_train": len(data.splits["train"]),
         "num_val": len(data.splits["val"]),
         "num_meta": len(data.splits["meta"]),
         "num_test": len(data.test_labels),
         "seconds": seconds,
+        "seconds_total": seconds if seconds_total is None else seconds_total,
         "version": __version__,
     }
 
@@ -363,10 +432,18 @@ class Run:
         return self.ctx.epochs
 
     def begin(self, *, resume: bool = False) -> None:
-        """Restore ``out/checkpoint.pt`` (if ``resume`` and present), else write the first records."""
+        """Restore ``out/checkpoint.pt`` (if ``resume`` and present), else write the first records;
+        then ``summary.json`` says ``running``.
+
+        A checkpoint carries the hash of the config it was written under (:func:`resume_hash`):
+        one written under another config is refused, never continued. The one setting a resumed
+        run may change is ``train.epochs``, to more than the epochs run, when neither the
+        schedule nor the method depends on the total (see :func:`check_more_epochs`).
+        """
         ctx, data, recorder = self.ctx, self.ctx.data, self.ctx.recorder
         ckpt = recorder.load_checkpoint() if resume else None
         if ckpt is not None:
+            self._check_checkpoint_config(ckpt)
             ctx.model.load_state_dict(ckpt["model"])
             if ckpt.get("schedule_start_epoch"):
                 ctx.restart_schedule(int(ckpt["schedule_start_epoch"]))
@@ -383,12 +460,36 @@ class Run:
             ctx.best.update(ckpt["best"])
             self.start_epoch, self.seconds_before = int(ckpt["epoch"]) + 1, float(ckpt["seconds"])
             ctx.step = int(ckpt["step"])
+            recorder.write_config(self.cfg)  # where this run now lives (--out), and any added epochs
         else:
             recorder.write_config(self.cfg)
             recorder.write_labels(clean=data.clean_labels.numpy(), observed=data.labels.numpy(),
                                   splits={k: v.numpy() for k, v in data.splits.items()},
                                   ood=None if data.open_set_mask is None else data.open_set_mask.numpy(),
                                   paths=data.paths, test_labels=data.test_labels.numpy(), test_paths=data.test_paths)
+        self.write_running_summary()
+
+    def _check_checkpoint_config(self, ckpt: Mapping[str, Any]) -> None:
+        p = self.ctx.recorder.path("checkpoint.pt")
+        saved = ckpt.get("config_hash")
+        if not isinstance(saved, str):
+            raise UserError(f"cannot resume from {p}: it carries no config hash (written by an older noisylabels); "
+                            f"start a new run with --overwrite")
+        now = resume_hash(self.cfg)
+        if saved != now:
+            raise UserError(f"cannot resume from {p}: it belongs to another run (config hash {saved}, this run's "
+                            f"config {now}); start a new run with --overwrite or choose another --out")
+        before = int(ckpt.get("epochs", self.epochs))
+        if before != self.epochs:
+            check_more_epochs(self.cfg, before=before, run=int(ckpt["epoch"]) + 1)
+
+    def write_running_summary(self) -> None:
+        """``summary.json`` with ``status: running`` and the epochs so far."""
+        self.ctx.recorder.write_summary(self._summary("running"))
+
+    def _summary(self, status: str) -> dict[str, Any]:
+        return _summary(self.cfg, self.ctx.data, self.history, self.ctx.best, self.seconds, status,
+                        seconds_total=self.seconds_total)
 
     def steps(self, epoch: int) -> Iterator[None]:
         """The training steps of ``epoch``, one per ``next()``; the loop's accounting (loss, accuracy)."""
@@ -448,14 +549,22 @@ class Run:
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "scaler": ctx.extra["scaler"].state_dict() if ctx.extra.get("scaler") is not None else {},
                 "history": self.history, "best": dict(best),
-                "seconds": self.seconds, "schedule_start_epoch": ctx.schedule_start_epoch,
+                "seconds": self.seconds_total, "schedule_start_epoch": ctx.schedule_start_epoch,
+                "config_hash": resume_hash(self.cfg), "epochs": self.epochs,
             })
         recorder.write_metrics(self.history)
+        self.write_running_summary()
         return row
 
     @property
     def seconds(self) -> float:
-        return self.seconds_before + time.perf_counter() - self.t0
+        """Wall time of this process's part of the run (from building it)."""
+        return time.perf_counter() - self.t0
+
+    @property
+    def seconds_total(self) -> float:
+        """Wall time of the whole run: this process and those it resumed."""
+        return self.seconds_before + self.seconds
 
     @property
     def finished(self) -> bool:
@@ -465,15 +574,20 @@ class Run:
         """Write ``summary.json`` (and, if ``status == 'finished'``, score every sample), the metrics
         and the curves; returns the summary."""
         cfg, recorder = self.cfg, self.ctx.recorder
-        summary = _summary(cfg, self.ctx.data, self.history, self.ctx.best, self.seconds, status)
+        summary = self._summary(status)
         if status == "finished":
             summary.update(_finalize(self.ctx, recorder))
         recorder.write_metrics(self.history)
         recorder.write_summary(summary)
         if self.history:
             try:
+                data = self.ctx.data
+                test = "test (clean)" if data.has_ground_truth else (
+                    "test (carved from your labels)" if data.test_carved else "test (your test labels)")
+                noise = ("no simulated noise" if str(cfg["noise"]["type"]).lower() == "none"
+                         else f"{cfg['noise']['type']} {cfg['noise']['rate']}")
                 recorder.plot_curves(self.history, title=f"{cfg['method']['name']} / {cfg['loss']['name']} on "
-                                     f"{cfg['data']['name']}, {cfg['noise']['type']} {cfg['noise']['rate']}")
+                                     f"{cfg['data']['name']}, {noise}", test_label=test)
             except Exception as exc:  # a plot must never lose the run's results
                 summary["plot_error"] = str(exc)
         return summary
@@ -490,8 +604,8 @@ def status_of(exc: BaseException | None, finished: bool) -> str:
     return "failed"
 
 
-def fit(cfg: dict[str, Any], *, resume: bool = False, stop_after: int | None = None,
-        progress: bool | None = None, data: RunData | None = None) -> dict[str, Any]:
+def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, stop_after: int | None = None,
+        progress: bool | str | None = None, data: RunData | None = None) -> dict[str, Any]:
     """Train one run described by a resolved config; write its records to ``cfg['out']``.
 
     Parameters
@@ -499,11 +613,16 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, stop_after: int | None = N
     cfg:
         A resolved config (:func:`noisylabels.config.resolve_config`).
     resume:
-        Continue from ``out/checkpoint.pt`` if present (numbers equal an uninterrupted run).
+        Continue from ``out/checkpoint.pt`` if present (numbers equal an uninterrupted run); a
+        checkpoint of another config is refused.
+    overwrite:
+        A new run into a folder that holds an earlier run clears it first; without it such a
+        folder is refused (:func:`noisylabels.train.records.prepare_run_dir`).
     stop_after:
         Stop after this many epochs *in this call* (a budget; the run can be resumed later).
     progress:
-        Show a tqdm bar (default: ``cfg['train']['progress']``).
+        Show a tqdm bar (default: ``cfg['train']['progress']``); ``"lines"``: print one line per
+        epoch instead (what the CLI does when stderr is not a terminal).
     data:
         Pre-built :class:`RunData` (otherwise built from the config).
 
@@ -512,15 +631,17 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, stop_after: int | None = N
     dict
         The summary written to ``summary.json``.
     """
+    prepare_run_dir(cfg["out"], resume=resume, overwrite=overwrite)
     run = Run(cfg, data=data)
     run.begin(resume=resume)
     epochs, start = run.epochs, run.start_epoch
     end_epoch = epochs if stop_after is None else min(epochs, start + int(stop_after))
     show = run.cfg["train"]["progress"] if progress is None else progress
+    lines = show == "lines"  # off a terminal: one plain line per epoch instead of a bar
     from tqdm.auto import tqdm
 
     bar = tqdm(range(start, end_epoch), desc=f"{run.cfg['method']['name']}", unit="epoch",
-               disable=not show, leave=False, initial=start, total=epochs)
+               disable=not show or lines, leave=False, initial=start, total=epochs)
     error: BaseException | None = None
     try:
         for epoch in bar:
@@ -528,6 +649,10 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, stop_after: int | None = N
                 pass
             row = run.end_epoch(epoch)
             bar.set_postfix(val=f"{row['val_accuracy']:.3f}", test=f"{row['test_accuracy']:.3f}")
+            if lines:
+                print(f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f}, val accuracy "
+                      f"{row['val_accuracy']:.4f}, test accuracy {row['test_accuracy']:.4f} "
+                      f"({run.seconds:.1f} s)", flush=True)
     except BaseException as exc:
         error = exc
         raise
@@ -549,16 +674,19 @@ def _finalize(ctx: TrainContext, recorder: RunRecorder) -> dict[str, Any]:
     given = data.labels[idx]
     scores = ctx.method.sample_scores(ctx, probs, given).detach().cpu().numpy()
     recorder.write_suspects(index=idx.numpy(), given=given.numpy(), predicted=probs.argmax(1).numpy(),
-                            score=scores, classes=data.classes, paths=data.paths)
+                            score=scores, classes=data.classes, paths=data.paths,
+                            score_column=ctx.method.score_column)
     from .scoring import held_out_rows, pool_and_test_probs, write_pred_probs  # every sample, for `detect`
     write_pred_probs(recorder, pool_and_test_probs(ctx.model, data, batch_size=int(ctx.cfg["train"]["eval_batch_size"]),
                      device=ctx.device), held_out=held_out_rows(data, trained_on=idx.numpy()), data=data,
                      method_scores=(idx.numpy(), scores))
-    noisy = data.is_noisy[idx].numpy()
-    out = detection_metrics(scores, noisy)
-    if ctx.method.detection is not None:  # the method's own score; the selected model's confidence beside it
-        confidence = (1.0 - probs.gather(1, given[:, None]).squeeze(1)).numpy()
-        out.update({f"confidence_{k}": v for k, v in detection_metrics(confidence, noisy).items()})
-    out["train_accuracy_clean"] = float((probs.argmax(1) == data.clean_labels[idx]).float().mean())
+    out: dict[str, Any] = {}
+    if data.has_ground_truth:  # without it nothing is known to be wrong: no detection metrics
+        noisy = data.is_noisy[idx].numpy()
+        out.update(detection_metrics(scores, noisy))
+        if ctx.method.detection is not None:  # the method's own score; the selected model's confidence beside it
+            confidence = (1.0 - probs.gather(1, given[:, None]).squeeze(1)).numpy()
+            out.update({f"confidence_{k}": v for k, v in detection_metrics(confidence, noisy).items()})
+        out["train_accuracy_clean"] = float((probs.argmax(1) == data.clean_labels[idx]).float().mean())
     out.update(ctx.method.finish(ctx))
     return out

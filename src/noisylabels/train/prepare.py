@@ -43,6 +43,7 @@ class RunData:
     test_carved: bool = False            # the test split was carved from the training images (no test set given)
     paths: list[str] | None = None       # source file of each pool image (file-backed data), else None
     test_paths: list[str] | None = None  # source file of each test image
+    has_ground_truth: bool = True        # False: the labels are the user's and none is known to be right
 
     @property
     def num_classes(self) -> int:
@@ -64,7 +65,10 @@ class RunData:
             mask = mask | self.open_set_mask
         return mask
 
-    def realized_noise_rate(self, split: str = "train") -> float:
+    def realized_noise_rate(self, split: str = "train") -> float | None:
+        """The fraction of wrong labels in ``split``; ``None`` without ground truth."""
+        if not self.has_ground_truth:
+            return None
         idx = self.splits[split]
         return float(self.is_noisy[idx].float().mean()) if len(idx) else float("nan")
 
@@ -90,6 +94,9 @@ def _augment_spec(setting: Any, *, channels: int, size: int) -> AugmentSpec | No
         # CIFAR-style colour images get the standard crop+flip; digits/MNIST get none.
         return AugmentSpec(crop_padding=4, hflip=True) if channels == 3 and size >= 24 else None
     if isinstance(setting, Mapping):
+        from ..config import check_augment
+
+        check_augment(setting)
         return AugmentSpec(**{k: setting[k] for k in setting})
     raise UserError(f"data.augment must be auto, none or a mapping, got {setting!r}")
 
@@ -122,11 +129,42 @@ def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> Run
 
     ``needs_meta_set`` resolves ``data.meta_size: auto`` (see :func:`resolve_meta_size`).
     """
+    from ..config import labels_from_user
+
     dcfg, ncfg, seed = cfg["data"], cfg["noise"], int(cfg["seed"])
-    raw = create_dataset(dcfg["name"], data_dir=dcfg["dir"], cache_dir=dcfg["cache_dir"], **(dcfg["options"] or {}),
+    options = dict(dcfg["options"] or {})
+    trusted_csv = options.pop("trusted_csv", None)
+    if trusted_csv is not None and dcfg["train_subset"]:
+        raise UserError("data.options.trusted_csv with data.train_subset is not supported (the subset could drop "
+                        "verified samples)")
+    raw = create_dataset(dcfg["name"], data_dir=dcfg["dir"], cache_dir=dcfg["cache_dir"], **options,
                          **stream_options(dcfg))
+    truth = raw.y_train_clean is not None or not labels_from_user(cfg)
+    meta_kind = str(dcfg["meta_set"])
+    if meta_kind == "auto":  # unresolved (resolve_method_defaults): the method's preset, else clean
+        from ..methods import METHODS
+
+        meta_kind = METHODS.get(str(cfg["method"]["name"])).meta_set_kind or "clean"
+    trusted = None
+    if trusted_csv is not None:
+        if not needs_meta_set:
+            raise UserError(f"data.options.trusted_csv is the clean meta set of a meta method; method "
+                            f"{cfg['method']['name']!r} uses none")
+        if meta_kind != "clean":
+            raise UserError("data.options.trusted_csv gives a clean meta set; it contradicts --meta-set noisy")
+        if dcfg["meta_size"] != "auto":
+            raise UserError("data.options.trusted_csv: the meta set is its rows; leave data.meta_size at auto")
+        trusted = _read_trusted(trusted_csv, raw, data_dir=dcfg["dir"])
+    elif needs_meta_set and meta_kind == "clean" and not truth:
+        raise UserError(
+            f"method {cfg['method']['name']!r} needs a clean meta set, but the labels are yours and none is known "
+            f"to be right: give a CSV of labels you verified (--set data.options.trusted_csv=FILE, path,label rows; "
+            f"they become the meta set), or use --meta-set noisy with a robust meta loss (e.g. --method rmnw-net, "
+            f"MAE meta loss)")
     if raw.x_test is None:
-        raw = split_off_test(raw, test_fraction=0.2)
+        raw = split_off_test(raw, test_fraction=0.2, keep=None if trusted is None else trusted[0])
+        if trusted is not None:
+            trusted = _read_trusted(trusted_csv, raw, data_dir=dcfg["dir"])
     num_classes = len(raw.classes)
     x, given = raw.x_train, raw.y_train.astype(np.int64)
     clean = raw.y_train_clean.astype(np.int64) if raw.y_train_clean is not None else given.copy()
@@ -165,10 +203,13 @@ def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> Run
         noisy, transition = result.noisy_labels, result.transition
 
     meta_clean = dcfg["meta_set"] in ("clean", "auto")  # auto: resolved by the method, else clean
+    if trusted is not None:  # the verified labels are the truth of their samples and the meta set
+        clean = clean.copy()
+        clean[trusted[0]] = trusted[1]
     splits = make_splits(clean if meta_clean else noisy, val_fraction=float(dcfg["val_fraction"]),
                          meta_size=resolve_meta_size(dcfg["meta_size"], len(clean), needs_meta_set=needs_meta_set),
                          seed=derive_seed(seed, "splits"),
-                         num_classes=num_classes)
+                         num_classes=num_classes, meta=None if trusted is None else trusted[0])
     labels = np.asarray(noisy, dtype=np.int64).copy()
     if meta_clean and len(splits["meta"]):
         labels[splits["meta"]] = clean[splits["meta"]]
@@ -191,4 +232,27 @@ def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> Run
         test_carved=bool(raw.test_carved),
         paths=None if paths is None else list(paths),
         test_paths=None if test_paths is None else list(test_paths),
+        has_ground_truth=bool(truth),
     )
+
+
+def _read_trusted(path: Any, raw: Any, *, data_dir: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``data.options.trusted_csv``: (pool positions, labels) of the user's verified samples."""
+    from pathlib import Path
+
+    from ..data.labels_csv import read_labels_csv
+    from ..data.registry import resolve_path
+
+    if raw.paths_train is None:
+        raise UserError(f"data.options.trusted_csv needs file-backed data (imagefolder, a labels CSV); "
+                        f"{raw.name} has no image files")
+    csv_path = resolve_path(path, None if data_dir is None else Path(data_dir), what="trusted_csv")
+    firsts = {p.split("/", 1)[0] for p in raw.paths_train if "/" in p}
+    prefix = next(iter(firsts)) if len(firsts) == 1 else ""
+    try:
+        pos, labels = read_labels_csv(csv_path, classes=raw.classes, train_paths=raw.paths_train, prefix=prefix)
+    except UserError as exc:
+        raise UserError(str(exc).replace("labels_csv", "trusted_csv", 1)) from None
+    if len(pos) == 0:
+        raise UserError(f"trusted_csv {csv_path} has no rows")
+    return pos, labels.astype(np.int64)

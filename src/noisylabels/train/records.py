@@ -20,7 +20,44 @@ import torch
 from ..config import save_config
 from ..errors import UserError
 
-__all__ = ["RunRecorder", "atomic_write_text", "atomic_torch_save", "to_jsonable", "csv_cell"]
+__all__ = ["RunRecorder", "atomic_write_text", "atomic_torch_save", "to_jsonable", "csv_cell", "prepare_run_dir",
+           "RUN_MARKERS"]
+
+#: files whose presence makes a folder a noisylabels run directory
+RUN_MARKERS = ("config.yaml", "summary.json", "checkpoint.pt", "metrics.jsonl", "error.txt")
+
+
+def prepare_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Check (and for ``overwrite``, clear) the folder a run is about to write.
+
+    A run writes only into ``out``. A new run (not ``resume``) into a folder that holds anything
+    is refused, so two runs never mix, unless ``overwrite`` (which first empties a folder that
+    holds a noisylabels run; any other non-empty folder is never cleared) or ``out`` is the
+    default ``runs/latest``, which always holds the latest run.
+    """
+    from ..config import DEFAULTS
+
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--out {p} is an existing file, not a directory; choose another --out")
+    if resume or not p.is_dir() or not any(p.iterdir()):
+        return p
+    is_run = any((p / name).exists() for name in RUN_MARKERS)
+    default = os.path.normpath(str(p)) == os.path.normpath(str(DEFAULTS["out"]))
+    if not is_run:
+        raise UserError(f"--out {p} is a non-empty folder that holds no noisylabels run; it is never cleared: "
+                        f"choose another --out")
+    if not (overwrite or default):
+        raise UserError(f"--out {p} already holds a run; continue it with --resume, replace it with --overwrite "
+                        f"(clears the folder), or choose another --out")
+    import shutil
+
+    for child in p.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    return p
 
 
 def to_jsonable(value: Any) -> Any:
@@ -51,10 +88,17 @@ def csv_cell(text: str) -> str:
     return text
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a record gets the permissions of any file the user writes
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -122,12 +166,15 @@ class RunRecorder:
 
     def write_suspects(self, *, index: np.ndarray, given: np.ndarray, predicted: np.ndarray,
                        score: np.ndarray, classes: Sequence[str] | None = None,
-                       paths: Sequence[str] | None = None) -> None:
+                       paths: Sequence[str] | None = None, score_column: str = "score_1_minus_p_given") -> None:
         """``suspects.csv``: training samples from most to least likely mislabeled; ``path``
-        is the source file of each (pool-indexed ``paths``; empty without files)."""
+        is the source file of each (pool-indexed ``paths``; empty without files); the last
+        column, named ``score_column``, is the suspicion score (``score_1_minus_p_given``: one
+        minus the selected model's probability of the given label; ``score_neg_weight``: minus
+        a meta method's weight at the selected epoch, ...)."""
         order = np.argsort(-np.asarray(score), kind="stable")
         name = (lambda c: csv_cell(classes[int(c)])) if classes else (lambda c: str(int(c)))
-        lines = ["rank,index,given_label,predicted_label,given_name,predicted_name,path,score"]
+        lines = [f"rank,index,given_label,predicted_label,given_name,predicted_name,path,{score_column}"]
         for r, o in enumerate(order):
             p = csv_cell(paths[int(index[o])]) if paths is not None else ""
             lines.append(f"{r},{int(index[o])},{int(given[o])},{int(predicted[o])},"
@@ -153,7 +200,8 @@ class RunRecorder:
     def save_best_model(self, model_state: Mapping[str, Any]) -> None:
         atomic_torch_save(dict(model_state), self.path("best_model.pt"))
 
-    def plot_curves(self, history: Sequence[Mapping[str, Any]], title: str = "") -> None:
+    def plot_curves(self, history: Sequence[Mapping[str, Any]], title: str = "",
+                    test_label: str = "test (clean)") -> None:
         from ..eval.plots import plot_curves
 
-        _atomic(self.path("curves.png"), lambda tmp: plot_curves(history, tmp, title=title))
+        _atomic(self.path("curves.png"), lambda tmp: plot_curves(history, tmp, title=title, test_label=test_label))
