@@ -174,6 +174,18 @@ def test_mwnet_resume_equals_uninterrupted(tmp_path, assert_resume_exact):
     assert_resume_exact(lambda name: run_cfg(tmp_path, name, epochs=2, **over), stop_after=1)
 
 
+def test_rmnw_net_weights_rank_corrupted_labels_low(tmp_path):
+    """Direction: with a *noisy* meta set and the MAE meta loss, corrupted samples still get the
+    lower weights (MW-Net code's optimiser and normalisation, which move the weight net fast)."""
+    mwnet_code = {"method.normalize": "sum", "method.meta_optimizer": "adam", "method.meta_weight_decay": 1e-4}
+    s = fit(run_cfg(tmp_path, "rm", epochs=4, **{"noise.type": "symmetric", "noise.rate": 0.4, "data.meta_size": 150,
+                                                  "method.name": "rmnw-net"}, **mwnet_code))
+    assert s["detection_auroc"] > 0.9
+    rows = [json.loads(r) for r in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["mean_weight_noisy"] < rows[-1]["mean_weight_clean"]
+
+
+@pytest.mark.slow
 def test_rmnw_net_beats_ce_on_digits_with_40pc_symmetric_noise(tmp_path):
     """The noisy meta set with the MAE meta loss learns useful weights (MW-Net code's optimiser and
     normalisation, which move the weight net within 15 epochs; the paper's SGD at lr 1e-3 is slower)."""
