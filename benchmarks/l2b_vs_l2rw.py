@@ -35,7 +35,6 @@ Needs the shared MNIST test files; one thread.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -49,7 +48,7 @@ from noisylabels.config import resolve_config
 from noisylabels.meta import per_example_weights
 from noisylabels.methods import register_method
 from noisylabels.methods import L2B, L2RW
-from noisylabels.train import fit
+from noisylabels.train import fit, read_metrics
 
 __all__ = ["ProbeL2B", "main"]
 
@@ -147,7 +146,7 @@ def run(out: Path, variant: str, rate: float, seed: int, args: argparse.Namespac
     if variant != "ce":
         over["method.warmup_epochs"] = args.warmup
     summary = fit(resolve_config(overrides=over), overwrite=True)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     return {"summary": summary, "rows": rows}
 
 

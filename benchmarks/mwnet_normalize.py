@@ -16,12 +16,11 @@ MNIST needs the shared data (see ``noisylabels datasets``); ``--dataset digits``
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 from noisylabels.config import resolve_config
-from noisylabels.train import fit
+from noisylabels.train import fit, read_metrics
 
 __all__ = ["main"]
 
@@ -34,7 +33,7 @@ def _run(out: Path, *, method: str, normalize: str, seed: int, args: argparse.Na
     if args.dataset == "mnist":
         over.update({"model.name": "lenet", "data.meta_size": 500})
     summary = fit(resolve_config(overrides=over), overwrite=True)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     rows[-1]["_test_at_best_val"] = summary["test_accuracy"]
     return rows
 

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from noisylabels.config import resolve_config
 from noisylabels.methods import register_method
 from noisylabels.methods.mwnet import RMNWNet
-from noisylabels.train import fit
+from noisylabels.train import fit, read_metrics
 from noisylabels.train.loop import predict_proba
 
 __all__ = ["ProbeRMNW", "main"]
@@ -163,7 +163,7 @@ def run(out: Path, variant: str, seed: int, args: argparse.Namespace) -> dict[st
         k, v = kv.split("=", 1)
         over[k] = json.loads(v) if v[:1] in "[{0123456789-" or v in ("true", "false", "null") else v
     summary = fit(resolve_config(overrides=over), overwrite=True)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out)
     return {"summary": summary, "rows": rows}
 
 

@@ -23,7 +23,7 @@ import torch
 from noisylabels.bench import load_suite
 from noisylabels.bench.harness import tabulate
 from noisylabels.config import resolve_config
-from noisylabels.train import fit
+from noisylabels.train import fit, read_metrics
 
 __all__ = ["main"]
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
             if s.get("status") != "finished":
                 resume = (out / "checkpoint.pt").is_file()
                 s = fit(cfg, resume=resume, overwrite=not resume)
-            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            rows = read_metrics(out)
             s.setdefault("last5_test_accuracy", statistics.fmean(r["test_accuracy"] for r in rows[-5:]))
             results[(cell.key, seed)] = s
             print(f"{cell.key} seed {seed}: best-val {s['test_accuracy']:.4f} last {s['last_test_accuracy']:.4f} "

@@ -21,7 +21,6 @@ methods; 10% meta set, noisy for rmnw), or any ``method=NAME`` / ``loss=NAME``.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 
 from noisylabels.config import parse_assignment, resolve_config
-from noisylabels.train import fit
+from noisylabels.train import fit, read_metrics
 
 __all__ = ["main"]
 
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
                                             "train.num_threads": 1, "train.epochs": args.epochs,
                                             "noise.type": args.noise, "noise.rate": rate, **common, **over})
             s = fit(cfg, overwrite=True)
-            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            rows = read_metrics(out)
             acc = [100 * r["test_accuracy"] for r in rows]
             best = max(range(len(acc)), key=acc.__getitem__)
             curve = " ".join(f"{a:.1f}" for a in acc[args.every - 1::args.every])

@@ -315,3 +315,11 @@ def test_a_cross_fit_into_another_run_is_refused_before_loading_data(tmp_path, c
     monkeypatch.setattr(crossfit, "prepare_data", lambda *a, **k: pytest.fail("data loaded"))
     code, _, err = _cli(capsys, *_small_flags(out, "--folds", "2", "--quiet"))
     assert code == 2 and "already holds a run" in _one_line(err)
+
+
+def test_read_metrics_returns_the_epoch_rows(tmp_path):
+    from noisylabels.train import RunRecorder, read_metrics
+
+    rows = [{"epoch": 0, "test_accuracy": 0.5}, {"epoch": 1, "test_accuracy": 0.75}]
+    RunRecorder(tmp_path).write_metrics(rows)
+    assert read_metrics(tmp_path) == rows

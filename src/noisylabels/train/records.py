@@ -21,7 +21,13 @@ from ..config import save_config
 from ..errors import UserError
 
 __all__ = ["RunRecorder", "atomic_write_text", "atomic_torch_save", "to_jsonable", "csv_cell", "prepare_run_dir",
-           "RUN_MARKERS"]
+           "RUN_MARKERS", "read_metrics"]
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch rows of a run's ``metrics.jsonl`` (one dict per epoch, in order)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
 
 #: files whose presence makes a folder a noisylabels run directory
 RUN_MARKERS = ("config.yaml", "summary.json", "checkpoint.pt", "metrics.jsonl", "error.txt")
