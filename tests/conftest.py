@@ -5,6 +5,15 @@ from pathlib import Path
 import pytest
 import torch
 
+# Heavy libraries the runs import lazily (scikit-learn for the digits data and folds, matplotlib for
+# the plots): imported once at collection, so their one-time import cost (seconds on a cold disk)
+# is not charged to whichever test happens to train first.
+import matplotlib  # noqa: E402,F401
+import sklearn.datasets  # noqa: E402,F401
+import sklearn.model_selection  # noqa: E402,F401
+
+matplotlib.use("Agg")
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
