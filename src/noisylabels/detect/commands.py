@@ -194,7 +194,8 @@ def cmd_crossfit(cfg: dict[str, Any], args: argparse.Namespace) -> int:
 
     if args.resume:
         raise UserError("--resume does not apply to --folds (finished folds are reused automatically)")
-    summary = crossfit(cfg, folds=args.folds, progress=not args.quiet and sys.stderr.isatty())
+    summary = crossfit(cfg, folds=args.folds, progress=not args.quiet and sys.stderr.isatty(),
+                       overwrite=bool(getattr(args, "overwrite", False)))
     from ..cli import _noise_text
 
     print(f"noisylabels cross-fit ({args.folds} folds) {cfg['method']['name']} ({cfg['loss']['name']}, "

@@ -32,7 +32,8 @@ from ..models import create_model
 from ..seeding import derive_seed, seed_everything
 from .optim import build_optimizer, build_scheduler
 from .prepare import RunData, prepare_data
-from .records import RunRecorder, prepare_run_dir
+from .records import RunRecorder
+from .rundir import RunDir
 
 __all__ = ["TrainContext", "Run", "build_context", "fit", "evaluate", "predict_proba", "seed_everything",
            "resolve_method_defaults", "status_of", "LAST_K", "check_names", "check_device",
@@ -458,7 +459,7 @@ class Run:
                 ctx.extra["scaler"].load_state_dict(ckpt["scaler"])
             self.history = ckpt["history"]
             ctx.best.update(ckpt["best"])
-            self.start_epoch, self.seconds_before = int(ckpt["epoch"]) + 1, float(ckpt["seconds"])
+            self.start_epoch, self.seconds_before = int(ckpt["epoch"]) + 1, self._seconds_so_far(ckpt)
             ctx.step = int(ckpt["step"])
             recorder.write_config(self.cfg)  # where this run now lives (--out), and any added epochs
         else:
@@ -468,6 +469,21 @@ class Run:
                                   ood=None if data.open_set_mask is None else data.open_set_mask.numpy(),
                                   paths=data.paths, test_labels=data.test_labels.numpy(), test_paths=data.test_paths)
         self.write_running_summary()
+
+    def _seconds_so_far(self, ckpt: Mapping[str, Any]) -> float:
+        """The run's wall time before this process: the running total the last summary persisted
+        (it counts the time after the last checkpoint too: the final epoch's scoring, an interrupted
+        epoch), else the checkpoint's."""
+        import json
+
+        try:
+            total = json.loads(self.ctx.recorder.path("summary.json").read_text()).get("seconds_total")
+        except (OSError, ValueError, AttributeError):
+            total = None
+        if isinstance(total, (int, float)) and not isinstance(total, bool) and math.isfinite(total) \
+                and total >= float(ckpt["seconds"]):
+            return float(total)
+        return float(ckpt["seconds"])
 
     def _check_checkpoint_config(self, ckpt: Mapping[str, Any]) -> None:
         p = self.ctx.recorder.path("checkpoint.pt")
@@ -488,8 +504,9 @@ class Run:
         self.ctx.recorder.write_summary(self._summary("running"))
 
     def _summary(self, status: str) -> dict[str, Any]:
-        return _summary(self.cfg, self.ctx.data, self.history, self.ctx.best, self.seconds, status,
-                        seconds_total=self.seconds_total)
+        seconds = self.seconds  # read once: the total is the earlier processes' total plus exactly this
+        return _summary(self.cfg, self.ctx.data, self.history, self.ctx.best, seconds, status,
+                        seconds_total=self.seconds_before + seconds)
 
     def steps(self, epoch: int) -> Iterator[None]:
         """The training steps of ``epoch``, one per ``next()``; the loop's accounting (loss, accuracy)."""
@@ -616,8 +633,10 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
         Continue from ``out/checkpoint.pt`` if present (numbers equal an uninterrupted run); a
         checkpoint of another config is refused.
     overwrite:
-        A new run into a folder that holds an earlier run clears it first; without it such a
-        folder is refused (:func:`noisylabels.train.records.prepare_run_dir`).
+        A new run into a folder that holds an earlier run replaces it (removing only that run's
+        records, its manifest); without it such a folder is refused. The folder is locked for the
+        run's lifetime, and nothing is removed before everything the run reads has been read
+        (:class:`noisylabels.train.rundir.RunDir`).
     stop_after:
         Stop after this many epochs *in this call* (a budget; the run can be resumed later).
     progress:
@@ -631,8 +650,13 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
     dict
         The summary written to ``summary.json``.
     """
-    prepare_run_dir(cfg["out"], resume=resume, overwrite=overwrite)
-    run = Run(cfg, data=data)
+    with RunDir(cfg["out"], resume=resume, overwrite=overwrite) as claim:  # refusals and the lock; nothing removed
+        run = Run(cfg, data=data)  # reads everything the run needs: data, label CSVs, checkpoints, adjusters
+        claim.start()  # only now does a new run replace the previous one's records
+        return _train(run, resume=resume, stop_after=stop_after, progress=progress)
+
+
+def _train(run: Run, *, resume: bool, stop_after: int | None, progress: bool | str | None) -> dict[str, Any]:
     run.begin(resume=resume)
     epochs, start = run.epochs, run.start_epoch
     end_epoch = epochs if stop_after is None else min(epochs, start + int(stop_after))
