@@ -124,7 +124,7 @@ def _refuse_if_locked(folder: Path) -> None:
     lock = _try_lock(folder / LOCK) if (folder / LOCK).is_file() else None
     if lock is False:
         raise UserError(f"{folder} is in use by another noisylabels process (pid {_holder(folder / LOCK)}); "
-                        "wait for it to finish or stop it")
+                        "wait for it to finish, or choose another --out")
     if lock is not None:
         os.close(lock)
 
@@ -185,6 +185,7 @@ def check_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
         raise UserError(f"--out {p} is an existing file, not a directory; choose another --out")
     if not p.is_dir():
         return "new"
+    _refuse_if_locked(p)  # a run in progress there: say who holds it
     marker = read_marker(p)
     if marker is not None:
         if not _holds_records(p, marker):
