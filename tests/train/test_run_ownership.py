@@ -252,3 +252,45 @@ def test_the_marker_names_the_library_and_a_run_id(tmp_path, capsys):
     # every file the run wrote is in the manifest, and nothing else is
     written = {p.name for p in out.iterdir()} - {MARKER, LOCK}
     assert written == {n for n in m["manifest"] if (out / n).exists()}
+
+
+# -- a resume trains on the data it started with -------------------------------------------------------------
+
+def _class_folders(root, seed):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(30):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / c / f"{i:02d}.png")
+    return root
+
+
+def test_resume_on_other_data_is_refused_and_a_moved_copy_resumes(tmp_path, capsys):
+    import shutil
+
+    a, b = _class_folders(tmp_path / "A", 0), _class_folders(tmp_path / "B", 1)  # same names, other images
+    out = tmp_path / "r"
+    flags = ["--dataset", "imagefolder", "--quiet", "--set", "data.cache_dir=" + str(tmp_path / "cache")]
+    assert _train(capsys, "--out", str(out), "--data-dir", str(a), "--epochs", "1", *flags)[0] == 0
+    before = _snapshot(out)
+    code, err = _train(capsys, "--out", str(out), "--resume", "--data-dir", str(b), "--quiet")
+    line = _one_line(err)
+    assert code == 2 and "trained on other data" in line, line
+    assert _snapshot(out) == before  # pred_probs.npy, suspects.csv, summary.json untouched
+    shutil.copytree(a, tmp_path / "A-moved")
+    code, err = _train(capsys, "--out", str(out), "--resume", "--data-dir", str(tmp_path / "A-moved"), "--quiet")
+    assert code == 0, err
+
+
+def test_a_checkpoint_without_a_data_fingerprint_is_refused(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "r"
+    assert _train(capsys, "--out", str(out), *SMALL[:2], "--epochs", "2", "--quiet")[0] == 0
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    del state["data_fingerprint"]  # as an older noisylabels wrote it
+    torch.save(state, out / "checkpoint.pt")
+    code, err = _train(capsys, "--out", str(out), "--resume", "--quiet")
+    assert code == 2 and "no data fingerprint" in _one_line(err)

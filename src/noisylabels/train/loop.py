@@ -37,7 +37,7 @@ from .rundir import RunDir
 
 __all__ = ["TrainContext", "Run", "build_context", "fit", "evaluate", "predict_proba", "seed_everything",
            "resolve_method_defaults", "status_of", "LAST_K", "check_names", "check_device",
-           "resume_hash", "check_more_epochs"]
+           "resume_hash", "check_more_epochs", "data_fingerprint"]
 
 #: selection-free summary: the mean test accuracy of the last ``LAST_K`` epochs (NARL's protocol)
 LAST_K = 5
@@ -349,6 +349,20 @@ def build_context(cfg: dict[str, Any], *, data: RunData | None = None) -> TrainC
     return ctx
 
 
+def data_fingerprint(data: RunData) -> str:
+    """A 16-hex-digit BLAKE2b of a run's pool and test images and labels (see :attr:`Run.data_fingerprint`)."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.blake2b(digest_size=8)
+    for t in (data.images, data.labels, data.clean_labels, data.test_images, data.test_labels):
+        a = t.detach().cpu().contiguous()
+        h.update(f"{a.dtype}{tuple(a.shape)}".encode())
+        h.update(a.numpy().reshape(-1).view(np.uint8) if a.numel() else b"")
+    return h.hexdigest()
+
+
 def resume_hash(cfg: Mapping[str, Any]) -> str:
     """The config hash a checkpoint carries: every setting but bookkeeping, ``data.dir`` and
     ``train.epochs`` (:data:`noisylabels.config.RESUME_FREE_KEYS`)."""
@@ -436,12 +450,15 @@ class Run:
         """Restore ``out/checkpoint.pt`` (if ``resume`` and present), else write the first records;
         then ``summary.json`` says ``running``.
 
-        A checkpoint carries the hash of the config it was written under (:func:`resume_hash`):
-        one written under another config is refused, never continued. The one setting a resumed
+        A checkpoint carries the hash of the config it was written under (:func:`resume_hash`)
+        and a fingerprint of the data (:func:`data_fingerprint`): one written under another config
+        or on other data (e.g. ``--data-dir`` pointing elsewhere) is refused, never continued; one
+        without a fingerprint (an older noisylabels) is refused too, since nothing shows its data. The one setting a resumed
         run may change is ``train.epochs``, to more than the epochs run, when neither the
         schedule nor the method depends on the total (see :func:`check_more_epochs`).
         """
         ctx, data, recorder = self.ctx, self.ctx.data, self.ctx.recorder
+        _ = self.data_fingerprint  # of the data as built, before any epoch (a method may change labels later)
         ckpt = recorder.load_checkpoint() if resume else None
         if ckpt is not None:
             self._check_checkpoint_config(ckpt)
@@ -495,9 +512,25 @@ class Run:
         if saved != now:
             raise UserError(f"cannot resume from {p}: it belongs to another run (config hash {saved}, this run's "
                             f"config {now}); start a new run with --overwrite or choose another --out")
+        saved_data = ckpt.get("data_fingerprint")
+        if not isinstance(saved_data, str):
+            raise UserError(f"cannot resume from {p}: it carries no data fingerprint (written by an older noisylabels), "
+                            f"so nothing shows it was trained on these data; start a new run in another --out")
+        if saved_data != self.data_fingerprint:
+            raise UserError(f"cannot resume from {p}: it was trained on other data (images or labels differ from "
+                            f"those of --data-dir {self.cfg['data']['dir']}); resume with the data it was trained on, "
+                            f"or start a new run in another --out")
         before = int(ckpt.get("epochs", self.epochs))
         if before != self.epochs:
             check_more_epochs(self.cfg, before=before, run=int(ckpt["epoch"]) + 1)
+
+    @property
+    def data_fingerprint(self) -> str:
+        """A hash of what the run trains and is tested on: pool and test images, the labels it sees
+        and the clean ones (where the files live does not matter: a moved data folder resumes)."""
+        if "_data_fingerprint" not in self.__dict__:
+            self._data_fingerprint = data_fingerprint(self.ctx.data)
+        return self._data_fingerprint
 
     def write_running_summary(self) -> None:
         """``summary.json`` with ``status: running`` and the epochs so far."""
@@ -568,6 +601,7 @@ class Run:
                 "history": self.history, "best": dict(best),
                 "seconds": self.seconds_total, "schedule_start_epoch": ctx.schedule_start_epoch,
                 "config_hash": resume_hash(self.cfg), "epochs": self.epochs,
+                "data_fingerprint": self.data_fingerprint,
             })
         recorder.write_metrics(self.history)
         self.write_running_summary()
