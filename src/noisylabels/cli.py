@@ -300,10 +300,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             same = (out / "config.yaml").is_file() and load_config(out / "config.yaml") == run
         except UserError:
             same = False
-        if not args.resume:  # refusals before any data are loaded; the cross-fit replaces a run only once it has read its data
+        if not args.resume:  # refusals before any data are loaded (the run is replaced only once its data are read)
             check_run_dir(out, resume=same, overwrite=args.overwrite)
         return cmd_crossfit(cfg, args)
-    check_run_dir(cfg["out"], resume=args.resume, overwrite=args.overwrite)  # nothing is removed before the data are read
+    check_run_dir(cfg["out"], resume=args.resume, overwrite=args.overwrite)  # refusals only: nothing is removed yet
     print(_header(cfg), flush=True)
     print(f"loading data ({run['data']['name']}) ...", flush=True)
     progress: bool | str = False if args.quiet else (True if sys.stderr.isatty() else "lines")

@@ -42,7 +42,8 @@ def numpy_globals() -> dict[tuple[str, str], Any]:
     out: dict[tuple[str, str], Any] = {}
     for module, name in NUMPY_GLOBALS:
         # numpy 2 spelling first (importing numpy.core there warns), numpy 1's second
-        for where in dict.fromkeys((module.replace("numpy.core.", "numpy._core."), module.replace("numpy._core.", "numpy.core."))):
+        v2, v1 = module.replace("numpy.core.", "numpy._core."), module.replace("numpy._core.", "numpy.core.")
+        for where in dict.fromkeys((v2, v1)):
             try:
                 out[(module, name)] = _import(where, name)
                 break

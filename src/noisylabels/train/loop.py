@@ -350,16 +350,22 @@ def build_context(cfg: dict[str, Any], *, data: RunData | None = None) -> TrainC
 
 
 def data_fingerprint(data: RunData) -> str:
-    """A 16-hex-digit BLAKE2b of a run's pool and test images and labels (see :attr:`Run.data_fingerprint`)."""
+    """A 16-hex-digit BLAKE2b of a run's pool and test images (their bytes; for streamed data, their
+    source paths in order), labels and paths (see :attr:`Run.data_fingerprint`)."""
     import hashlib
 
     import numpy as np
 
     h = hashlib.blake2b(digest_size=8)
     for t in (data.images, data.labels, data.clean_labels, data.test_images, data.test_labels):
+        if not isinstance(t, torch.Tensor):  # streamed images (decoded per batch): their source files, in order
+            h.update(f"{type(t).__name__}{len(t)}".encode())
+            continue
         a = t.detach().cpu().contiguous()
         h.update(f"{a.dtype}{tuple(a.shape)}".encode())
         h.update(a.numpy().reshape(-1).view(np.uint8) if a.numel() else b"")
+    for paths in (data.paths, data.test_paths):
+        h.update("\0".join(paths).encode("utf-8", "surrogateescape") if paths is not None else b"-")
     return h.hexdigest()
 
 
@@ -453,7 +459,8 @@ class Run:
         A checkpoint carries the hash of the config it was written under (:func:`resume_hash`)
         and a fingerprint of the data (:func:`data_fingerprint`): one written under another config
         or on other data (e.g. ``--data-dir`` pointing elsewhere) is refused, never continued; one
-        without a fingerprint (an older noisylabels) is refused too, since nothing shows its data. The one setting a resumed
+        without a fingerprint (an older noisylabels) is refused too, since nothing shows its data.
+        The one setting a resumed
         run may change is ``train.epochs``, to more than the epochs run, when neither the
         schedule nor the method depends on the total (see :func:`check_more_epochs`).
         """
