@@ -89,8 +89,25 @@ def _holds_records(folder: Path, marker: dict[str, Any]) -> bool:
     return any(os.path.lexists(folder / n) for n in marker["manifest"] if _valid_entry(n))
 
 
+def _nested_runs(folder: Path) -> list[Path]:
+    """The marked runs in ``folder``'s manifest (not through symlinks), recursively."""
+    marker = read_marker(folder)
+    out: list[Path] = []
+    for name in (marker or {}).get("manifest", []):
+        target = folder / name
+        if _valid_entry(name) and not target.is_symlink() and target.is_dir() and read_marker(target) is not None:
+            out += [target, *_nested_runs(target)]
+    return out
+
+
 def _clear(folder: Path) -> None:
     """Remove the manifest's entries of the marked run ``folder`` (and their leftover temporaries)."""
+    for nested in _nested_runs(folder):  # all or nothing: refused before anything is removed
+        _refuse_if_locked(nested)
+    _clear_checked(folder)
+
+
+def _clear_checked(folder: Path) -> None:
     marker = read_marker(folder)
     if marker is None:
         return
@@ -100,8 +117,7 @@ def _clear(folder: Path) -> None:
         if target.is_symlink() or target.is_file():
             target.unlink()
         elif target.is_dir() and read_marker(target) is not None:  # a run inside the run: its own manifest only
-            _refuse_if_locked(target)
-            _clear(target)
+            _clear_checked(target)
             held = str(target.resolve()) in _HELD  # this process's own lock stays (it marks the folder anew)
             for own in _OURS:
                 if own == LOCK and held:
