@@ -294,3 +294,22 @@ def test_a_checkpoint_without_a_data_fingerprint_is_refused(tmp_path, capsys):
     torch.save(state, out / "checkpoint.pt")
     code, err = _train(capsys, "--out", str(out), "--resume", "--quiet")
     assert code == 2 and "no data fingerprint" in _one_line(err)
+
+
+@pytest.mark.slow
+def test_two_train_processes_started_together_one_runs_and_one_is_refused(tmp_path):
+    """End to end: two `noisylabels train` into one --out; one finishes, the other exits 2 naming its pid."""
+    out = tmp_path / "r"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = [sys.executable, "-m", "noisylabels", "train", "--out", str(out), "--set", "data.train_subset=300",
+            "--epochs", "3", "--quiet", "--set", "train.num_threads=1"]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    results = [(p.pid, *p.communicate(timeout=300), p.returncode) for p in procs]
+    codes = sorted(r[3] for r in results)
+    assert codes == [0, 2], results
+    (winner,) = [r for r in results if r[3] == 0]
+    (loser,) = [r for r in results if r[3] == 2]
+    assert f"pid {winner[0]}" in _one_line(loser[2]) and "Traceback" not in loser[2]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "finished" and s["epochs_run"] == 3
