@@ -80,7 +80,10 @@ def _add_narl_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", action="append", default=[], metavar="TYPE:RATE",
                    help="a task, e.g. symmetric:0.4 (repeatable; default: symmetric, the dataset's class map and "
                         "instance noise at 20/40/60%%, as the paper)")
-    p.add_argument("--adjuster-out", help="the adjuster file to write (default OUT/adjuster.pt)")
+    p.add_argument("--adjuster-out", help="the adjuster file to write (default OUT/adjuster.pt; an existing one is "
+                                          "refused unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the narl-train run in --out (only its records) and an existing --adjuster-out")
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -260,7 +263,7 @@ def _interrupted_message(cfg: dict[str, Any], exc: BaseException) -> str:
     if done and not cfg["train"]["checkpoint"]:
         return (f"noisylabels: interrupted ({what}) after {done} of {total} epochs; records kept in {out}, but "
                 f"train.checkpoint=false left no checkpoint: the run cannot be resumed")
-    if any(out.glob("*")) if out.is_dir() else False:
+    if out.is_dir() and any(not p.name.startswith(".noisylabels-run") for p in out.iterdir()):  # not just our marker
         return (f"noisylabels: interrupted ({what}) before the first epoch finished: nothing to resume; "
                 f"start again with --overwrite")
     return f"noisylabels: interrupted ({what}) before the run started (while loading data): nothing was written"
@@ -274,7 +277,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .methods import METHODS
     from .train import fit
     from .train.loop import check_names
-    from .train.records import prepare_run_dir
+    from .train.rundir import check_run_dir
 
     if args.resume and args.overwrite:
         raise UserError("give --resume or --overwrite, not both")
@@ -294,13 +297,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         out = Path(cfg["out"])
         try:  # the same cross-fit again reuses its finished folds; anything else is a new run
-            same = (out / "config.yaml").is_file() and load_config(out / "config.yaml") == cfg
+            same = (out / "config.yaml").is_file() and load_config(out / "config.yaml") == run
         except UserError:
             same = False
-        if not same and not args.resume:
-            prepare_run_dir(out, overwrite=args.overwrite)
+        if not args.resume:  # refusals before any data are loaded (the run is replaced only once its data are read)
+            check_run_dir(out, resume=same, overwrite=args.overwrite)
         return cmd_crossfit(cfg, args)
-    prepare_run_dir(cfg["out"], resume=args.resume, overwrite=args.overwrite)
+    check_run_dir(cfg["out"], resume=args.resume, overwrite=args.overwrite)  # refusals only: nothing is removed yet
     print(_header(cfg), flush=True)
     print(f"loading data ({run['data']['name']}) ...", flush=True)
     progress: bool | str = False if args.quiet else (True if sys.stderr.isatty() else "lines")
@@ -357,7 +360,10 @@ def cmd_narl_train(args: argparse.Namespace) -> int:
     print(f"noisylabels narl-train: one {cfg['method'].get('loss', 'gce')} adjuster over {len(tasks)} tasks "
           f"({', '.join(tasks)}) on {cfg['data']['name']}, {cfg['train']['epochs']} epochs", flush=True)
     try:
-        res = meta_train_adjuster(cfg, tasks, out=cfg["out"], adjuster_out=args.adjuster_out, resume=args.resume)
+        if args.resume and args.overwrite:
+            raise UserError("give --resume or --overwrite, not both")
+        res = meta_train_adjuster(cfg, tasks, out=cfg["out"], adjuster_out=args.adjuster_out, resume=args.resume,
+                                  overwrite=args.overwrite)
     except KeyboardInterrupt:
         saved = any(Path(cfg["out"]).glob("task-*/checkpoint.pt"))
         print("noisylabels: narl-train interrupted; " + (f"records in {cfg['out']}: continue with the same command "

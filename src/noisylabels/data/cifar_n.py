@@ -11,9 +11,9 @@ original labels and the crowd-sourced ones:
 
 Loading is safe: the ``.pt`` files are ``torch.save``\\ d dicts of numpy arrays, which
 ``torch.load(weights_only=True)`` refuses unless numpy's array reconstruction is allowlisted;
-this module allowlists exactly ``numpy.ndarray``, ``numpy.dtype`` (and its per-type classes)
-and ``numpy.core.multiarray._reconstruct`` for that one call (``torch.serialization.safe_globals``),
-so no other callable can run. A ``.npz`` export with the same keys (``np.load(allow_pickle=False)``)
+this module allowlists exactly numpy's array reconstruction for that one call
+(:func:`noisylabels.data.safe_pickle.numpy_safe_globals`, the allowlist the CIFAR batches are
+read with too), so no other callable can run. A ``.npz`` export with the same keys (``np.load(allow_pickle=False)``)
 works too: ``CIFAR-10_human.npz``.
 
 The labels are keyed to the images: with the pickle source ``x_train`` is already in the
@@ -36,6 +36,7 @@ import numpy as np
 from ..errors import UserError
 from .base import RawDataset
 from .registry import DATASETS, candidate_data_dirs
+from .safe_pickle import numpy_safe_globals
 
 __all__ = ["CIFAR10N_LABELS", "CIFAR100N_LABELS", "load_human_labels", "apply_human_labels", "load_cifar10n",
            "load_cifar100n"]
@@ -43,20 +44,6 @@ __all__ = ["CIFAR10N_LABELS", "CIFAR100N_LABELS", "load_human_labels", "apply_hu
 CIFAR10N_LABELS = {"aggre": "aggre_label", "worse": "worse_label", "random1": "random_label1",
                    "random2": "random_label2", "random3": "random_label3", "clean": "clean_label"}
 CIFAR100N_LABELS = {"noisy": "noisy_label", "clean": "clean_label"}
-
-
-def _numpy_safe_globals() -> list[Any]:
-    """The callables a pickled numpy array needs, and nothing else."""
-    import numpy.dtypes as ndt
-
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-    out: list[Any] = [_reconstruct, (_reconstruct, "numpy.core.multiarray._reconstruct"),
-                      (_reconstruct, "numpy._core.multiarray._reconstruct"), np.ndarray, np.dtype]
-    out += [getattr(ndt, n) for n in dir(ndt) if n.endswith("DType")]
-    return out
 
 
 def load_human_labels(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -82,7 +69,7 @@ def load_human_labels(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         import torch
 
         try:
-            with torch.serialization.safe_globals(_numpy_safe_globals()):
+            with torch.serialization.safe_globals(numpy_safe_globals()):
                 obj = torch.load(p, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError,
                 ImportError, TypeError, KeyError, IndexError, zipfile.BadZipFile) as err:

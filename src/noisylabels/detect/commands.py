@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adjust-pred-probs", action="store_true", help="subtract per-class thresholds before scoring")
     p.add_argument("--out", help="output folder (default: the run directory / the labels file's folder)")
     p.add_argument("--top", type=int, default=5, help="confused class pairs to print")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing label_issues.csv / detect_summary.json / joint.png that are not a run's "
+                        "records (an input of the command is never written over)")
 
     e = sub.add_parser("export", help="write a cleaned path,label CSV (for data.options.labels_csv) from a run")
     e.add_argument("--run", required=True, help="a finished run directory")
@@ -48,7 +52,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                      help="give flagged samples their suggested label (those below --min-confidence are left out)")
     e.add_argument("--min-confidence", type=float, default=None, metavar="P",
                    help="with --relabel: relabel only when p(suggested) >= P; other flagged samples are left out")
-    e.add_argument("--out", required=True, help="the CSV to write")
+    e.add_argument("--out", required=True, help="the CSV to write (an existing file is refused unless --overwrite)")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out (never an input: the run's files, the labels CSV it trained on)")
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -71,6 +77,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
         raise UserError(f"--top must be >= 0, got {args.top}")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
+    inputs_read = [Path(p) for p in (args.labels, args.pred_probs, args.classes) if p] + \
+        ([Path(args.run) / n for n in _RUN_INPUTS] if args.run else [])
+    for name in _DETECT_OUTPUTS:
+        _check_output(out / name, inputs=inputs_read, overwrite=bool(getattr(args, "overwrite", False)))
+    from ..train.rundir import register
+
+    for name in _DETECT_OUTPUTS:  # into a run directory: the run's records from now on
+        register(out / name)
     result = run_detection(inputs, filter_by=args.filter_by, rank_by=args.rank_by,
                            adjust_pred_probs=args.adjust_pred_probs)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,6 +108,57 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+#: what ``detect`` writes into its ``--out``
+_DETECT_OUTPUTS = ("label_issues.csv", "detect_summary.json", "joint.png")
+#: the files of a run that ``detect --run`` and ``export`` read
+_RUN_INPUTS = ("labels.csv", "pred_probs.npy", "pred_probs.json", "held_out.npy", "method_scores.npy", "config.yaml")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and a.samefile(b) or os.path.abspath(a) == os.path.abspath(b)
+    except OSError:
+        return False
+
+
+def _check_output(out: Path, *, inputs: list[Path], overwrite: bool) -> None:
+    """Refuse to write ``out`` over an input of the same command (even with ``overwrite``), or over
+    an existing file that is not a record of a run (unless ``overwrite``)."""
+    from ..train.rundir import read_marker
+
+    for src in inputs:
+        if _same_file(out, src):
+            raise UserError(f"{out} is an input of this command ({src}); it is never written over: choose another "
+                            "--out")
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; choose another --out")
+    if out.exists() or out.is_symlink():
+        marker = read_marker(out.parent)
+        ours = marker is not None and out.name in marker["manifest"] and not out.is_symlink()
+        if not (ours or overwrite):
+            raise UserError(f"{out} exists; give --overwrite to replace it, or choose another --out")
+
+
+def _run_label_files(run: Path) -> list[Path]:
+    """The label CSVs a run trained from (``data.options.labels_csv`` / ``trusted_csv``)."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        data = cfg.get("data", {}) or {}
+        options = data.get("options") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+    out = []
+    for key in ("labels_csv", "trusted_csv"):
+        if options.get(key):
+            p = Path(str(options[key])).expanduser()
+            out.append(p)
+            if data.get("dir") and not p.is_absolute():
+                out.append(Path(str(data["dir"])) / p)
+    return out
+
+
 def _read_issues(run: Path) -> list[dict[str, str]]:
     path = run / "label_issues.csv"
     try:
@@ -107,7 +172,8 @@ def _read_issues(run: Path) -> list[dict[str, str]]:
     return rows
 
 
-def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence: float | None = None) -> dict[str, int]:
+def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence: float | None = None,
+                  overwrite: bool = False) -> dict[str, int]:
     """Write the ``path,label`` CSV of a run's samples after dropping or relabelling its flagged ones.
 
     Rows: every sample with a source file whose labels came from the user's training images
@@ -115,7 +181,8 @@ def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence
     in ``labels.csv`` order; ``label`` is a class name. Extra columns ``given_label`` and
     ``action`` (``keep`` / ``relabel``) are ignored by the reader. Uses the run's
     ``label_issues.csv`` (``noisylabels detect`` or ``train --folds``), running detection with
-    the defaults when there is none.
+    the defaults when there is none. An existing ``out`` is refused unless ``overwrite``; an
+    input (the run's files, the labels CSV it trained from) never, with or without it.
 
     Returns
     -------
@@ -133,6 +200,13 @@ def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence
             raise UserError("--min-confidence goes with --relabel")
         if not 0.0 <= float(min_confidence) <= 1.0:
             raise UserError(f"--min-confidence must be in [0, 1], got {min_confidence}")
+    out = Path(out)
+    _check_output(out, inputs=[run / n for n in (*_RUN_INPUTS, "label_issues.csv")] + _run_label_files(run),
+                  overwrite=overwrite)
+    from ..train.rundir import read_marker
+
+    if (out.parent.resolve() == run.resolve() and out.name in (read_marker(run) or {}).get("manifest", [])):
+        raise UserError(f"{out} is a record of the run {run}; choose another --out")
     inputs = load_run_inputs(run)
     if inputs.paths is None:
         raise UserError(f"{run}: the run's data has no file paths (export writes path,label rows for image-folder, "
@@ -170,16 +244,13 @@ def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence
         counts["written"] += 1
     if counts["written"] == 0:
         raise UserError(f"nothing to export from {run}: every sample was dropped")
-    out = Path(out)
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a .csv file name")
     atomic_write_text(out, "\n".join(lines) + "\n")
     return counts
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     counts = export_labels(args.run, args.out, mode="drop" if args.drop_issues else "relabel",
-                           min_confidence=args.min_confidence)
+                           min_confidence=args.min_confidence, overwrite=args.overwrite)
     print(f"wrote {args.out}: {counts['written']} rows ({counts['kept']} kept, {counts['relabelled']} relabelled, "
           f"{counts['dropped']} left out); retrain with --set data.options.labels_csv={args.out} --noise none")
     return 0
@@ -194,7 +265,8 @@ def cmd_crossfit(cfg: dict[str, Any], args: argparse.Namespace) -> int:
 
     if args.resume:
         raise UserError("--resume does not apply to --folds (finished folds are reused automatically)")
-    summary = crossfit(cfg, folds=args.folds, progress=not args.quiet and sys.stderr.isatty())
+    summary = crossfit(cfg, folds=args.folds, progress=not args.quiet and sys.stderr.isatty(),
+                       overwrite=bool(getattr(args, "overwrite", False)))
     from ..cli import _noise_text
 
     print(f"noisylabels cross-fit ({args.folds} folds) {cfg['method']['name']} ({cfg['loss']['name']}, "

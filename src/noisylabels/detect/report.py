@@ -103,6 +103,13 @@ def _parse_classes(classes: str | Sequence[str] | None) -> list[str] | None:
     return [str(c) for c in classes]
 
 
+def _is_int(cell: str) -> bool:
+    try:
+        return float(cell) == int(float(cell))
+    except (ValueError, OverflowError):
+        return False
+
+
 def read_label_file(path: str | Path, *, num_classes: int,
                     classes: Sequence[str] | None = None) -> tuple[np.ndarray, list[str] | None, list[str]]:
     """Read given labels, one per ``pred_probs`` row, from ``.npy`` or CSV.
@@ -111,7 +118,8 @@ def read_label_file(path: str | Path, *, num_classes: int,
     ``noisy_label``, ``label``, ... and an optional ``path`` column (a run's ``labels.csv`` and
     the ``path,label`` files ``data.options.labels_csv`` reads both work). Without a header:
     one column is the label, two or more are ``path,label``. Labels are ids in ``[0, K)`` or
-    class names (mapped through ``classes``, default the sorted distinct names).
+    class names mapped through ``classes`` (the names in ``pred_probs`` column order); without
+    ``classes`` names are refused (no order is guessed) and labels must be the integers ``0..K-1``.
 
     Returns
     -------
@@ -166,11 +174,11 @@ def read_label_file(path: str | Path, *, num_classes: int,
         if names is None:
             names = [str(k) for k in range(num_classes)]
     else:
-        if names is None:
-            names = sorted(set(cells))
-            if len(names) != num_classes:
-                raise UserError(f"labels file {p} names {len(names)} classes but pred_probs has {num_classes} "
-                                "columns; pass --classes in pred_probs column order")
+        if names is None:  # nothing says which column is which name: never guess (e.g. alphabetically)
+            example = next(c for c in cells if not _is_int(c))
+            raise UserError(f"labels file {p} holds class names (e.g. {example!r}) but nothing says which pred_probs "
+                            f"column is which class: pass --classes with the {num_classes} names in column order "
+                            "(or keep the run's pred_probs.json beside the probabilities)")
         lookup = {c: k for k, c in enumerate(names)}
         bad = [c for c in cells if c not in lookup]
         if bad:
@@ -194,12 +202,28 @@ def _load_probs(path: str | Path) -> np.ndarray:
     return arr
 
 
+def _classes_beside(probs_path: Path) -> list[str] | None:
+    """The ``classes`` of the ``pred_probs.json`` beside a run's ``pred_probs.npy`` (``None``: none there)."""
+    meta = probs_path.with_name("pred_probs.json")
+    if not meta.is_file():
+        return None
+    try:
+        names = json.loads(meta.read_text())["classes"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"cannot read {meta}: {err}") from None
+    if not isinstance(names, list):
+        raise UserError(f"{meta}: 'classes' must be a list of class names")
+    return [str(c) for c in names]
+
+
 def load_user_inputs(labels_path: str | Path, probs_path: str | Path, *,
                      classes: str | Sequence[str] | None = None) -> DetectInputs:
     """A user's labels file and ``pred_probs.npy`` (rows aligned; probabilities taken as out-of-sample)."""
     probs = _load_probs(probs_path)
     if probs.ndim != 2:
         raise UserError(f"pred_probs file {probs_path} must hold an (N, K) array, got shape {probs.shape}")
+    if classes is None:  # a run's probabilities carry their column names beside them
+        classes = _classes_beside(Path(probs_path))
     labels, paths, names = read_label_file(labels_path, num_classes=probs.shape[1], classes=classes)
     if len(labels) != len(probs):
         raise UserError(f"labels file {labels_path} has {len(labels)} labels but pred_probs has {len(probs)} rows")

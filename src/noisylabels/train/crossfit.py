@@ -81,7 +81,7 @@ def _fold_is_done(out: Path, cfg: dict[str, Any]) -> bool:
 
 
 def crossfit(cfg: dict[str, Any], *, folds: int = 5, progress: bool = False,
-             data: RunData | None = None, detect: bool = True) -> dict[str, Any]:
+             data: RunData | None = None, detect: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Train ``folds`` models on ``folds - 1`` folds of the training split each; write
     out-of-sample ``pred_probs.npy`` for every sample (see the module docstring).
 
@@ -97,6 +97,10 @@ def crossfit(cfg: dict[str, Any], *, folds: int = 5, progress: bool = False,
         Pre-built :class:`RunData` (default: built from ``cfg``).
     detect:
         Also write ``label_issues.csv`` / ``joint.png`` and the count estimate.
+    overwrite:
+        Replace a run of another config in ``cfg['out']`` (removing only its records, after the
+        data are read); without it such a folder is refused. A cross-fit of the same config
+        continues (finished folds are reused).
 
     Returns
     -------
@@ -105,13 +109,29 @@ def crossfit(cfg: dict[str, Any], *, folds: int = 5, progress: bool = False,
         rate and number of wrong labels, the number flagged and (with simulated noise) the
         true number.
     """
-    from ..config import save_config
-    from .loop import _create_method, fit, resolve_method_defaults
+    from ..config import load_config
+    from .loop import _create_method, resolve_method_defaults
+
+    from .rundir import RunDir
 
     cfg = resolve_method_defaults(cfg)  # e.g. rmnw-net's noisy meta set, before the data are carved
+    out = Path(cfg["out"])
+    try:  # the same cross-fit again reuses its finished folds; anything else is a new run
+        same = (out / "config.yaml").is_file() and load_config(out / "config.yaml") == cfg
+    except UserError:
+        same = False
+    with RunDir(out, resume=same, overwrite=overwrite) as claim:  # locked; nothing removed before the data are read
+        if data is None:
+            data = prepare_data(cfg, needs_meta_set=_create_method(cfg).needs_meta_set)
+        claim.start()
+        return _crossfit(cfg, folds=folds, progress=progress, data=data, detect=detect)
+
+
+def _crossfit(cfg: dict[str, Any], *, folds: int, progress: bool, data: RunData, detect: bool) -> dict[str, Any]:
+    from ..config import save_config
+    from .loop import fit
+
     seed = int(cfg["seed"])
-    if data is None:
-        data = prepare_data(cfg, needs_meta_set=_create_method(cfg).needs_meta_set)
     out = Path(cfg["out"])
     recorder = RunRecorder(out)
     train_idx = data.splits["train"].numpy()

@@ -16,6 +16,7 @@ Resume: every task checkpoints after each epoch; a resumed lockstep run restores
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 from ..errors import UserError
@@ -26,7 +27,8 @@ __all__ = ["fit_lockstep"]
 
 def fit_lockstep(cfgs: Sequence[dict[str, Any]], *, tie: Callable[[list[TrainContext]], None],
                  resume: bool = False, on_epoch_end: Callable[[int, list[Run]], None] | None = None,
-                 on_begin: Callable[[int, list[Run]], None] | None = None) -> list[dict[str, Any]]:
+                 on_begin: Callable[[int, list[Run]], None] | None = None,
+                 on_built: Callable[[], None] | None = None, overwrite: bool = False) -> list[dict[str, Any]]:
     """Train the runs of ``cfgs`` (one per task) in lockstep; returns their summaries.
 
     Parameters
@@ -42,13 +44,35 @@ def fit_lockstep(cfgs: Sequence[dict[str, Any]], *, tie: Callable[[list[TrainCon
         Called after every epoch with the epoch and the runs (e.g. to snapshot shared state).
     on_begin:
         Called once before training with the first epoch to run (e.g. to restore snapshots).
+    on_built:
+        Called once every task is built (its data, files and checkpoints read) and before any
+        earlier records are replaced (e.g. to replace the enclosing folder's previous run).
+    overwrite:
+        Replace earlier runs in the tasks' folders (else such folders are refused).
+
+    Every task's folder is locked for the run (:class:`noisylabels.train.rundir.RunDir`); a
+    task folder holding an earlier run is replaced only after every task is built.
     """
     if not cfgs:
         raise UserError("lockstep training needs at least one task")
     epochs = {int(c["train"]["epochs"]) for c in cfgs}
     if len(epochs) != 1 or len({c["out"] for c in cfgs}) != len(cfgs):
         raise UserError("lockstep tasks need the same number of epochs and distinct output directories")
-    runs = [Run(cfg) for cfg in cfgs]
+    from .rundir import RunDir
+
+    with ExitStack() as stack:
+        claims = [stack.enter_context(RunDir(c["out"], resume=resume, overwrite=overwrite)) for c in cfgs]
+        runs = [Run(cfg) for cfg in cfgs]
+        if on_built is not None:
+            on_built()
+        for claim in claims:
+            claim.start()
+        return _train(runs, epochs.pop(), tie=tie, resume=resume, on_epoch_end=on_epoch_end, on_begin=on_begin)
+
+
+def _train(runs: list[Run], epochs: int, *, tie: Callable[[list[TrainContext]], None], resume: bool,
+           on_epoch_end: Callable[[int, list[Run]], None] | None,
+           on_begin: Callable[[int, list[Run]], None] | None) -> list[dict[str, Any]]:
     tie([r.ctx for r in runs])
     for r in runs:
         r.begin(resume=resume)
@@ -61,7 +85,7 @@ def fit_lockstep(cfgs: Sequence[dict[str, Any]], *, tie: Callable[[list[TrainCon
         on_begin(start, runs)
     error: BaseException | None = None
     try:
-        for epoch in range(start, epochs.pop()):
+        for epoch in range(start, epochs):
             active = [r.steps(epoch) for r in runs]
             while active:
                 for it in list(active):

@@ -32,11 +32,12 @@ from ..models import create_model
 from ..seeding import derive_seed, seed_everything
 from .optim import build_optimizer, build_scheduler
 from .prepare import RunData, prepare_data
-from .records import RunRecorder, prepare_run_dir
+from .records import RunRecorder
+from .rundir import RunDir
 
 __all__ = ["TrainContext", "Run", "build_context", "fit", "evaluate", "predict_proba", "seed_everything",
            "resolve_method_defaults", "status_of", "LAST_K", "check_names", "check_device",
-           "resume_hash", "check_more_epochs"]
+           "resume_hash", "check_more_epochs", "data_fingerprint"]
 
 #: selection-free summary: the mean test accuracy of the last ``LAST_K`` epochs (NARL's protocol)
 LAST_K = 5
@@ -348,6 +349,26 @@ def build_context(cfg: dict[str, Any], *, data: RunData | None = None) -> TrainC
     return ctx
 
 
+def data_fingerprint(data: RunData) -> str:
+    """A 16-hex-digit BLAKE2b of a run's pool and test images (their bytes; for streamed data, their
+    source paths in order), labels and paths (see :attr:`Run.data_fingerprint`)."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.blake2b(digest_size=8)
+    for t in (data.images, data.labels, data.clean_labels, data.test_images, data.test_labels):
+        if not isinstance(t, torch.Tensor):  # streamed images (decoded per batch): their source files, in order
+            h.update(f"{type(t).__name__}{len(t)}".encode())
+            continue
+        a = t.detach().cpu().contiguous()
+        h.update(f"{a.dtype}{tuple(a.shape)}".encode())
+        h.update(a.numpy().reshape(-1).view(np.uint8) if a.numel() else b"")
+    for paths in (data.paths, data.test_paths):
+        h.update("\0".join(paths).encode("utf-8", "surrogateescape") if paths is not None else b"-")
+    return h.hexdigest()
+
+
 def resume_hash(cfg: Mapping[str, Any]) -> str:
     """The config hash a checkpoint carries: every setting but bookkeeping, ``data.dir`` and
     ``train.epochs`` (:data:`noisylabels.config.RESUME_FREE_KEYS`)."""
@@ -435,12 +456,16 @@ class Run:
         """Restore ``out/checkpoint.pt`` (if ``resume`` and present), else write the first records;
         then ``summary.json`` says ``running``.
 
-        A checkpoint carries the hash of the config it was written under (:func:`resume_hash`):
-        one written under another config is refused, never continued. The one setting a resumed
+        A checkpoint carries the hash of the config it was written under (:func:`resume_hash`)
+        and a fingerprint of the data (:func:`data_fingerprint`): one written under another config
+        or on other data (e.g. ``--data-dir`` pointing elsewhere) is refused, never continued; one
+        without a fingerprint (an older noisylabels) is refused too, since nothing shows its data.
+        The one setting a resumed
         run may change is ``train.epochs``, to more than the epochs run, when neither the
         schedule nor the method depends on the total (see :func:`check_more_epochs`).
         """
         ctx, data, recorder = self.ctx, self.ctx.data, self.ctx.recorder
+        _ = self.data_fingerprint  # of the data as built, before any epoch (a method may change labels later)
         ckpt = recorder.load_checkpoint() if resume else None
         if ckpt is not None:
             self._check_checkpoint_config(ckpt)
@@ -458,7 +483,7 @@ class Run:
                 ctx.extra["scaler"].load_state_dict(ckpt["scaler"])
             self.history = ckpt["history"]
             ctx.best.update(ckpt["best"])
-            self.start_epoch, self.seconds_before = int(ckpt["epoch"]) + 1, float(ckpt["seconds"])
+            self.start_epoch, self.seconds_before = int(ckpt["epoch"]) + 1, self._seconds_so_far(ckpt)
             ctx.step = int(ckpt["step"])
             recorder.write_config(self.cfg)  # where this run now lives (--out), and any added epochs
         else:
@@ -468,6 +493,21 @@ class Run:
                                   ood=None if data.open_set_mask is None else data.open_set_mask.numpy(),
                                   paths=data.paths, test_labels=data.test_labels.numpy(), test_paths=data.test_paths)
         self.write_running_summary()
+
+    def _seconds_so_far(self, ckpt: Mapping[str, Any]) -> float:
+        """The run's wall time before this process: the running total the last summary persisted
+        (it counts the time after the last checkpoint too: the final epoch's scoring, an interrupted
+        epoch), else the checkpoint's."""
+        import json
+
+        try:
+            total = json.loads(self.ctx.recorder.path("summary.json").read_text()).get("seconds_total")
+        except (OSError, ValueError, AttributeError):
+            total = None
+        if isinstance(total, (int, float)) and not isinstance(total, bool) and math.isfinite(total) \
+                and total >= float(ckpt["seconds"]):
+            return float(total)
+        return float(ckpt["seconds"])
 
     def _check_checkpoint_config(self, ckpt: Mapping[str, Any]) -> None:
         p = self.ctx.recorder.path("checkpoint.pt")
@@ -479,17 +519,34 @@ class Run:
         if saved != now:
             raise UserError(f"cannot resume from {p}: it belongs to another run (config hash {saved}, this run's "
                             f"config {now}); start a new run with --overwrite or choose another --out")
+        saved_data = ckpt.get("data_fingerprint")
+        if not isinstance(saved_data, str):
+            raise UserError(f"cannot resume from {p}: it carries no data fingerprint (written by an older noisylabels), "
+                            f"so nothing shows it was trained on these data; start a new run in another --out")
+        if saved_data != self.data_fingerprint:
+            raise UserError(f"cannot resume from {p}: it was trained on other data (images or labels differ from "
+                            f"those of --data-dir {self.cfg['data']['dir']}); resume with the data it was trained on, "
+                            f"or start a new run in another --out")
         before = int(ckpt.get("epochs", self.epochs))
         if before != self.epochs:
             check_more_epochs(self.cfg, before=before, run=int(ckpt["epoch"]) + 1)
+
+    @property
+    def data_fingerprint(self) -> str:
+        """A hash of what the run trains and is tested on: pool and test images, the labels it sees
+        and the clean ones (where the files live does not matter: a moved data folder resumes)."""
+        if "_data_fingerprint" not in self.__dict__:
+            self._data_fingerprint = data_fingerprint(self.ctx.data)
+        return self._data_fingerprint
 
     def write_running_summary(self) -> None:
         """``summary.json`` with ``status: running`` and the epochs so far."""
         self.ctx.recorder.write_summary(self._summary("running"))
 
     def _summary(self, status: str) -> dict[str, Any]:
-        return _summary(self.cfg, self.ctx.data, self.history, self.ctx.best, self.seconds, status,
-                        seconds_total=self.seconds_total)
+        seconds = self.seconds  # read once: the total is the earlier processes' total plus exactly this
+        return _summary(self.cfg, self.ctx.data, self.history, self.ctx.best, seconds, status,
+                        seconds_total=self.seconds_before + seconds)
 
     def steps(self, epoch: int) -> Iterator[None]:
         """The training steps of ``epoch``, one per ``next()``; the loop's accounting (loss, accuracy)."""
@@ -551,6 +608,7 @@ class Run:
                 "history": self.history, "best": dict(best),
                 "seconds": self.seconds_total, "schedule_start_epoch": ctx.schedule_start_epoch,
                 "config_hash": resume_hash(self.cfg), "epochs": self.epochs,
+                "data_fingerprint": self.data_fingerprint,
             })
         recorder.write_metrics(self.history)
         self.write_running_summary()
@@ -616,8 +674,10 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
         Continue from ``out/checkpoint.pt`` if present (numbers equal an uninterrupted run); a
         checkpoint of another config is refused.
     overwrite:
-        A new run into a folder that holds an earlier run clears it first; without it such a
-        folder is refused (:func:`noisylabels.train.records.prepare_run_dir`).
+        A new run into a folder that holds an earlier run replaces it (removing only that run's
+        records, its manifest); without it such a folder is refused. The folder is locked for the
+        run's lifetime, and nothing is removed before everything the run reads has been read
+        (:class:`noisylabels.train.rundir.RunDir`).
     stop_after:
         Stop after this many epochs *in this call* (a budget; the run can be resumed later).
     progress:
@@ -631,8 +691,13 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
     dict
         The summary written to ``summary.json``.
     """
-    prepare_run_dir(cfg["out"], resume=resume, overwrite=overwrite)
-    run = Run(cfg, data=data)
+    with RunDir(cfg["out"], resume=resume, overwrite=overwrite) as claim:  # refusals and the lock; nothing removed
+        run = Run(cfg, data=data)  # reads everything the run needs: data, label CSVs, checkpoints, adjusters
+        claim.start()  # only now does a new run replace the previous one's records
+        return _train(run, resume=resume, stop_after=stop_after, progress=progress)
+
+
+def _train(run: Run, *, resume: bool, stop_after: int | None, progress: bool | str | None) -> dict[str, Any]:
     run.begin(resume=resume)
     epochs, start = run.epochs, run.start_epoch
     end_epoch = epochs if stop_after is None else min(epochs, start + int(stop_after))

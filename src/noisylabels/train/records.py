@@ -19,51 +19,16 @@ import torch
 
 from ..config import save_config
 from ..errors import UserError
+from .rundir import RUN_MARKERS, register
 
-__all__ = ["RunRecorder", "atomic_write_text", "atomic_torch_save", "to_jsonable", "csv_cell", "prepare_run_dir",
-           "RUN_MARKERS", "read_metrics"]
+__all__ = ["RunRecorder", "atomic_write_text", "atomic_torch_save", "to_jsonable", "csv_cell", "RUN_MARKERS",
+           "read_metrics"]
+
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The per-epoch rows of a run's ``metrics.jsonl`` (one dict per epoch, in order)."""
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-#: files whose presence makes a folder a noisylabels run directory
-RUN_MARKERS = ("config.yaml", "summary.json", "checkpoint.pt", "metrics.jsonl", "error.txt")
-
-
-def prepare_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
-    """Check (and for ``overwrite``, clear) the folder a run is about to write.
-
-    A run writes only into ``out``. A new run (not ``resume``) into a folder that holds anything
-    is refused, so two runs never mix, unless ``overwrite`` (which first empties a folder that
-    holds a noisylabels run; any other non-empty folder is never cleared) or ``out`` is the
-    default ``runs/latest``, which always holds the latest run.
-    """
-    from ..config import DEFAULTS
-
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise UserError(f"--out {p} is an existing file, not a directory; choose another --out")
-    if resume or not p.is_dir() or not any(p.iterdir()):
-        return p
-    is_run = any((p / name).exists() for name in RUN_MARKERS)
-    default = os.path.normpath(str(p)) == os.path.normpath(str(DEFAULTS["out"]))
-    if not is_run:
-        raise UserError(f"--out {p} is a non-empty folder that holds no noisylabels run; it is never cleared: "
-                        f"choose another --out")
-    if not (overwrite or default):
-        raise UserError(f"--out {p} already holds a run; continue it with --resume, replace it with --overwrite "
-                        f"(clears the folder), or choose another --out")
-    import shutil
-
-    for child in p.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-    return p
 
 
 def to_jsonable(value: Any) -> Any:
@@ -102,6 +67,7 @@ def _umask() -> int:
 
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    register(path)  # in a run directory: into its manifest, so a later --overwrite removes it (and only it)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a record gets the permissions of any file the user writes
@@ -134,6 +100,8 @@ class RunRecorder:
         self.out.mkdir(parents=True, exist_ok=True)
 
     def path(self, name: str) -> Path:
+        """``out / name``, registered in the run's manifest (whoever writes it: the loop, a method, a plot)."""
+        register(self.out / name)
         return self.out / name
 
     def write_config(self, cfg: Mapping[str, Any]) -> None:

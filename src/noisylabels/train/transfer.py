@@ -27,6 +27,7 @@ from ..methods.narl import NARL, save_adjuster
 from ..noise import list_noise_types
 from .lockstep import fit_lockstep
 from .loop import Run, TrainContext
+from .rundir import register
 
 __all__ = ["parse_task", "default_tasks", "meta_train_adjuster", "ASYMMETRIC_MAPS"]
 
@@ -63,7 +64,8 @@ def _snapshot_epochs(epochs: int, count: int = 3) -> list[int]:
 
 
 def meta_train_adjuster(base: Mapping[str, Any], tasks: Sequence[str], *, out: str | Path,
-                        adjuster_out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+                        adjuster_out: str | Path | None = None, resume: bool = False,
+                        overwrite: bool = False) -> dict[str, Any]:
     """Meta-train one adjuster on ``tasks`` (``TYPE:RATE`` strings) in lockstep; write the adjuster file.
 
     Parameters
@@ -75,7 +77,13 @@ def meta_train_adjuster(base: Mapping[str, Any], tasks: Sequence[str], *, out: s
     out:
         Folder of the task runs (``out/task-<k>-<type>-<rate>``) and of the snapshots so far.
     adjuster_out:
-        The adjuster file (default ``out/adjuster.pt``).
+        The adjuster file (default ``out/adjuster.pt``); an existing file is refused unless ``overwrite``.
+    resume:
+        Continue the tasks of the run in ``out`` (the same tasks only).
+    overwrite:
+        Replace a narl-train run in ``out`` (only its records, once every task is built) and an
+        existing ``adjuster_out``; without it both are refused, so task folders of two invocations
+        never mix.
     resume:
         Continue interrupted task runs (same numbers).
 
@@ -89,6 +97,11 @@ def meta_train_adjuster(base: Mapping[str, Any], tasks: Sequence[str], *, out: s
     if not tasks:
         raise UserError("narl-train needs at least one task (--task TYPE:RATE)")
     out = Path(out)
+    path = Path(adjuster_out) if adjuster_out is not None else out / "adjuster.pt"
+    if adjuster_out is not None and path.exists() and not overwrite:
+        raise UserError(f"--adjuster-out {path} exists; give --overwrite to replace it, or choose another file")
+    if path.is_dir():
+        raise UserError(f"--adjuster-out {path} is a folder; give a file name")
     cfgs = []
     for k, text in enumerate(tasks):
         cfg = dict(base)
@@ -117,14 +130,32 @@ def meta_train_adjuster(base: Mapping[str, Any], tasks: Sequence[str], *, out: s
             net = runs[0].ctx.method.meta_net  # type: ignore[attr-defined]
             snaps[epoch + 1] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             tmp = snaps_path.with_name(f".{snaps_path.name}.tmp")
+            register(snaps_path)
             torch.save({str(e): sd for e, sd in snaps.items()}, tmp)
             tmp.replace(snaps_path)
 
-    summaries = fit_lockstep(cfgs, tie=tie, resume=resume, on_epoch_end=on_epoch_end, on_begin=on_begin)
+    from .rundir import RunDir, read_marker
+
+    with RunDir(out, resume=resume, overwrite=overwrite, replace_default=False) as claim:
+        if resume:  # the same tasks only: a task folder of another invocation never joins this one
+            mine = {Path(c["out"]).name for c in cfgs}
+            other = sorted(n for n in (read_marker(out) or {}).get("manifest", [])
+                           if n.startswith("task-") and n not in mine and (out / n).exists())
+            if other:
+                raise UserError(f"cannot resume narl-train in {out} with other tasks: it holds {', '.join(other)}; "
+                                "give the same --task flags, or start anew with --overwrite")
+        summaries = fit_lockstep(cfgs, tie=tie, resume=resume, on_epoch_end=on_epoch_end, on_begin=on_begin,
+                                 on_built=claim.start, overwrite=True)
+        return _write_adjuster(base, summaries, out, path, snaps, snap_epochs, tasks)
+
+
+def _write_adjuster(base: Mapping[str, Any], summaries: list[dict[str, Any]], out: Path, path: Path,
+                    snaps: dict[int, dict[str, torch.Tensor]], snap_epochs: list[int],
+                    tasks: Sequence[str]) -> dict[str, Any]:
     if not all(s.get("status") == "finished" for s in summaries):
         raise UserError(f"narl-train stopped before the end; rerun with --resume (records in {out})")
     method = NARL(**{k: v for k, v in base["method"].items() if k != "name"})
-    path = Path(adjuster_out or out / "adjuster.pt")
+    register(path)  # the default OUT/adjuster.pt is part of the narl-train run
     save_adjuster(path, family=method.robust.family_name, adjuster=method.meta_net,
                   snapshots=[snaps[e] for e in snap_epochs], snapshot_epochs=snap_epochs, tasks=tasks)
     return {"adjuster": str(path), "snapshot_epochs": snap_epochs, "tasks": list(tasks), "summaries": summaries}
