@@ -171,7 +171,8 @@ class Variant:
         return self.ctx.method
 
     def step(self) -> Any:
-        return self.method.train_step(self.ctx, self.x, self.y, self.index)
+        with self.ctx.autocast():  # entered per step, as the training loop does (``train.amp``)
+            return self.method.train_step(self.ctx, self.x, self.y, self.index)
 
     def run_unit(self) -> None:
         """``steps_per_unit`` consecutive training steps (as the loop runs them: ``ctx.step`` counts)."""
@@ -205,8 +206,9 @@ class Variant:
 
 
 def build_variant(name: str, model: str, *, batch_size: int, meta_batch_size: int, device: str, seed: int,
-                  out: str) -> Variant:
-    """A real :class:`TrainContext` (``build_context``) for one variant, with a fixed meta batch."""
+                  out: str, amp: str = "none") -> Variant:
+    """A real :class:`TrainContext` (``build_context``) for one variant, with a fixed meta batch;
+    ``amp`` is the run's ``train.amp`` (``"bf16"``: each step under bf16 autocast, as in training)."""
     method_cfg, steps = VARIANTS[name]
     method_cfg = dict(method_cfg)
     if method_cfg["name"] != "erm":
@@ -216,7 +218,7 @@ def build_variant(name: str, model: str, *, batch_size: int, meta_batch_size: in
         "method": method_cfg, "data.augment": "none",
         "optim.name": "sgd", "optim.lr": 0.1, "optim.momentum": 0.9, "optim.weight_decay": 5e-4,
         "optim.nesterov": False, "optim.schedule": "none", "optim.warmup_epochs": 0,
-        "train.batch_size": batch_size, "train.clip_grad_norm": None,
+        "train.batch_size": batch_size, "train.clip_grad_norm": None, "train.amp": amp,
     })
     data = synthetic_data(model, batch_size=batch_size, meta_batch_size=meta_batch_size, seed=seed)
     ctx = build_context(cfg, data=data)  # seeds the global RNG: every variant gets the same initial model
@@ -240,11 +242,12 @@ def _sync(device: str) -> None:
 
 
 def time_model(model: str, names: list[str], *, batch_size: int, meta_batch_size: int, device: str, seed: int,
-               repeats: int, warmup: int) -> dict[str, dict[str, Any]]:
-    """Median ms per training step of each variant (round-robin, same starting state)."""
+               repeats: int, warmup: int, amp: str = "none") -> dict[str, dict[str, Any]]:
+    """Median ms per training step of each variant (round-robin, same starting state); ``amp`` as
+    in :func:`build_variant`."""
     with tempfile.TemporaryDirectory(prefix="meta_speed_") as out:
         variants = {n: build_variant(n, model, batch_size=batch_size, meta_batch_size=meta_batch_size,
-                                     device=device, seed=seed, out=out) for n in names}
+                                     device=device, seed=seed, out=out, amp=amp) for n in names}
         # common starting state: one ERM step from the initial model (SGD momentum buffers exist)
         ref = variants["erm"]
         ref.run_unit()
