@@ -37,6 +37,7 @@ SIGTERM prints the summary block before exiting.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -51,7 +52,7 @@ import traceback
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -139,10 +140,32 @@ def header(text: str, clock: Clock) -> None:
     print(f"\n{clock.stamp()} == {text}", flush=True)
 
 
-def jvp_path(counts: dict[str, int]) -> str:
-    if not counts:
-        return "graph walk (every node had a rule)"
-    return "torch.func.jvp fallback: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+def jvp_path(counts: dict[str, int], walks: int | None = None) -> str:
+    """Which JVP path the engine took: ``counts`` are :func:`graph_jvp.fallback_counts` (node name ->
+    fallbacks it forced), ``walks`` the recorded graphs looked at (``None``: not counted)."""
+    if counts:
+        return "torch.func.jvp fallback: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+    if walks == 0:
+        return "no JVP (no meta-gradient step)"
+    return "graph walk (every node had a rule)" if walks is None else f"graph walk ({walks} graphs, every node had a rule)"
+
+
+@contextlib.contextmanager
+def counting_walks() -> Iterator[list[int]]:
+    """Count the recorded graphs the graph JVP orders (``graph_jvp`` and ``supports_graph`` both
+    call ``_forward_order``), so a method that never took a JVP is told apart from one that did."""
+    gj = importlib.import_module("noisylabels.meta.graph_jvp")
+    orig, n = gj._forward_order, [0]
+
+    def counted(root: Any) -> Any:
+        n[0] += 1
+        return orig(root)
+
+    gj._forward_order = counted
+    try:
+        yield n
+    finally:
+        gj._forward_order = orig
 
 
 def guarded(summary: Summary, check: str, fn: Callable[[], None]) -> None:
@@ -333,11 +356,11 @@ def phase_speed(args: argparse.Namespace, clock: Clock, limit: float, summary: S
             gj.fallback_counts(reset=True)
             t0 = time.monotonic()
             try:
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), counting_walks() as walks:
                     warnings.simplefilter("ignore")
                     res = ms.time_model(model, SPEED_VARIANTS, batch_size=args.batch_size,
                                         meta_batch_size=args.batch_size, device=args.device, seed=0,
-                                        repeats=2 if args.quick else 5, warmup=1 if args.quick else 2, amp=amp)
+                                        repeats=1 if args.quick else 5, warmup=1 if args.quick else 2, amp=amp)
             except Exception as exc:  # noqa: BLE001  (report and go on: the other checks still run)
                 traceback.print_exc(limit=3)
                 summary.add(check, False, first_line(exc))
@@ -349,10 +372,10 @@ def phase_speed(args: argparse.Namespace, clock: Clock, limit: float, summary: S
             cells = ", ".join(f"{n} {r['ms']:.1f} ms ({r['ms'] / erm:.2f}x)" for n, r in res.items())
             fell = gj.fallback_counts(reset=True)
             print(f"   {model} amp={amp} ({time.monotonic() - t0:.0f} s): {cells}")
-            print(f"      JVP path: {jvp_path(fell)}")
+            print(f"      JVP path: {jvp_path(fell, walks[0])}")
             ok = all(math.isfinite(r["ms"]) for r in res.values())
             short = ", ".join(f"{n} {res[n]['ms'] / erm:.2f}x" for n in ("mwnet", "l2rw", "double-backward") if n in res)
-            summary.add(check, ok, f"erm {erm:.1f} ms/step; {short}; JVP {jvp_path(fell)}")
+            summary.add(check, ok, f"erm {erm:.1f} ms/step; {short}; JVP {jvp_path(fell, walks[0])}")
 
 
 # -- 3 ---------------------------------------------------------------------------------------------------
@@ -519,6 +542,26 @@ def probe_wrn(args: argparse.Namespace, data_dir: str, subset: bool, out: str, s
         return set()
 
 
+def method_setup(name: str, tmp: Path) -> dict[str, Any]:
+    """What a method needs beyond the shared settings. ``t-narl`` reads a meta-trained adjuster
+    (``noisylabels narl-train``): an untrained, seeded one exercises the same transfer run."""
+    if name != "t-narl":
+        return {}
+    import torch
+
+    from noisylabels.methods import Adjuster, save_adjuster
+    from noisylabels.methods.narl import FAMILIES
+
+    fam, path = FAMILIES["gce"], tmp / "adjuster-gce.pt"
+    nets = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        nets.append(Adjuster(len(fam.hparams), scale=fam.scale, low=fam.low, high=fam.high))
+    save_adjuster(path, family="gce", adjuster=nets[0], snapshots=[n.state_dict() for n in nets],
+                  snapshot_epochs=[1, 2, 3], tasks=["gpu_check (untrained)"])
+    return {"method.adjuster": str(path)}
+
+
 def phase_methods(args: argparse.Namespace, clock: Clock, limit: float, summary: Summary) -> None:
     import torch
 
@@ -555,7 +598,8 @@ def phase_methods(args: argparse.Namespace, clock: Clock, limit: float, summary:
             gj.fallback_counts(reset=True)
             t0 = time.monotonic()
             try:
-                with warnings.catch_warnings(record=True) as caught:
+                over.update(method_setup(name, Path(tmp)))
+                with warnings.catch_warnings(record=True) as caught, counting_walks() as walks:
                     warnings.simplefilter("always", RuntimeWarning)
                     s = fit(resolve_config(overrides=over))
                 last = time.monotonic() - t0
@@ -565,7 +609,7 @@ def phase_methods(args: argparse.Namespace, clock: Clock, limit: float, summary:
                 acc, auroc = s.get("test_accuracy"), s.get("detection_auroc")
                 ok = s.get("status") == "finished" and acc is not None
                 summary.add(check, ok, f"{last:.0f} s, test acc {100 * (acc or float('nan')):.2f}%, AUROC "
-                            f"{float('nan') if auroc is None else auroc:.3f}, JVP path: {jvp_path(fell)}"
+                            f"{float('nan') if auroc is None else auroc:.3f}, JVP path: {jvp_path(fell, walks[0])}"
                             + (f" (warned: {'; '.join(ours)[:200]})" if ours else ""))
             except Exception as exc:  # noqa: BLE001
                 last = time.monotonic() - t0
