@@ -217,6 +217,20 @@ def read_manifest(folder: Path) -> dict | None:
         return None
 
 
+#: what ``gpu_check.py`` writes to ``.gpu/out`` when ``$OUT`` is unset (a folder --prepare may keep)
+OUT_FILES = {"gpu_check_summary.txt", "gpu_check_summary.txt.tmp", "pytest.log", "pytest.xml", "gpu_check.log"}
+
+
+def _ours(folder: Path) -> bool:
+    """Whether ``folder`` is empty, holds our manifest, or only the check's own ``out/`` files."""
+    if read_manifest(folder) is not None:
+        return True
+    for p in folder.iterdir():
+        if not (p.name == "out" and p.is_dir() and all(q.name in OUT_FILES for q in p.iterdir())):
+            return False
+    return True
+
+
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -237,7 +251,7 @@ def prepare(root: Path, *, data_dir: str | None = None, train_per_class: int = 8
     rewritten. Raises :class:`PrepareError` with a one-line reason.
     """
     folder = root / PREPARED
-    if folder.exists() and any(folder.iterdir()) and read_manifest(folder) is None:
+    if folder.exists() and not _ours(folder):
         raise PrepareError(f"{folder} exists and was not written by --prepare (no {MANIFEST}); move it away first")
     if min(train_per_class, test_per_class) < 1:
         raise PrepareError("--train-per-class and --test-per-class must be >= 1")

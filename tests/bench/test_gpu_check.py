@@ -138,3 +138,15 @@ def test_prepare_refuses_a_folder_it_did_not_write(tmp_path):
     with pytest.raises(prep.PrepareError, match="not written by --prepare"):
         prep.prepare(tmp_path, data_dir=str(tmp_path))
     assert mine.read_text() == "the user's"
+    mine.unlink()
+    (mine.parent / "out").mkdir()
+    (mine.parent / "out" / "gpu_check_summary.txt").write_text("a check run without $OUT")
+    with pytest.raises(prep.PrepareError, match="no cifar10-train-jpeg.zip"):  # ours: on to the data
+        prep.prepare(tmp_path, data_dir=str(tmp_path))
+
+
+def test_jvp_path_tells_no_jvp_from_a_graph_walk_and_names_fallback_nodes():
+    assert gc.jvp_path({}, 0) == "no JVP (no meta-gradient step)"
+    assert gc.jvp_path({}, 4) == "graph walk (4 graphs, every node had a rule)"
+    assert gc.jvp_path({"FooBackward0": 2, "BarBackward0": 1}, 3) == \
+        "torch.func.jvp fallback: BarBackward0 x1, FooBackward0 x2"
