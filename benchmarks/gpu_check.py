@@ -84,6 +84,7 @@ class Summary:
         self.path, self.title = path, title
         self.rows: list[tuple[str, str, str]] = []
         self.note: str | None = None
+        self.running: str | None = None  # the phase in progress (named when the run is cut short)
         self.write()
 
     def add(self, check: str, ok: bool | None, figure: str) -> None:
@@ -147,7 +148,9 @@ def jvp_path(counts: dict[str, int], walks: int | None = None) -> str:
         return "torch.func.jvp fallback: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
     if walks == 0:
         return "no JVP (no meta-gradient step)"
-    return "graph walk (every node had a rule)" if walks is None else f"graph walk ({walks} graphs, every node had a rule)"
+    if walks is None:
+        return "graph walk (every node had a rule)"
+    return f"graph walk ({walks} graph{'' if walks == 1 else 's'}, every node had a rule)"
 
 
 @contextlib.contextmanager
@@ -170,6 +173,7 @@ def counting_walks() -> Iterator[list[int]]:
 
 def guarded(summary: Summary, check: str, fn: Callable[[], None]) -> None:
     """Run one phase; an exception becomes a FAIL line (with a short traceback) and the next phase runs."""
+    summary.running = check
     try:
         fn()
     except Exception as exc:  # noqa: BLE001  (report and go on: the other checks still run)
@@ -634,7 +638,9 @@ def _prepare(args: argparse.Namespace) -> int:
     print(f"wrote {ROOT / prep.PREPARED} in {m['seconds']} s: {m['train_images']} training and {m['test_images']} "
           f"test images ({m['data_bytes'] / 2**20:.1f} MiB), wheels: {', '.join(m['wheels']) or 'none'}; "
           f"folder {m['total_bytes'] / 2**20:.1f} MiB in all; {m['ignored']}")
-    print(f"\ndevice command ({len(cmd)} characters):\n{cmd}\n\ncarry: {json.dumps(prep.carry_list())}")
+    again = prep.device_command(budget=180, timeout=220, extra="--phases 3")
+    print(f"\ndevice command ({len(cmd)} characters):\n{cmd}\n\ncarry: {json.dumps(prep.carry_list())}\n\n"
+          f"a second try on the still-warm machine (one phase again, e.g. 3, on what is left of the 15 minutes):\n{again}")
     return 0
 
 
@@ -706,7 +712,8 @@ def main(argv: list[str] | None = None) -> int:
             guarded(summary, "phase 3 (training runs)",
                     lambda: phase_methods(args, clock, max(30.0, clock.left() - 5), summary))
     except Terminated:
-        summary.note = f"stopped by SIGTERM after {time.monotonic() - clock.t0:.0f} s: the checks above finished"
+        summary.note = (f"stopped by SIGTERM after {time.monotonic() - clock.t0:.0f} s during {summary.running}: "
+                        "the checks above finished")
         summary.write()
     print(f"\n{clock.stamp()} done\n{summary.block()}", end="", flush=True)
     print(f"(also in {summary.path})")
