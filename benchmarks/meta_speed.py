@@ -63,7 +63,7 @@ costs 6.1-6.3x a plain step on CIFAR ResNet-32, batch 100, 2 CPU threads; the pu
 Usage::
 
     python benchmarks/meta_speed.py [--models resnet32,lenet] [--threads 2] [--repeats 7]
-        [--warmup 2] [--batch-size 100] [--meta-batch-size 100] [--device cpu] [--no-memory]
+        [--warmup 2] [--batch-size 100] [--meta-batch-size 100] [--device cpu] [--amp none|bf16] [--no-memory]
         [--variants erm,mwnet,...] [--json out.json]
 """
 
@@ -369,7 +369,7 @@ def _profiled_peak_bytes(run: Callable[[], None]) -> float | None:
 
 
 def memory_child(model: str, name: str, *, batch_size: int, meta_batch_size: int, device: str, seed: int,
-                 warmup: int) -> dict[str, Any]:
+                 warmup: int, amp: str = "none") -> dict[str, Any]:
     """Peak memory (MiB) of one timed unit of one variant, above the memory held before it.
 
     The warm-up units (at least one) run first, so lazy initialisation (kernels, ``torch.func``,
@@ -380,7 +380,7 @@ def memory_child(model: str, name: str, *, batch_size: int, meta_batch_size: int
     """
     with tempfile.TemporaryDirectory(prefix="meta_speed_") as out:
         v = build_variant(name, model, batch_size=batch_size, meta_batch_size=meta_batch_size, device=device,
-                          seed=seed, out=out)
+                          seed=seed, out=out, amp=amp)
         for _ in range(max(1, warmup)):
             v.run_unit()
         for o in v._optimizers():  # every method zeroes them (set_to_none) before its backward anyway
@@ -411,7 +411,8 @@ def memory_child(model: str, name: str, *, batch_size: int, meta_batch_size: int
 def measure_memory(model: str, name: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", name, "--models", model,
            "--threads", str(args.threads), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
-           "--meta-batch-size", str(args.meta_batch_size), "--device", args.device, "--seed", str(args.seed)]
+           "--meta-batch-size", str(args.meta_batch_size), "--device", args.device, "--seed", str(args.seed),
+           "--amp", args.amp]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
@@ -509,6 +510,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--meta-batch-size", type=int, default=100)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--amp", default="none", choices=["none", "bf16"],
+                    help="train.amp of every variant: bf16 autocast entered per step, as the training loop does")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory processes")
     ap.add_argument("--json", default=None, metavar="PATH", help="also save the numbers as JSON")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -528,7 +531,7 @@ def main(argv: list[str] | None = None) -> None:
     kw = dict(batch_size=args.batch_size, meta_batch_size=args.meta_batch_size, device=args.device, seed=args.seed)
 
     if args.memory_child is not None:
-        print(json.dumps(memory_child(models[0], args.memory_child, warmup=args.warmup, **kw)))
+        print(json.dumps(memory_child(models[0], args.memory_child, warmup=args.warmup, amp=args.amp, **kw)))
         return
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -539,7 +542,7 @@ def main(argv: list[str] | None = None) -> None:
                               "repeats": args.repeats, "warmup": args.warmup, "load_average_before": load,
                               "anchor": ANCHOR, "models": {}}
     for model in models:
-        res = time_model(model, names, repeats=args.repeats, warmup=args.warmup, **kw)
+        res = time_model(model, names, repeats=args.repeats, warmup=args.warmup, amp=args.amp, **kw)
         erm = res["erm"]["ms"]
         for n, r in res.items():
             r["ratio"] = r["ms"] / _erm_baseline(res, n)
