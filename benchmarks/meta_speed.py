@@ -455,7 +455,7 @@ def evaluate_targets(res: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 def print_table(model: str, res: dict[str, dict[str, Any]], targets: list[dict[str, Any]],
                 args: argparse.Namespace) -> None:
     print(f"\n### {model}: batch {args.batch_size} (meta {args.meta_batch_size}), {args.threads} threads, "
-          f"{args.device}; median of {args.repeats} after {args.warmup} warm-up\n")
+          f"{args.device}, amp {args.amp}; median of {args.repeats} after {args.warmup} warm-up\n")
     print("| variant | ms/step | × ERM | target | met | peak MiB |")
     print("|---|---:|---:|---|---|---:|")
     db_peak = res.get("double-backward", {}).get("peak_mib")
