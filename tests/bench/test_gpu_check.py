@@ -150,3 +150,8 @@ def test_jvp_path_tells_no_jvp_from_a_graph_walk_and_names_fallback_nodes():
     assert gc.jvp_path({}, 4) == "graph walk (4 graphs, every node had a rule)"
     assert gc.jvp_path({"FooBackward0": 2, "BarBackward0": 1}, 3) == \
         "torch.func.jvp fallback: BarBackward0 x1, FooBackward0 x2"
+
+
+def test_readme_shows_the_device_command_the_script_prints():
+    readme = (BENCH.parent / "README.md").read_text()
+    assert prep.device_command() in readme
