@@ -63,7 +63,7 @@ costs 6.1-6.3x a plain step on CIFAR ResNet-32, batch 100, 2 CPU threads; the pu
 Usage::
 
     python benchmarks/meta_speed.py [--models resnet32,lenet] [--threads 2] [--repeats 7]
-        [--warmup 2] [--batch-size 100] [--meta-batch-size 100] [--device cpu] [--no-memory]
+        [--warmup 2] [--batch-size 100] [--meta-batch-size 100] [--device cpu] [--amp none|bf16] [--no-memory]
         [--variants erm,mwnet,...] [--json out.json]
 """
 
@@ -171,7 +171,8 @@ class Variant:
         return self.ctx.method
 
     def step(self) -> Any:
-        return self.method.train_step(self.ctx, self.x, self.y, self.index)
+        with self.ctx.autocast():  # entered per step, as the training loop does (``train.amp``)
+            return self.method.train_step(self.ctx, self.x, self.y, self.index)
 
     def run_unit(self) -> None:
         """``steps_per_unit`` consecutive training steps (as the loop runs them: ``ctx.step`` counts)."""
@@ -205,8 +206,9 @@ class Variant:
 
 
 def build_variant(name: str, model: str, *, batch_size: int, meta_batch_size: int, device: str, seed: int,
-                  out: str) -> Variant:
-    """A real :class:`TrainContext` (``build_context``) for one variant, with a fixed meta batch."""
+                  out: str, amp: str = "none") -> Variant:
+    """A real :class:`TrainContext` (``build_context``) for one variant, with a fixed meta batch;
+    ``amp`` is the run's ``train.amp`` (``"bf16"``: each step under bf16 autocast, as in training)."""
     method_cfg, steps = VARIANTS[name]
     method_cfg = dict(method_cfg)
     if method_cfg["name"] != "erm":
@@ -216,7 +218,7 @@ def build_variant(name: str, model: str, *, batch_size: int, meta_batch_size: in
         "method": method_cfg, "data.augment": "none",
         "optim.name": "sgd", "optim.lr": 0.1, "optim.momentum": 0.9, "optim.weight_decay": 5e-4,
         "optim.nesterov": False, "optim.schedule": "none", "optim.warmup_epochs": 0,
-        "train.batch_size": batch_size, "train.clip_grad_norm": None,
+        "train.batch_size": batch_size, "train.clip_grad_norm": None, "train.amp": amp,
     })
     data = synthetic_data(model, batch_size=batch_size, meta_batch_size=meta_batch_size, seed=seed)
     ctx = build_context(cfg, data=data)  # seeds the global RNG: every variant gets the same initial model
@@ -240,11 +242,12 @@ def _sync(device: str) -> None:
 
 
 def time_model(model: str, names: list[str], *, batch_size: int, meta_batch_size: int, device: str, seed: int,
-               repeats: int, warmup: int) -> dict[str, dict[str, Any]]:
-    """Median ms per training step of each variant (round-robin, same starting state)."""
+               repeats: int, warmup: int, amp: str = "none") -> dict[str, dict[str, Any]]:
+    """Median ms per training step of each variant (round-robin, same starting state); ``amp`` as
+    in :func:`build_variant`."""
     with tempfile.TemporaryDirectory(prefix="meta_speed_") as out:
         variants = {n: build_variant(n, model, batch_size=batch_size, meta_batch_size=meta_batch_size,
-                                     device=device, seed=seed, out=out) for n in names}
+                                     device=device, seed=seed, out=out, amp=amp) for n in names}
         # common starting state: one ERM step from the initial model (SGD momentum buffers exist)
         ref = variants["erm"]
         ref.run_unit()
@@ -366,7 +369,7 @@ def _profiled_peak_bytes(run: Callable[[], None]) -> float | None:
 
 
 def memory_child(model: str, name: str, *, batch_size: int, meta_batch_size: int, device: str, seed: int,
-                 warmup: int) -> dict[str, Any]:
+                 warmup: int, amp: str = "none") -> dict[str, Any]:
     """Peak memory (MiB) of one timed unit of one variant, above the memory held before it.
 
     The warm-up units (at least one) run first, so lazy initialisation (kernels, ``torch.func``,
@@ -377,7 +380,7 @@ def memory_child(model: str, name: str, *, batch_size: int, meta_batch_size: int
     """
     with tempfile.TemporaryDirectory(prefix="meta_speed_") as out:
         v = build_variant(name, model, batch_size=batch_size, meta_batch_size=meta_batch_size, device=device,
-                          seed=seed, out=out)
+                          seed=seed, out=out, amp=amp)
         for _ in range(max(1, warmup)):
             v.run_unit()
         for o in v._optimizers():  # every method zeroes them (set_to_none) before its backward anyway
@@ -408,7 +411,8 @@ def memory_child(model: str, name: str, *, batch_size: int, meta_batch_size: int
 def measure_memory(model: str, name: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", name, "--models", model,
            "--threads", str(args.threads), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
-           "--meta-batch-size", str(args.meta_batch_size), "--device", args.device, "--seed", str(args.seed)]
+           "--meta-batch-size", str(args.meta_batch_size), "--device", args.device, "--seed", str(args.seed),
+           "--amp", args.amp]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
@@ -451,7 +455,7 @@ def evaluate_targets(res: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 def print_table(model: str, res: dict[str, dict[str, Any]], targets: list[dict[str, Any]],
                 args: argparse.Namespace) -> None:
     print(f"\n### {model}: batch {args.batch_size} (meta {args.meta_batch_size}), {args.threads} threads, "
-          f"{args.device}; median of {args.repeats} after {args.warmup} warm-up\n")
+          f"{args.device}, amp {args.amp}; median of {args.repeats} after {args.warmup} warm-up\n")
     print("| variant | ms/step | × ERM | target | met | peak MiB |")
     print("|---|---:|---:|---|---|---:|")
     db_peak = res.get("double-backward", {}).get("peak_mib")
@@ -506,6 +510,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--meta-batch-size", type=int, default=100)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--amp", default="none", choices=["none", "bf16"],
+                    help="train.amp of every variant: bf16 autocast entered per step, as the training loop does")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory processes")
     ap.add_argument("--json", default=None, metavar="PATH", help="also save the numbers as JSON")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -525,7 +531,7 @@ def main(argv: list[str] | None = None) -> None:
     kw = dict(batch_size=args.batch_size, meta_batch_size=args.meta_batch_size, device=args.device, seed=args.seed)
 
     if args.memory_child is not None:
-        print(json.dumps(memory_child(models[0], args.memory_child, warmup=args.warmup, **kw)))
+        print(json.dumps(memory_child(models[0], args.memory_child, warmup=args.warmup, amp=args.amp, **kw)))
         return
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -536,7 +542,7 @@ def main(argv: list[str] | None = None) -> None:
                               "repeats": args.repeats, "warmup": args.warmup, "load_average_before": load,
                               "anchor": ANCHOR, "models": {}}
     for model in models:
-        res = time_model(model, names, repeats=args.repeats, warmup=args.warmup, **kw)
+        res = time_model(model, names, repeats=args.repeats, warmup=args.warmup, amp=args.amp, **kw)
         erm = res["erm"]["ms"]
         for n, r in res.items():
             r["ratio"] = r["ms"] / _erm_baseline(res, n)
