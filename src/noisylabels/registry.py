@@ -83,16 +83,42 @@ def _keyword_options(fn: Callable[..., Any]) -> tuple[set[str], list[str]] | Non
     return None
 
 
-def call_with_options(kind: str, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn`` turning a bad keyword option into a one-line :class:`UserError`."""
+def _word(fn: Callable[..., Any], key: str, value: Any) -> Any:
+    """``True`` / ``False`` as the words ``'true'`` / ``'false'`` for an option typed ``str``: YAML
+    (a config file, ``--set method.transition=true``) reads those words as booleans, and an
+    option such as forward's ``transition: 'auto' | 'true' | 'estimate'`` wants the word."""
+    if not isinstance(value, bool):
+        return value
+    import inspect
+
+    targets = [c.__init__ for c in fn.__mro__ if "__init__" in vars(c)] if inspect.isclass(fn) else [fn]
+    for target in targets:
+        try:
+            param = inspect.signature(target).parameters.get(key)
+        except (TypeError, ValueError):
+            continue
+        if param is not None:
+            note = param.annotation
+            text = note if isinstance(note, str) else getattr(note, "__name__", "")
+            return ("true" if value else "false") if text == "str" else value
+    return value
+
+
+def call_with_options(kind: str, name: str, fn: Callable[..., Any], /, *args: Any,
+                      _fixed: tuple[str, ...] = (), **kwargs: Any) -> Any:
+    """Call ``fn`` turning a bad keyword option into a one-line :class:`UserError`; ``_fixed``
+    names arguments the caller supplies itself (a model's ``num_classes``), left out of the
+    "valid options" a user may set."""
     options = _keyword_options(fn)
+    kwargs = {k: _word(fn, k, v) for k, v in kwargs.items()}
     if options is not None:
         accepted, keyword = options
         bad = [k for k in kwargs if k not in accepted]
         if bad:
+            shown = [k for k in keyword if k not in _fixed]
             raise UserError(
                 f"{kind} {name!r} has no option(s) {', '.join(map(repr, bad))}; "
-                f"valid options: {', '.join(keyword) or '(none)'}"
+                f"valid options: {', '.join(shown) or '(none)'}"
             )
     return fn(*args, **kwargs)
 
