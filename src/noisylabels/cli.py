@@ -353,6 +353,9 @@ def cmd_narl_train(args: argparse.Namespace) -> int:
     overrides.setdefault("out", "runs/narl-train")
     cfg = resolve_config(config_file=args.config, overrides=overrides, assignments=args.set)
     cfg["train"]["progress"] = False
+    from .train.loop import check_names
+
+    check_names(cfg)  # names, options and weight files before any data are loaded
     tasks = args.task or default_tasks(str(cfg["data"]["name"]))
     print(f"noisylabels narl-train: one {cfg['method'].get('loss', 'gce')} adjuster over {len(tasks)} tasks "
           f"({', '.join(tasks)}) on {cfg['data']['name']}, {cfg['train']['epochs']} epochs", flush=True)
