@@ -1,4 +1,4 @@
-"""Command-line interface: ``noisylabels train | noise | narl-train | bench | detect | export | datasets | methods | models | losses``.
+"""Command-line interface: ``noisylabels train | noise | narl-train | bench | detect | export | datasets | methods | models | losses | config``.
 
 User errors (:class:`~noisylabels.errors.UserError`) print one line on stderr and exit with 2.
 """
@@ -25,38 +25,63 @@ TRAIN_FLAGS = {
 }
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    """The options that describe a run (shared by ``train`` and ``narl-train``)."""
-    p.add_argument("--config", help="YAML config file (merged over the defaults)")
-    p.add_argument("--dataset")
-    p.add_argument("--data-dir")
-    p.add_argument("--noise", help="noise type (see `noisylabels noise --list`)")
-    p.add_argument("--noise-rate", type=float)
-    p.add_argument("--meta-size", type=int)
-    p.add_argument("--meta-set", choices=["clean", "noisy"])
-    p.add_argument("--method")
-    p.add_argument("--loss")
-    p.add_argument("--model")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--out", help="output directory (default runs/latest)")
+#: what each run flag sets, for its --help line (the default is read from the config's DEFAULTS)
+_FLAG_HELP = {
+    "dataset": "dataset (list: noisylabels datasets)", "data_dir": "folder holding the data",
+    "noise": "simulated noise type (list: noisylabels noise --list)", "noise_rate": "fraction of corrupted labels",
+    "meta_size": "meta-set size for meta methods", "meta_set": "meta-set labels: clean or noisy",
+    "method": "training method (list: noisylabels methods)", "loss": "loss (list: noisylabels losses)",
+    "model": "model (list: noisylabels models)", "epochs": "training epochs", "batch_size": "training batch size",
+    "lr": "learning rate", "seed": "run seed (noise, splits, initialisation, batch order)",
+    "out": "output directory",
+}
+
+
+def _flag_help(flag: str, *, defaults: dict[str, str] | None = None) -> str:
+    from .config import DEFAULTS
+
+    d: Any = DEFAULTS
+    for part in TRAIN_FLAGS[flag].split("."):
+        d = d[part]
+    shown = (defaults or {}).get(flag, "null" if d is None else str(d))
+    if flag == "data_dir":
+        shown = "$NOISYLABELS_DATA_DIR, else ./data, else ../shared/data"
+    return f"{_FLAG_HELP[flag]} (default {shown}; config key {TRAIN_FLAGS[flag]})".replace("%", "%%")
+
+
+def _add_run_options(p: argparse.ArgumentParser, *, defaults: dict[str, str] | None = None) -> None:
+    """The options that describe a run (shared by ``train`` and ``narl-train``); every help line
+    names the default and the config key the flag sets."""
+    p.add_argument("--config", help="YAML config file merged over the defaults (see `noisylabels config`)")
+    types = {"noise_rate": float, "lr": float, "meta_size": int, "epochs": int, "batch_size": int, "seed": int}
+    for flag in TRAIN_FLAGS:
+        kw: dict[str, Any] = {"type": types[flag]} if flag in types else {}
+        if flag == "meta_set":
+            kw["choices"] = ["clean", "noisy"]
+        p.add_argument(f"--{flag.replace('_', '-')}", help=_flag_help(flag, defaults=defaults), **kw)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="set any config field, e.g. --set loss.q=0.7 (repeatable)")
+                   help="set any config field, e.g. --set loss.q=0.7 (repeatable; every field and its default: "
+                        "noisylabels config)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (the saved config; "
-                   "only more --epochs may be added, other differing settings are refused)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+                   "only more --epochs may be added, other differing settings are refused; default: a new run)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines (default: a bar on a "
+                   "terminal, one line per epoch elsewhere)")
+
+
+_LISTS = ("names: noisylabels datasets | methods | models | losses, noisylabels noise --list; every config field "
+          "with its default: noisylabels config [--method NAME]")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train one run (no arguments: digits, 40%% symmetric noise, CE, MLP)")
+    p = sub.add_parser("train", help="train one run (no arguments: digits, 40%% symmetric noise, CE, MLP)",
+                       description="Train one run and write its records to --out.", epilog=_LISTS)
     _add_run_options(p)
     p.add_argument("--overwrite", action="store_true",
-                   help="a new run into an --out that holds an earlier run clears it first (else refused)")
+                   help="a new run into an --out that holds an earlier run clears it first (default: refused)")
     p.add_argument("--folds", type=int, default=None, metavar="K",
                    help="cross-fit: train K models on K-1 folds of the training split each and write "
-                        "out-of-sample pred_probs.npy, label_issues.csv and the count of wrong labels")
+                        "out-of-sample pred_probs.npy, label_issues.csv and the count of wrong labels "
+                        "(default: one model, no cross-fit)")
 
 
 def _add_noise(sub: argparse._SubParsersAction) -> None:
@@ -75,8 +100,9 @@ def _add_noise(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_narl_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("narl-train", help="meta-train one NARL-Adjuster over several noise tasks, for --method t-narl")
-    _add_run_options(p)
+    p = sub.add_parser("narl-train", help="meta-train one NARL-Adjuster over several noise tasks, for --method t-narl",
+                       epilog=_LISTS)
+    _add_run_options(p, defaults={"method": "narl", "out": "runs/narl-train"})
     p.add_argument("--task", action="append", default=[], metavar="TYPE:RATE",
                    help="a task, e.g. symmetric:0.4 (repeatable; default: symmetric, the dataset's class map and "
                         "instance noise at 20/40/60%%, as the paper)")
@@ -117,7 +143,24 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("datasets", "datasets"), ("methods", "training methods"), ("models", "models"),
                        ("losses", "losses")):
         sub.add_parser(name, help=f"list the registered {what}")
+    p = sub.add_parser("config", help="print the default run config as commented YAML (a --config file)")
+    p.add_argument("--method", help="the config a run of this method resolves to: its preset loss, meta set and "
+                                    "options at their defaults")
     return parser
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from .config import default_config
+    from .config_doc import method_config, render_config
+
+    if args.method:
+        cfg, notes = method_config(args.method)
+        head = f"# noisylabels train --config FILE: the resolved config of method {args.method}\n"
+    else:
+        cfg, notes = default_config(), {}
+        head = "# noisylabels train --config FILE: every field at its default (a file may give any subset)\n"
+    print(head + render_config(cfg, notes=notes), end="")
+    return 0
 
 
 def _print_table(rows: Sequence[tuple[str, str]]) -> None:
@@ -462,6 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.cmd_detect(args) if args.command == "detect" else commands.cmd_export(args)
         if args.command in ("datasets", "methods", "models", "losses"):
             return cmd_list(args.command)
+        if args.command == "config":
+            return cmd_config(args)
         parser.print_help()
         return 0
     except UserError as exc:
