@@ -346,7 +346,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     prepare_run_dir(cfg["out"], resume=args.resume, overwrite=args.overwrite)
     print(_header(cfg), flush=True)
     print(f"loading data ({run['data']['name']}) ...", flush=True)
-    progress: bool | str = False if args.quiet else (True if sys.stderr.isatty() else "lines")
+    progress = not args.quiet  # a bar on a terminal, one line per epoch elsewhere
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
     try:
@@ -395,7 +395,7 @@ def cmd_narl_train(args: argparse.Namespace) -> int:
     overrides.setdefault("method.name", "narl")
     overrides.setdefault("out", "runs/narl-train")
     cfg = resolve_config(config_file=args.config, overrides=overrides, assignments=args.set)
-    cfg["train"]["progress"] = False
+    cfg["train"]["progress"] = not args.quiet  # one line per epoch for all tasks (bars would interleave)
     from .train.loop import check_names
 
     check_names(cfg)  # names, options and weight files before any data are loaded

@@ -376,14 +376,23 @@ def _execute(name: str, todo: list[tuple[Cell, int, dict[str, Any]]], record: Ca
     if verbose:
         print(f"suite {name}: {total} runs, {total - len(todo)} already finished, {len(todo)} to run {where}",
               flush=True)
-    bar = tqdm(total=len(todo), desc=name, unit="run", disable=not verbose)
+    from ..progress import progress_mode
+
+    mode = progress_mode(verbose)  # off a terminal one line per finished run, not a carriage-return bar
+    bar = tqdm(total=len(todo), desc=name, unit="run", disable=mode != "bar")
     by_id = {i: item for i, item in enumerate(todo)}
+    done = [0]
 
     def on_result(job: Job, status: str, value: Any) -> None:
         cell, seed, cfg = by_id[job.id]
         record(cell, seed, cfg, status, value)
         if status != "interrupted":
             bar.update(1)
+            done[0] += 1
+            if mode == "lines":
+                acc = value.get("test_accuracy") if status == "ok" and isinstance(value, Mapping) else None
+                what = f"test accuracy {acc:.4f}" if isinstance(acc, float) else status
+                print(f"{name}: run {done[0]}/{len(todo)} done ({cell.key} seed {seed}: {what})", flush=True)
 
     fn = f"{__name__}:_run_cell"
     try:

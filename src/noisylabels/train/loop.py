@@ -645,8 +645,9 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
     stop_after:
         Stop after this many epochs *in this call* (a budget; the run can be resumed later).
     progress:
-        Show a tqdm bar (default: ``cfg['train']['progress']``); ``"lines"``: print one line per
-        epoch instead (what the CLI does when stderr is not a terminal).
+        Default ``cfg['train']['progress']``: ``True`` shows a tqdm bar on a terminal and prints
+        one line per epoch elsewhere (a log, a pipe); ``"lines"``: always lines; ``False``: quiet
+        (:func:`noisylabels.progress.progress_mode`).
     data:
         Pre-built :class:`RunData` (otherwise built from the config).
 
@@ -660,12 +661,14 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
     run.begin(resume=resume)
     epochs, start = run.epochs, run.start_epoch
     end_epoch = epochs if stop_after is None else min(epochs, start + int(stop_after))
-    show = run.cfg["train"]["progress"] if progress is None else progress
-    lines = show == "lines"  # off a terminal: one plain line per epoch instead of a bar
     from tqdm.auto import tqdm
 
+    from ..progress import progress_mode
+
+    mode = progress_mode(run.cfg["train"]["progress"] if progress is None else progress)
+    lines = mode == "lines"  # off a terminal: one plain line per epoch instead of a bar
     bar = tqdm(range(start, end_epoch), desc=f"{run.cfg['method']['name']}", unit="epoch",
-               disable=not show or lines, leave=False, initial=start, total=epochs)
+               disable=mode != "bar", leave=False, initial=start, total=epochs)
     error: BaseException | None = None
     try:
         for epoch in bar:
