@@ -239,12 +239,10 @@ def _resume_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     flag_of = {key: flag for flag, key in TRAIN_FLAGS.items()}
     given: list[tuple[str, str]] = []  # (dotted key, how it was given)
     if args.config:  # the same file again is fine; what it changes is checked like the flags
-        import yaml
-
-        from .config import merge
+        from .config import merge, read_yaml_mapping
 
         load_config(args.config)  # one-line errors for a missing or invalid file
-        data = yaml.safe_load(Path(args.config).read_text()) or {}
+        data = read_yaml_mapping(args.config)
         new = merge(new, data)
         given += [(k, f"{k}={v} in --config {args.config}") for k, v in _flatten(data).items()]
     for flag, key in TRAIN_FLAGS.items():

@@ -21,7 +21,7 @@ import yaml
 from .errors import UserError
 
 __all__ = ["DEFAULTS", "FREE_SECTIONS", "default_config", "merge", "set_value", "parse_assignment",
-           "load_config", "save_config", "resolve_config"]
+           "read_yaml_mapping", "load_config", "save_config", "resolve_config"]
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -151,18 +151,28 @@ def set_value(config: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     return merge(config, nested)
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file (partial: merged over the defaults)."""
+def read_yaml_mapping(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
+    """The mapping a YAML file holds (``yaml.safe_load``; empty: ``{}``); a missing, unreadable,
+    non-UTF-8 or invalid file, or one holding something else, is a one-line error."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"config file not found: {p}")
+        raise UserError(f"{what} not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"{what} {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {p} is not a text file (not UTF-8)") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
     if not isinstance(data, Mapping):
-        raise UserError(f"config file {p} must hold a mapping at the top level")
-    return merge(default_config(), data)
+        raise UserError(f"{what} {p} must hold a mapping at the top level, got {type(data).__name__}")
+    return dict(data)
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file (partial: merged over the defaults)."""
+    return merge(default_config(), read_yaml_mapping(path))
 
 
 def save_config(config: Mapping[str, Any], path: str | Path) -> None:
@@ -192,13 +202,8 @@ def _explicit_noise_keys(config_file: str | Path | None, overrides: Mapping[str,
             keys.update(f"noise.{k}" for k in value if k in ("type", "rate"))
 
     if config_file:
-        try:
-            data = yaml.safe_load(Path(config_file).read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            data = {}
-        if isinstance(data, Mapping):
-            for k, v in data.items():
-                note(str(k), v)
+        for k, v in read_yaml_mapping(config_file).items():
+            note(str(k), v)
     for k, v in (overrides or {}).items():
         note(str(k), v)
     for text in assignments:

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import UserError
 
-__all__ = ["describe_bytes", "load_torch_file", "load_npy"]
+__all__ = ["describe_bytes", "load_torch_file", "load_npy", "load_npz"]
 
 _ZIP = b"PK\x03\x04"
 _NPY = b"\x93NUMPY"
@@ -113,3 +113,21 @@ def load_npy(path: str | os.PathLike[str], *, what: str) -> Any:
     except Exception as err:  # noqa: BLE001  (cut header, bad shape, short data)
         raise UserError(f"{what} {p} is a damaged .npy file ({_first_line(err)})") from None
     return arr
+
+
+def load_npz(path: str | os.PathLike[str], *, what: str) -> dict[str, Any]:
+    """The arrays of an ``.npz`` archive (``allow_pickle=False``) as ``{name: array}``; anything
+    else (a bare ``.npy``, text, a damaged zip, object arrays) is a one-line error naming ``what``."""
+    import numpy as np
+
+    p = Path(path).expanduser()
+    head, size = _head(p, what)
+    if not head.startswith(_ZIP):
+        raise UserError(f"{what} {p} is {describe_bytes(head, size)}, not an .npz archive (numpy.savez)")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as err:  # noqa: BLE001  (damaged zip, bad member, object arrays)
+        if "pickle" in str(err):
+            raise UserError(f"{what} {p} holds object arrays (Python objects), which are not read") from None
+        raise UserError(f"{what} {p} is a damaged .npz archive ({_first_line(err)})") from None

@@ -27,7 +27,6 @@ agree with the images' classes, else a one-line error (a label file of another o
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +70,9 @@ def load_human_labels(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     if not p.is_file():
         raise UserError(f"CIFAR-N label file {p} not found")
     if p.suffix.lower() == ".npz":
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                obj: Any = {k: z[k] for k in z.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-            raise UserError(f"cannot read CIFAR-N label file {p}: {err}") from None
+        from ..safe_files import load_npz
+
+        obj: Any = load_npz(p, what="CIFAR-N label file")
     else:
         from ..safe_files import load_torch_file
 

@@ -122,10 +122,9 @@ def read_label_file(path: str | Path, *, num_classes: int,
         raise UserError(f"labels file {p} not found")
     paths: list[str] | None = None
     if p.suffix.lower() == ".npy":
-        try:
-            raw = np.load(p, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as err:
-            raise UserError(f"cannot read labels file {p}: {err}") from None
+        from ..safe_files import load_npy
+
+        raw = load_npy(p, what="labels file")
         cells = [str(v) for v in np.asarray(raw).reshape(-1)] if np.asarray(raw).ndim == 1 else None
         if cells is None:
             raise UserError(f"labels file {p} must hold a 1-D array, got shape {np.asarray(raw).shape}")

@@ -325,7 +325,7 @@ class TransferNARL(Method):
     @classmethod
     def loss_name(cls, options: Mapping[str, Any]) -> str:
         family = options.get("loss")
-        if family is None and options.get("adjuster"):
+        if family is None and isinstance(options.get("adjuster"), str) and options["adjuster"]:
             try:
                 family = load_adjuster(options["adjuster"])[0]["family"]
             except UserError:
