@@ -127,6 +127,8 @@ def _check_type(kind: str, name: str, fn: Callable[..., Any], key: str, value: A
     """A value of the wrong type for a keyword option annotated with plain types (``int``,
     ``float | None``, ``list[str]``, ...) is a one-line error naming the option, before the
     factory's own code meets it."""
+    if not isinstance(value, (type(None), bool, int, float, str, list, tuple, dict)):
+        return  # a tensor, an array, a numpy scalar: the library's own call, not a config value
     param = _parameter(fn, key)
     note = getattr(param, "annotation", None)
     if not isinstance(note, str) or "Literal" in note or "Callable" in note:
