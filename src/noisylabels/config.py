@@ -271,6 +271,9 @@ def _integer(key: str, v: Any, *, low: int, high: int | None = None, none_ok: bo
 
 
 def _choice(key: str, v: Any, choices: tuple[Any, ...]) -> None:
+    """One of ``choices`` (words compared case-insensitively, as the code that reads them does)."""
+    if isinstance(v, str):
+        v = v.lower()
     if not isinstance(v, (str, bool, type(None))) or v not in choices:
         shown = ", ".join("true" if c is True else "false" if c is False else str(c) for c in choices)
         raise UserError(f"{key} must be one of {shown}, got {v!r}")
@@ -323,7 +326,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     _number("optim.weight_decay", o["weight_decay"], low=0.0)
     _number("optim.gamma", o["gamma"], low=0.0, low_open=True)
     _choice("optim.name", o["name"], ("sgd", "adam"))
-    _choice("optim.schedule", o["schedule"], ("none", "multistep", "cosine"))
+    _choice("optim.schedule", o["schedule"], ("none", "constant", "multistep", "cosine"))
     betas = o["betas"]
     if not isinstance(betas, (list, tuple)) or len(betas) != 2:
         raise UserError(f"optim.betas must be a list of two numbers in [0, 1), got {betas!r}")
@@ -334,15 +337,14 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise UserError(f"optim.milestones must be a list of epochs, got {milestones!r}")
     for m in milestones:
         _integer("optim.milestones", m, low=0)
-    _choice("train.amp", str(t.get("amp", "none")).lower() if isinstance(t.get("amp"), str) else t.get("amp"),
-            ("none", "bf16", "fp16"))
+    _choice("train.amp", t.get("amp", "none"), ("none", "bf16", "fp16"))
     for key in ("channels_last", "compile", "cudnn_benchmark", "checkpoint"):
         if not isinstance(t.get(key, False), bool):
             raise UserError(f"train.{key} must be true or false, got {t[key]!r}")
     if not isinstance(o["nesterov"], bool):
         raise UserError(f"optim.nesterov must be true or false, got {o['nesterov']!r}")
     _choice("train.progress", t["progress"], (True, False, "lines"))
-    _choice("data.stream", d["stream"], ("auto", True, False))
+    _choice("data.stream", d["stream"], ("auto", True, False, "true", "false", None))
     clip = t.get("clip_grad_norm")
     if clip is not None and (not _is_number(clip) or not _finite_positive(clip)):
         raise UserError(f"train.clip_grad_norm must be a number > 0 (or null: no clipping), got {clip!r}")
