@@ -344,7 +344,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
     if not isinstance(o["nesterov"], bool):
         raise UserError(f"optim.nesterov must be true or false, got {o['nesterov']!r}")
     _choice("train.progress", t["progress"], (True, False, "lines"))
-    _choice("data.stream", d["stream"], ("auto", True, False, "true", "false", None))
+    if (d["stream"].lower() if isinstance(d["stream"], str) else d["stream"]) not in ("auto", True, False, "true",
+                                                                                      "false", None):
+        raise UserError(f"data.stream must be auto, true or false, got {d['stream']!r}")
     clip = t.get("clip_grad_norm")
     if clip is not None and (not _is_number(clip) or not _finite_positive(clip)):
         raise UserError(f"train.clip_grad_norm must be a number > 0 (or null: no clipping), got {clip!r}")

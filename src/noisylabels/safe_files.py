@@ -107,7 +107,7 @@ def load_npy(path: str | os.PathLike[str], *, what: str) -> Any:
         arr = np.load(p, allow_pickle=False)
     except ValueError as err:
         if "pickle" in str(err):
-            raise UserError(f"{what} {p} holds an object array (Python objects), which is not read: save a "
+            raise UserError(f"{what} {p} holds an object array (Python objects; no pickles are read): save a "
                             "numeric array") from None
         raise UserError(f"{what} {p} is a damaged .npy file ({_first_line(err)})") from None
     except Exception as err:  # noqa: BLE001  (cut header, bad shape, short data)
