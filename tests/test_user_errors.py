@@ -158,6 +158,20 @@ def test_a_crafted_weight_file_names_the_refused_global_and_runs_nothing(tmp_pat
     assert "Re-running" not in line and not marker.exists()
 
 
+@pytest.mark.parametrize("content, why", [(b"epoch 3\n", "it is a text file"), (b"", "it is an empty file"),
+                                          (b"\x80\x02", "truncated or damaged")])
+def test_a_run_checkpoint_that_is_not_one_says_what_it_is(tmp_path, content, why):
+    from noisylabels.train.records import RunRecorder
+
+    (tmp_path / "checkpoint.pt").write_bytes(content)
+    with pytest.raises(UserError) as info:
+        RunRecorder(tmp_path).load_checkpoint()
+    text = str(info.value)
+    assert text.startswith(f"cannot resume from {tmp_path / 'checkpoint.pt'}: not a readable noisylabels checkpoint")
+    assert why in text
+    assert "(101)" not in text and "Re-running" not in text and "\n" not in text
+
+
 # ----------------------------------------------------------------------- run directories read by detect / export
 
 def _fake_run(d, n=6, k=3):

@@ -197,7 +197,10 @@ class RunRecorder:
         from ..safe_files import load_torch_file
 
         # tensors and plain containers only: a checkpoint can never run code
-        state = load_torch_file(p, what="cannot resume from", expected="noisylabels checkpoint")
+        try:
+            state = load_torch_file(p, what="checkpoint", expected="noisylabels checkpoint")
+        except UserError as err:
+            raise UserError(f"cannot resume from {p}: {str(err).removeprefix(f'checkpoint {p} is ')}") from None
         if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
             raise UserError(f"cannot resume from {p}: not a noisylabels checkpoint")
         return state
