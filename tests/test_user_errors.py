@@ -258,3 +258,8 @@ def test_config_load_errors_are_one_line(tmp_path):
     (tmp_path / "c.yaml").write_text("seed: 1.5\n")
     with pytest.raises(UserError, match="seed must be an integer"):
         resolve_config(config_file=tmp_path / "c.yaml")
+
+
+def test_noise_command_checks_option_names_before_loading_data(capsys, no_data):
+    code, _, err = run(["noise", "--set", "include_true_clas=1"], capsys)
+    one_line_error(code, err, "'include_true_clas'", "valid options: include_true_class")

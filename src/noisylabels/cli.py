@@ -427,6 +427,10 @@ def cmd_noise(args: argparse.Namespace) -> int:
             print(name)
         return 0
     options = dict(parse_assignment(s) for s in args.set)
+    from .noise import NOISE
+    from .train.precheck import check_option_names
+
+    check_option_names("noise type", args.noise, NOISE.get(args.noise), options)  # before the data load
     raw = create_dataset(args.dataset, data_dir=args.data_dir)
     y = raw.y_train.astype(np.int64)
     features = raw.x_train.reshape(len(y), -1).astype(np.float32) / 255.0 if args.noise == "instance" else None

@@ -17,14 +17,17 @@ from typing import Any
 
 from ..errors import UserError
 
-__all__ = ["check_inputs"]
+__all__ = ["check_inputs", "check_option_names"]
 
 #: model options every model takes (see :func:`noisylabels.models.create_model`)
 _MODEL_COMMON = ("init_checkpoint", "init_exclude")
 
 
-def _check_option_names(kind: str, name: str, fn: Any, given: Mapping[str, Any], *, common: tuple[str, ...] = (),
-                        fixed: tuple[str, ...] = ()) -> None:
+def check_option_names(kind: str, name: str, fn: Any, given: Mapping[str, Any], *, common: tuple[str, ...] = (),
+                       fixed: tuple[str, ...] = ()) -> None:
+    """Option names of a factory, checked against its signature without calling it (one line
+    naming the valid ones; ``common``: options the caller handles itself, ``fixed``: arguments
+    the caller supplies, not listed)."""
     from ..registry import _keyword_options
 
     options = _keyword_options(fn)
@@ -51,11 +54,11 @@ def check_inputs(run: Mapping[str, Any]) -> None:
     model = {k: v for k, v in run["model"].items() if k != "name"}
     name = str(run["model"]["name"])
     if not name.lower().startswith(TIMM_PREFIX):
-        _check_option_names("model", name.lower(), MODELS.get(name), model, common=_MODEL_COMMON,
+        check_option_names("model", name.lower(), MODELS.get(name), model, common=_MODEL_COMMON,
                             fixed=("num_classes", "in_channels", "image_size"))
     noise = str(run["noise"]["type"])
     options = dict(run["noise"].get("options") or {})
-    _check_option_names("noise type", noise, NOISE.get(noise), options)
+    check_option_names("noise type", noise, NOISE.get(noise), options)
     if options.get("matrix_path") is not None and not Path(str(options["matrix_path"])).expanduser().is_file():
         raise UserError(f"noise.options.matrix_path: file not found: {options['matrix_path']}")
     if model.get("init_checkpoint") is not None:
