@@ -1,4 +1,4 @@
-"""Command-line interface: ``noisylabels train | noise | narl-train | bench | detect | export | datasets | methods | models | losses``.
+"""Command-line interface: ``noisylabels train | noise | narl-train | bench | detect | export | datasets | methods | models | losses | config``.
 
 User errors (:class:`~noisylabels.errors.UserError`) print one line on stderr and exit with 2.
 """
@@ -25,38 +25,63 @@ TRAIN_FLAGS = {
 }
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    """The options that describe a run (shared by ``train`` and ``narl-train``)."""
-    p.add_argument("--config", help="YAML config file (merged over the defaults)")
-    p.add_argument("--dataset")
-    p.add_argument("--data-dir")
-    p.add_argument("--noise", help="noise type (see `noisylabels noise --list`)")
-    p.add_argument("--noise-rate", type=float)
-    p.add_argument("--meta-size", type=int)
-    p.add_argument("--meta-set", choices=["clean", "noisy"])
-    p.add_argument("--method")
-    p.add_argument("--loss")
-    p.add_argument("--model")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--out", help="output directory (default runs/latest)")
+#: what each run flag sets, for its --help line (the default is read from the config's DEFAULTS)
+_FLAG_HELP = {
+    "dataset": "dataset (list: noisylabels datasets)", "data_dir": "folder holding the data",
+    "noise": "simulated noise type (list: noisylabels noise --list)", "noise_rate": "fraction of corrupted labels",
+    "meta_size": "meta-set size for meta methods", "meta_set": "meta-set labels: clean or noisy",
+    "method": "training method (list: noisylabels methods)", "loss": "loss (list: noisylabels losses)",
+    "model": "model (list: noisylabels models)", "epochs": "training epochs", "batch_size": "training batch size",
+    "lr": "learning rate", "seed": "run seed (noise, splits, initialisation, batch order)",
+    "out": "output directory",
+}
+
+
+def _flag_help(flag: str, *, defaults: dict[str, str] | None = None) -> str:
+    from .config import DEFAULTS
+
+    d: Any = DEFAULTS
+    for part in TRAIN_FLAGS[flag].split("."):
+        d = d[part]
+    shown = (defaults or {}).get(flag, "null" if d is None else str(d))
+    if flag == "data_dir":
+        shown = "$NOISYLABELS_DATA_DIR, else ./data, else ../shared/data"
+    return f"{_FLAG_HELP[flag]} (default {shown}; config key {TRAIN_FLAGS[flag]})".replace("%", "%%")
+
+
+def _add_run_options(p: argparse.ArgumentParser, *, defaults: dict[str, str] | None = None) -> None:
+    """The options that describe a run (shared by ``train`` and ``narl-train``); every help line
+    names the default and the config key the flag sets."""
+    p.add_argument("--config", help="YAML config file merged over the defaults (see `noisylabels config`)")
+    types = {"noise_rate": float, "lr": float, "meta_size": int, "epochs": int, "batch_size": int, "seed": int}
+    for flag in TRAIN_FLAGS:
+        kw: dict[str, Any] = {"type": types[flag]} if flag in types else {}
+        if flag == "meta_set":
+            kw["choices"] = ["clean", "noisy"]
+        p.add_argument(f"--{flag.replace('_', '-')}", help=_flag_help(flag, defaults=defaults), **kw)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="set any config field, e.g. --set loss.q=0.7 (repeatable)")
+                   help="set any config field, e.g. --set loss.q=0.7 (repeatable; every field and its default: "
+                        "noisylabels config)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (the saved config; "
-                   "only more --epochs may be added, other differing settings are refused)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+                   "only more --epochs may be added, other differing settings are refused; default: a new run)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines (default: a bar on a "
+                   "terminal, one line per epoch elsewhere)")
+
+
+_LISTS = ("names: noisylabels datasets | methods | models | losses, noisylabels noise --list; every config field "
+          "with its default: noisylabels config [--method NAME]")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train one run (no arguments: digits, 40%% symmetric noise, CE, MLP)")
+    p = sub.add_parser("train", help="train one run (no arguments: digits, 40%% symmetric noise, CE, MLP)",
+                       description="Train one run and write its records to --out.", epilog=_LISTS)
     _add_run_options(p)
     p.add_argument("--overwrite", action="store_true",
-                   help="a new run into an --out that holds an earlier run clears it first (else refused)")
+                   help="a new run into an --out that holds an earlier run clears it first (default: refused)")
     p.add_argument("--folds", type=int, default=None, metavar="K",
                    help="cross-fit: train K models on K-1 folds of the training split each and write "
-                        "out-of-sample pred_probs.npy, label_issues.csv and the count of wrong labels")
+                        "out-of-sample pred_probs.npy, label_issues.csv and the count of wrong labels "
+                        "(default: one model, no cross-fit)")
 
 
 def _add_noise(sub: argparse._SubParsersAction) -> None:
@@ -75,8 +100,9 @@ def _add_noise(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_narl_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("narl-train", help="meta-train one NARL-Adjuster over several noise tasks, for --method t-narl")
-    _add_run_options(p)
+    p = sub.add_parser("narl-train", help="meta-train one NARL-Adjuster over several noise tasks, for --method t-narl",
+                       epilog=_LISTS)
+    _add_run_options(p, defaults={"method": "narl", "out": "runs/narl-train"})
     p.add_argument("--task", action="append", default=[], metavar="TYPE:RATE",
                    help="a task, e.g. symmetric:0.4 (repeatable; default: symmetric, the dataset's class map and "
                         "instance noise at 20/40/60%%, as the paper)")
@@ -120,7 +146,24 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("datasets", "datasets"), ("methods", "training methods"), ("models", "models"),
                        ("losses", "losses")):
         sub.add_parser(name, help=f"list the registered {what}")
+    p = sub.add_parser("config", help="print the default run config as commented YAML (a --config file)")
+    p.add_argument("--method", help="the config a run of this method resolves to: its preset loss, meta set and "
+                                    "options at their defaults")
     return parser
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from .config import default_config
+    from .config_doc import method_config, render_config
+
+    if args.method:
+        cfg, notes = method_config(args.method)
+        head = f"# noisylabels train --config FILE: the resolved config of method {args.method}\n"
+    else:
+        cfg, notes = default_config(), {}
+        head = "# noisylabels train --config FILE: every field at its default (a file may give any subset)\n"
+    print(head + render_config(cfg, notes=notes), end="")
+    return 0
 
 
 def _print_table(rows: Sequence[tuple[str, str]]) -> None:
@@ -199,12 +242,10 @@ def _resume_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     flag_of = {key: flag for flag, key in TRAIN_FLAGS.items()}
     given: list[tuple[str, str]] = []  # (dotted key, how it was given)
     if args.config:  # the same file again is fine; what it changes is checked like the flags
-        import yaml
-
-        from .config import merge
+        from .config import merge, read_yaml_mapping
 
         load_config(args.config)  # one-line errors for a missing or invalid file
-        data = yaml.safe_load(Path(args.config).read_text()) or {}
+        data = read_yaml_mapping(args.config)
         new = merge(new, data)
         given += [(k, f"{k}={v} in --config {args.config}") for k, v in _flatten(data).items()]
     for flag, key in TRAIN_FLAGS.items():
@@ -306,7 +347,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_run_dir(cfg["out"], resume=args.resume, overwrite=args.overwrite)  # refusals only: nothing is removed yet
     print(_header(cfg), flush=True)
     print(f"loading data ({run['data']['name']}) ...", flush=True)
-    progress: bool | str = False if args.quiet else (True if sys.stderr.isatty() else "lines")
+    progress = not args.quiet  # a bar on a terminal, one line per epoch elsewhere
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
     try:
@@ -355,7 +396,10 @@ def cmd_narl_train(args: argparse.Namespace) -> int:
     overrides.setdefault("method.name", "narl")
     overrides.setdefault("out", "runs/narl-train")
     cfg = resolve_config(config_file=args.config, overrides=overrides, assignments=args.set)
-    cfg["train"]["progress"] = False
+    cfg["train"]["progress"] = not args.quiet  # one line per epoch for all tasks (bars would interleave)
+    from .train.loop import check_names
+
+    check_names(cfg)  # names, options and weight files before any data are loaded
     tasks = args.task or default_tasks(str(cfg["data"]["name"]))
     print(f"noisylabels narl-train: one {cfg['method'].get('loss', 'gce')} adjuster over {len(tasks)} tasks "
           f"({', '.join(tasks)}) on {cfg['data']['name']}, {cfg['train']['epochs']} epochs", flush=True)
@@ -389,6 +433,10 @@ def cmd_noise(args: argparse.Namespace) -> int:
             print(name)
         return 0
     options = dict(parse_assignment(s) for s in args.set)
+    from .noise import NOISE
+    from .train.precheck import check_option_names
+
+    check_option_names("noise type", args.noise, NOISE.get(args.noise), options)  # before the data load
     raw = create_dataset(args.dataset, data_dir=args.data_dir)
     y = raw.y_train.astype(np.int64)
     features = raw.x_train.reshape(len(y), -1).astype(np.float32) / 255.0 if args.noise == "instance" else None
@@ -465,6 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.cmd_detect(args) if args.command == "detect" else commands.cmd_export(args)
         if args.command in ("datasets", "methods", "models", "losses"):
             return cmd_list(args.command)
+        if args.command == "config":
+            return cmd_config(args)
         parser.print_help()
         return 0
     except UserError as exc:

@@ -21,7 +21,7 @@ import yaml
 from .errors import UserError
 
 __all__ = ["DEFAULTS", "FREE_SECTIONS", "default_config", "merge", "set_value", "parse_assignment",
-           "load_config", "save_config", "resolve_config"]
+           "read_yaml_mapping", "load_config", "save_config", "resolve_config"]
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -100,6 +100,15 @@ def _check_key(path: list[str], defaults: Mapping[str, Any] | None) -> None:
         )
 
 
+def _check_section(path: list[str], default: Any, value: Any) -> None:
+    """A section (a mapping in :data:`DEFAULTS`, or a free section) given a scalar is refused."""
+    dotted = ".".join(path)
+    if (isinstance(default, Mapping) or dotted in FREE_SECTIONS) and not isinstance(value, Mapping):
+        example = next(iter(default), "<key>") if isinstance(default, Mapping) and default else "<key>"
+        raise UserError(f"config key {dotted!r} is a section and takes key: value pairs (e.g. --set "
+                        f"{dotted}.{example}=...), got {value!r}")
+
+
 def merge(base: dict[str, Any], override: Mapping[str, Any], *, _path: tuple[str, ...] = ()) -> dict[str, Any]:
     """Recursively merge ``override`` into a copy of ``base``, rejecting unknown keys."""
     out = copy.deepcopy(base)
@@ -110,6 +119,7 @@ def merge(base: dict[str, Any], override: Mapping[str, Any], *, _path: tuple[str
         key = str(key)
         path = [*_path, key]
         _check_key(path, defaults if isinstance(defaults, Mapping) else None)
+        _check_section(path, defaults.get(key) if isinstance(defaults, Mapping) else None, value)
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and ".".join(path) not in {"data.augment"}:
             out[key] = merge(out[key], value, _path=tuple(path))
         else:
@@ -141,18 +151,28 @@ def set_value(config: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     return merge(config, nested)
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file (partial: merged over the defaults)."""
+def read_yaml_mapping(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
+    """The mapping a YAML file holds (``yaml.safe_load``; empty: ``{}``); a missing, unreadable,
+    non-UTF-8 or invalid file, or one holding something else, is a one-line error."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"config file not found: {p}")
+        raise UserError(f"{what} not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"{what} {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {p} is not a text file (not UTF-8)") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
     if not isinstance(data, Mapping):
-        raise UserError(f"config file {p} must hold a mapping at the top level")
-    return merge(default_config(), data)
+        raise UserError(f"{what} {p} must hold a mapping at the top level, got {type(data).__name__}")
+    return dict(data)
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file (partial: merged over the defaults)."""
+    return merge(default_config(), read_yaml_mapping(path))
 
 
 def save_config(config: Mapping[str, Any], path: str | Path) -> None:
@@ -182,13 +202,8 @@ def _explicit_noise_keys(config_file: str | Path | None, overrides: Mapping[str,
             keys.update(f"noise.{k}" for k in value if k in ("type", "rate"))
 
     if config_file:
-        try:
-            data = yaml.safe_load(Path(config_file).read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            data = {}
-        if isinstance(data, Mapping):
-            for k, v in data.items():
-                note(str(k), v)
+        for k, v in read_yaml_mapping(config_file).items():
+            note(str(k), v)
     for k, v in (overrides or {}).items():
         note(str(k), v)
     for text in assignments:
@@ -219,45 +234,144 @@ def resolve_config(*, config_file: str | Path | None = None, overrides: Mapping[
     return cfg
 
 
+#: the largest seed every generator accepts (torch's manual_seed takes a 64-bit integer)
+MAX_SEED = 2**63 - 1
+#: model arguments a run takes from its data (``create_model(num_classes=..., in_channels=..., image_size=...)``)
+#: and from its seed: never a config key
+DERIVED_MODEL_KEYS = ("num_classes", "in_channels", "image_size", "seed")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _number(key: str, v: Any, *, low: float, low_open: bool = False, high: float | None = None,
+            high_open: bool = True, none_ok: bool = False, what: str = "") -> None:
+    """A real number in the given range (booleans and huge integers refused in one line)."""
+    if v is None and none_ok:
+        return
+    try:
+        x = float(v) if _is_number(v) else float("nan")
+    except OverflowError:
+        x = float("inf")
+    ok = x == x and (x > low if low_open else x >= low)
+    if high is not None:
+        ok = ok and (x < high if high_open else x <= high)
+    if not ok:
+        rng = f"{'(' if low_open else '['}{low:g}, {'inf' if high is None else f'{high:g}'}{')' if high_open or high is None else ']'}"
+        raise UserError(f"{key} must be a number in {rng}{' (or null' + what + ')' if none_ok else ''}, got {v!r}")
+
+
+def _integer(key: str, v: Any, *, low: int, high: int | None = None, none_ok: bool = False, what: str = "") -> None:
+    if v is None and none_ok:
+        return
+    if not isinstance(v, int) or isinstance(v, bool) or v < low or (high is not None and v > high):
+        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise UserError(f"{key} must be an integer {rng}{' (or null' + what + ')' if none_ok else ''}, got {v!r}")
+
+
+def _choice(key: str, v: Any, choices: tuple[Any, ...]) -> None:
+    """One of ``choices`` (words compared case-insensitively, as the code that reads them does)."""
+    if isinstance(v, str):
+        v = v.lower()
+    if not isinstance(v, (str, bool, type(None))) or v not in choices:
+        shown = ", ".join("true" if c is True else "false" if c is False else str(c) for c in choices)
+        raise UserError(f"{key} must be one of {shown}, got {v!r}")
+
+
+def _text(key: str, v: Any, *, none_ok: bool = False) -> None:
+    if not (isinstance(v, str) and v.strip()) and not (v is None and none_ok):
+        raise UserError(f"{key} must be a {'name' if key.endswith('name') else 'path'}"
+                        f"{' (or null)' if none_ok else ''}, got {v!r}")
+
+
 def validate(cfg: Mapping[str, Any]) -> None:
-    """Cheap checks of values (names are checked by the registries)."""
+    """Cheap checks of every value's type and range (names are checked by the registries), each
+    failure a one-line :class:`~noisylabels.errors.UserError` naming the key."""
+    for section, default in DEFAULTS.items():
+        if isinstance(default, Mapping) and not isinstance(cfg.get(section), Mapping):
+            raise UserError(f"config section {section!r} must be a mapping, got {cfg.get(section)!r}")
     d, t, o = cfg["data"], cfg["train"], cfg["optim"]
-    if d["meta_set"] not in ("auto", "clean", "noisy"):
+    for sec in ("data", "noise"):
+        if not isinstance(cfg[sec].get("options", {}), Mapping):
+            raise UserError(f"{sec}.options must be a mapping of option: value, got {cfg[sec]['options']!r}")
+    _integer("seed", cfg["seed"], low=0, high=MAX_SEED)
+    _text("out", cfg["out"])
+    for sec in ("model", "loss", "method"):
+        _text(f"{sec}.name", cfg[sec].get("name"))
+    derived = sorted(k for k in cfg["model"] if k in DERIVED_MODEL_KEYS)
+    if derived:
+        raise UserError(f"model.{derived[0]} cannot be set: a run takes num_classes, in_channels and image_size "
+                        f"from the data and the model's seed from the run's seed (remove model.{derived[0]})")
+    _text("data.name", d["name"])
+    _text("data.dir", d["dir"], none_ok=True)
+    _text("data.cache_dir", d["cache_dir"], none_ok=True)
+    _text("noise.type", cfg["noise"]["type"])
+    if d["meta_set"] not in ("auto", "clean", "noisy") or not isinstance(d["meta_set"], str):
         raise UserError(f"data.meta_set must be 'auto', 'clean' or 'noisy', got {d['meta_set']!r}")
-    checks = [("train.epochs", t["epochs"], 1), ("train.batch_size", t["batch_size"], 1)]
+    checks = [("train.epochs", t["epochs"], 1), ("train.batch_size", t["batch_size"], 1),
+              ("train.eval_batch_size", t["eval_batch_size"], 1), ("data.stream_workers", d["stream_workers"], 0),
+              ("optim.warmup_epochs", o["warmup_epochs"], 0)]
     if d["meta_size"] != "auto":
         checks.append(("data.meta_size", d["meta_size"], 0))
     for key, val, lo in checks:
         if not isinstance(val, int) or isinstance(val, bool) or val < lo:
             raise UserError(f"{key} must be an integer >= {lo}, got {val!r}")
-    try:
-        rate = float(cfg["noise"]["rate"])
-    except (TypeError, ValueError):
-        raise UserError(f"noise.rate must be a number, got {cfg['noise']['rate']!r}") from None
-    if not 0.0 <= rate < 1.0:
-        raise UserError(f"noise.rate must be in [0, 1), got {rate}")
-    try:
-        lr = float(o["lr"])
-    except (TypeError, ValueError):
-        raise UserError(f"optim.lr must be a number, got {o['lr']!r}") from None
-    if not lr > 0:
-        raise UserError(f"optim.lr must be positive, got {lr}")
-    if str(t.get("amp", "none")).lower() not in ("none", "bf16", "fp16"):
-        raise UserError(f"train.amp must be none, bf16 or fp16, got {t['amp']!r}")
-    for key in ("channels_last", "compile", "cudnn_benchmark"):
+    for key in ("train_subset", "test_subset"):
+        _integer(f"data.{key}", d[key], low=1, none_ok=True, what=": every sample")
+    _integer("train.num_threads", t["num_threads"], low=1, none_ok=True, what=": torch's default")
+    _number("noise.rate", cfg["noise"]["rate"], low=0.0, high=1.0)
+    _number("optim.lr", o["lr"], low=0.0, low_open=True)
+    _number("optim.momentum", o["momentum"], low=0.0, high=1.0)
+    _number("optim.weight_decay", o["weight_decay"], low=0.0)
+    _number("optim.gamma", o["gamma"], low=0.0, low_open=True)
+    _choice("optim.name", o["name"], ("sgd", "adam"))
+    _choice("optim.schedule", o["schedule"], ("none", "constant", "multistep", "cosine"))
+    betas = o["betas"]
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise UserError(f"optim.betas must be a list of two numbers in [0, 1), got {betas!r}")
+    for b in betas:
+        _number("optim.betas", b, low=0.0, high=1.0)
+    milestones = o["milestones"]
+    if not isinstance(milestones, (list, tuple)):
+        raise UserError(f"optim.milestones must be a list of epochs, got {milestones!r}")
+    for m in milestones:
+        _integer("optim.milestones", m, low=0)
+    _choice("train.amp", t.get("amp", "none"), ("none", "bf16", "fp16"))
+    for key in ("channels_last", "compile", "cudnn_benchmark", "checkpoint"):
         if not isinstance(t.get(key, False), bool):
             raise UserError(f"train.{key} must be true or false, got {t[key]!r}")
-    if not isinstance(cfg["seed"], int):
-        raise UserError(f"seed must be an integer, got {cfg['seed']!r}")
+    if not isinstance(o["nesterov"], bool):
+        raise UserError(f"optim.nesterov must be true or false, got {o['nesterov']!r}")
+    _choice("train.progress", t["progress"], (True, False, "lines"))
+    if (d["stream"].lower() if isinstance(d["stream"], str) else d["stream"]) not in ("auto", True, False, "true",
+                                                                                      "false", None):
+        raise UserError(f"data.stream must be auto, true or false, got {d['stream']!r}")
     clip = t.get("clip_grad_norm")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
+    if clip is not None and (not _is_number(clip) or not _finite_positive(clip)):
         raise UserError(f"train.clip_grad_norm must be a number > 0 (or null: no clipping), got {clip!r}")
+    budget = d["memory_budget_gb"]
+    if budget is not None and (not _is_number(budget) or not _finite_positive(budget)):
+        raise UserError(f"data.memory_budget_gb must be a number > 0 (or null: half the physical memory), "
+                        f"got {budget!r}")
     vf = d["val_fraction"]
-    if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0.0 < float(vf) < 1.0:
+    if not _is_number(vf) or not 0.0 < _float(vf) < 1.0:
         raise UserError(f"data.val_fraction must be a number in (0, 1) (models are selected on the validation "
                         f"split), got {vf!r}")
     device_type(cfg["device"])
     check_augment(d["augment"])
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except OverflowError:
+        return float("inf")
+
+
+def _finite_positive(v: Any) -> bool:
+    x = _float(v)
+    return x > 0 and x != float("inf")
 
 
 def check_augment(setting: Any) -> None:
@@ -269,6 +383,11 @@ def check_augment(setting: Any) -> None:
     unknown = sorted(str(k) for k in setting if k not in ("crop_padding", "hflip"))
     if unknown:
         raise UserError(f"unknown data.augment key(s) {', '.join(unknown)}; valid keys: crop_padding, hflip")
+    pad = setting.get("crop_padding", 0)
+    if not _is_number(pad) or not 0 <= _float(pad) <= 1024 or int(pad) != pad:
+        raise UserError(f"data.augment.crop_padding must be an integer in [0, 1024], got {pad!r}")
+    if not isinstance(setting.get("hflip", False), bool):
+        raise UserError(f"data.augment.hflip must be true or false, got {setting['hflip']!r}")
 
 
 def device_type(name: Any) -> str:
@@ -306,5 +425,5 @@ def config_hash(cfg: Mapping[str, Any], *, ignore: Iterable[tuple[str, ...]] = B
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-__all__ += ["validate", "device_type", "check_augment", "config_hash", "BOOKKEEPING_KEYS", "RESUME_FREE_KEYS",
+__all__ += ["MAX_SEED", "DERIVED_MODEL_KEYS", "validate", "device_type", "check_augment", "config_hash", "BOOKKEEPING_KEYS", "RESUME_FREE_KEYS",
             "labels_from_user", "REAL_LABEL_DATASETS"]

@@ -151,6 +151,32 @@ def test_parent_signal_stops_every_worker_within_seconds(tmp_path, sig):
 
 
 @linux_only
+def test_a_sigkilled_parent_leaves_one_line_per_stopped_worker_in_the_log_not_a_traceback(tmp_path):
+    """The bench's log (its stderr, which the workers share) after ``kill -9`` of the bench."""
+    log = tmp_path / "bench.log"
+    with open(log, "w") as fh:
+        parent = subprocess.Popen([sys.executable, "-c", POOL_PARENT, str(tmp_path)], env=_env(),
+                                  stdout=fh, stderr=subprocess.STDOUT, text=True)
+    workers: list[int] = []
+    try:
+        workers = _wait_for(lambda: _workers(parent.pid, 2), 20)
+        assert len(workers) == 2
+        assert _wait_for(lambda: (tmp_path / "job0").exists(), 20)
+        time.sleep(0.5)  # both workers inside a 60 s job
+        os.kill(parent.pid, signal.SIGKILL)
+        assert _wait_for(lambda: not _alive(workers), 8.0), f"{_alive(workers)} outlived the parent"
+    finally:
+        for p in _alive(workers):
+            os.kill(p, signal.SIGKILL)
+        parent.kill()
+        parent.wait(timeout=10)
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    said = [line for line in text.splitlines() if line.startswith("noisylabels bench worker")]
+    assert len(said) == 2 and all("the bench process" in line and "is gone" in line for line in said), text
+
+
+@linux_only
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killing_a_bench_parent_leaves_no_worker(tmp_path, sig):
     """``noisylabels bench`` (two workers starting long runs) killed by SIGKILL / SIGTERM."""

@@ -123,6 +123,30 @@ def list_suites() -> list[str]:
     return sorted(p.stem for p in _suite_dir().glob("*.yaml"))
 
 
+def _check_suite(p: Path, raw: Mapping[str, Any]) -> None:
+    """The shape of a suite file (see the shipped ones): one line naming the first wrong field."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise UserError(f"suite {p}: {what}")
+
+    for key in ("base", "reference", "metric_labels"):
+        need(isinstance(raw.get(key) or {}, Mapping), f"{key} must be a mapping")
+    need(isinstance(raw.get("axes") or {}, Mapping), "axes must be a mapping of axis: [entries]")
+    for axis, entries in (raw.get("axes") or {}).items():
+        need(isinstance(entries, list) and bool(entries), f"axis {axis!r} must be a non-empty list of entries")
+        for e in entries:
+            need(isinstance(e, Mapping) and "label" in e and isinstance(e.get("set") or {}, Mapping)
+                 and isinstance(e.get("set_by") or {}, Mapping)
+                 and all(isinstance(v or {}, Mapping) for v in (e.get("set_by") or {}).values()),
+                 f"axis {axis!r}: each entry is {{label: ..., set: {{key: value}}}}, got {e!r}"[:300])
+    seeds = raw.get("seeds", [0])
+    need(isinstance(seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds),
+         f"seeds must be a list of integers, got {seeds!r}"[:200])
+    metrics = raw.get("metrics", ["test_accuracy"])
+    need(isinstance(metrics, list) and all(isinstance(m, str) for m in metrics), "metrics must be a list of names")
+    need(isinstance(raw.get("rows", "method"), str), "rows must name an axis")
+
+
 def load_suite(name_or_path: str | Path) -> Suite:
     """Load a shipped suite by name, or a suite YAML file by path."""
     p = Path(name_or_path)
@@ -132,10 +156,10 @@ def load_suite(name_or_path: str | Path) -> Suite:
             raise UserError(f"unknown suite {str(name_or_path)!r}; valid names: {', '.join(list_suites())}")
     elif not p.is_file():
         raise UserError(f"suite file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"suite {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    from ..config import read_yaml_mapping
+
+    raw = read_yaml_mapping(p, what="suite")
+    _check_suite(p, raw)
     axes = raw.get("axes") or {}
     if not axes:
         raise UserError(f"suite {p} has no axes")
@@ -380,14 +404,23 @@ def _execute(name: str, todo: list[tuple[Cell, int, dict[str, Any]]], record: Ca
     if verbose:
         print(f"suite {name}: {total} runs, {total - len(todo)} already finished, {len(todo)} to run {where}",
               flush=True)
-    bar = tqdm(total=len(todo), desc=name, unit="run", disable=not verbose)
+    from ..progress import progress_mode
+
+    mode = progress_mode(verbose)  # off a terminal one line per finished run, not a carriage-return bar
+    bar = tqdm(total=len(todo), desc=name, unit="run", disable=mode != "bar")
     by_id = {i: item for i, item in enumerate(todo)}
+    done = [0]
 
     def on_result(job: Job, status: str, value: Any) -> None:
         cell, seed, cfg = by_id[job.id]
         record(cell, seed, cfg, status, value)
         if status != "interrupted":
             bar.update(1)
+            done[0] += 1
+            if mode == "lines":
+                acc = value.get("test_accuracy") if status == "ok" and isinstance(value, Mapping) else None
+                what = f"test accuracy {acc:.4f}" if isinstance(acc, float) else status
+                print(f"{name}: run {done[0]}/{len(todo)} done ({cell.key} seed {seed}: {what})", flush=True)
 
     fn = f"{__name__}:_run_cell"
     try:

@@ -113,7 +113,29 @@ def _watchdog(parent_pid: int, grace: float) -> None:
         os._exit(143)
 
 
+def _say(text: str) -> None:
+    """One line on the worker's stderr (the bench's log), never raising."""
+    try:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def _worker_main(conn: mpc.Connection, parent_pid: int, env: Mapping[str, str], grace: float) -> None:
+    """A worker's life; whatever ends it leaves at most one line in the log, never a traceback
+    (a SIGKILLed bench sends each worker SIGTERM twice: the kernel's parent-death signal and the
+    watchdog's)."""
+    try:
+        _serve(conn, parent_pid, env, grace)
+    except BaseException as exc:  # noqa: BLE001  (the last word of a dying worker)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if not isinstance(exc, (SystemExit, KeyboardInterrupt, EOFError, OSError)):
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            _say(f"noisylabels bench worker {os.getpid()}: stopped by {type(exc).__name__}: {first[:200]}")
+
+
+def _serve(conn: mpc.Connection, parent_pid: int, env: Mapping[str, str], grace: float) -> None:
     os.environ.update(env)
     set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
@@ -131,7 +153,16 @@ def _worker_main(conn: mpc.Connection, parent_pid: int, env: Mapping[str, str], 
                 result: Any = resolve_function(fn_path)(*args)
                 status = "ok"
             except KeyboardInterrupt:
-                conn.send((job_id, "interrupted", None))
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop is enough: no second interrupt
+                if os.getppid() != parent_pid:  # the bench itself was killed: nobody to answer
+                    _say(f"noisylabels bench worker {os.getpid()}: the bench process {parent_pid} is gone; "
+                         f"run {job_id} stopped (its records and last checkpoint are kept)")
+                    return
+                try:
+                    conn.send((job_id, "interrupted", None))
+                except OSError:
+                    _say(f"noisylabels bench worker {os.getpid()}: the bench process {parent_pid} is gone; "
+                         f"run {job_id} stopped (its records and last checkpoint are kept)")
                 return
             except BaseException as exc:  # noqa: BLE001  (reported to the parent, never lost)
                 result, status = error_result(exc), "error"

@@ -27,7 +27,6 @@ agree with the images' classes, else a one-line error (a label file of another o
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -58,24 +57,14 @@ def load_human_labels(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     if not p.is_file():
         raise UserError(f"CIFAR-N label file {p} not found")
     if p.suffix.lower() == ".npz":
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                obj: Any = {k: z[k] for k in z.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-            raise UserError(f"cannot read CIFAR-N label file {p}: {err}") from None
+        from ..safe_files import load_npz
+
+        obj: Any = load_npz(p, what="CIFAR-N label file")
     else:
-        import pickle
+        from ..safe_files import load_torch_file
 
-        import torch
-
-        try:
-            with torch.serialization.safe_globals(numpy_safe_globals()):
-                obj = torch.load(p, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError,
-                ImportError, TypeError, KeyError, IndexError, zipfile.BadZipFile) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(f"cannot load CIFAR-N label file {p} safely (weights_only, numpy arrays only): "
-                            f"{first[:200]}") from None
+        obj = load_torch_file(p, what="CIFAR-N label file", safe_globals=numpy_safe_globals(),
+                              expected="CIFAR-N label file (.pt loaded safely: tensors and numpy arrays only; or .npz)")
     if not isinstance(obj, dict):
         raise UserError(f"CIFAR-N label file {p} must hold a dict of label arrays, got {type(obj).__name__}")
     out = {}

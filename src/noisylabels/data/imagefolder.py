@@ -169,8 +169,13 @@ def scan_image_tree(path: str | os.PathLike[str]) -> ImageTree:
             )
         prefix = prefixes[0]
         splits = {"": sorted(plain_files[prefix])}
+    elif names:  # images, but none inside a class folder: the labels must come from a file
+        raise UserError(f"{src} holds {len(names)} image(s) but no class folders ([prefix/]<class>/<image>), so "
+                        f"nothing says their labels: give a labels CSV of path,label rows with --set "
+                        f"data.options.labels_csv=FILE (see `noisylabels noise --csv` for the format)")
     else:
-        raise UserError(f"no images found in {src} (expected [prefix/]train/<class>/<image>)")
+        raise UserError(f"no images found in {src} (expected [prefix/]train/<class>/<image>, or any images with "
+                        f"a labels CSV: --set data.options.labels_csv=FILE)")
     return ImageTree(source=src, is_zip=is_zip, prefix=prefix, splits=splits, stats=stats)
 
 

@@ -258,14 +258,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_crossfit(cfg: dict[str, Any], args: argparse.Namespace) -> int:
     """``noisylabels train --folds K``."""
-    import sys
-
     from ..train.crossfit import crossfit
     from .report import format_summary, load_run_inputs, run_detection
 
     if args.resume:
         raise UserError("--resume does not apply to --folds (finished folds are reused automatically)")
-    summary = crossfit(cfg, folds=args.folds, progress=not args.quiet and sys.stderr.isatty(),
+    summary = crossfit(cfg, folds=args.folds, progress=not args.quiet,
                        overwrite=bool(getattr(args, "overwrite", False)))
     from ..cli import _noise_text
 

@@ -130,10 +130,9 @@ def read_label_file(path: str | Path, *, num_classes: int,
         raise UserError(f"labels file {p} not found")
     paths: list[str] | None = None
     if p.suffix.lower() == ".npy":
-        try:
-            raw = np.load(p, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as err:
-            raise UserError(f"cannot read labels file {p}: {err}") from None
+        from ..safe_files import load_npy
+
+        raw = load_npy(p, what="labels file")
         cells = [str(v) for v in np.asarray(raw).reshape(-1)] if np.asarray(raw).ndim == 1 else None
         if cells is None:
             raise UserError(f"labels file {p} must hold a 1-D array, got shape {np.asarray(raw).shape}")
@@ -190,13 +189,16 @@ def read_label_file(path: str | Path, *, num_classes: int,
 
 
 def _load_probs(path: str | Path) -> np.ndarray:
+    from ..safe_files import describe_bytes, load_npy
+
     p = Path(path)
     if not p.is_file():
         raise UserError(f"pred_probs file {p} not found")
-    try:
-        arr = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise UserError(f"cannot read pred_probs file {p} (expected a .npy array, no pickles): {err}") from None
+    with open(p, "rb") as fh:
+        head = fh.read(512)
+    if describe_bytes(head, p.stat().st_size).startswith("a text file"):
+        return _probs_from_csv(p)
+    arr = load_npy(p, what="pred_probs file")
     if not isinstance(arr, np.ndarray):
         raise UserError(f"pred_probs file {p} must hold one array (.npy), got {type(arr).__name__}")
     return arr
@@ -216,6 +218,24 @@ def _classes_beside(probs_path: Path) -> list[str] | None:
     return [str(c) for c in names]
 
 
+def _probs_from_csv(p: Path) -> np.ndarray:
+    """An (N, K) CSV of probabilities, one row per sample (a header row of class names is skipped)."""
+    rows = _read_csv(p)
+    values: list[list[float]] = []
+    for line, row in enumerate(rows, start=1):
+        try:
+            values.append([float(c) for c in row])
+        except ValueError:
+            if line == 1:  # a header
+                continue
+            raise UserError(f"pred_probs file {p} line {line}: not a row of numbers ({','.join(row)[:80]!r}); "
+                            "expected one row of K probabilities per sample (CSV) or a .npy array") from None
+    if not values or len({len(v) for v in values}) != 1:
+        raise UserError(f"pred_probs file {p}: expected rows of K probabilities, all of the same length "
+                        f"(got {sorted({len(v) for v in values})} values per row)")
+    return np.asarray(values, dtype=np.float64)
+
+
 def load_user_inputs(labels_path: str | Path, probs_path: str | Path, *,
                      classes: str | Sequence[str] | None = None) -> DetectInputs:
     """A user's labels file and ``pred_probs.npy`` (rows aligned; probabilities taken as out-of-sample)."""
@@ -229,6 +249,19 @@ def load_user_inputs(labels_path: str | Path, probs_path: str | Path, *,
         raise UserError(f"labels file {labels_path} has {len(labels)} labels but pred_probs has {len(probs)} rows")
     return DetectInputs(labels=labels, pred_probs=probs, classes=names, held_out=np.ones(len(labels), bool),
                         index=np.arange(len(labels)), paths=paths, source=str(labels_path))
+
+
+def _run_array(p: Path, *, rows: int, kind: str) -> np.ndarray:
+    """A run's 1-D per-row array (``held_out.npy``, ``method_scores.npy``), checked: a file edited
+    or replaced since the run wrote it is a one-line error."""
+    from ..safe_files import load_npy
+
+    arr = load_npy(p, what="run file")
+    if not isinstance(arr, np.ndarray) or arr.ndim != 1 or len(arr) != rows or arr.dtype.kind not in kind:
+        got = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+        raise UserError(f"run file {p} must hold {rows} {'booleans' if kind == 'b' else 'numbers'}, one per row of "
+                        f"labels.csv, got {got}: it was changed after the run wrote it (train again)")
+    return arr
 
 
 def load_run_inputs(run_dir: str | Path) -> DetectInputs:
@@ -261,7 +294,7 @@ def load_run_inputs(run_dir: str | Path) -> DetectInputs:
     paths = [r[col["path"]] if col["path"] < len(r) else "" for r in body] if "path" in col else None
     if paths is not None and not any(paths):
         paths = None
-    held = np.load(d / "held_out.npy", allow_pickle=False) if (d / "held_out.npy").is_file() else \
+    held = _run_array(d / "held_out.npy", rows=len(body), kind="b") if (d / "held_out.npy").is_file() else \
         np.asarray([s != "train" for s in split])
     classes = [str(k) for k in range(probs.shape[1])]
     if (d / "pred_probs.json").is_file():
@@ -269,7 +302,8 @@ def load_run_inputs(run_dir: str | Path) -> DetectInputs:
             classes = [str(c) for c in json.loads((d / "pred_probs.json").read_text())["classes"]]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"cannot read {d / 'pred_probs.json'}: {err}") from None
-    scores = np.load(d / "method_scores.npy", allow_pickle=False) if (d / "method_scores.npy").is_file() else None
+    scores = _run_array(d / "method_scores.npy", rows=len(body), kind="biuf") \
+        if (d / "method_scores.npy").is_file() else None
     simulated, root = True, ""
     if (d / "config.yaml").is_file():
         import yaml

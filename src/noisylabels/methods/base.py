@@ -236,7 +236,15 @@ def _record_metrics(means: Mapping[str, np.ndarray], noisy: np.ndarray,
 def create_method(name: str, **options: Any) -> Method:
     """Instantiate a registered method with its keyword options."""
     cls = METHODS.get(name)
-    return call_with_options("method", name, cls, **options)
+    try:
+        return call_with_options("method", name, cls, **options)
+    except UserError:
+        raise
+    except (TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError) as err:
+        # a value of the right type the constructor cannot use (hidden=-1 for a layer's width, ...)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items())[:160]
+        raise UserError(f"method {name!r}: invalid option value ({given}): {first}") from None
 
 
 def list_methods() -> list[str]:

@@ -265,13 +265,12 @@ def save_adjuster(path: str | Path, *, family: str, adjuster: Adjuster, snapshot
 
 def load_adjuster(path: str | Path) -> tuple[dict[str, Any], list[Adjuster]]:
     """Read and check an adjuster file; returns its metadata and one :class:`Adjuster` per snapshot."""
+    from ..safe_files import load_torch_file
+
     p = Path(path)
     if not p.is_file():
         raise UserError(f"adjuster file not found: {p}")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{p} is not a readable adjuster file ({type(exc).__name__})") from None
+    state = load_torch_file(p, what="adjuster file", expected="adjuster file (write one with `noisylabels narl-train`)")
     if not isinstance(state, dict) or state.get("format") != ADJUSTER_FORMAT:
         raise UserError(f"{p} is not a noisylabels NARL adjuster file (write one with `noisylabels narl-train`)")
     fam = _family(state.get("family", "?"))
@@ -326,7 +325,7 @@ class TransferNARL(Method):
     @classmethod
     def loss_name(cls, options: Mapping[str, Any]) -> str:
         family = options.get("loss")
-        if family is None and options.get("adjuster"):
+        if family is None and isinstance(options.get("adjuster"), str) and options["adjuster"]:
             try:
                 family = load_adjuster(options["adjuster"])[0]["family"]
             except UserError:

@@ -128,7 +128,7 @@ def create_model(
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        model = call_with_options("model", key, factory, *args, **kwargs, **options)
+        model = call_with_options("model", key, factory, *args, _fixed=tuple(kwargs), **kwargs, **options)
     if init_checkpoint is not None:
         load_init_checkpoint(model, init_checkpoint, exclude=init_exclude)
     return model

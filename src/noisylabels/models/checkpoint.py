@@ -17,8 +17,6 @@ loads with ``model.init_exclude: [classifier]`` (``[fc]`` for a timm ResNet, who
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,15 +39,10 @@ def _names(keys: Sequence[str], limit: int = 4) -> str:
 def read_state_dict(path: str | os.PathLike[str], *, what: str = "model.init_checkpoint") -> dict[str, torch.Tensor]:
     """The ``{name: tensor}`` state dict in ``path`` (see the module docstring for layouts); ``what``
     names the option in error messages (e.g. ``method.teacher_init``)."""
+    from ..safe_files import load_torch_file
+
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"{what}: file not found: {p}")
-    try:
-        obj: Any = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError,
-            AttributeError, TypeError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"{what} {p} is not a readable state dict (weights_only load: {first})") from None
+    obj: Any = load_torch_file(p, what=what, expected="state dict")
     for key in _WRAPPERS:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]

@@ -334,7 +334,10 @@ def load_matrix(path: str | Path) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"cannot read transition matrix file {p}: {msg}") from None
-    return np.asarray(M)
+    M = np.asarray(M)
+    if M.ndim != 2 or M.size == 0 or M.dtype.kind not in "biuf":
+        raise UserError(f"transition matrix file {p} must hold a K x K matrix of numbers, got {M.dtype} {M.shape}")
+    return M
 
 
 @register_noise(

@@ -92,7 +92,8 @@ def crossfit(cfg: dict[str, Any], *, folds: int = 5, progress: bool = False,
     folds:
         ``K >= 2``.
     progress:
-        tqdm bars for the folds' epochs.
+        The folds' epochs as in :func:`~noisylabels.train.fit` (a bar on a terminal, lines
+        elsewhere), and one line per finished fold; ``False``: quiet.
     data:
         Pre-built :class:`RunData` (default: built from ``cfg``).
     detect:
@@ -169,6 +170,10 @@ def _crossfit(cfg: dict[str, Any], *, folds: int, progress: bool, data: RunData,
         fold_summaries.append({"fold": k, "num_train": len(fit_idx), "num_held_out": len(held_idx),
                                "test_accuracy": summary_k.get("test_accuracy"),
                                "best_epoch": summary_k.get("best_epoch")})
+        if progress:
+            acc = summary_k.get("test_accuracy")
+            print(f"fold {k + 1}/{folds}: trained on {len(fit_idx)}, scored {len(held_idx)} held-out samples; "
+                  f"test accuracy {'-' if acc is None else f'{acc:.4f}'}", flush=True)
     outside = fold_of < 0
     probs[outside] = ensemble[outside]
     probs /= probs.sum(axis=1, keepdims=True)

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..progress import progress_mode
 from .loop import Run, TrainContext, status_of
 
 __all__ = ["fit_lockstep"]
@@ -93,8 +95,11 @@ def _train(runs: list[Run], epochs: int, *, tie: Callable[[list[TrainContext]], 
                         next(it)
                     except StopIteration:
                         active.remove(it)
-            for r in runs:
-                r.end_epoch(epoch)
+            rows = [r.end_epoch(epoch) for r in runs]
+            if progress_mode(runs[0].cfg["train"]["progress"]) is not None:  # one line per epoch, every task
+                accs = ", ".join(f"{Path(str(r.cfg['out'])).name} {row['val_accuracy']:.3f}"
+                                 for r, row in zip(runs, rows))
+                print(f"epoch {epoch + 1}/{int(runs[0].cfg['train']['epochs'])}: val accuracy {accs}", flush=True)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, runs)
     except BaseException as exc:

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -252,8 +253,9 @@ def resolve_method_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_names(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Every registered name and the device of a config, checked before any data are loaded
-    (one-line errors); returns :func:`resolve_method_defaults` of ``cfg``."""
+    """Every registered name, option name, weight file and the device of a config, checked before
+    any data are loaded (one-line errors; :mod:`noisylabels.train.precheck`); returns
+    :func:`resolve_method_defaults` of ``cfg``."""
     from ..data import DATASETS
     from ..losses import LOSSES
     from ..models import MODELS
@@ -269,8 +271,35 @@ def check_names(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if cls.loss_name({k: v for k, v in run["method"].items() if k != "name"}) is None:
         LOSSES.get(str(run["loss"]["name"]))
     NOISE.get(str(run["noise"]["type"]))
+    check_meta_settings(run, cls)
     check_device(run["device"])
+    from .precheck import check_inputs
+
+    check_inputs(run)  # method / model / noise options and weight files: no data loaded yet
     return run
+
+
+def check_meta_settings(cfg: Mapping[str, Any], method: Method | type[Method]) -> None:
+    """``train.compile`` and ``train.amp=fp16`` are refused for meta methods, each with its own reason."""
+    if not method.needs_meta_set:
+        return
+    tcfg, name = cfg["train"], cfg["method"]["name"]
+    if tcfg.get("compile"):
+        raise UserError(f"train.compile is not supported for meta method {name!r}: the meta engine walks the "
+                        f"training forward's autograd graph, which torch.compile replaces; set train.compile=false")
+    if str(tcfg.get("amp", "none")).lower() == "fp16":
+        raise UserError(f"train.amp=fp16 is not supported for meta method {name!r}: the meta engine differentiates "
+                        f"unscaled gradients and fp16 needs a gradient scaler; use train.amp=bf16")
+
+
+def _kept_text(checkpoint: Path, epoch: int) -> str:
+    """What a stopped run leaves: the checkpoint of the last finished epoch, or none yet."""
+    if checkpoint.is_file():
+        return (f"records and the checkpoint of the last finished epoch are kept in {checkpoint.parent} "
+                f"(a lower optim.lr or train.clip_grad_norm may help)")
+    why = "no epoch had finished" if epoch == 0 else "train.checkpoint is false"
+    return (f"records are kept in {checkpoint.parent}, but there is no checkpoint ({why}); "
+            f"a lower optim.lr or train.clip_grad_norm may help")
 
 
 def check_device(name: Any) -> torch.device:
@@ -300,11 +329,7 @@ def _build(cfg: dict[str, Any], data: RunData, device: torch.device, recorder: R
     model = _create_model(cfg, data).to(device)
     tcfg = cfg["train"]
     amp = str(tcfg.get("amp", "none")).lower()
-    if method.needs_meta_set and (tcfg.get("compile") or amp == "fp16"):
-        what = "train.compile" if tcfg.get("compile") else "train.amp=fp16"
-        raise UserError(f"{what} is not supported for meta method {cfg['method']['name']!r}: the meta engine walks the "
-                        f"training forward's autograd graph (compile replaces it) and differentiates unscaled "
-                        f"gradients (fp16 needs a gradient scaler); use train.amp=bf16")
+    check_meta_settings(cfg, method)
     if tcfg.get("cudnn_benchmark"):
         torch.backends.cudnn.benchmark = True
     if tcfg.get("channels_last"):
@@ -564,9 +589,8 @@ class Run:
                 raise TypeError(f"{type(method).__name__}.train_step must return a StepOutput, got {type(out).__name__}")
             loss = float(out.loss)
             if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"non-finite loss at epoch {epoch} step {ctx.step}; training stopped, "
-                    f"records and the last checkpoint are kept in {ctx.recorder.out}")
+                raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {ctx.step}; training stopped, "
+                                         f"{_kept_text(ctx.recorder.path('checkpoint.pt'), epoch)}")
             n = float(y.numel())
             tot_loss += loss * n
             tot_correct += float((out.logits.detach().argmax(1) == y).sum())
@@ -681,8 +705,9 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
     stop_after:
         Stop after this many epochs *in this call* (a budget; the run can be resumed later).
     progress:
-        Show a tqdm bar (default: ``cfg['train']['progress']``); ``"lines"``: print one line per
-        epoch instead (what the CLI does when stderr is not a terminal).
+        Default ``cfg['train']['progress']``: ``True`` shows a tqdm bar on a terminal and prints
+        one line per epoch elsewhere (a log, a pipe); ``"lines"``: always lines; ``False``: quiet
+        (:func:`noisylabels.progress.progress_mode`).
     data:
         Pre-built :class:`RunData` (otherwise built from the config).
 
@@ -701,12 +726,14 @@ def _train(run: Run, *, resume: bool, stop_after: int | None, progress: bool | s
     run.begin(resume=resume)
     epochs, start = run.epochs, run.start_epoch
     end_epoch = epochs if stop_after is None else min(epochs, start + int(stop_after))
-    show = run.cfg["train"]["progress"] if progress is None else progress
-    lines = show == "lines"  # off a terminal: one plain line per epoch instead of a bar
     from tqdm.auto import tqdm
 
+    from ..progress import progress_mode
+
+    mode = progress_mode(run.cfg["train"]["progress"] if progress is None else progress)
+    lines = mode == "lines"  # off a terminal: one plain line per epoch instead of a bar
     bar = tqdm(range(start, end_epoch), desc=f"{run.cfg['method']['name']}", unit="epoch",
-               disable=not show or lines, leave=False, initial=start, total=epochs)
+               disable=mode != "bar", leave=False, initial=start, total=epochs)
     error: BaseException | None = None
     try:
         for epoch in bar:

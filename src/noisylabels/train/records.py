@@ -162,11 +162,13 @@ class RunRecorder:
         p = self.path("checkpoint.pt")
         if not p.is_file():
             return None
-        try:  # tensors and plain containers only: a checkpoint can never run code
-            state = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:  # corrupt, truncated, or not a checkpoint of this library
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot resume from {p}: not a readable noisylabels checkpoint ({first[:160]})") from None
+        from ..safe_files import load_torch_file
+
+        # tensors and plain containers only: a checkpoint can never run code
+        try:
+            state = load_torch_file(p, what="checkpoint", expected="noisylabels checkpoint")
+        except UserError as err:
+            raise UserError(f"cannot resume from {p}: {str(err).removeprefix(f'checkpoint {p} is ')}") from None
         if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
             raise UserError(f"cannot resume from {p}: not a noisylabels checkpoint")
         return state
