@@ -109,7 +109,7 @@ def _add_narl_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adjuster-out", help="the adjuster file to write (default OUT/adjuster.pt; an existing one is "
                                           "refused unless --overwrite)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the narl-train run in --out (only its records) and an existing --adjuster-out")
+                   help="replace the narl-train run in --out (only its records) and an existing --adjuster-out (default: refuse both)")
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:

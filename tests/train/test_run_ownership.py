@@ -124,8 +124,12 @@ def test_overwrite_removes_only_the_manifest_and_never_follows_symlinks(tmp_path
 
 
 def test_a_folder_the_run_marked_is_reusable_after_a_failure_before_any_record(tmp_path, capsys):
+    # a bad path inside the labels CSV is found only when the data are read, after the folder is marked
+    # (a missing weight file is refused earlier, before the folder is made)
     out = tmp_path / "r"
-    code, _ = _train(capsys, "--out", str(out), *SMALL, "--set", "model.init_checkpoint=/no/such.pt")
+    folder = _tiny_images(tmp_path)
+    code, _ = _train(capsys, "--out", str(out), *SMALL, "--dataset", "imagefolder", "--data-dir", str(folder),
+                     "--set", f"data.options.labels_csv={tmp_path / 'bad.csv'}")
     assert code == 2
     assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, LOCK])
     assert _train(capsys, "--out", str(out), *SMALL)[0] == 0  # no --overwrite needed: it held no run
