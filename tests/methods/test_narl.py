@@ -290,3 +290,31 @@ def test_narl_train_bad_input_is_one_line(tmp_path, capsys):
     assert main(["narl-train", "--method", "mwnet", "--task", "symmetric:0.2", "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "TYPE:RATE" in err[0] and "meta-trains the narl method" in err[1]
+
+
+def test_narl_train_tie_every_task_meta_step_moves_the_one_shared_adjuster(tmp_path):
+    """Issue 20: task k > 0's meta step must move the shared adjuster, through the one optimiser."""
+    from noisylabels.train.transfer import tie_adjusters
+
+    ctxs = [build_context(run_cfg(tmp_path, f"t{k}", epochs=1, **{"method.name": "narl", "method.meta_interval": 1,
+                                                                   "data.train_subset": 200, "noise.rate": r}))
+            for k, r in enumerate((0.2, 0.4, 0.6))]
+    tie_adjusters(ctxs)
+    shared = ctxs[0].method
+    for ctx in ctxs:
+        assert ctx.method.meta_net is shared.meta_net
+        assert ctx.method.meta_opts is shared.meta_opts and ctx.method.meta_opt is shared.meta_opt
+        assert ctx.method.meta_opt.state is shared.meta_opt.state  # one optimiser state
+        # the optimiser holds exactly the shared parameters
+        held = [p for g in ctx.method.meta_opt.param_groups for p in g["params"]]
+        assert [id(p) for p in held] == [id(p) for p in shared.meta_net.parameters()]
+    for k, ctx in enumerate(ctxs):
+        ctx.start_epoch(0)
+        ctx.method.start_epoch(ctx)
+        b = next(iter(ctx.loader("train", shuffle=True, augment=False)))
+        before = [p.detach().clone() for p in shared.meta_net.parameters()]
+        ctx.method.train_step(ctx, b.x, b.y, b.index)  # step 0: a meta step
+        moved = max(float((p.detach() - q).abs().max()) for p, q in zip(shared.meta_net.parameters(), before))
+        assert moved > 0, f"task {k}'s meta step left the shared adjuster unchanged"
+        steps = {int(st["step"]) for st in shared.meta_opt.state.values()}
+        assert steps == {k + 1}  # Adam's one state counted every task's step

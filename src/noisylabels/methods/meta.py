@@ -252,7 +252,22 @@ class MetaNetMethod(MetaMethod):
             self.init_meta_net(ctx)
         self.meta_net.to(ctx.device)
         self.meta_opts = self.build_meta_optimizers()
-        self.meta_opt = self.meta_opts[0]
+
+    @property
+    def meta_opt(self) -> torch.optim.Optimizer:
+        """phi's (first) optimiser: always ``meta_opts[0]``, so a shared meta-network has one."""
+        return self.meta_opts[0]
+
+    def share_meta_net(self, owner: "MetaNetMethod") -> None:
+        """Train ``owner``'s meta-network with ``owner``'s optimisers (multi-task meta-training, e.g.
+        NARL's transfer protocol): afterwards both methods hold the same module *and* the same
+        optimiser objects, so every method's meta step moves the shared phi through one optimiser
+        state. Call after both are set up."""
+        if not isinstance(owner, MetaNetMethod) or type(owner) is not type(self):
+            raise UserError(f"share_meta_net: a {type(self).__name__} can share the meta-network of another "
+                            f"{type(self).__name__} only, got {type(owner).__name__}")
+        self.meta_net = owner.meta_net
+        self.meta_opts = owner.meta_opts
 
     @property
     def phi(self) -> list[Tensor]:
