@@ -77,30 +77,57 @@ def test_the_teacher_changes_only_when_t_mod_k_is_k_minus_1(tmp_path, k, one_thr
         before = after
 
 
+def _heavy_ball_discounts(lrs, mom, wd):
+    """Discounts of the k steps of a torch-SGD run's first window (momentum, no dampening, weight decay,
+    the first step fills the buffer) with H_ww = I, relative to the last step, by the 2x2 matrices of
+    the state (dw/dphi, dbuf/dphi): one step maps (W, M) to (W - lr M', M'), M' = mom M + (1 + wd) W + b."""
+    out = []
+    for tau in range(len(lrs)):
+        state = torch.tensor([-lrs[tau], 1.0], dtype=torch.float64)  # step tau's impulse b = 1 (first or not)
+        for t in range(tau + 1, len(lrs)):
+            a = torch.tensor([[1 - lrs[t] * (1 + wd), -lrs[t] * mom], [1 + wd, mom]], dtype=torch.float64)
+            state = a @ state
+        out.append(float(state[0]) / -lrs[-1])
+    return out
+
+
 def test_k_step_meta_gradient_is_the_live_step_plus_the_discounted_stored_steps(tmp_path, one_thread):
-    """The base's window at t = k - 1: grads = engine's live step + FPMG over the k - 1 stored steps."""
+    """The base's window at t = k - 1: grads = engine's live step + each stored step's contribution
+    discounted for the run's SGD (momentum 0.9, weight decay; the first step fills the buffer)."""
     from noisylabels.meta import lookahead_contributions
 
     ctx = build_context(run_cfg(tmp_path, **QUICK, **{"method.k": 3}))
     m = ctx.method
-    seen = {}
-    orig = m.apply_meta_gradient
+    group = ctx.optimizer.param_groups[0]
+    assert group["momentum"] == 0.9 and group["weight_decay"] > 0 and not group["nesterov"]
+    seen, lrs = {}, []
+    orig, orig_step = m.apply_meta_gradient, ctx.optimizer.step
 
-    def spy(c, grads, res, mb):
-        extra = lookahead_contributions(c.model, steps=seen["window"], tangent=res.tangent, phi=m.phi, offset=1,
-                                        gamma=1 - c.optimizer.param_groups[0]["lr"],
-                                        loss_layer=lambda z, st: m.loss_layer(z, st.y, x=st.x, index=st.index))
+    def step(*a, **kw):
+        lrs.append(float(ctx.optimizer.param_groups[0]["lr"]))
+        return orig_step(*a, **kw)
+
+    def spy(c, grads, res, mb):  # before the teacher moves: its stored-step contributions, by hand
+        disc = _heavy_ball_discounts(lrs, group["momentum"], group["weight_decay"])
+        extra = [torch.zeros_like(g) for g in grads]
+        for st, d in zip(seen["window"], disc[:2]):  # one stored step at a time, its tangent scaled here
+            one = lookahead_contributions(c.model, steps=[st], tangent={n: d * v for n, v in res.tangent.items()},
+                                          phi=m.phi, gamma=1.0,
+                                          loss_layer=lambda z, s: m.loss_layer(z, s.y, x=s.x, index=s.index))
+            extra = [e + o for e, o in zip(extra, one)]
         seen.update(grads=[g.clone() for g in grads], live=res.meta_grads, extra=extra)
         orig(c, grads, res, mb)
 
+    ctx.optimizer.step = step
     m.apply_meta_gradient = spy
     for t in _drive(ctx, 3):
         if t == 1:
             seen["window"] = list(m._window)
-    assert len(seen["window"]) == 2 and m._window == []
-    for g, a, b in zip(seen["grads"], seen["live"], seen["extra"]):
+    assert len(seen["window"]) == 2 and m._window == [] and len(lrs) == 3
+    extra = seen["extra"]
+    for g, a, b in zip(seen["grads"], seen["live"], extra):
         torch.testing.assert_close(g, a + b, rtol=1e-5, atol=1e-8)
-    assert any(float(b.abs().sum()) > 0 for b in seen["extra"])
+    assert any(float(b.abs().sum()) > 0 for b in extra)
 
 
 # -- records, files, checkpoints, resume ------------------------------------------------------------------
