@@ -386,3 +386,38 @@ def test_fpmg_refuses_steps_captured_without_their_optimiser():
     with pytest.raises(UserError, match="capture the steps with their optimizer"):
         lookahead_contributions(student, steps=st, tangent={"0.weight": torch.ones(5, D, dtype=torch.float64)},
                                 phi=list(teacher.parameters()), loss_layer=lambda z, s: _ce(z, s.y))
+
+
+def test_eq11_with_the_live_step_offset_one_is_exact_for_plain_sgd():
+    """EMLC's Eq. 11 as the base composes it: live step (weight gamma^0) + stored steps tau = t-1, t-2, ...
+    weighted gamma^1, gamma^2, ... (offset 1), against autograd through k plain SGD steps (H_ww = I)."""
+    torch.manual_seed(6)
+    student, teacher = _Vector(), Teacher(MLP(in_features=D, num_classes=K, hidden=(4,)), K, embedding_dim=3,
+                                          hidden=4).double()
+    Bm = torch.randn(K, K, dtype=torch.float64)
+    eta, k = 0.3, 4
+    opt = torch.optim.SGD(student.parameters(), lr=eta)
+    batches = [(torch.randn(N, D, dtype=torch.float64), torch.randint(0, K, (N,))) for _ in range(k)]
+    mx, my = torch.randn(M, D, dtype=torch.float64), torch.randint(0, K, (M,))
+
+    def inner(z, x, y):
+        return 0.5 * (z ** 2).sum(1) - (z * (teacher(x, y)[0] @ Bm.T)).sum(1)
+
+    w0 = student.w.detach().clone().requires_grad_()
+    wk, _ = _unrolled_sgd(w0, None, lambda t, w: torch.autograd.grad(
+        inner(w.expand(N, -1), *batches[t]).mean(), w, create_graph=True)[0], [eta] * k, 0.0, 0.0, 0.0, False, False)
+    exact = torch.autograd.grad(_ce(wk.expand(M, -1), my).mean(), list(teacher.parameters()))
+    steps = []
+    for x, y in batches[:-1]:
+        steps.append(StoredStep.capture(student, x=x, y=y, index=torch.arange(N)))
+        opt.zero_grad()
+        inner(student(x), x, y).mean().backward()
+        opt.step()
+    x, y = batches[-1]
+    phi = list(teacher.parameters())
+    live = meta_gradient_jvp(student, opt, x=x, y=y, loss_layer=lambda z, t: inner(z, x, t), meta_x=mx, meta_y=my,
+                             meta_loss_fn=_ce, phi=phi, reuse_forward=False, jvp_backend="func")
+    extra = lookahead_contributions(student, steps=steps, tangent=live.tangent, phi=phi, offset=1, gamma=1 - eta,
+                                    loss_layer=lambda z, st: inner(z, st.x, st.y))
+    for a, b, e in zip(live.meta_grads, extra, exact):
+        torch.testing.assert_close(a + b, e, rtol=1e-9, atol=1e-12)

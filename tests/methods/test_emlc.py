@@ -219,3 +219,59 @@ def test_cli_trains_emlc_with_k_steps_on_the_default_dataset(tmp_path, capsys, m
     assert s["method"] == "emlc" and s["status"] == "finished"
     assert (tmp_path / "runs" / "e" / "corrected_labels.csv").is_file()
     assert np.isfinite(s["test_accuracy"])
+
+
+# -- the paper's semantics, each from its equation (issue 20) ------------------------------------------------
+def _teacher_by_hand(t, x, y):
+    """Sec. 3.3 written out: teacher logits and features, gate w = sigmoid(MLP([h; emb(y~)])), and the
+    soft label q = w onehot(y~) + (1 - w) softmax(teacher logits)."""
+    h = t.backbone.features(x)
+    logits = t.backbone.classifier(h)
+    w = torch.sigmoid(t.gate_mlp(torch.cat([h, t.embedding.weight[y]], dim=1))).squeeze(1)
+    k = logits.shape[1]
+    onehot = (torch.arange(k)[None, :] == y[:, None]).to(logits.dtype)
+    return logits, h, w, w[:, None] * onehot + (1 - w[:, None]) * torch.softmax(logits, 1)
+
+
+def test_emlc_student_loss_is_soft_ce_on_the_gated_soft_label(tmp_path, one_thread):
+    """Eq. 6 with Sec. 3.3's q: the student's loss is -sum_c q_c log p_c with q mixing the given label
+    and the teacher's prediction by the gate; gate -> 1 gives CE on the given label, -> 0 the
+    teacher's prediction (the gate is what separates EMLC from self-distillation)."""
+    ctx = build_context(run_cfg(tmp_path, **QUICK))
+    m = ctx.method
+    b = next(iter(ctx.loader("train", shuffle=False, augment=False)))
+    z = ctx.model(b.x).detach()
+    losses = m.loss_layer(z, b.y, x=b.x, index=b.index).detach()
+    logits, _, w, q = (t.detach() for t in _teacher_by_hand(m.meta_net, b.x, b.y))
+    want = -(q * torch.log_softmax(z, 1)).sum(1)
+    torch.testing.assert_close(losses, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m._notes["gate"], w, rtol=1e-5, atol=1e-6)
+    assert float(w.min()) < 0.9 and float(w.max()) > 0.1  # neither limit: the mixture is tested
+    assert float((want - (-(torch.softmax(logits, 1) * torch.log_softmax(z, 1)).sum(1))).abs().max()) > 1e-3
+    with torch.no_grad():
+        m.meta_net.gate_mlp[-1].bias.fill_(40.0)  # gate -> 1: the given label
+    ce = torch.nn.functional.cross_entropy(z, b.y, reduction="none")
+    torch.testing.assert_close(m.loss_layer(z, b.y, x=b.x, index=b.index).detach(), ce, rtol=1e-4, atol=1e-5)
+
+
+def test_emlc_teacher_loss_is_ce_plus_gate_bce_on_the_half_corrupted_clean_batch(tmp_path, one_thread):
+    """Eq. 12's supervised terms: CE of the teacher's classifier on the clean batch + BCE of the gate on
+    that batch with every second label replaced by the teacher's strongest wrong class, target 1 for
+    an unchanged label and 0 for a changed one."""
+    from types import SimpleNamespace
+
+    ctx = build_context(run_cfg(tmp_path, **QUICK))
+    m = ctx.method
+    b = next(iter(ctx.loader("train", shuffle=False, augment=False)))
+    y = b.y.clone()
+    got = float(m.meta_net_loss(ctx, SimpleNamespace(x=b.x, y=y, index=b.index)))
+    logits, h, _, _ = _teacher_by_hand(m.meta_net, b.x, y)
+    fake = y.clone()
+    for i in range(0, 2 * (len(y) // 2), 2):
+        order = logits[i].argsort(descending=True).tolist()
+        fake[i] = order[0] if order[0] != y[i] else order[1]
+    w = torch.sigmoid(m.meta_net.gate_mlp(torch.cat([h, m.meta_net.embedding.weight[fake]], 1))).squeeze(1)
+    target = (fake == y).double()
+    bce = -(target * torch.log(w.double()) + (1 - target) * torch.log(1 - w.double())).mean()
+    ce = -torch.log_softmax(logits.double(), 1).gather(1, y[:, None]).mean()
+    assert got == pytest.approx(float(ce + bce), rel=1e-5)
