@@ -275,3 +275,19 @@ def test_emlc_teacher_loss_is_ce_plus_gate_bce_on_the_half_corrupted_clean_batch
     bce = -(target * torch.log(w.double()) + (1 - target) * torch.log(1 - w.double())).mean()
     ce = -torch.log_softmax(logits.double(), 1).gather(1, y[:, None]).mean()
     assert got == pytest.approx(float(ce + bce), rel=1e-5)
+
+
+def test_a_window_checkpointed_without_sgd_settings_still_resumes(tmp_path, one_thread):
+    """Checkpoints written before the stored steps kept their SGD setting: the optimiser's is used."""
+    ctx = build_context(run_cfg(tmp_path, **QUICK, **{"method.k": 3}))
+    m = ctx.method
+    it = _drive(ctx, 3)
+    next(it)
+    next(it)  # two stored steps (the first one filled the momentum buffer)
+    state = m.state_dict()
+    for w in state["window"]:
+        del w["sgd"]
+    m.load_state_dict(state)
+    assert all(st.sgd and not any(v[-1] for v in st.sgd.values()) for st in m._window)
+    next(it)  # the window closes: the teacher's update runs
+    assert m._window == []

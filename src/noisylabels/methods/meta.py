@@ -42,7 +42,7 @@ from ..errors import UserError
 from ..losses import get_loss_fn
 from ..meta import (META_GRADIENTS, StoredStep, assign_grads, lookahead_contributions, meta_gradient,
                     per_example_weights)
-from ..meta.virtual_step import _check_sgd
+from ..meta.virtual_step import _check_sgd, sgd_step_settings
 from .base import Method
 from .context import MethodContext, StepOutput
 
@@ -365,8 +365,17 @@ class MetaNetMethod(MetaMethod):
                                        params={n: t.to(dev) for n, t in w["params"].items()},
                                        rng=(w["rng"], w["cuda_rng"] if w["cuda_rng"].numel() else None, dev)
                                        if w["rng"].numel() else None,
-                                       sgd={n: _setting(v) for n, v in w.get("sgd", {}).items()} or None)
+                                       sgd={n: _setting(v) for n, v in w["sgd"].items()} if "sgd" in w
+                                       else self._current_sgd_settings())
                             for w in state["window"]]
+
+    def _current_sgd_settings(self) -> dict[str, tuple] | None:
+        """A window stored before steps kept their SGD setting: the optimiser's current one (buffers
+        present), so such a checkpoint still resumes (its first window's discounts assume it)."""
+        if self.ctx is None:
+            return None
+        settings = sgd_step_settings(self.ctx.optimizer, dict(self.ctx.model.named_parameters()))
+        return {n: v[:-1] + (False,) for n, v in settings.items()}
 
 
 class ExampleWeightingMethod(MetaMethod):
