@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from noisylabels.errors import UserError
 from noisylabels.meta import (StoredStep, lookahead_contributions, meta_gradient_double_backward, meta_gradient_jvp,
                               meta_tangent, optimizer_virtual_step)
 from noisylabels.meta.virtual_step import VirtualStep
@@ -251,3 +252,172 @@ def test_the_virtual_step_of_the_engine_is_the_real_student_step():
     opt.step()
     for n, p in student.named_parameters():
         torch.testing.assert_close(p.detach(), vs.params[n], rtol=0, atol=0)
+
+
+# -- FPMG under the optimiser actually used: torch SGD with momentum, Nesterov, weight decay -------------------
+SGD_SETTINGS = {  # name: (momentum, dampening, weight_decay, nesterov, maximize)
+    "plain": (0.0, 0.0, 0.0, False, False),
+    "wd": (0.0, 0.0, 0.05, False, False),
+    "momentum": (0.9, 0.0, 0.0, False, False),
+    "momentum-wd": (0.9, 0.0, 0.05, False, False),
+    "nesterov-wd": (0.9, 0.0, 0.05, True, False),
+    "dampening-wd": (0.9, 0.3, 0.05, False, False),
+    "maximize": (0.9, 0.0, 0.05, False, True),
+}
+
+
+def _unrolled_sgd(w0, buf0, grads_of, lrs, mom, damp, wd, nest, maxi):
+    """k differentiable steps of torch.optim.SGD as documented (written out here, independently)."""
+    w, buf = w0, buf0
+    for t, lr in enumerate(lrs):
+        grad = grads_of(t, w)
+        g = (-grad if maxi else grad) + wd * w
+        if mom:
+            buf = g if buf is None else mom * buf + (1 - damp) * g
+            g = g + mom * buf if nest else buf
+        w = w - lr * g
+    return w, buf
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["buffer", "first-step"])
+@pytest.mark.parametrize("setting", sorted(SGD_SETTINGS))
+def test_fpmg_is_the_exact_unrolled_gradient_for_torch_sgd_when_the_inner_hessian_is_the_identity(setting, warm):
+    """Issue 20: with H_ww = I the k-step meta-gradient (live step + FPMG over the k - 1 stored steps,
+    the base's composition) equals autograd through k real torch-SGD steps, for momentum, Nesterov,
+    dampening, weight decay, maximize, a changing lr, with and without a momentum buffer."""
+    mom, damp, wd, nest, maxi = SGD_SETTINGS[setting]
+    torch.manual_seed(3)
+    student, teacher = _Vector(), Teacher(MLP(in_features=D, num_classes=K, hidden=(4,)), K, embedding_dim=3,
+                                          hidden=4).double()
+    Bm = torch.randn(K, K, dtype=torch.float64)
+    k, lrs = 4, [0.2, 0.15, 0.12, 0.1]  # a schedule: each step its own lr
+    opt = torch.optim.SGD(student.parameters(), lr=lrs[0], momentum=mom, dampening=damp, weight_decay=wd,
+                          nesterov=nest, maximize=maxi)
+    batches = [(torch.randn(N, D, dtype=torch.float64), torch.randint(0, K, (N,))) for _ in range(k)]
+    mx, my = torch.randn(M, D, dtype=torch.float64), torch.randint(0, K, (M,))
+
+    def inner(z, x, y, q=None):
+        q = teacher(x, y)[0] if q is None else q
+        return 0.5 * (z ** 2).sum(1) - (z * (q @ Bm.T)).sum(1)
+
+    if warm and mom:  # a momentum buffer from an earlier step (a constant for this window)
+        opt.zero_grad()
+        inner(student(batches[0][0]), *batches[0]).mean().backward()
+        opt.step()
+    buf0 = opt.state[student.w].get("momentum_buffer") if opt.state else None
+    buf0 = None if buf0 is None else buf0.detach().clone()
+    w0 = student.w.detach().clone().requires_grad_()
+
+    def grads_of(t, w):
+        x, y = batches[t]
+        return torch.autograd.grad(inner(w.expand(N, -1), x, y).mean(), w, create_graph=True)[0]
+
+    wk, _ = _unrolled_sgd(w0, buf0, grads_of, lrs, mom, damp, wd, nest, maxi)
+    exact = torch.autograd.grad(_ce(wk.expand(M, -1), my).mean(), list(teacher.parameters()))
+    # the same trajectory by the real optimiser: k - 1 stored steps, then the live step by the engine
+    steps = []
+    for t in range(k - 1):
+        x, y = batches[t]
+        opt.param_groups[0]["lr"] = lrs[t]
+        steps.append(StoredStep.capture(student, x=x, y=y, index=torch.arange(N), optimizer=opt))
+        opt.zero_grad()
+        with torch.no_grad():
+            q = teacher(x, y)[0]
+        inner(student(x), x, y, q).mean().backward()
+        opt.step()
+    opt.param_groups[0]["lr"] = lrs[-1]
+    x, y = batches[-1]
+    phi = list(teacher.parameters())
+    live = meta_gradient_jvp(student, opt, x=x, y=y, loss_layer=lambda z, t: inner(z, x, t), meta_x=mx, meta_y=my,
+                             meta_loss_fn=_ce, phi=phi, reuse_forward=False, jvp_backend="func")
+    extra = lookahead_contributions(student, steps=steps, tangent=live.tangent, phi=phi, offset=1, optimizer=opt,
+                                    loss_layer=lambda z, st: inner(z, st.x, st.y))
+    opt.zero_grad()
+    student.w.grad = live.train_grads["w"]
+    opt.step()  # the live step taken: the trajectory is the unrolled one
+    torch.testing.assert_close(student.w.detach(), wk.detach(), rtol=1e-12, atol=1e-12)
+    for a, b, e in zip(live.meta_grads, extra, exact):
+        torch.testing.assert_close(a + b, e, rtol=1e-9, atol=1e-12)
+
+
+def test_fpmg_offset_zero_the_tangent_of_the_last_stored_step():
+    """offset=0: the tangent is built with the last stored step's own scale (Nesterov + weight decay)."""
+    mom, wd, lr, k = 0.9, 0.05, 0.2, 3
+    torch.manual_seed(4)
+    student, teacher = _Vector(), Teacher(MLP(in_features=D, num_classes=K, hidden=(4,)), K, embedding_dim=3,
+                                          hidden=4).double()
+    Bm = torch.randn(K, K, dtype=torch.float64)
+    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=mom, weight_decay=wd, nesterov=True)
+    batches = [(torch.randn(N, D, dtype=torch.float64), torch.randint(0, K, (N,))) for _ in range(k)]
+    mx, my = torch.randn(M, D, dtype=torch.float64), torch.randint(0, K, (M,))
+
+    def inner(z, x, y):
+        return 0.5 * (z ** 2).sum(1) - (z * (teacher(x, y)[0] @ Bm.T)).sum(1)
+
+    w0 = student.w.detach().clone().requires_grad_()
+    wk, _ = _unrolled_sgd(w0, None, lambda t, w: torch.autograd.grad(
+        inner(w.expand(N, -1), *batches[t]).mean(), w, create_graph=True)[0], [lr] * k, mom, 0.0, wd, True, False)
+    exact = torch.autograd.grad(_ce(wk.expand(M, -1), my).mean(), list(teacher.parameters()))
+    steps = []
+    for x, y in batches:
+        steps.append(StoredStep.capture(student, x=x, y=y, index=torch.arange(N), optimizer=opt))
+        opt.zero_grad()
+        with torch.no_grad():
+            inner_q = teacher(x, y)[0]
+        (0.5 * (student(x) ** 2).sum(1) - (student(x) * (inner_q @ Bm.T)).sum(1)).mean().backward()
+        opt.step()
+    scale = lr * (1 + mom)  # d theta / d grad of a Nesterov step with a buffer (the last step's)
+    _, tangent = meta_tangent(student, VirtualStep(params={"w": student.w.detach()}, scale={"w": scale}),
+                              meta_x=mx, meta_y=my, meta_loss_fn=_ce)
+    fpmg = lookahead_contributions(student, steps=steps, tangent=tangent, phi=list(teacher.parameters()), offset=0,
+                                   loss_layer=lambda z, st: inner(z, st.x, st.y))
+    for a, b in zip(fpmg, exact):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    # EMLC's plain-SGD discount gamma = 1 - eta is far from it under momentum (why the discounts exist)
+    plain = lookahead_contributions(student, steps=steps, tangent=tangent, phi=list(teacher.parameters()),
+                                    gamma=1 - lr, loss_layer=lambda z, st: inner(z, st.x, st.y))
+    err = float(_flat(plain).sub(_flat(exact)).norm() / _flat(exact).norm())
+    assert err > 0.1
+
+
+def test_fpmg_refuses_steps_captured_without_their_optimiser():
+    student, teacher, opt, x, y, mx, my = _problem()
+    st = [StoredStep.capture(student, x=x, y=y, index=torch.arange(N))]
+    with pytest.raises(UserError, match="capture the steps with their optimizer"):
+        lookahead_contributions(student, steps=st, tangent={"0.weight": torch.ones(5, D, dtype=torch.float64)},
+                                phi=list(teacher.parameters()), loss_layer=lambda z, s: _ce(z, s.y))
+
+
+def test_eq11_with_the_live_step_offset_one_is_exact_for_plain_sgd():
+    """EMLC's Eq. 11 as the base composes it: live step (weight gamma^0) + stored steps tau = t-1, t-2, ...
+    weighted gamma^1, gamma^2, ... (offset 1), against autograd through k plain SGD steps (H_ww = I)."""
+    torch.manual_seed(6)
+    student, teacher = _Vector(), Teacher(MLP(in_features=D, num_classes=K, hidden=(4,)), K, embedding_dim=3,
+                                          hidden=4).double()
+    Bm = torch.randn(K, K, dtype=torch.float64)
+    eta, k = 0.3, 4
+    opt = torch.optim.SGD(student.parameters(), lr=eta)
+    batches = [(torch.randn(N, D, dtype=torch.float64), torch.randint(0, K, (N,))) for _ in range(k)]
+    mx, my = torch.randn(M, D, dtype=torch.float64), torch.randint(0, K, (M,))
+
+    def inner(z, x, y):
+        return 0.5 * (z ** 2).sum(1) - (z * (teacher(x, y)[0] @ Bm.T)).sum(1)
+
+    w0 = student.w.detach().clone().requires_grad_()
+    wk, _ = _unrolled_sgd(w0, None, lambda t, w: torch.autograd.grad(
+        inner(w.expand(N, -1), *batches[t]).mean(), w, create_graph=True)[0], [eta] * k, 0.0, 0.0, 0.0, False, False)
+    exact = torch.autograd.grad(_ce(wk.expand(M, -1), my).mean(), list(teacher.parameters()))
+    steps = []
+    for x, y in batches[:-1]:
+        steps.append(StoredStep.capture(student, x=x, y=y, index=torch.arange(N)))
+        opt.zero_grad()
+        inner(student(x), x, y).mean().backward()
+        opt.step()
+    x, y = batches[-1]
+    phi = list(teacher.parameters())
+    live = meta_gradient_jvp(student, opt, x=x, y=y, loss_layer=lambda z, t: inner(z, x, t), meta_x=mx, meta_y=my,
+                             meta_loss_fn=_ce, phi=phi, reuse_forward=False, jvp_backend="func")
+    extra = lookahead_contributions(student, steps=steps, tangent=live.tangent, phi=phi, offset=1, gamma=1 - eta,
+                                    loss_layer=lambda z, st: inner(z, st.x, st.y))
+    for a, b, e in zip(live.meta_grads, extra, exact):
+        torch.testing.assert_close(a + b, e, rtol=1e-9, atol=1e-12)

@@ -77,30 +77,57 @@ def test_the_teacher_changes_only_when_t_mod_k_is_k_minus_1(tmp_path, k, one_thr
         before = after
 
 
+def _heavy_ball_discounts(lrs, mom, wd):
+    """Discounts of the k steps of a torch-SGD run's first window (momentum, no dampening, weight decay,
+    the first step fills the buffer) with H_ww = I, relative to the last step, by the 2x2 matrices of
+    the state (dw/dphi, dbuf/dphi): one step maps (W, M) to (W - lr M', M'), M' = mom M + (1 + wd) W + b."""
+    out = []
+    for tau in range(len(lrs)):
+        state = torch.tensor([-lrs[tau], 1.0], dtype=torch.float64)  # step tau's impulse b = 1 (first or not)
+        for t in range(tau + 1, len(lrs)):
+            a = torch.tensor([[1 - lrs[t] * (1 + wd), -lrs[t] * mom], [1 + wd, mom]], dtype=torch.float64)
+            state = a @ state
+        out.append(float(state[0]) / -lrs[-1])
+    return out
+
+
 def test_k_step_meta_gradient_is_the_live_step_plus_the_discounted_stored_steps(tmp_path, one_thread):
-    """The base's window at t = k - 1: grads = engine's live step + FPMG over the k - 1 stored steps."""
+    """The base's window at t = k - 1: grads = engine's live step + each stored step's contribution
+    discounted for the run's SGD (momentum 0.9, weight decay; the first step fills the buffer)."""
     from noisylabels.meta import lookahead_contributions
 
     ctx = build_context(run_cfg(tmp_path, **QUICK, **{"method.k": 3}))
     m = ctx.method
-    seen = {}
-    orig = m.apply_meta_gradient
+    group = ctx.optimizer.param_groups[0]
+    assert group["momentum"] == 0.9 and group["weight_decay"] > 0 and not group["nesterov"]
+    seen, lrs = {}, []
+    orig, orig_step = m.apply_meta_gradient, ctx.optimizer.step
 
-    def spy(c, grads, res, mb):
-        extra = lookahead_contributions(c.model, steps=seen["window"], tangent=res.tangent, phi=m.phi, offset=1,
-                                        gamma=1 - c.optimizer.param_groups[0]["lr"],
-                                        loss_layer=lambda z, st: m.loss_layer(z, st.y, x=st.x, index=st.index))
+    def step(*a, **kw):
+        lrs.append(float(ctx.optimizer.param_groups[0]["lr"]))
+        return orig_step(*a, **kw)
+
+    def spy(c, grads, res, mb):  # before the teacher moves: its stored-step contributions, by hand
+        disc = _heavy_ball_discounts(lrs, group["momentum"], group["weight_decay"])
+        extra = [torch.zeros_like(g) for g in grads]
+        for st, d in zip(seen["window"], disc[:2]):  # one stored step at a time, its tangent scaled here
+            one = lookahead_contributions(c.model, steps=[st], tangent={n: d * v for n, v in res.tangent.items()},
+                                          phi=m.phi, gamma=1.0,
+                                          loss_layer=lambda z, s: m.loss_layer(z, s.y, x=s.x, index=s.index))
+            extra = [e + o for e, o in zip(extra, one)]
         seen.update(grads=[g.clone() for g in grads], live=res.meta_grads, extra=extra)
         orig(c, grads, res, mb)
 
+    ctx.optimizer.step = step
     m.apply_meta_gradient = spy
     for t in _drive(ctx, 3):
         if t == 1:
             seen["window"] = list(m._window)
-    assert len(seen["window"]) == 2 and m._window == []
-    for g, a, b in zip(seen["grads"], seen["live"], seen["extra"]):
+    assert len(seen["window"]) == 2 and m._window == [] and len(lrs) == 3
+    extra = seen["extra"]
+    for g, a, b in zip(seen["grads"], seen["live"], extra):
         torch.testing.assert_close(g, a + b, rtol=1e-5, atol=1e-8)
-    assert any(float(b.abs().sum()) > 0 for b in seen["extra"])
+    assert any(float(b.abs().sum()) > 0 for b in extra)
 
 
 # -- records, files, checkpoints, resume ------------------------------------------------------------------
@@ -192,3 +219,75 @@ def test_cli_trains_emlc_with_k_steps_on_the_default_dataset(tmp_path, capsys, m
     assert s["method"] == "emlc" and s["status"] == "finished"
     assert (tmp_path / "runs" / "e" / "corrected_labels.csv").is_file()
     assert np.isfinite(s["test_accuracy"])
+
+
+# -- the paper's semantics, each from its equation (issue 20) ------------------------------------------------
+def _teacher_by_hand(t, x, y):
+    """Sec. 3.3 written out: teacher logits and features, gate w = sigmoid(MLP([h; emb(y~)])), and the
+    soft label q = w onehot(y~) + (1 - w) softmax(teacher logits)."""
+    h = t.backbone.features(x)
+    logits = t.backbone.classifier(h)
+    w = torch.sigmoid(t.gate_mlp(torch.cat([h, t.embedding.weight[y]], dim=1))).squeeze(1)
+    k = logits.shape[1]
+    onehot = (torch.arange(k)[None, :] == y[:, None]).to(logits.dtype)
+    return logits, h, w, w[:, None] * onehot + (1 - w[:, None]) * torch.softmax(logits, 1)
+
+
+def test_emlc_student_loss_is_soft_ce_on_the_gated_soft_label(tmp_path, one_thread):
+    """Eq. 6 with Sec. 3.3's q: the student's loss is -sum_c q_c log p_c with q mixing the given label
+    and the teacher's prediction by the gate; gate -> 1 gives CE on the given label, -> 0 the
+    teacher's prediction (the gate is what separates EMLC from self-distillation)."""
+    ctx = build_context(run_cfg(tmp_path, **QUICK))
+    m = ctx.method
+    b = next(iter(ctx.loader("train", shuffle=False, augment=False)))
+    z = ctx.model(b.x).detach()
+    losses = m.loss_layer(z, b.y, x=b.x, index=b.index).detach()
+    logits, _, w, q = (t.detach() for t in _teacher_by_hand(m.meta_net, b.x, b.y))
+    want = -(q * torch.log_softmax(z, 1)).sum(1)
+    torch.testing.assert_close(losses, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m._notes["gate"], w, rtol=1e-5, atol=1e-6)
+    assert float(w.min()) < 0.9 and float(w.max()) > 0.1  # neither limit: the mixture is tested
+    assert float((want - (-(torch.softmax(logits, 1) * torch.log_softmax(z, 1)).sum(1))).abs().max()) > 1e-3
+    with torch.no_grad():
+        m.meta_net.gate_mlp[-1].bias.fill_(40.0)  # gate -> 1: the given label
+    ce = torch.nn.functional.cross_entropy(z, b.y, reduction="none")
+    torch.testing.assert_close(m.loss_layer(z, b.y, x=b.x, index=b.index).detach(), ce, rtol=1e-4, atol=1e-5)
+
+
+def test_emlc_teacher_loss_is_ce_plus_gate_bce_on_the_half_corrupted_clean_batch(tmp_path, one_thread):
+    """Eq. 12's supervised terms: CE of the teacher's classifier on the clean batch + BCE of the gate on
+    that batch with every second label replaced by the teacher's strongest wrong class, target 1 for
+    an unchanged label and 0 for a changed one."""
+    from types import SimpleNamespace
+
+    ctx = build_context(run_cfg(tmp_path, **QUICK))
+    m = ctx.method
+    b = next(iter(ctx.loader("train", shuffle=False, augment=False)))
+    y = b.y.clone()
+    got = float(m.meta_net_loss(ctx, SimpleNamespace(x=b.x, y=y, index=b.index)))
+    logits, h, _, _ = _teacher_by_hand(m.meta_net, b.x, y)
+    fake = y.clone()
+    for i in range(0, 2 * (len(y) // 2), 2):
+        order = logits[i].argsort(descending=True).tolist()
+        fake[i] = order[0] if order[0] != y[i] else order[1]
+    w = torch.sigmoid(m.meta_net.gate_mlp(torch.cat([h, m.meta_net.embedding.weight[fake]], 1))).squeeze(1)
+    target = (fake == y).double()
+    bce = -(target * torch.log(w.double()) + (1 - target) * torch.log(1 - w.double())).mean()
+    ce = -torch.log_softmax(logits.double(), 1).gather(1, y[:, None]).mean()
+    assert got == pytest.approx(float(ce + bce), rel=1e-5)
+
+
+def test_a_window_checkpointed_without_sgd_settings_still_resumes(tmp_path, one_thread):
+    """Checkpoints written before the stored steps kept their SGD setting: the optimiser's is used."""
+    ctx = build_context(run_cfg(tmp_path, **QUICK, **{"method.k": 3}))
+    m = ctx.method
+    it = _drive(ctx, 3)
+    next(it)
+    next(it)  # two stored steps (the first one filled the momentum buffer)
+    state = m.state_dict()
+    for w in state["window"]:
+        del w["sgd"]
+    m.load_state_dict(state)
+    assert all(st.sgd and not any(v[-1] for v in st.sgd.values()) for st in m._window)
+    next(it)  # the window closes: the teacher's update runs
+    assert m._window == []

@@ -8,7 +8,7 @@ import torch
 
 from noisylabels.errors import UserError
 from noisylabels.meta import meta_gradient
-from noisylabels.methods.mlc import LabelCorrectionNet
+from noisylabels.methods.mlc import MLC, LabelCorrectionNet
 from noisylabels.train import build_context, fit
 
 from tests.helpers import run_cfg
@@ -138,3 +138,18 @@ def test_clean_in_student_mixes_half_the_clean_batch_into_the_student_step(tmp_p
     with pytest.raises(UserError, match="clean_in_student"):
         build_context(run_cfg(tmp_path, "bad", **QUICK, **{"method.clean_in_student": True, "method.k": 2,
                                                           "method.meta_interval": 2}))
+
+
+def test_mlc_k_step_discount_from_the_identity_hessian_look_ahead():
+    """MLC's k-step discount (H_w = I): d L(w_{t+1}) / d w_t = (1 - s) g(w_{t+1}), projected on g(w_t):
+    gamma = <(1 - s) g(w_{t+1}), g(w_t)> / ||g(w_t)||^2. Hand numbers: two parameters with their own
+    scales s (0.1 and 0.5), g(w_t) = ([1, 2], [2]) (squared norm 9), g(w_{t+1}) = ([3, 0], [3])."""
+    from types import SimpleNamespace
+
+    m = MLC(k=2)
+    m.q_table = torch.zeros(1)
+    m._g_prev = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([2.0])}
+    scale = {"a": 0.1, "b": 0.5}
+    res = SimpleNamespace(tangent={"a": torch.tensor([3.0, 0.0]) * 0.1, "b": torch.tensor([3.0]) * 0.5}, scale=scale)
+    want = ((1 - 0.1) * 3.0 + (1 - 0.5) * 6.0) / 9.0  # = 0.6333...
+    assert float(m._discount(res)) == pytest.approx(want, rel=1e-6)

@@ -290,3 +290,108 @@ def test_narl_train_bad_input_is_one_line(tmp_path, capsys):
     assert main(["narl-train", "--method", "mwnet", "--task", "symmetric:0.2", "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "TYPE:RATE" in err[0] and "meta-trains the narl method" in err[1]
+
+
+def test_narl_train_tie_every_task_meta_step_moves_the_one_shared_adjuster(tmp_path):
+    """Issue 20: task k > 0's meta step must move the shared adjuster, through the one optimiser."""
+    from noisylabels.train.transfer import tie_adjusters
+
+    ctxs = [build_context(run_cfg(tmp_path, f"t{k}", epochs=1, **{"method.name": "narl", "method.meta_interval": 1,
+                                                                   "data.train_subset": 200, "noise.rate": r}))
+            for k, r in enumerate((0.2, 0.4, 0.6))]
+    tie_adjusters(ctxs)
+    shared = ctxs[0].method
+    for ctx in ctxs:
+        assert ctx.method.meta_net is shared.meta_net
+        assert ctx.method.meta_opts is shared.meta_opts and ctx.method.meta_opt is shared.meta_opt
+        assert ctx.method.meta_opt.state is shared.meta_opt.state  # one optimiser state
+        # the optimiser holds exactly the shared parameters
+        held = [p for g in ctx.method.meta_opt.param_groups for p in g["params"]]
+        assert [id(p) for p in held] == [id(p) for p in shared.meta_net.parameters()]
+    for k, ctx in enumerate(ctxs):
+        ctx.start_epoch(0)
+        ctx.method.start_epoch(ctx)
+        b = next(iter(ctx.loader("train", shuffle=True, augment=False)))
+        before = [p.detach().clone() for p in shared.meta_net.parameters()]
+        ctx.method.train_step(ctx, b.x, b.y, b.index)  # step 0: a meta step
+        moved = max(float((p.detach() - q).abs().max()) for p, q in zip(shared.meta_net.parameters(), before))
+        assert moved > 0, f"task {k}'s meta step left the shared adjuster unchanged"
+        steps = {int(st["step"]) for st in shared.meta_opt.state.values()}
+        assert steps == {k + 1}  # Adam's one state counted every task's step
+
+
+# -- the paper's semantics, each from its equation (issue 20) ------------------------------------------------
+def _adjuster_by_hand(net, m):
+    """Sec. 3.2 / Fig. 4 written out: clamp(s * sigmoid(W2 relu(W1 m + b1) + b2), low, high)."""
+    W1, b1, W2, b2 = (t.detach().double() for t in (net.fc1.weight, net.fc1.bias, net.fc2.weight, net.fc2.bias))
+    h = torch.relu(m.double()[:, None] @ W1.T + b1) @ W2.T + b2
+    out = torch.tensor(net.scale.tolist(), dtype=DT) * torch.sigmoid(h)
+    return out.clamp(min=net.low.item(), max=net.high.item())
+
+
+def _gce_by_hand(z, y, q):
+    """GCE (Zhang & Sabuncu 2018, Eq. 6): (1 - p_y^q) / q."""
+    p = torch.softmax(z.double(), 1).gather(1, y[:, None]).squeeze(1)
+    return (1 - p ** q) / q
+
+
+def test_narl_adjuster_reads_the_logit_margin_not_probabilities(tmp_path):
+    """Sec. 3.2: Lambda_i = h(z_y - max_{j != y} z_j; theta) on the *logits*; the loss layer is
+    GCE with that q (Eq. 7)."""
+    ctx = build_context(run_cfg(tmp_path, epochs=1, **{"method.name": "narl", "data.train_subset": 200}))
+    m = ctx.method
+    g = torch.Generator().manual_seed(0)
+    z = 4 * torch.randn(32, ctx.data.num_classes, generator=g)
+    y = torch.randint(0, ctx.data.num_classes, (32,), generator=g)
+    with torch.no_grad():  # make the adjuster depend visibly on its input
+        m.meta_net.fc1.weight.normal_(0, 1, generator=g)
+        m.meta_net.fc2.weight.normal_(0, 1, generator=g)
+    marg = torch.tensor([z[i, y[i]].item() - max(v for j, v in enumerate(z[i].tolist()) if j != y[i])
+                         for i in range(32)], dtype=DT)
+    q = _adjuster_by_hand(m.meta_net, marg)[:, 0]
+    losses = m.loss_layer(z, y, x=torch.zeros(32, 1), index=torch.arange(32))
+    torch.testing.assert_close(losses.double(), _gce_by_hand(z, y, q), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m._notes["margin"].double(), marg, rtol=1e-6, atol=1e-6)
+    # discriminating: on probabilities the adjuster would give other q
+    p = torch.softmax(z.double(), 1)
+    pm = torch.tensor([p[i, y[i]].item() - max(v for j, v in enumerate(p[i].tolist()) if j != y[i])
+                       for i in range(32)], dtype=DT)
+    assert float((_adjuster_by_hand(m.meta_net, pm)[:, 0] - q).abs().max()) > 1e-2
+
+
+def test_narl_real_step_uses_the_updated_adjuster_theta_t_plus_1(tmp_path):
+    """Eq. 12 (Algorithm 1): w^(t+1) = w^(t) - eta grad_w mean_i L_robust(f(x_i; w^(t)), y_i;
+    h(m_i; theta^(t+1))) with the adjuster *after* the meta step (not theta^(t): a delayed step)."""
+    ctx = build_context(run_cfg(tmp_path, epochs=1, **{"method.name": "narl", "method.meta_interval": 1,
+                                                        "method.meta_lr": 0.05, "data.train_subset": 200,
+                                                        "train.num_threads": 1}))
+    m, model = ctx.method, ctx.model
+    ctx.start_epoch(0)
+    m.start_epoch(ctx)
+    model.train()
+    b = next(iter(ctx.loader("train", shuffle=True, augment=False)))
+    w0 = copy.deepcopy(model)
+    hp = {k: ctx.optimizer.param_groups[0][k] for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov")}
+    assert not ctx.optimizer.state  # the first step: no momentum buffer to copy
+    theta_t = copy.deepcopy(m.meta_net)
+    m.train_step(ctx, b.x, b.y, b.index)
+    theta_t1 = m.meta_net
+    assert any(not torch.equal(a, c) for a, c in zip(theta_t.parameters(), theta_t1.parameters()))
+
+    def real_step(adjuster):
+        mod = copy.deepcopy(w0)
+        opt = torch.optim.SGD(mod.parameters(), **hp)
+        z = mod(b.x)
+        zd = z.detach()
+        marg = (zd.gather(1, b.y[:, None]).squeeze(1) - zd.scatter(1, b.y[:, None], float("-inf")).amax(1))
+        q = _adjuster_by_hand(adjuster, marg)[:, 0].to(z.dtype)
+        p = torch.softmax(z, 1).gather(1, b.y[:, None]).squeeze(1)
+        ((1 - p ** q) / q).mean().backward()
+        opt.step()
+        return [p.detach() for p in mod.parameters()]
+
+    want, delayed = real_step(theta_t1), real_step(theta_t)
+    got = [p.detach() for p in model.parameters()]
+    for a, c in zip(got, want):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-7)
+    assert max(float((a - c).abs().max()) for a, c in zip(want, delayed)) > 1e-5  # the test can tell them apart

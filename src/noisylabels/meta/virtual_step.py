@@ -36,6 +36,9 @@ __all__ = [
     "sgd_virtual_step",
     "VirtualStep",
     "optimizer_virtual_step",
+    "SGDStepSetting",
+    "sgd_step_settings",
+    "lookahead_weights",
 ]
 
 
@@ -220,3 +223,67 @@ def optimizer_virtual_step(optimizer: torch.optim.Optimizer, params: Mapping[str
         for n in names:
             scale[n] = hp.lr * hp.direction_scale(first_step=bufs.get(n) is None)
     return VirtualStep(params=out, scale=scale)
+
+
+#: one parameter's SGD step: ``(lr, momentum, dampening, weight_decay, nesterov, maximize, first_step)``
+#: (``first_step``: momentum on and no buffer yet, so torch sets ``buf = g``)
+SGDStepSetting = tuple[float, float, float, float, bool, bool, bool]
+
+
+def sgd_step_settings(optimizer: torch.optim.Optimizer,
+                      params: Mapping[str, torch.Tensor]) -> dict[str, SGDStepSetting]:
+    """The setting of the step ``optimizer.step()`` is about to take, per parameter it holds (read only).
+
+    Read *before* the step (``first_step`` is whether the momentum buffer is still empty).
+    """
+    _check_sgd(optimizer)
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    out: dict[str, SGDStepSetting] = {}
+    for name, p in params.items():
+        group = group_of.get(id(p))
+        if group is None:
+            continue
+        hp = _group_hyperparams(group)
+        state = optimizer.state.get(p)
+        first = hp.momentum != 0 and (not state or state.get("momentum_buffer") is None)
+        out[name] = (hp.lr, hp.momentum, hp.dampening, hp.weight_decay, hp.nesterov, hp.maximize, bool(first))
+    return out
+
+
+def lookahead_weights(settings: list[SGDStepSetting] | tuple[SGDStepSetting, ...]) -> list[float]:
+    r"""FPMG's discounts for one parameter over a k-step window of ``torch.optim.SGD`` steps, exact when
+    the training loss's Hessian in that parameter is the identity (EMLC Eq. 11 for the real optimiser).
+
+    ``settings``: the window's steps ``tau = 0..k-1`` oldest first; the last is the step whose scale
+    ``s = lr c`` (:func:`sgd_direction_scale`) built the tangent. Returns ``a_tau / a_{k-1}`` per step
+    (the last is 1), where ``a_tau`` is the derivative of ``w_k`` with respect to a unit change of step
+    ``tau``'s gradient, through the torch SGD recursion with ``H_ww = I`` (``W = dw/dphi``, ``M`` the
+    buffer's derivative, ``B`` step tau's ``d^2 L / dw dphi``, ``sigma = -1`` under ``maximize``)::
+
+        dg_t = (sigma + weight_decay) W_t + sigma [t = tau] B           g = sigma grad + wd w
+        M_t  = dg_t  (first step: buf = g)   or   momentum M_{t-1} + (1 - dampening) dg_t
+        D_t  = dg_t + momentum M_t (Nesterov)   or   M_t (momentum)   or   dg_t (no momentum)
+        W_{t+1} = W_t - lr_t D_t,        W_tau = M_{tau-1} = 0
+
+    (the buffer and the weights at the window's start are held constant, as in the one-step
+    meta-gradient). Plain SGD without weight decay gives ``(1 - lr)^(k-1-tau)``: EMLC's
+    ``gamma = 1 - eta`` (Proposition 2).
+    """
+    k = len(settings)
+    lr, mom, damp, _, nest, maxi, first = settings[-1]
+    s_last = lr * sgd_direction_scale(mom, nest, first, dampening=damp, maximize=maxi)
+    out = []
+    for tau in range(k):
+        w = m = 0.0
+        for t in range(tau, k):
+            lr, mom, damp, wd, nest, maxi, first = settings[t]
+            sigma = -1.0 if maxi else 1.0
+            dg = (sigma + wd) * w + (sigma if t == tau else 0.0)
+            if mom == 0:
+                d = dg
+            else:
+                m = dg if first else mom * m + (1.0 - damp) * dg
+                d = dg + mom * m if nest else m
+            w = w - lr * d
+        out.append(-w / s_last if s_last else 0.0)
+    return out

@@ -18,9 +18,14 @@ label is ``q_i = w_i onehot(y~_i) + (1 - w_i) y_hat_i`` (:func:`~noisylabels.met
   meta-parameter function the engine computes ``(1/n) sum_i (J_w z_i . t)^T J_alpha q_i``, which is
   Eq. 10's ``J_w log p_i`` product because ``sum_c q_c = 1`` (tests check both).
 * k > 1 (Algorithm 1, Eq. 11 by FPMG, Algorithm 2): the teacher is fixed for k student steps and
-  updated when ``t mod k = k - 1`` by the discounted sum (gamma = 1 - eta) over the k stored steps
-  (:func:`noisylabels.meta.lookahead_contributions`). **An approximation**: it drops the student's
-  Hessian (exact only when ``H_ww = I``).
+  updated when ``t mod k = k - 1`` by the discounted sum over the k stored steps
+  (:func:`noisylabels.meta.lookahead_contributions`). The paper's discount ``gamma = 1 - eta``
+  assumes plain SGD; here each step's discount is derived for the student's actual torch SGD
+  (momentum buffer, dampening, Nesterov, weight decay, each step's lr;
+  :func:`noisylabels.meta.virtual_step.lookahead_weights`), so that FPMG equals the exact unrolled
+  gradient when ``H_ww = I`` (momentum 0.9 makes ``gamma^j`` 56% off at k = 4 even then).
+  **An approximation** still: it drops the student's Hessian ``H_ww`` (its curvature), and holds
+  the weights and momentum buffer at the window's start constant in alpha.
 
 Choices where the paper is silent (or only the public code ``MitchellKT/Enhanced-Meta-Label-Correction``
 at commit 4ef6fe0 speaks):

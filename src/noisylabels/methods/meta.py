@@ -42,7 +42,7 @@ from ..errors import UserError
 from ..losses import get_loss_fn
 from ..meta import (META_GRADIENTS, StoredStep, assign_grads, lookahead_contributions, meta_gradient,
                     per_example_weights)
-from ..meta.virtual_step import _check_sgd
+from ..meta.virtual_step import _check_sgd, sgd_step_settings
 from .base import Method
 from .context import MethodContext, StepOutput
 
@@ -61,6 +61,12 @@ def _int_option(method: str, name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise UserError(f"{method}: {name} must be an integer >= {low}, got {value!r}")
     return value
+
+
+def _setting(values: Sequence[Any]) -> tuple:
+    """A stored step's SGD setting back from a checkpoint (lr, momentum, dampening, weight decay, then three flags)."""
+    lr, mom, damp, wd, nest, maxi, first = values
+    return (float(lr), float(mom), float(damp), float(wd), bool(nest), bool(maxi), bool(first))
 
 
 @contextmanager
@@ -149,7 +155,8 @@ class MetaNetMethod(MetaMethod):
         k of a k-step look-ahead (EMLC, Taraday & Baskin 2023, Algorithm 1 and Eq. 11): phi is held
         fixed for k real steps and updated once, at steps with ``t mod k = k - 1``, by the
         discounted sum of the k steps' contributions (:func:`noisylabels.meta.lookahead_contributions`,
-        FPMG; gamma = 1 - lr). An approximation that drops the student's Hessian; needs
+        FPMG; EMLC's gamma = 1 - lr generalised to the run's SGD: momentum, Nesterov, weight decay,
+        each step's lr). An approximation that drops the student's Hessian; needs
         ``meta_interval = 1`` and a JVP ``meta_gradient``. The k - 1 stored student copies are its
         memory cost.
     meta_lr, meta_weight_decay, meta_optimizer, meta_momentum, meta_nesterov:
@@ -233,10 +240,6 @@ class MetaNetMethod(MetaMethod):
         for opt in self.meta_opts:
             opt.step()
 
-    def lookahead_discount(self, ctx: MethodContext) -> float:
-        """EMLC's gamma_w = 1 - eta_w (Proposition 2) with the student's current learning rate."""
-        return 1.0 - float(ctx.optimizer.param_groups[0]["lr"])
-
     def note(self, **values: Tensor) -> None:
         """Values of the current loss-layer call to record (the last call before the real step wins)."""
         self._notes = {k: v.detach() for k, v in values.items()}
@@ -252,7 +255,22 @@ class MetaNetMethod(MetaMethod):
             self.init_meta_net(ctx)
         self.meta_net.to(ctx.device)
         self.meta_opts = self.build_meta_optimizers()
-        self.meta_opt = self.meta_opts[0]
+
+    @property
+    def meta_opt(self) -> torch.optim.Optimizer:
+        """phi's (first) optimiser: always ``meta_opts[0]``, so a shared meta-network has one."""
+        return self.meta_opts[0]
+
+    def share_meta_net(self, owner: "MetaNetMethod") -> None:
+        """Train ``owner``'s meta-network with ``owner``'s optimisers (multi-task meta-training, e.g.
+        NARL's transfer protocol): afterwards both methods hold the same module *and* the same
+        optimiser objects, so every method's meta step moves the shared phi through one optimiser
+        state. Call after both are set up."""
+        if not isinstance(owner, MetaNetMethod) or type(owner) is not type(self):
+            raise UserError(f"share_meta_net: a {type(self).__name__} can share the meta-network of another "
+                            f"{type(self).__name__} only, got {type(owner).__name__}")
+        self.meta_net = owner.meta_net
+        self.meta_opts = owner.meta_opts
 
     @property
     def phi(self) -> list[Tensor]:
@@ -280,7 +298,7 @@ class MetaNetMethod(MetaMethod):
                 notes = self._notes
                 extra = lookahead_contributions(
                     ctx.model, steps=self._window, tangent=res.tangent or {}, phi=self.phi, offset=1,
-                    gamma=self.lookahead_discount(ctx),
+                    optimizer=ctx.optimizer,
                     loss_layer=lambda z, st: self.loss_layer(z, st.y, x=st.x, index=st.index))
                 grads = [g + e for g, e in zip(grads, extra)]
                 self._window, self._notes = [], notes
@@ -302,7 +320,7 @@ class MetaNetMethod(MetaMethod):
                 return self.loss_layer(z, t, x=x, index=index)
 
             if k > 1:  # Algorithm 1: phi fixed; keep w^(tau) and the batch for Eq. 11
-                self._window.append(StoredStep.capture(ctx.model, x=x, y=y, index=index))
+                self._window.append(StoredStep.capture(ctx.model, x=x, y=y, index=index, optimizer=ctx.optimizer))
             z = ctx.model(x)
         with frozen(self.phi):
             loss = layer(z, ys).mean()
@@ -331,7 +349,8 @@ class MetaNetMethod(MetaMethod):
             out["window"] = [{"x": st.x, "y": st.y, "index": st.index, "params": st.params,
                               "rng": st.rng[0] if st.rng is not None else torch.zeros(0, dtype=torch.uint8),
                               "cuda_rng": st.rng[1] if st.rng is not None and st.rng[1] is not None
-                              else torch.zeros(0, dtype=torch.uint8)} for st in self._window]
+                              else torch.zeros(0, dtype=torch.uint8),
+                              "sgd": {n: list(v) for n, v in (st.sgd or {}).items()}} for st in self._window]
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -345,8 +364,18 @@ class MetaNetMethod(MetaMethod):
             self._window = [StoredStep(x=w["x"].to(dev), y=w["y"].to(dev), index=w["index"].to(dev),
                                        params={n: t.to(dev) for n, t in w["params"].items()},
                                        rng=(w["rng"], w["cuda_rng"] if w["cuda_rng"].numel() else None, dev)
-                                       if w["rng"].numel() else None)
+                                       if w["rng"].numel() else None,
+                                       sgd={n: _setting(v) for n, v in w["sgd"].items()} if "sgd" in w
+                                       else self._current_sgd_settings())
                             for w in state["window"]]
+
+    def _current_sgd_settings(self) -> dict[str, tuple] | None:
+        """A window stored before steps kept their SGD setting: the optimiser's current one (buffers
+        present), so such a checkpoint still resumes (its first window's discounts assume it)."""
+        if self.ctx is None:
+            return None
+        settings = sgd_step_settings(self.ctx.optimizer, dict(self.ctx.model.named_parameters()))
+        return {n: v[:-1] + (False,) for n, v in settings.items()}
 
 
 class ExampleWeightingMethod(MetaMethod):

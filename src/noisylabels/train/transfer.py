@@ -9,7 +9,8 @@ and snapshots ``theta^(T/3)``, ``theta^(2T/3)``, ``theta^(T)`` are saved into on
 How the tasks are interleaved is not specified by the paper; here (:func:`noisylabels.train.lockstep.fit_lockstep`)
 every task has its own classifier, optimiser, noise realisation and meta batches, their training
 steps alternate round-robin, and each task's meta step (every ``meta_interval``-th of *its* steps)
-updates the one shared adjuster with the one shared Adam state. Snapshots are taken at the end of
+updates the one shared adjuster with the one shared Adam state
+(:meth:`~noisylabels.methods.meta.MetaNetMethod.share_meta_net`). Snapshots are taken at the end of
 epochs ``round(T/3)``, ``round(2T/3)`` and ``T`` (``T`` = epochs).
 """
 
@@ -29,7 +30,7 @@ from .lockstep import fit_lockstep
 from .loop import Run, TrainContext
 from .rundir import register
 
-__all__ = ["parse_task", "default_tasks", "meta_train_adjuster", "ASYMMETRIC_MAPS"]
+__all__ = ["parse_task", "default_tasks", "meta_train_adjuster", "tie_adjusters", "ASYMMETRIC_MAPS"]
 
 #: the class-dependent ("asymmetric") map used for each dataset's default tasks
 ASYMMETRIC_MAPS = {"cifar10": "cifar10-asym", "mnist": "mnist-asym", "fashion-mnist": "fashion-asym",
@@ -61,6 +62,16 @@ def _snapshot_epochs(epochs: int, count: int = 3) -> list[int]:
     """Epoch counts after which a snapshot is taken: ``round(k T / count)``, k = 1..count (distinct)."""
     out = sorted({max(1, round(k * epochs / count)) for k in range(1, count + 1)})
     return out
+
+
+def tie_adjusters(ctxs: Sequence[TrainContext]) -> None:
+    """Make every task's NARL train task 0's adjuster with task 0's optimiser (one module, one
+    optimiser state: every task's meta step moves the shared adjuster)."""
+    shared = ctxs[0].method
+    if not isinstance(shared, NARL):
+        raise UserError(f"narl-train meta-trains the narl method; got {type(shared).__name__}")
+    for ctx in ctxs[1:]:
+        ctx.method.share_meta_net(shared)  # type: ignore[attr-defined]
 
 
 def meta_train_adjuster(base: Mapping[str, Any], tasks: Sequence[str], *, out: str | Path,
@@ -113,13 +124,6 @@ def meta_train_adjuster(base: Mapping[str, Any], tasks: Sequence[str], *, out: s
     snaps_path = out / "adjuster_snapshots.pt"
     snaps: dict[int, dict[str, torch.Tensor]] = {}
 
-    def tie(ctxs: list[TrainContext]) -> None:
-        shared = ctxs[0].method
-        assert isinstance(shared, NARL)
-        for ctx in ctxs[1:]:
-            ctx.method.meta_net = shared.meta_net  # type: ignore[attr-defined]
-            ctx.method.meta_opt = shared.meta_opt  # type: ignore[attr-defined]
-
     def on_begin(start: int, runs: list[Run]) -> None:
         if start and snaps_path.is_file():
             saved = torch.load(snaps_path, map_location="cpu", weights_only=True)
@@ -144,7 +148,7 @@ def meta_train_adjuster(base: Mapping[str, Any], tasks: Sequence[str], *, out: s
             if other:
                 raise UserError(f"cannot resume narl-train in {out} with other tasks: it holds {', '.join(other)}; "
                                 "give the same --task flags, or start anew with --overwrite")
-        summaries = fit_lockstep(cfgs, tie=tie, resume=resume, on_epoch_end=on_epoch_end, on_begin=on_begin,
+        summaries = fit_lockstep(cfgs, tie=tie_adjusters, resume=resume, on_epoch_end=on_epoch_end, on_begin=on_begin,
                                  on_built=claim.start, overwrite=True)
         return _write_adjuster(base, summaries, out, path, snaps, snap_epochs, tasks)
 
