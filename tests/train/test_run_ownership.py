@@ -317,3 +317,12 @@ def test_two_train_processes_started_together_one_runs_and_one_is_refused(tmp_pa
     assert f"pid {winner[0]}" in _one_line(loser[2]) and "Traceback" not in loser[2]
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "finished" and s["epochs_run"] == 3
+
+
+def test_detect_rewrites_the_records_a_cross_fit_wrote(tmp_path, capsys):
+    # train --folds writes label_issues.csv and joint.png; `detect --run` replaces them as the run's own
+    out = tmp_path / "cf"
+    assert main(["train", "--out", str(out), "--folds", "2", *SMALL]) == 0
+    assert {"label_issues.csv", "joint.png"} <= set(read_marker(out)["manifest"])
+    code = main(["detect", "--run", str(out)])
+    assert code == 0, capsys.readouterr().err

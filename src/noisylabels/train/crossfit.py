@@ -187,10 +187,12 @@ def _crossfit(cfg: dict[str, Any], *, folds: int, progress: bool, data: RunData,
                                "fold_runs": fold_summaries}
     if detect:
         from ..detect.report import load_run_inputs, plot_joint, run_detection, write_issues_csv
+        from .rundir import register
 
         result = run_detection(load_run_inputs(out))
         write_issues_csv(out / "label_issues.csv", result)
         try:
+            register(out / "joint.png")  # the run's own record: a later `detect --run` may rewrite it
             plot_joint(out / "joint.png", result)
         except Exception as exc:  # a plot must never lose the results
             summary["plot_error"] = str(exc)
