@@ -44,6 +44,8 @@ CONFIGS: dict[str, tuple[list[str], str]] = {
     "rmnw-code": (["--method", "rmnw-net", *META, "--set", "method.meta_optimizer=adam", "--set",
                    "method.normalize=sum"], "rmnw-net with MW-Net's code settings (Adam, sum normalisation)"),
     "emlc-lr0.1": (["--method", "emlc", *CLEAN_META, "--set", "method.meta_lr=0.1"], "EMLC, teacher lr 0.1 (CPU suites)"),
+    "emlc-random": (["--method", "emlc", *CLEAN_META, "--set", "method.corruption=random"],
+                    "EMLC, gate BCE with random (not adversarial) corruption"),
     "rmnw-sgd-sum": (["--method", "rmnw-net", *META, "--set", "method.normalize=sum"],
                      "rmnw-net: SGD weight net, sum normalisation"),
     "rmnw-adam-none": (["--method", "rmnw-net", *META, "--set", "method.meta_optimizer=adam"],
