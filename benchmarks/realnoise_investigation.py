@@ -50,6 +50,7 @@ CONFIGS: dict[str, tuple[list[str], str]] = {
                      "rmnw-net: SGD weight net, sum normalisation"),
     "rmnw-adam-none": (["--method", "rmnw-net", *META, "--set", "method.meta_optimizer=adam"],
                        "rmnw-net: Adam weight net, Eq. 2 unnormalised"),
+    "ce-3000": (["--set", "data.train_subset=3000"], "CE on 3000 images: the meta methods' student pool without the meta set"),
     "gce0.65": (["--loss", "gce", "--set", "loss.q=0.65"], "ERM with GCE at q = 0.65 (A-GCE's q at initialisation)"),
     "narl-metalr0.01": (["--method", "narl", *CLEAN_META, "--set", "method.meta_lr=0.01"], "A-GCE, meta lr 1e-2"),
 }
