@@ -141,6 +141,41 @@ def row(run: Path) -> dict[str, object] | None:
     return out
 
 
+def record_epochs(run: Path) -> list[str]:
+    """Per epoch, from ``sample_records.npz``: AUROC of minus each record for the wrong labels, the
+    share of samples with margin < 0 and the wrong labels among them (NARL), the gate's share above
+    1/2 and its Spearman correlation with the teacher's p(given) (EMLC; for runs recorded before
+    ``teacher_p_given`` existed it is ``(q_given - gate) / (1 - gate)``, exact by Eq. 5)."""
+    import csv
+
+    from scipy.stats import spearmanr
+
+    rec = _records(run)
+    if not rec:
+        return []
+    with open(run / "labels.csv", newline="") as fh:
+        lab = {int(r["index"]): r["clean_label"] != r["observed_label"] for r in csv.DictReader(fh)}
+    wrong = np.array([lab[int(i)] for i in rec["index"]])
+    lines = []
+    for k, e in enumerate(rec["epochs"]):
+        parts = [f"epoch {int(e)}:"]
+        v = {n: rec[n][k] for n in rec if n not in ("epochs", "index") and rec[n].ndim == 2}
+        if "gate" in v and "q_given" in v and "teacher_p_given" not in v:
+            v["teacher_p_given"] = (v["q_given"] - v["gate"]) / np.clip(1 - v["gate"], 1e-6, None)
+        for n, x in v.items():
+            parts.append(f"AUROC(-{n}) {_auroc(-x, wrong):.3f}")
+        if "margin" in v:
+            low = v["margin"] < 0
+            parts.append(f"margin<0 {low.mean():.2f} (wrong among them {wrong[low].mean():.3f})")
+            if "q" in v:
+                parts.append(f"corr(q, margin) {np.corrcoef(v['q'], v['margin'])[0, 1]:.2f}")
+        if "gate" in v:
+            parts.append(f"gate>1/2 {np.mean(v['gate'] > 0.5):.3f} (wrong {np.mean(v['gate'][wrong] > 0.5):.3f}), "
+                         f"rho(gate, teacher p_given) {spearmanr(v['gate'], v['teacher_p_given'])[0]:.2f}")
+        lines.append("    " + " ".join(parts))
+    return lines
+
+
 def cmd_table(a: argparse.Namespace) -> None:
     def pct(v: object) -> str:
         return "-" if v is None else f"{100 * float(v):.2f}"  # type: ignore[arg-type]
@@ -163,6 +198,7 @@ def cmd_table(a: argparse.Namespace) -> None:
             for row_ in m:
                 vals = " ".join(f"{k}={row_.get(k):.3f}" for k in keys if isinstance(row_.get(k), float))
                 print(f"    ep {row_['epoch']}: test {row_.get('test_accuracy', 0):.4f} {vals}")
+            print("\n".join(record_epochs(Path(a.runs) / name)))
 
 
 def main() -> None:
