@@ -291,3 +291,28 @@ def test_a_window_checkpointed_without_sgd_settings_still_resumes(tmp_path, one_
     assert all(st.sgd and not any(v[-1] for v in st.sgd.values()) for st in m._window)
     next(it)  # the window closes: the teacher's update runs
     assert m._window == []
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_detection_is_the_teachers_probability_of_the_given_label_whatever_the_gate_learned(tmp_path, flip):
+    """Issue 20: the gate's direction depends on the run (it ranked CIFAR-10N's wrong labels inversely);
+    the detection score is minus the teacher classifier's p(given label), computed here by hand."""
+    ctx = build_context(run_cfg(tmp_path, **QUICK))
+    m = ctx.method
+    with torch.no_grad():  # a gate pointing one way or the other
+        last = m.meta_net.gate_mlp[-1]
+        last.weight.mul_(-1.0 if flip else 1.0)
+    m.start_epoch(ctx)
+    b = next(iter(ctx.loader("train", shuffle=False, augment=False)))
+    m.loss_layer(ctx.model(b.x), b.y, x=b.x, index=b.index)
+    m.record(b.index, **m._notes)
+    m.end_epoch(ctx)
+    with torch.no_grad():
+        logits, _ = m.meta_net.encode(b.x)
+        p = torch.exp(logits - torch.logsumexp(logits, dim=1, keepdim=True))
+        want = -p[torch.arange(len(b.y)), b.y].numpy()
+    scores = m.sample_scores(ctx, torch.zeros(len(ctx.data.splits["train"]), 10), ctx.data.labels[ctx.data.splits["train"]])
+    pos = {int(i): k for k, i in enumerate(ctx.data.splits["train"])}
+    got = scores.numpy()[[pos[int(i)] for i in b.index]]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert m.score_column == "score_neg_teacher_p_given"

@@ -395,3 +395,30 @@ def test_narl_real_step_uses_the_updated_adjuster_theta_t_plus_1(tmp_path):
     for a, c in zip(got, want):
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-7)
     assert max(float((a - c).abs().max()) for a, c in zip(want, delayed)) > 1e-5  # the test can tell them apart
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_detection_ranks_low_margins_first_whichever_way_the_adjuster_points(tmp_path, flip):
+    """Issue 20: the detection score must not depend on the direction the adjuster learned (A-GCE's q
+    ranked human-label errors inversely on CIFAR-10N). The score is -margin, computed here by hand."""
+    ctx = build_context(run_cfg(tmp_path, **{"method.name": "narl", "data.train_subset": 300}))
+    m = ctx.method
+    with torch.no_grad():  # an adjuster whose q increases (or, flipped, decreases) with the margin
+        m.meta_net.fc1.weight.fill_(1.0)
+        m.meta_net.fc1.bias.zero_()
+        m.meta_net.fc2.weight.fill_(-0.05 if flip else 0.05)
+        m.meta_net.fc2.bias.zero_()
+    m.start_epoch(ctx)
+    idx = ctx.data.splits["train"]
+    g = torch.Generator().manual_seed(1)
+    z = 3 * torch.randn(len(idx), ctx.data.num_classes, generator=g)
+    y = ctx.data.labels[idx]
+    m.loss_layer(z, y, x=torch.zeros(len(idx), 1), index=idx)
+    m.record(idx, **m._notes)
+    m.end_epoch(ctx)
+    scores = m.sample_scores(ctx, torch.softmax(z, 1), y).numpy()
+    by_hand = np.array([float(torch.cat([z[i, :y[i]], z[i, y[i] + 1:]]).max() - z[i, y[i]]) for i in range(len(idx))])
+    np.testing.assert_allclose(scores, by_hand, rtol=1e-5, atol=1e-5)  # suspicion = max_{j != y} z_j - z_y
+    q = m.selected_record("q")
+    assert (np.corrcoef(q, -scores)[0, 1] < 0) == flip  # q's direction did flip; the score did not
+    assert m.score_column == "score_neg_margin"

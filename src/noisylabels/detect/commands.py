@@ -18,8 +18,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import UserError
 from .filter import FILTER_METHODS
+from .relabel import relabel_rule
 from .report import RANK_CHOICES
 
 __all__ = ["add_parsers", "cmd_detect", "cmd_export", "cmd_crossfit", "export_labels"]
@@ -49,9 +52,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     how = e.add_mutually_exclusive_group(required=True)
     how.add_argument("--drop-issues", action="store_true", help="leave out the samples flagged is_label_issue")
     how.add_argument("--relabel", action="store_true",
-                     help="give flagged samples their suggested label (those below --min-confidence are left out)")
+                     help="give flagged samples their suggested label where the evidence supports it (the others are "
+                          "left out)")
     e.add_argument("--min-confidence", type=float, default=None, metavar="P",
-                   help="with --relabel: relabel only when p(suggested) >= P; other flagged samples are left out")
+                   help="with --relabel: relabel only when p(suggested) >= P (default: the threshold calibrated on the "
+                        "out-of-sample probabilities); other flagged samples are left out")
     e.add_argument("--out", required=True, help="the CSV to write (an existing file is refused unless --overwrite)")
     e.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out (never an input: the run's files, the labels CSV it trained on)")
@@ -96,7 +101,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
                "num_flagged": int(result.is_issue.sum()), "filter_by": result.filter_by, "rank_by": result.rank_by,
                "top_confusions": [{"given": inputs.classes[i], "probably": inputs.classes[j], "fraction": q}
                                   for i, j, q in est.top_confusions(args.top)],
-               "joint": est.joint, "classes": inputs.classes, "notes": result.notes}
+               "joint": est.joint, "classes": inputs.classes, "notes": result.notes,
+               "scoring_accuracy": result.scoring_accuracy, "scoring_accuracy_on": result.scoring_reference}
     atomic_write_text(out / "detect_summary.json", json.dumps(to_jsonable(summary), indent=2) + "\n")
     print(format_summary(result, top=args.top))
     try:
@@ -184,10 +190,19 @@ def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence
     the defaults when there is none. An existing ``out`` is refused unless ``overwrite``; an
     input (the run's files, the labels CSV it trained from) never, with or without it.
 
+    ``relabel``: a flagged sample gets its suggested label only where the evidence supports it
+    (:func:`noisylabels.detect.relabel.relabel_decisions`): ``p(suggested)`` at least
+    ``min_confidence``, by default the threshold calibrated on the out-of-sample probabilities
+    (above it the suggestion is right more often than wrong), and never a class the scoring
+    models get wrong more often than right out of sample; the other flagged samples are left out.
+
     Returns
     -------
     dict
-        Counts: ``kept``, ``relabelled``, ``dropped``, ``written``.
+        Counts: ``kept``, ``relabelled``, ``dropped`` (of which ``below_threshold`` and
+        ``unsupported_class``), ``written``; with ``relabel`` also the ``threshold`` used,
+        whether it was ``calibrated``, the models' out-of-sample ``accuracy``, its ``reference``
+        rows and the ``refused_classes``.
     """
     from ..train.records import atomic_write_text, csv_cell
     from .report import load_run_inputs, run_detection, write_issues_csv
@@ -217,7 +232,14 @@ def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence
     by_index = {int(r["index"]): r for r in rows}
     info = json.loads((run / "pred_probs.json").read_text()) if (run / "pred_probs.json").is_file() else {}
     test_from_training = bool(info.get("test_from_training_images", False))
-    counts = {"kept": 0, "relabelled": 0, "dropped": 0, "written": 0}
+    counts: dict[str, Any] = {"kept": 0, "relabelled": 0, "dropped": 0, "written": 0, "below_threshold": 0,
+                              "unsupported_class": 0}
+    rule = None
+    if mode == "relabel":
+        rule = relabel_rule(inputs.labels, inputs.pred_probs, split=inputs.split, held_out=inputs.held_out,
+                            min_confidence=min_confidence, test_trusted=inputs.test_trusted)
+        counts.update(threshold=rule.threshold, calibrated=rule.calibrated, accuracy=rule.accuracy,
+                      reference=rule.reference, refused_classes=[inputs.classes[j] for j in np.flatnonzero(~rule.allowed)])
     lines = ["path,label,given_label,action"]
     for i, idx in enumerate(inputs.index):
         split, path = inputs.split[i] if inputs.split else "", inputs.paths[i]
@@ -233,8 +255,10 @@ def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence
                 counts["dropped"] += 1
                 continue
             sug = int(r["suggested_label"])
-            if min_confidence is not None and float(inputs.pred_probs[i, sug]) < float(min_confidence):
+            assert rule is not None
+            if not rule.allowed[sug] or float(inputs.pred_probs[i, sug]) < rule.threshold:
                 counts["dropped"] += 1
+                counts["unsupported_class" if not rule.allowed[sug] else "below_threshold"] += 1
                 continue
             label, action = inputs.classes[sug], "relabel"
             counts["relabelled"] += 1
@@ -251,6 +275,13 @@ def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence
 def cmd_export(args: argparse.Namespace) -> int:
     counts = export_labels(args.run, args.out, mode="drop" if args.drop_issues else "relabel",
                            min_confidence=args.min_confidence, overwrite=args.overwrite)
+    if args.relabel:
+        how = "calibrated: right more often than wrong above it" if counts["calibrated"] else "--min-confidence"
+        refused = ", ".join(counts["refused_classes"]) or "none"
+        print(f"relabel rule: p(suggested) >= {counts['threshold']:.3f} ({how}); scoring models' out-of-sample "
+              f"accuracy {100 * counts['accuracy']:.1f}% on {counts['reference']}; classes never relabelled to "
+              f"(precision <= 1/2): {refused}; left out: {counts['below_threshold']} below the threshold, "
+              f"{counts['unsupported_class']} to a refused class")
     print(f"wrote {args.out}: {counts['written']} rows ({counts['kept']} kept, {counts['relabelled']} relabelled, "
           f"{counts['dropped']} left out); retrain with --set data.options.labels_csv={args.out} --noise none")
     return 0

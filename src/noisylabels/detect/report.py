@@ -34,9 +34,10 @@ from ._validation import check_choice, check_labels_and_probs
 from .count import NoiseEstimate, estimate_noise
 from .filter import FILTER_METHODS, find_label_issues
 from .rank import SCORE_METHODS, _scores
+from .relabel import RELIABLE_ACCURACY, reference_rows
 
 __all__ = ["DetectInputs", "DetectionResult", "load_run_inputs", "load_user_inputs", "run_detection",
-           "write_issues_csv", "plot_joint", "format_summary", "RANK_CHOICES", "read_label_file"]
+           "write_issues_csv", "plot_joint", "format_summary", "RANK_CHOICES", "read_label_file", "scoring_accuracy"]
 
 RANK_CHOICES = (*SCORE_METHODS, "method")
 _LABEL_COLUMNS = ("given_label", "observed_label", "noisy_label", "label", "labels", "noisy", "class", "target", "y")
@@ -58,6 +59,7 @@ class DetectInputs:
     method_scores: np.ndarray | None = None  # the training method's own suspicion (higher = worse), NaN = none
     source: str = ""
     files_root: str = ""                   # where the paths are relative to, when known
+    test_trusted: bool = False             # the "test" rows carry the data set's own labels (not the user's)
 
 
 @dataclass
@@ -74,6 +76,8 @@ class DetectionResult:
     rank_by: str
     filter_by: str
     notes: list[str] = field(default_factory=list)
+    scoring_accuracy: float | None = None  # the scoring models' out-of-sample accuracy (None: no held-out rows)
+    scoring_reference: str = ""            # the rows and labels it is measured on
 
     @property
     def order(self) -> np.ndarray:
@@ -304,6 +308,12 @@ def load_run_inputs(run_dir: str | Path) -> DetectInputs:
             raise UserError(f"cannot read {d / 'pred_probs.json'}: {err}") from None
     scores = _run_array(d / "method_scores.npy", rows=len(body), kind="biuf") \
         if (d / "method_scores.npy").is_file() else None
+    try:
+        info = json.loads((d / "pred_probs.json").read_text()) if (d / "pred_probs.json").is_file() else {}
+    except (OSError, ValueError):
+        info = {}
+    test_trusted = isinstance(info, dict) and "test_from_training_images" in info and \
+        not bool(info["test_from_training_images"])
     simulated, root = True, ""
     if (d / "config.yaml").is_file():
         import yaml
@@ -317,7 +327,8 @@ def load_run_inputs(run_dir: str | Path) -> DetectInputs:
             simulated = False
     return DetectInputs(labels=labels, pred_probs=probs, classes=classes, held_out=np.asarray(held, bool),
                         index=index, split=split, paths=paths, is_noisy=noisy if simulated else None,
-                        method_scores=scores, source=str(d), files_root=root if paths is not None else "")
+                        method_scores=scores, source=str(d), files_root=root if paths is not None else "",
+                        test_trusted=test_trusted)
 
 
 # -------------------------------------------------------------------------------- detection
@@ -383,9 +394,29 @@ def run_detection(inputs: DetectInputs, *, filter_by: str = "prune_by_noise_rate
         is_issue = find_label_issues(y, p, filter_by=filter_by, allow_missing_classes=True)
         total, where_all = est.num_issues, "all rows (out-of-sample probabilities)"
     where = where_all
+    accuracy, reference, trusted = scoring_accuracy(inputs.split, held, y, p, test_trusted=inputs.test_trusted)
+    if accuracy is not None and accuracy < RELIABLE_ACCURACY:
+        what = (f"the scoring models' out-of-sample accuracy is {100 * accuracy:.1f}% (on {reference})" if trusted else
+                f"no trusted labels to measure the scoring models on: their out-of-sample agreement with the given "
+                f"labels is {100 * accuracy:.1f}% (their accuracy is higher by up to the noise rate)")
+        notes.append(f"warning: {what}; below {100 * RELIABLE_ACCURACY:.0f}% accuracy confident learning "
+                     "over-counts the wrong labels (by 15-40% at 85-89%, about twice the truth near 50%; "
+                     "benchmarks/cl_reliability.py) and many suggestions are wrong: take the count as an upper "
+                     "bound, relabel only with export's calibrated rule, or train better scoring models first")
     return DetectionResult(inputs=inputs, quality=quality, suggested=p.argmax(axis=1), is_issue=is_issue,
                            estimate=est, estimated_on=where, num_issues_estimate=int(total), rank_by=rank_by,
-                           filter_by=filter_by, notes=notes)
+                           filter_by=filter_by, notes=notes, scoring_accuracy=accuracy, scoring_reference=reference)
+
+
+def scoring_accuracy(split: list[str] | None, held_out: np.ndarray, labels: np.ndarray, pred_probs: np.ndarray, *,
+                     test_trusted: bool = False) -> tuple[float | None, str, bool]:
+    """The arg-max accuracy of the out-of-sample probabilities on
+    :func:`~noisylabels.detect.relabel.reference_rows` (``None`` when no row is out-of-sample), what
+    the rows are, and whether their labels are trusted."""
+    ref, what, trusted = reference_rows(split, held_out, pred_probs.shape[1], test_trusted=test_trusted)
+    if len(ref) == 0:
+        return None, "", False
+    return float((pred_probs[ref].argmax(axis=1) == labels[ref]).mean()), what, trusted
 
 
 # --------------------------------------------------------------------------------- outputs
@@ -442,6 +473,9 @@ def format_summary(result: DetectionResult, *, top: int = 5) -> str:
              f"  estimated noise rate        {100 * est.noise_rate:.2f}% (confident learning, on {result.estimated_on})",
              f"  estimated wrong labels      {result.num_issues_estimate} of {n}",
              f"  flagged (is_label_issue)    {int(result.is_issue.sum())} ({result.filter_by}); ranked by {result.rank_by}"]
+    if result.scoring_accuracy is not None:
+        lines.append(f"  scoring models' accuracy    {100 * result.scoring_accuracy:.2f}% out-of-sample, on "
+                     f"{result.scoring_reference}")
     conf = est.top_confusions(top)
     if conf:
         m = est.num_samples

@@ -53,6 +53,28 @@ at commit 4ef6fe0 speaks):
   the run's ordinary training augmentation.
 * Selection: the loop selects the student on the (noisy) validation split; the paper selects on
   the clean set (suites report both).
+
+Detection (``suspects.csv``, ``detection_auroc``) ranks by minus the teacher classifier's
+probability of the given label (record ``teacher_p_given``), not by the gate. The teacher's
+classifier is trained by CE on the clean set only (never on the given training labels), so this
+is an out-of-sample confidence whose direction is fixed; the gate's is not. Measured on CIFAR-10
+with CIFAR-10N human labels (issue 20, ``benchmarks/realnoise_findings.md``; ResNet-8 teacher from
+scratch, defaults): the gate ranked the wrong labels *inversely* (AUROC 0.48 -> 0.42 over 3
+epochs) while ``teacher_p_given`` ranked them the right way (0.57 -> 0.65), and the gate was
+anti-correlated with ``teacher_p_given`` (Spearman -0.22 to -0.37). Cause: the adversarial L_BCE
+corrupts a clean label to the teacher's strongest wrong class, so every target-0 label is one the
+teacher favours (its top-1 or top-2), while a weak teacher (31% accurate on the clean set after 3
+epochs) gives the true label little mass; the gate learns "the teacher likes this label -> it is
+fake". The corruption is informative only once the teacher ranks the true class first on most
+samples (the paper's teacher starts from a SimCLR backbone: ``teacher_init``).
+
+When not to use it: with a teacher trained from scratch at a small budget EMLC is below CE (issue
+20: 4 points at 15 epochs; 2.7-3.2 points at 3 epochs with teacher lr 0.02, 0.1 or random
+corruption alike: the teacher's lr is not the cause; 2.2 of those points are the 1000 images the
+meta set takes from a 4000-image subset, CE on the remaining 2700 being 0.5-1.0 above EMLC). Its gate stays near 1/2 and separates
+nothing, no wrong label is recovered (argmax ``q`` = the given label: ``label_recovery_given_wrong``
+0), and the student trains on the given label smoothed halfway toward a weak teacher's
+prediction. Use it with a pre-trained ``teacher_init`` (the paper's SimCLR backbone), or prefer CE.
 """
 
 from __future__ import annotations
@@ -191,8 +213,9 @@ class EMLC(LabelCorrectionMethod):
         the clean batch, default the training batch size as the code's 128 + 128).
     """
 
-    records = (Record("q_given"), Record("gate"))
-    detection = ("gate", -1.0)
+    records = (Record("q_given"), Record("gate"), Record("teacher_p_given"))
+    #: suspicion = minus the teacher classifier's probability of the given label (module docstring)
+    detection = ("teacher_p_given", -1.0)
     default_meta_optimizer = {"name": "sgd", "weight_decay": 0.0, "momentum": 0.0, "nesterov": False}
 
     def __init__(self, *, k: int = 1, teacher_model: str | None = None, teacher_init: str | None = None,
@@ -245,8 +268,9 @@ class EMLC(LabelCorrectionMethod):
                 torch.optim.SGD(t.gate_parameters(), lr=self.gate_lr or lr, momentum=mom, weight_decay=wd)]
 
     def soft_labels(self, z: Tensor, y: Tensor, *, x: Tensor, index: Tensor) -> Tensor:
-        q, w, _ = self.meta_net(x, y)
-        self._extra_notes = {"gate": w}
+        q, w, logits = self.meta_net(x, y)
+        p_given = F.softmax(_upcast(logits.detach()), dim=1).gather(1, y[:, None]).squeeze(1)
+        self._extra_notes = {"gate": w, "teacher_p_given": p_given}
         return q
 
     # -- Eq. 12's supervised terms ---------------------------------------------------------------------

@@ -121,7 +121,11 @@ class MNWNet(MetaWeightNet):
     code's Adam and the sum normalisation, RMNW-Net collapsed to a constant predictor in 7 of 8
     seeds at 60% uniform noise on MNIST (the normalised step concentrates on the samples of the
     classifier's currently favoured class; at a constant one-hot prediction the MAE meta-gradient
-    is exactly zero); as written, in none of 13 (``benchmarks/rmnw_collapse.py``).
+    is exactly zero); as written, in none of 13 (``benchmarks/rmnw_collapse.py``). The collapse
+    needs both: SGD + sum and Adam + unnormalised collapsed in 0 of 4 seeds each. On CIFAR-10N
+    human labels (3 epochs, ``benchmarks/realnoise_findings.md``) the four combinations were within
+    1.4 points of each other and of CE on the same images; unnormalised, the weights average about
+    0.4, which scales the student's gradient (its effective lr) by that factor.
     """
 
     meta_set_kind = "noisy"

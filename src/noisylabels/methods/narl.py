@@ -20,6 +20,28 @@ adjuster has biases (the paper's formula has none, "default PyTorch initialisati
 use ``nn.Linear``); one output head (the 2024 code's three K-means heads are a CMW-Net remnant);
 no linearisation of ``p^q`` near 0 (the 2023 code's ad-hoc ``12.9 p`` for ``p < 0.003``); the
 virtual step is the real SGD step (momentum, weight decay; the 2023 code used plain SGD).
+
+Detection (``suspects.csv``, ``detection_auroc``): the score is minus the adjuster's *input*, the
+margin (:data:`DETECTION`), not the predicted hyperparameter. The hyperparameter is a learned
+function of the margin whose direction the method does not fix: it follows whichever samples the
+meta loss wants fitted. On CIFAR-10 with human labels (issue 20, ``benchmarks/realnoise_findings.md``)
+A-GCE's ``q`` ranked the wrong labels inversely (AUROC 0.21 in the issue, 0.39 here) while the
+margin it is computed from ranked them the right way (0.64). The hyperparameters stay in the
+records (``mean_q_clean`` / ``mean_q_noisy`` per epoch).
+
+When not to use it (measured there): while the classifier is still under-fitting, most samples have
+a negative margin and most of those are *clean* (CIFAR-10N random1, ResNet-8, 6 epochs: 69-84% of
+the training samples had margin < 0 and only 19-21% of them were wrong labels, the overall noise
+rate being 17%). The meta-gradient then asks for a CE-like small ``q`` at low margins, to fit those
+clean samples, and the adjuster learns ``q`` increasing with the margin (correlation 0.66 -> 0.89
+over the epochs): the opposite of the paper's Fig. 7, which describes a classifier that already
+fits its clean samples (margin < 0 mostly on wrong labels). With few meta steps (6 epochs, meta
+step every 10th: 17 steps) the adjuster also stays near its initialisation, ``q ~ 0.6-0.65`` for
+most samples, a GCE that fits more slowly than CE: A-GCE was 4.1 points below CE (34.1% vs 38.2%;
+about 2 points of it are the 1000 images the meta set takes from the 4000, measured at 3 epochs),
+and a fixed GCE at q = 0.65 tracked A-GCE's first epochs.
+So at a short budget, a weak model or a low noise rate (17% human noise), prefer CE; A-GCE needs
+the classifier to fit the clean samples first (a longer run; ``warmup_epochs`` of plain CE).
 """
 
 from __future__ import annotations
@@ -41,7 +63,7 @@ from .context import MethodContext
 from .meta import MetaNetMethod
 from .records import Record
 
-__all__ = ["margin", "Family", "FAMILIES", "Adjuster", "NARL", "TransferNARL", "save_adjuster", "load_adjuster",
+__all__ = ["DETECTION", "margin", "Family", "FAMILIES", "Adjuster", "NARL", "TransferNARL", "save_adjuster", "load_adjuster",
            "ADJUSTER_FORMAT"]
 
 Tensor = torch.Tensor
@@ -59,6 +81,10 @@ def margin(logits: Tensor, labels: Tensor) -> Tensor:
     return z_y - others.amax(dim=1)
 
 
+#: the per-sample suspicion both A-* and T-* declare: minus the margin (low margin = likely wrong)
+DETECTION = ("margin", -1.0)
+
+
 @dataclass(frozen=True)
 class Family:
     """A robust loss whose hyperparameters the adjuster predicts.
@@ -72,9 +98,6 @@ class Family:
     scale, low, high:
         Defaults of the scale vector ``s`` (``Lambda = s * sigmoid(.)``) and of the clamp to the
         valid range applied afterwards, per hyperparameter.
-    detection_sign:
-        Suspicion = ``sign * first hyperparameter`` (q, pi1: MAE-like = suspected noisy, +1;
-        gamma1, lambda: small on noisy samples, -1).
     """
 
     loss: str
@@ -82,7 +105,6 @@ class Family:
     scale: tuple[float, ...]
     low: tuple[float, ...]
     high: tuple[float, ...]
-    detection_sign: float
 
 
 #: The four families of the paper, with the public code's scale and clamp as defaults. PolySoft's
@@ -91,10 +113,10 @@ class Family:
 #: ``d in [1.01, 20]`` keeps ``lambda > 0`` and ``d > 1``; at initialisation (sigmoid ~ 1/2)
 #: ``lambda ~ 10, d ~ 10``: nearly CE, since ``dL/dCE = (1 - CE/lambda)^(1/(d-1))``.
 FAMILIES: dict[str, Family] = {
-    "gce": Family("gce", ("q",), (1.5,), (0.01,), (1.0,), +1.0),
-    "sl": Family("sce", ("gamma1", "gamma2"), (1.0, 1.0), (0.0, 0.0), (20.0, 20.0), -1.0),
-    "polysoft": Family("polysoft", ("lam", "d"), (20.0, 20.0), (0.01, 1.01), (20.0, 20.0), -1.0),
-    "js": Family("js", ("pi1",), (1.4,), (0.01,), (0.99,), +1.0),
+    "gce": Family("gce", ("q",), (1.5,), (0.01,), (1.0,)),
+    "sl": Family("sce", ("gamma1", "gamma2"), (1.0, 1.0), (0.0, 0.0), (20.0, 20.0)),
+    "polysoft": Family("polysoft", ("lam", "d"), (20.0, 20.0), (0.01, 1.01), (20.0, 20.0)),
+    "js": Family("js", ("pi1",), (1.4,), (0.01,), (0.99,)),
 }
 
 
@@ -203,6 +225,7 @@ class NARL(MetaNetMethod):
     """
 
     own_loss = "narl"
+    detection = DETECTION
 
     def __init__(self, *, loss: str = "gce", scale: Sequence[float] | float | None = None,
                  low: Sequence[float] | float | None = None, high: Sequence[float] | float | None = None,
@@ -216,7 +239,6 @@ class NARL(MetaNetMethod):
             raise UserError(f"narl: low must not exceed high, got low={self.low}, high={self.high}")
         self.hidden = int(hidden)
         self.records = self.robust.records()
-        self.detection = (fam.hparams[0], fam.detection_sign)
         super().__init__(meta_interval=meta_interval, **options)
 
     @classmethod
@@ -308,6 +330,7 @@ class TransferNARL(Method):
     """
 
     own_loss = "t-narl"
+    detection = DETECTION
     total_epochs_matter = True
 
     def __init__(self, *, adjuster: str | None = None, loss: str | None = None, rce_A: float = LOG_1E_4) -> None:
@@ -319,7 +342,6 @@ class TransferNARL(Method):
             raise UserError(f"t-narl: {adjuster} holds a {self.info['family']} adjuster, not {loss}")
         self.robust = _Robust(self.info["family"], rce_A=rce_A)
         self.records = self.robust.records()
-        self.detection = (self.robust.family.hparams[0], self.robust.family.detection_sign)
         self.active = 0
 
     @classmethod

@@ -1,0 +1,219 @@
+"""Issue 20, "Real human labels": CE vs EMLC / NARL / RMNW-Net and the cleaning path on CIFAR-10 JPEG
+with the CIFAR-10N ``random1`` human labels (17% wrong), ResNet-8, one run at a time.
+
+Usage (from the repo root, ``PYTHONPATH=$PWD/src``)::
+
+    python3 benchmarks/realnoise_investigation.py run [--only NAME,...]   # train the configs in order
+    python3 benchmarks/realnoise_investigation.py table                   # the table from the records
+
+Each config is one ``noisylabels train`` run under ``--runs`` (default ``runs/realnoise``); a run whose
+``summary.json`` says ``finished`` is not run again. The table reads ``summary.json``,
+``metrics.jsonl`` and ``sample_records.npz`` of each run: best-validation / last / mean-of-last-5
+test accuracy, the method's own detection AUROC (at the selected epoch) next to the selected
+model's confidence AUROC, and the gate / adjuster / weight statistics per epoch (``--epochs-detail``).
+
+The budget on this shared 2-core machine forced a reduced setting (the defaults here: 4000 images,
+1000 of them the meta set for the meta methods, 1000 test images, 6 epochs; ``--epochs 3 --runs
+runs/realnoise3`` for the EMLC pair); the issue's setting is ``--subset 10000 --test-subset 0
+--epochs 15`` (a CE epoch of it took 62 s here, and each run shares the 2 cores with other jobs).
+Findings: ``benchmarks/realnoise_findings.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = "/work/shared/data"
+LABELS = f"{DATA}/cifar10n-random1.csv"
+META = ["--set", "data.meta_size=1000"]
+CLEAN_META = META + ["--set", "data.meta_set=clean"]
+
+#: name -> (extra train arguments, what it tests)
+CONFIGS: dict[str, tuple[list[str], str]] = {
+    "ce": ([], "plain CE on the whole subset (no meta set)"),
+    "narl": (["--method", "narl", *CLEAN_META], "A-GCE, defaults"),
+    "emlc": (["--method", "emlc", *CLEAN_META], "EMLC, defaults (teacher lr 0.02)"),
+    "rmnw-paper": (["--method", "rmnw-net", *META], "rmnw-net preset (SGD weight net, Eq. 2 unnormalised, noisy meta)"),
+    "rmnw-code": (["--method", "rmnw-net", *META, "--set", "method.meta_optimizer=adam", "--set",
+                   "method.normalize=sum"], "rmnw-net with MW-Net's code settings (Adam, sum normalisation)"),
+    "emlc-lr0.1": (["--method", "emlc", *CLEAN_META, "--set", "method.meta_lr=0.1"], "EMLC, teacher lr 0.1 (CPU suites)"),
+    "emlc-random": (["--method", "emlc", *CLEAN_META, "--set", "method.corruption=random"],
+                    "EMLC, gate BCE with random (not adversarial) corruption"),
+    "rmnw-sgd-sum": (["--method", "rmnw-net", *META, "--set", "method.normalize=sum"],
+                     "rmnw-net: SGD weight net, sum normalisation"),
+    "rmnw-adam-none": (["--method", "rmnw-net", *META, "--set", "method.meta_optimizer=adam"],
+                       "rmnw-net: Adam weight net, Eq. 2 unnormalised"),
+    "ce-3000": (["--set", "data.train_subset=3000"], "CE on 3000 images: the meta methods' student pool without the meta set"),
+    "gce0.65": (["--loss", "gce", "--set", "loss.q=0.65"], "ERM with GCE at q = 0.65 (A-GCE's q at initialisation)"),
+    "narl-metalr0.01": (["--method", "narl", *CLEAN_META, "--set", "method.meta_lr=0.01"], "A-GCE, meta lr 1e-2"),
+}
+
+
+def base_args(a: argparse.Namespace) -> list[str]:
+    out = ["--dataset", "cifar10", "--data-dir", DATA, "--set", f"data.options.labels_csv={LABELS}",
+           "--model", "resnet8", "--set", f"data.train_subset={a.subset}", "--epochs", str(a.epochs),
+           "--set", "train.batch_size=128", "--set", "train.num_threads=2", "--set", "train.progress=false",
+           "--seed", str(a.seed)]
+    if a.test_subset:
+        out += ["--set", f"data.test_subset={a.test_subset}"]
+    return out
+
+
+def finished(run: Path) -> bool:
+    try:
+        return json.loads((run / "summary.json").read_text()).get("status") == "finished"
+    except (OSError, ValueError):
+        return False
+
+
+def cmd_run(a: argparse.Namespace) -> None:
+    names = a.only.split(",") if a.only else list(CONFIGS)
+    for name in names:
+        run = Path(a.runs) / name
+        if finished(run):
+            print(f"{name}: finished already", flush=True)
+            continue
+        cmd = [sys.executable, "-m", "noisylabels", "train", *base_args(a), *CONFIGS[name][0], "--out", str(run),
+               "--overwrite"]
+        t0 = time.time()
+        print(f"{name}: {' '.join(cmd[3:])}", flush=True)
+        rc = subprocess.call(cmd)
+        print(f"{name}: rc {rc}, {time.time() - t0:.0f} s", flush=True)
+
+
+def _records(run: Path) -> dict[str, np.ndarray]:
+    p = run / "sample_records.npz"
+    if not p.is_file():
+        return {}
+    with np.load(p, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _auroc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Mann-Whitney AUROC (ties count one half), higher score = more likely positive."""
+    from scipy.stats import rankdata
+
+    ok = np.isfinite(score)
+    s, y = score[ok], positive[ok]
+    r = rankdata(s)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    return float((r[y].sum() - n1 * (n1 + 1) / 2) / max(1, n1 * n0))
+
+
+def row(run: Path) -> dict[str, object] | None:
+    if not (run / "summary.json").is_file():
+        return None
+    s = json.loads((run / "summary.json").read_text())
+    m = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    out: dict[str, object] = {"status": s.get("status"), "best": s.get("test_accuracy"),
+                              "last": s.get("last_test_accuracy"), "last5": s.get("last5_test_accuracy"),
+                              "auroc": s.get("detection_auroc"), "conf_auroc": s.get("confidence_detection_auroc"),
+                              "seconds": s.get("seconds_total"), "epochs": len(m), "noise": s.get("realized_noise_rate")}
+    rec = _records(run)
+    if rec:
+        import csv
+
+        with open(run / "labels.csv", newline="") as fh:
+            lab = {int(r["index"]): (int(r["clean_label"]), int(r["observed_label"])) for r in csv.DictReader(fh)}
+        idx = rec["index"]
+        wrong = np.array([lab[int(i)][0] != lab[int(i)][1] for i in idx])
+        e = int(s.get("best_epoch") or 0)
+        k = list(rec["epochs"]).index(e) if e in rec["epochs"] else -1
+        for name in ("gate", "q", "weight", "q_given", "margin"):
+            if name in rec:
+                v = rec[name][k]
+                out[f"{name}_clean"] = float(np.nanmean(v[~wrong]))
+                out[f"{name}_wrong"] = float(np.nanmean(v[wrong]))
+                if name == "gate":
+                    out["gate_trusted"] = float(np.nanmean(v > 0.5))
+                    out["gate_trusted_wrong"] = float(np.nanmean(v[wrong] > 0.5))
+                out[f"auroc_neg_{name}"] = _auroc(-v, wrong)
+    for key in ("label_recovery_given_wrong",):
+        if key in s:
+            out[key] = s[key]
+    return out
+
+
+def record_epochs(run: Path) -> list[str]:
+    """Per epoch, from ``sample_records.npz``: AUROC of minus each record for the wrong labels, the
+    share of samples with margin < 0 and the wrong labels among them (NARL), the gate's share above
+    1/2 and its Spearman correlation with the teacher's p(given) (EMLC; for runs recorded before
+    ``teacher_p_given`` existed it is ``(q_given - gate) / (1 - gate)``, exact by Eq. 5)."""
+    import csv
+
+    from scipy.stats import spearmanr
+
+    rec = _records(run)
+    if not rec:
+        return []
+    with open(run / "labels.csv", newline="") as fh:
+        lab = {int(r["index"]): r["clean_label"] != r["observed_label"] for r in csv.DictReader(fh)}
+    wrong = np.array([lab[int(i)] for i in rec["index"]])
+    lines = []
+    for k, e in enumerate(rec["epochs"]):
+        parts = [f"epoch {int(e)}:"]
+        v = {n: rec[n][k] for n in rec if n not in ("epochs", "index") and rec[n].ndim == 2}
+        if "gate" in v and "q_given" in v and "teacher_p_given" not in v:
+            v["teacher_p_given"] = (v["q_given"] - v["gate"]) / np.clip(1 - v["gate"], 1e-6, None)
+        for n, x in v.items():
+            parts.append(f"AUROC(-{n}) {_auroc(-x, wrong):.3f}")
+        if "margin" in v:
+            low = v["margin"] < 0
+            parts.append(f"margin<0 {low.mean():.2f} (wrong among them {wrong[low].mean():.3f})")
+            if "q" in v:
+                parts.append(f"corr(q, margin) {np.corrcoef(v['q'], v['margin'])[0, 1]:.2f}")
+        if "gate" in v:
+            parts.append(f"gate>1/2 {np.mean(v['gate'] > 0.5):.3f} (wrong {np.mean(v['gate'][wrong] > 0.5):.3f}), "
+                         f"rho(gate, teacher p_given) {spearmanr(v['gate'], v['teacher_p_given'])[0]:.2f}")
+        lines.append("    " + " ".join(parts))
+    return lines
+
+
+def cmd_table(a: argparse.Namespace) -> None:
+    def pct(v: object) -> str:
+        return "-" if v is None else f"{100 * float(v):.2f}"  # type: ignore[arg-type]
+
+    print("| config | setting | best-val / last / last-5 test acc | method AUROC | confidence AUROC | stats | s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, (_, what) in CONFIGS.items():
+        r = row(Path(a.runs) / name)
+        if r is None:
+            continue
+        stats = ", ".join(f"{k} {v:.3f}" for k, v in r.items() if isinstance(v, float) and
+                          k.split("_")[0] in ("gate", "q", "weight", "margin", "auroc", "label") and k != "auroc")
+        auroc = "-" if r["auroc"] is None else f"{r['auroc']:.3f}"
+        conf = "-" if r["conf_auroc"] is None else f"{r['conf_auroc']:.3f}"
+        print(f"| {name} | {what} | {pct(r['best'])} / {pct(r['last'])} / {pct(r['last5'])} | {auroc} | {conf} | "
+              f"{stats} | {r['seconds']:.0f} ({r['epochs']} ep, {r['status']}) |")
+        if a.epochs_detail:
+            m = [json.loads(x) for x in (Path(a.runs) / name / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            keys = [k for k in m[0] if k.startswith(("mean_", "detection_auroc", "label_recovery_given_wrong"))]
+            for row_ in m:
+                vals = " ".join(f"{k}={row_.get(k):.3f}" for k in keys if isinstance(row_.get(k), float))
+                print(f"    ep {row_['epoch']}: test {row_.get('test_accuracy', 0):.4f} {vals}")
+            print("\n".join(record_epochs(Path(a.runs) / name)))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=("run", "table"))
+    p.add_argument("--runs", default="runs/realnoise")
+    p.add_argument("--only", default="")
+    p.add_argument("--subset", type=int, default=4000)
+    p.add_argument("--test-subset", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs-detail", action="store_true")
+    a = p.parse_args()
+    cmd_run(a) if a.what == "run" else cmd_table(a)
+
+
+if __name__ == "__main__":
+    main()
