@@ -30,6 +30,7 @@ from noisylabels.data import (
     validate_labels,
 )
 from noisylabels.data import cache as cache_mod
+from noisylabels.data import decode as decode_mod
 from noisylabels.data import imagefolder as imagefolder_mod
 from noisylabels.data.registry import candidate_data_dirs
 from noisylabels.errors import UserError
@@ -471,13 +472,13 @@ def test_cache_second_load_skips_decoding(tmp_path, monkeypatch):
     _make_folder(src)
     z = _zip_dir(src, tmp_path / "t.zip")
     calls = {"n": 0}
-    real = imagefolder_mod._decode_one
+    real = decode_mod._decode_one
 
     def counting(data, where):
         calls["n"] += 1
         return real(data, where)
 
-    monkeypatch.setattr(imagefolder_mod, "_decode_one", counting)
+    monkeypatch.setattr(decode_mod, "_decode_one", counting)
     first = create_dataset("imagefolder", path=z, cache_dir=tmp_path / "c")
     assert calls["n"] > 0
     assert len(list((tmp_path / "c").glob("*.npy"))) == 2  # train and test
@@ -486,13 +487,13 @@ def test_cache_second_load_skips_decoding(tmp_path, monkeypatch):
     def boom(data, where):
         raise AssertionError("decoded despite cache")
 
-    monkeypatch.setattr(imagefolder_mod, "_decode_one", boom)
+    monkeypatch.setattr(decode_mod, "_decode_one", boom)
     second = create_dataset("imagefolder", path=z, cache_dir=tmp_path / "c")
     assert np.array_equal(first.x_train, second.x_train) and np.array_equal(first.x_test, second.x_test)
     # a corrupt cache entry is rebuilt
     for f in (tmp_path / "c").glob("*.npy"):
         f.write_bytes(b"\x93NUMPY garbage")
-    monkeypatch.setattr(imagefolder_mod, "_decode_one", counting)
+    monkeypatch.setattr(decode_mod, "_decode_one", counting)
     calls["n"] = 0
     third = create_dataset("imagefolder", path=z, cache_dir=tmp_path / "c")
     assert calls["n"] > 0 and np.array_equal(first.x_train, third.x_train)

@@ -60,9 +60,10 @@ def write_records(run_dir: str | os.PathLike[str], files: Mapping[str, bytes]) -
         dest = (root / name).resolve()
         if root not in dest.parents:
             raise UserError(f"a Ray task returned a record outside its run folder: {name!r}")
-        from ..train.records import _atomic
+        from ..io import atomic_write_bytes
+        from ..train.rundir import register
 
-        _atomic(dest, lambda tmp, data=files[name]: Path(tmp).write_bytes(data))
+        atomic_write_bytes(dest, files[name], on_write=register)  # registered in the run's manifest
 
 
 def _ray_task(fn_path: str, cfg: dict[str, Any], threads: int) -> dict[str, Any]:

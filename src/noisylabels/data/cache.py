@@ -20,12 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..io import atomic_save_npy
 
 __all__ = [
     "CACHE_VERSION",
@@ -100,26 +101,10 @@ def save_array(path: str | os.PathLike[str], array: np.ndarray) -> bool:
     bool
         ``False`` when the folder could not be written (the cache is then skipped).
     """
-    p = Path(path)
-    tmp_name = None
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp_name, 0o666 & ~mask)  # mkstemp creates 0600: give the cache file the user's usual permissions
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, p)
+    try:  # fsync: other processes read the cache
+        atomic_save_npy(path, np.ascontiguousarray(array), fsync=True)
         return True
     except OSError:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
         return False
 
 

@@ -11,7 +11,7 @@ Accepted sources, searched in this order in each candidate data folder:
   ``cifar10-test-jpeg.zip``), read with the ``imagefolder`` reader, classes in
   CIFAR-10 label order. Only this source accepts ``labels_csv``.
 
-The pickles are read with a restricted unpickler (:func:`noisylabels.data.safe_pickle.restricted_load`):
+The pickles are read with a restricted unpickler (:func:`noisylabels.io.safe_pickle.restricted_load`):
 dicts, lists, bytes, strings, numbers and numpy arrays only; a file naming any other callable
 is a one-line error and nothing in it runs.
 """
@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import UserError
 from .base import RawDataset, validate_labels
 from .registry import DATASETS, locate_data
-from .safe_pickle import restricted_load
+from ..io.safe_pickle import restricted_load
 
 __all__ = [
     "CIFAR10_CLASSES",

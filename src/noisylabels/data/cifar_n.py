@@ -12,7 +12,7 @@ original labels and the crowd-sourced ones:
 Loading is safe: the ``.pt`` files are ``torch.save``\\ d dicts of numpy arrays, which
 ``torch.load(weights_only=True)`` refuses unless numpy's array reconstruction is allowlisted;
 this module allowlists exactly numpy's array reconstruction for that one call
-(:func:`noisylabels.data.safe_pickle.numpy_safe_globals`, the allowlist the CIFAR batches are
+(:func:`noisylabels.io.safe_pickle.numpy_safe_globals`, the allowlist the CIFAR batches are
 read with too), so no other callable can run. A ``.npz`` export with the same keys (``np.load(allow_pickle=False)``)
 works too: ``CIFAR-10_human.npz``.
 
@@ -35,7 +35,7 @@ import numpy as np
 from ..errors import UserError
 from .base import RawDataset
 from .registry import DATASETS, candidate_data_dirs
-from .safe_pickle import numpy_safe_globals
+from ..io.safe_pickle import numpy_safe_globals
 
 __all__ = ["CIFAR10N_LABELS", "CIFAR100N_LABELS", "load_human_labels", "apply_human_labels", "load_cifar10n",
            "load_cifar100n"]
@@ -57,11 +57,11 @@ def load_human_labels(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     if not p.is_file():
         raise UserError(f"CIFAR-N label file {p} not found")
     if p.suffix.lower() == ".npz":
-        from ..safe_files import load_npz
+        from ..io import load_npz
 
         obj: Any = load_npz(p, what="CIFAR-N label file")
     else:
-        from ..safe_files import load_torch_file
+        from ..io import load_torch_file
 
         obj = load_torch_file(p, what="CIFAR-N label file", safe_globals=numpy_safe_globals(),
                               expected="CIFAR-N label file (.pt loaded safely: tensors and numpy arrays only; or .npz)")

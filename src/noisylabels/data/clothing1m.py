@@ -95,7 +95,7 @@ def load_clothing1m(*, data_dir: Path | None = None, cache_dir: Path | None = No
     require_clean:
         Error unless every training key has a clean label (then ``y_train_clean`` is set).
     """
-    from .imagefolder import ImageTree, _decode_cached
+    from .imagefolder import ImageTree, decode_cached
 
     if path is not None:
         root = resolve_path(path, data_dir, what="clothing1m path")
@@ -145,8 +145,8 @@ def load_clothing1m(*, data_dir: Path | None = None, cache_dir: Path | None = No
         key: (int(st.st_size), int(st.st_mtime_ns)) for key in train_keys + test_keys
         for st in [os.stat(root / key)]})
     opts = dict(image_size=image_size, workers=workers, cache_dir=cache_dir, cache=cache)
-    x_train = _decode_cached(tree, [(key, "") for key in train_keys], split=f"c1m-{train_list}", **opts)
-    x_test = _decode_cached(tree, [(key, "") for key in test_keys], split=f"c1m-{test_list}", **opts)
+    x_train = decode_cached(tree, [(key, "") for key in train_keys], split=f"c1m-{train_list}", **opts)
+    x_test = decode_cached(tree, [(key, "") for key in test_keys], split=f"c1m-{test_list}", **opts)
     if x_test.shape[1:3] != x_train.shape[1:3]:
         raise UserError("clothing1m: training and test images differ in size; pass image_size=")
     if x_test.shape[3] != x_train.shape[3]:

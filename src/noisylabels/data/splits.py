@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..io import atomic_save_npz
 from .base import stratified_take, validate_labels
 
 __all__ = ["make_splits", "save_splits", "load_splits", "SPLIT_NAMES"]
@@ -127,12 +128,7 @@ def save_splits(path: str | os.PathLike[str], splits: dict[str, np.ndarray]) -> 
     splits:
         ``{name: int index array}``, e.g. from :func:`make_splits`.
     """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **{k: np.asarray(v, dtype=np.int64) for k, v in splits.items()})
-    os.replace(tmp, p)
+    atomic_save_npz(path, {k: np.asarray(v, dtype=np.int64) for k, v in splits.items()})
 
 
 def load_splits(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:

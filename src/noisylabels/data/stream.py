@@ -42,6 +42,7 @@ import torch
 
 from ..errors import UserError
 from .augment import AugmentSpec, draw_crop_offsets, draw_flips
+from .decode import decode_chunk
 from .loader import Batch, BatchLoader, channel_stats
 
 __all__ = ["StreamImages", "StreamLoader", "batch_loader", "pool_channel_stats", "memory_budget",
@@ -121,9 +122,7 @@ class StreamImages:
 
     def decode(self, i: int) -> np.ndarray:
         """Image ``i`` as ``(H, W, C)`` uint8, decoded exactly as the in-memory decoder does."""
-        from .imagefolder import _decode_chunk
-
-        arr, _ = _decode_chunk(self.source, self.is_zip, [self.names[i]], self.size, self.resize)
+        arr, _ = decode_chunk(self.source, self.is_zip, [self.names[i]], self.size, self.resize)
         return arr[0, ..., : self.channels]
 
     def load(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from ..train.records import atomic_write_text, to_jsonable
+    from ..io import to_jsonable
+    from ..train.records import atomic_write_text  # registers the file in a run's manifest
     from .report import format_summary, load_run_inputs, load_user_inputs, plot_joint, run_detection, write_issues_csv
 
     if args.run:
@@ -204,7 +205,8 @@ def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence
         whether it was ``calibrated``, the models' out-of-sample ``accuracy``, its ``reference``
         rows and the ``refused_classes``.
     """
-    from ..train.records import atomic_write_text, csv_cell
+    from ..io import csv_cell
+    from ..train.records import atomic_write_text  # registers the file in a run's manifest
     from .report import load_run_inputs, run_detection, write_issues_csv
 
     run = Path(run)

@@ -134,7 +134,7 @@ def read_label_file(path: str | Path, *, num_classes: int,
         raise UserError(f"labels file {p} not found")
     paths: list[str] | None = None
     if p.suffix.lower() == ".npy":
-        from ..safe_files import load_npy
+        from ..io import load_npy
 
         raw = load_npy(p, what="labels file")
         cells = [str(v) for v in np.asarray(raw).reshape(-1)] if np.asarray(raw).ndim == 1 else None
@@ -193,7 +193,7 @@ def read_label_file(path: str | Path, *, num_classes: int,
 
 
 def _load_probs(path: str | Path) -> np.ndarray:
-    from ..safe_files import describe_bytes, load_npy
+    from ..io import describe_bytes, load_npy
 
     p = Path(path)
     if not p.is_file():
@@ -258,7 +258,7 @@ def load_user_inputs(labels_path: str | Path, probs_path: str | Path, *,
 def _run_array(p: Path, *, rows: int, kind: str) -> np.ndarray:
     """A run's 1-D per-row array (``held_out.npy``, ``method_scores.npy``), checked: a file edited
     or replaced since the run wrote it is a one-line error."""
-    from ..safe_files import load_npy
+    from ..io import load_npy
 
     arr = load_npy(p, what="run file")
     if not isinstance(arr, np.ndarray) or arr.ndim != 1 or len(arr) != rows or arr.dtype.kind not in kind:
@@ -423,7 +423,8 @@ def scoring_accuracy(split: list[str] | None, held_out: np.ndarray, labels: np.n
 
 def write_issues_csv(path: str | Path, result: DetectionResult) -> None:
     """``label_issues.csv``: every row, most suspicious first."""
-    from ..train.records import atomic_write_text, csv_cell
+    from ..io import csv_cell
+    from ..train.records import atomic_write_text  # registers the file in a run's manifest
 
     inp = result.inputs
     names = inp.classes

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from typing import Any
 
 import numpy as np
@@ -50,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..io import atomic_write_text
 from .context import MethodContext
 from .meta import MetaNetMethod
 from .records import Record
@@ -225,10 +225,7 @@ class LabelCorrectionMethod(MetaNetMethod):
         w.writerow(["index", "given", "corrected", "confidence"] + (["path"] if paths is not None else []))
         for i, g, c, p in zip(idx.cpu().tolist(), given.tolist(), corrected.tolist(), conf.tolist()):
             w.writerow([i, g, c, f"{p:.6g}"] + ([paths[i]] if paths is not None else []))
-        path = ctx.recorder.path(CORRECTED_LABELS_FILE)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, path)
+        atomic_write_text(ctx.recorder.path(CORRECTED_LABELS_FILE), buf.getvalue())
 
     # -- resume: tensors only -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..io import atomic_torch_save
 from ..losses import LOG_1E_4, get_loss_fn
 from .base import Method, register_method
 from .context import MethodContext
@@ -278,16 +279,12 @@ def save_adjuster(path: str | Path, *, family: str, adjuster: Adjuster, snapshot
         "snapshots": [{k: v.detach().cpu().clone() for k, v in s.items()} for s in snapshots],
         "snapshot_epochs": [int(e) for e in snapshot_epochs], "tasks": [str(t) for t in tasks],
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    atomic_torch_save(state, path)
 
 
 def load_adjuster(path: str | Path) -> tuple[dict[str, Any], list[Adjuster]]:
     """Read and check an adjuster file; returns its metadata and one :class:`Adjuster` per snapshot."""
-    from ..safe_files import load_torch_file
+    from ..io import load_torch_file
 
     p = Path(path)
     if not p.is_file():

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..io import atomic_save_npz
+
 __all__ = ["Record", "SampleRecords", "RECORDS_FILE"]
 
 #: the file a run's per-sample records go to
@@ -103,10 +105,7 @@ class SampleRecords:
         for name, hist in self.history.items():
             arrays[name] = np.stack([hist.get(e, np.full(n, np.nan, np.float32)) for e in epochs]) if epochs \
                 else np.zeros((0, n), np.float32)
-        path = Path(path)
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        tmp.replace(path)
+        atomic_save_npz(path, arrays, compressed=True)
 
     # -- resume: tensors only ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

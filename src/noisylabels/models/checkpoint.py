@@ -39,7 +39,7 @@ def _names(keys: Sequence[str], limit: int = 4) -> str:
 def read_state_dict(path: str | os.PathLike[str], *, what: str = "model.init_checkpoint") -> dict[str, torch.Tensor]:
     """The ``{name: tensor}`` state dict in ``path`` (see the module docstring for layouts); ``what``
     names the option in error messages (e.g. ``method.teacher_init``)."""
-    from ..safe_files import load_torch_file
+    from ..io import load_torch_file
 
     p = Path(path).expanduser()
     obj: Any = load_torch_file(p, what=what, expected="state dict")

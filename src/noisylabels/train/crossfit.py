@@ -216,6 +216,6 @@ def _crossfit(cfg: dict[str, Any], *, folds: int, progress: bool, data: RunData,
 
 
 def _jsonable(x: Any) -> Any:
-    from .records import to_jsonable
+    from ..io import to_jsonable
 
     return to_jsonable(x)

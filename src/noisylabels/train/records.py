@@ -7,84 +7,36 @@ leaves a half-written record behind.
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..config import save_config
 from ..errors import UserError
+from ..io import atomic_torch_save as _io_torch_save
+from ..io import atomic_write, csv_cell, read_metrics, to_jsonable
+from ..io import atomic_write_text as _io_write_text
 from .rundir import RUN_MARKERS, register
 
 __all__ = ["RunRecorder", "atomic_write_text", "atomic_torch_save", "to_jsonable", "csv_cell", "RUN_MARKERS",
            "read_metrics"]
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-epoch rows of a run's ``metrics.jsonl`` (one dict per epoch, in order)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def to_jsonable(value: Any) -> Any:
-    """Convert numpy/torch scalars and arrays, and non-finite floats (as null), for JSON."""
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return to_jsonable(value.detach().cpu().tolist())
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return v if math.isfinite(v) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
-
-
-def csv_cell(text: str) -> str:
-    """``text`` as one CSV cell (quoted when it holds a comma, quote or line break)."""
-    text = str(text)
-    if any(c in text for c in ',"\n\r'):
-        return '"' + text.replace('"', '""') + '"'
-    return text
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    register(path)  # in a run directory: into its manifest, so a later --overwrite removes it (and only it)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a record gets the permissions of any file the user writes
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # in a run directory: into its manifest on first write, so a later --overwrite removes it (and only it)
+    atomic_write(path, write, on_write=register)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+    """Write ``text`` atomically and register ``path`` in its run directory's manifest."""
+    _io_write_text(path, text, on_write=register)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` atomically and register ``path`` in its run directory's manifest."""
+    _io_torch_save(obj, path, on_write=register)
 
 
 class RunRecorder:
@@ -162,7 +114,7 @@ class RunRecorder:
         p = self.path("checkpoint.pt")
         if not p.is_file():
             return None
-        from ..safe_files import load_torch_file
+        from ..io import load_torch_file
 
         # tensors and plain containers only: a checkpoint can never run code
         try:

@@ -27,6 +27,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import UserError
+from ..io import atomic_write_text
 
 __all__ = ["MARKER", "LOCK", "RUN_MARKERS", "RunDir", "register", "read_marker", "check_run_dir", "mark_run_dir"]
 
@@ -53,9 +54,7 @@ def read_marker(folder: str | Path) -> dict[str, Any] | None:
 
 
 def _write_marker(folder: Path, marker: dict[str, Any]) -> None:
-    tmp = folder / f"{MARKER}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(marker, indent=1) + "\n")
-    os.replace(tmp, folder / MARKER)
+    atomic_write_text(folder / MARKER, json.dumps(marker, indent=1) + "\n")
 
 
 def mark_run_dir(folder: str | Path) -> dict[str, Any]:

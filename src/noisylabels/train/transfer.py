@@ -24,6 +24,7 @@ import torch
 
 from ..config import set_value
 from ..errors import UserError
+from ..io import atomic_torch_save
 from ..methods.narl import NARL, save_adjuster
 from ..noise import list_noise_types
 from .lockstep import fit_lockstep
@@ -133,10 +134,7 @@ def meta_train_adjuster(base: Mapping[str, Any], tasks: Sequence[str], *, out: s
         if epoch + 1 in snap_epochs:
             net = runs[0].ctx.method.meta_net  # type: ignore[attr-defined]
             snaps[epoch + 1] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-            tmp = snaps_path.with_name(f".{snaps_path.name}.tmp")
-            register(snaps_path)
-            torch.save({str(e): sd for e, sd in snaps.items()}, tmp)
-            tmp.replace(snaps_path)
+            atomic_torch_save({str(e): sd for e, sd in snaps.items()}, snaps_path, on_write=register)
 
     from .rundir import RunDir, read_marker
 
