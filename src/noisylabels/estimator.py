@@ -4,7 +4,7 @@ noisy-label method on the library's loop, predict, and find the wrong labels.
 The shape of the API follows cleanlab's ``CleanLearning``: ``fit(X, y)``, ``predict``,
 ``predict_proba``, ``score``, and ``find_label_issues(X, y)`` returning per-sample label
 quality, the suggested label and ``is_label_issue`` from cross-fitted probabilities
-(:func:`noisylabels.train.crossfit.crossfit` with the same method and model). Unlike
+(:func:`noisylabels.train.crossfit.crossfit_pred_probs` with the same method and model). Unlike
 ``CleanLearning``, the noise is handled by the training ``method`` itself (GCE, MW-Net, ...)
 instead of by dropping the flagged samples before a final fit.
 
@@ -237,7 +237,7 @@ class NoisyLabelClassifier(ClassifierMixin, BaseEstimator):
             wrong labels is ``label_issues_['num_issues_estimate']``.
         """
         from .detect import estimate_noise, find_label_issues, label_quality_scores
-        from .train.crossfit import crossfit
+        from .train.crossfit import crossfit_pred_probs
 
         if X is None or y is None:
             raise ValueError("find_label_issues needs X and y (the data whose labels to check)")
@@ -250,7 +250,7 @@ class NoisyLabelClassifier(ClassifierMixin, BaseEstimator):
             # every sample is cross-fitted: the validation split selects each fold's epoch only
             old = torch.get_num_threads()
             try:
-                crossfit(cfg, folds=int(self.folds), data=data, detect=False)
+                crossfit_pred_probs(cfg, folds=int(self.folds), data=data)
             finally:
                 torch.set_num_threads(old)
             probs = np.load(f"{out}/pred_probs.npy", allow_pickle=False).astype(np.float64)
