@@ -33,7 +33,7 @@ def cmd_narl_train(args: argparse.Namespace) -> int:
     overrides.setdefault("out", "runs/narl-train")
     cfg = resolve_config(config_file=args.config, overrides=overrides, assignments=args.set)
     cfg["train"]["progress"] = not args.quiet  # one line per epoch for all tasks (bars would interleave)
-    from ..train.loop import check_names
+    from ..train.build import check_names
 
     check_names(cfg)  # names, options and weight files before any data are loaded
     tasks = args.task or default_tasks(str(cfg["data"]["name"]))

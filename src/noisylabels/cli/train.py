@@ -25,9 +25,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 
-_RESUME_FREE = ("out", "train.progress", "train.num_threads", "data.cache_dir", "data.dir")
-
-
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(d, dict) or (prefix and not d and prefix.endswith("options")):
         return {prefix: d} if prefix else {}
@@ -45,7 +42,7 @@ def _resume_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """The saved config of the run in ``out``, with the flags given now applied when they are
     safe (more epochs) and refused, naming them, when they would change the run."""
     from ..config import load_config, parse_assignment, set_value, validate
-    from ..train.loop import check_more_epochs
+    from ..train.resume import RESUME_FREE_DOTTED, check_more_epochs
 
     if not (out / "config.yaml").is_file():
         raise UserError(f"cannot resume: {out / 'config.yaml'} not found")
@@ -71,7 +68,7 @@ def _resume_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         given.append((key, f"--set {text}"))
     before, after = _flatten(saved), _flatten(new)
     differ = sorted(k for k in set(before) | set(after)
-                    if k not in _RESUME_FREE and before.get(k) != after.get(k))
+                    if k not in RESUME_FREE_DOTTED and before.get(k) != after.get(k))
     if differ == ["train.epochs"]:
         check_more_epochs(new, before=int(saved["train"]["epochs"]), run=0)
     elif differ:
@@ -129,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..config import resolve_config
     from ..methods import METHODS
     from ..train import fit
-    from ..train.loop import check_names
+    from ..train.build import check_names
     from ..train.rundir import check_run_dir
 
     if args.resume and args.overwrite:

@@ -119,7 +119,7 @@ def crossfit_pred_probs(cfg: dict[str, Any], *, folds: int = 5, progress: bool =
         true number.
     """
     from ..config import load_config
-    from .loop import _create_method, resolve_method_defaults
+    from .build import build_method, resolve_method_defaults
 
     from .rundir import RunDir
 
@@ -131,7 +131,7 @@ def crossfit_pred_probs(cfg: dict[str, Any], *, folds: int = 5, progress: bool =
         same = False
     with RunDir(out, resume=same, overwrite=overwrite) as claim:  # locked; nothing removed before the data are read
         if data is None:
-            data = prepare_data(cfg, needs_meta_set=_create_method(cfg).needs_meta_set)
+            data = prepare_data(cfg, needs_meta_set=build_method(cfg).needs_meta_set)
         claim.start()
         return _crossfit(cfg, folds=folds, progress=progress, data=data, report=report)
 
