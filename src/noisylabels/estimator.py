@@ -4,7 +4,7 @@ noisy-label method on the library's loop, predict, and find the wrong labels.
 The shape of the API follows cleanlab's ``CleanLearning``: ``fit(X, y)``, ``predict``,
 ``predict_proba``, ``score``, and ``find_label_issues(X, y)`` returning per-sample label
 quality, the suggested label and ``is_label_issue`` from cross-fitted probabilities
-(:func:`noisylabels.train.crossfit.crossfit` with the same method and model). Unlike
+(:func:`noisylabels.train.crossfit.crossfit_pred_probs` with the same method and model). Unlike
 ``CleanLearning``, the noise is handled by the training ``method`` itself (GCE, MW-Net, ...)
 instead of by dropping the flagged samples before a final fit.
 
@@ -153,12 +153,12 @@ class NoisyLabelClassifier(ClassifierMixin, BaseEstimator):
 
     def _run_data(self, X: np.ndarray, y: np.ndarray, cfg: dict[str, Any]):
         from .data import channel_stats, make_splits
-        from .train.loop import _create_method
+        from .train.build import build_method
         from .train.prepare import RunData, derive_seed, resolve_meta_size
 
         k = len(self.classes_)
         images = self._to_images(X)
-        method = _create_method(cfg)
+        method = build_method(cfg)
         meta = resolve_meta_size(cfg["data"]["meta_size"], len(y), needs_meta_set=method.needs_meta_set)
         try:
             splits = make_splits(y, val_fraction=float(self.val_fraction), meta_size=meta,
@@ -190,7 +190,7 @@ class NoisyLabelClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X: Any, y: Any) -> NoisyLabelClassifier:
         """Train on ``X`` (n_samples, n_features) with the (noisy) labels ``y``."""
         from .train import fit as train_fit
-        from .train.loop import _create_model
+        from .train.build import build_model
 
         X, y_enc = self._encode(X, y)
         with tempfile.TemporaryDirectory(prefix="noisylabels-") as out:
@@ -201,7 +201,7 @@ class NoisyLabelClassifier(ClassifierMixin, BaseEstimator):
                 summary = train_fit(cfg, data=data, progress=False)
             finally:
                 torch.set_num_threads(old)
-            model = _create_model(cfg, data)
+            model = build_model(cfg, data)
             model.load_state_dict(torch.load(f"{out}/best_model.pt", map_location="cpu", weights_only=True))
         model.eval()
         self.model_ = model
@@ -211,7 +211,7 @@ class NoisyLabelClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(n_samples, n_classes)``, columns in ``classes_`` order."""
-        from .train.loop import predict_proba
+        from .train.context import predict_proba
 
         check_is_fitted(self, "model_")
         X = _validate(self, X, reset=False)
@@ -237,7 +237,7 @@ class NoisyLabelClassifier(ClassifierMixin, BaseEstimator):
             wrong labels is ``label_issues_['num_issues_estimate']``.
         """
         from .detect import estimate_noise, find_label_issues, label_quality_scores
-        from .train.crossfit import crossfit
+        from .train.crossfit import crossfit_pred_probs
 
         if X is None or y is None:
             raise ValueError("find_label_issues needs X and y (the data whose labels to check)")
@@ -250,7 +250,7 @@ class NoisyLabelClassifier(ClassifierMixin, BaseEstimator):
             # every sample is cross-fitted: the validation split selects each fold's epoch only
             old = torch.get_num_threads()
             try:
-                crossfit(cfg, folds=int(self.folds), data=data, detect=False)
+                crossfit_pred_probs(cfg, folds=int(self.folds), data=data)
             finally:
                 torch.set_num_threads(old)
             probs = np.load(f"{out}/pred_probs.npy", allow_pickle=False).astype(np.float64)

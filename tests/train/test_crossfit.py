@@ -12,7 +12,8 @@ from noisylabels.config import resolve_config
 from noisylabels.detect import estimate_noise
 from noisylabels.errors import UserError
 from noisylabels.train import fit
-from noisylabels.train.crossfit import crossfit, fold_assignment
+from noisylabels.detect.crossfit import crossfit
+from noisylabels.train.crossfit import fold_assignment
 
 from tests.helpers import run_cfg
 

@@ -8,10 +8,10 @@ itself is an optional extra used only by the tests):
 * :func:`find_label_issues` -- a boolean mask, or flagged indices ranked by severity;
 * :func:`estimate_noise` -- confident learning's joint of given and true labels, noise
   matrices, the noise rate and the number of wrong labels (Northcutt et al. 2021);
-* :func:`issues_table` / :func:`summarize` -- the table ``noisylabels detect`` writes.
+* :mod:`~noisylabels.detect.report` -- the table and plot ``noisylabels detect`` writes.
 
 Give these functions out-of-sample (cross-fitted) probabilities: ``noisylabels train
---folds K`` or :func:`noisylabels.train.crossfit.crossfit_pred_probs` make them.
+--folds K`` or :func:`noisylabels.detect.crossfit.crossfit` make them.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Confident learning (Northcutt et al. 2021, Sec. 4) assumes out-of-sample probabilities:
 a model that trained on a wrong label has fitted it, so its in-sample probabilities rank
 the wrong labels about as well but make the confident joint nearly diagonal and the count
-of wrong labels far too small. :func:`crossfit` splits the training split into ``K``
+of wrong labels far too small. :func:`crossfit_pred_probs` splits the training split into ``K``
 stratified folds (``sklearn.model_selection.StratifiedKFold``, shuffled with a seed derived
 from the run seed, stratified on the labels training sees) and trains ``K`` models with the
 run's own loop (:func:`noisylabels.train.fit`), model ``k`` on the other ``K - 1`` folds,
@@ -17,7 +17,8 @@ Records in ``out``: ``fold-<k>/`` (each fold's full run records), and at the top
 ``pred_probs.npy`` / ``held_out.npy`` / ``pred_probs.json`` (see :mod:`noisylabels.train.scoring`),
 ``labels.csv``, ``splits.npz``, ``config.yaml``, ``folds.npz`` (``fold``: the fold of each row,
 -1 for rows outside the training split; ``train_<k>``: the pool indices model ``k`` trained
-on), ``label_issues.csv``, ``joint.png`` and ``summary.json`` (the count estimate).
+on) and ``summary.json``; :func:`noisylabels.detect.crossfit.crossfit` adds ``label_issues.csv``,
+``joint.png`` and the count estimate (``train`` never imports ``detect``).
 A fold whose records hold a finished run of the same config is reused, not retrained.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,10 @@ from .prepare import RunData, derive_seed, prepare_data
 from .records import RunRecorder, _atomic, atomic_write_text
 from .scoring import write_pred_probs
 
-__all__ = ["crossfit", "fold_assignment"]
+__all__ = ["crossfit_pred_probs", "fold_assignment", "Report"]
+
+# report(out, data, probs, summary) -> fields added to the summary
+Report = Callable[[Path, RunData, np.ndarray, dict[str, Any]], dict[str, Any]]
 
 
 def fold_assignment(labels: np.ndarray, *, folds: int, seed: int) -> np.ndarray:
@@ -80,8 +85,9 @@ def _fold_is_done(out: Path, cfg: dict[str, Any]) -> bool:
     return summary.get("status") == "finished" and same and (out / "pred_probs.npy").is_file()
 
 
-def crossfit(cfg: dict[str, Any], *, folds: int = 5, progress: bool = False,
-             data: RunData | None = None, detect: bool = True, overwrite: bool = False) -> dict[str, Any]:
+def crossfit_pred_probs(cfg: dict[str, Any], *, folds: int = 5, progress: bool = False,
+             data: RunData | None = None, overwrite: bool = False,
+                        report: Report | None = None) -> dict[str, Any]:
     """Train ``folds`` models on ``folds - 1`` folds of the training split each; write
     out-of-sample ``pred_probs.npy`` for every sample (see the module docstring).
 
@@ -96,12 +102,14 @@ def crossfit(cfg: dict[str, Any], *, folds: int = 5, progress: bool = False,
         elsewhere), and one line per finished fold; ``False``: quiet.
     data:
         Pre-built :class:`RunData` (default: built from ``cfg``).
-    detect:
-        Also write ``label_issues.csv`` / ``joint.png`` and the count estimate.
     overwrite:
         Replace a run of another config in ``cfg['out']`` (removing only its records, after the
         data are read); without it such a folder is refused. A cross-fit of the same config
         continues (finished folds are reused).
+    report:
+        ``report(out, data, probs, summary) -> dict``, called with the cross-fitted probabilities
+        before ``summary.json`` is written; its fields join the summary
+        (:func:`noisylabels.detect.crossfit.crossfit` runs detection here).
 
     Returns
     -------
@@ -111,7 +119,7 @@ def crossfit(cfg: dict[str, Any], *, folds: int = 5, progress: bool = False,
         true number.
     """
     from ..config import load_config
-    from .loop import _create_method, resolve_method_defaults
+    from .build import build_method, resolve_method_defaults
 
     from .rundir import RunDir
 
@@ -123,12 +131,12 @@ def crossfit(cfg: dict[str, Any], *, folds: int = 5, progress: bool = False,
         same = False
     with RunDir(out, resume=same, overwrite=overwrite) as claim:  # locked; nothing removed before the data are read
         if data is None:
-            data = prepare_data(cfg, needs_meta_set=_create_method(cfg).needs_meta_set)
+            data = prepare_data(cfg, needs_meta_set=build_method(cfg).needs_meta_set)
         claim.start()
-        return _crossfit(cfg, folds=folds, progress=progress, data=data, detect=detect)
+        return _crossfit(cfg, folds=folds, progress=progress, data=data, report=report)
 
 
-def _crossfit(cfg: dict[str, Any], *, folds: int, progress: bool, data: RunData, detect: bool) -> dict[str, Any]:
+def _crossfit(cfg: dict[str, Any], *, folds: int, progress: bool, data: RunData, report: Report | None) -> dict[str, Any]:
     from ..config import save_config
     from .loop import fit
 
@@ -185,32 +193,8 @@ def _crossfit(cfg: dict[str, Any], *, folds: int, progress: bool, data: RunData,
                                "noise": cfg["noise"]["type"], "noise_rate": float(cfg["noise"]["rate"]),
                                "seed": seed, "num_rows": n_rows, "num_train": len(train_idx),
                                "fold_runs": fold_summaries}
-    if detect:
-        from ..detect.report import load_run_inputs, plot_joint, run_detection, write_issues_csv
-        from .rundir import register
-
-        result = run_detection(load_run_inputs(out))
-        write_issues_csv(out / "label_issues.csv", result)
-        try:
-            register(out / "joint.png")  # the run's own record: a later `detect --run` may rewrite it
-            plot_joint(out / "joint.png", result)
-        except Exception as exc:  # a plot must never lose the results
-            summary["plot_error"] = str(exc)
-        train_rows = np.zeros(n_rows, dtype=bool)
-        train_rows[train_idx] = True
-        truth = data.is_noisy.numpy()
-        from ..detect.count import estimate_noise
-
-        est_train = estimate_noise(data.labels.numpy()[train_idx], probs[train_idx], allow_missing_classes=True)
-        summary.update({
-            "estimated_noise_rate_train": est_train.noise_rate,
-            "estimated_num_issues_train": est_train.num_issues,
-            "estimated_noise_rate": result.estimate.noise_rate,
-            "estimated_num_issues": result.num_issues_estimate,
-            "num_flagged": int(result.is_issue.sum()),
-            "num_flagged_train": int(result.is_issue[train_rows].sum()),
-            "true_num_wrong_train": int(truth[train_idx].sum()) if cfg["noise"]["type"] != "none" else None,
-        })
+    if report is not None:  # e.g. detection on the probabilities, in the same summary
+        summary.update(report(out, data, probs, summary))
     atomic_write_text(out / "summary.json", json.dumps(_jsonable(summary), indent=2) + "\n")
     return summary
 

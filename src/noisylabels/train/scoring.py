@@ -24,7 +24,7 @@ __all__ = ["pool_and_test_probs", "write_pred_probs"]
 def pool_and_test_probs(model: torch.nn.Module, data: RunData, *, batch_size: int,
                         device: torch.device) -> np.ndarray:
     """Softmax outputs ``(N_pool + N_test, K)`` (float32) of ``model`` on the pool, then the test set."""
-    from .loop import predict_proba
+    from .context import predict_proba
 
     kw = dict(mean=data.mean, std=data.std, batch_size=batch_size, device=device)
     pool = predict_proba(model, data.images.to(device), None, **kw)

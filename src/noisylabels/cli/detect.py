@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from .filter import FILTER_METHODS
-from .relabel import relabel_rule
-from .report import RANK_CHOICES
+from ..detect.filter import FILTER_METHODS
+from ..detect.relabel import relabel_rule
+from ..detect.report import RANK_CHOICES
 
 __all__ = ["add_parsers", "cmd_detect", "cmd_export", "cmd_crossfit", "export_labels"]
 
@@ -65,7 +65,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_detect(args: argparse.Namespace) -> int:
     from ..io import to_jsonable
     from ..train.records import atomic_write_text  # registers the file in a run's manifest
-    from .report import format_summary, load_run_inputs, load_user_inputs, plot_joint, run_detection, write_issues_csv
+    from ..detect.report import format_summary, load_run_inputs, load_user_inputs, plot_joint, run_detection, write_issues_csv
 
     if args.run:
         if args.pred_probs:
@@ -207,7 +207,7 @@ def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence
     """
     from ..io import csv_cell
     from ..train.records import atomic_write_text  # registers the file in a run's manifest
-    from .report import load_run_inputs, run_detection, write_issues_csv
+    from ..detect.report import load_run_inputs, run_detection, write_issues_csv
 
     run = Path(run)
     if mode not in ("drop", "relabel"):
@@ -291,14 +291,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_crossfit(cfg: dict[str, Any], args: argparse.Namespace) -> int:
     """``noisylabels train --folds K``."""
-    from ..train.crossfit import crossfit
-    from .report import format_summary, load_run_inputs, run_detection
+    from ..detect.crossfit import crossfit
+    from ..detect.report import format_summary, load_run_inputs, run_detection
 
     if args.resume:
         raise UserError("--resume does not apply to --folds (finished folds are reused automatically)")
     summary = crossfit(cfg, folds=args.folds, progress=not args.quiet,
                        overwrite=bool(getattr(args, "overwrite", False)))
-    from ..cli import _noise_text
+    from .common import _noise_text
 
     print(f"noisylabels cross-fit ({args.folds} folds) {cfg['method']['name']} ({cfg['loss']['name']}, "
           f"{cfg['model']['name']}) on {cfg['data']['name']}, {_noise_text(cfg)}, seed {cfg['seed']}")

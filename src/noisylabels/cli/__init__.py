@@ -1,0 +1,76 @@
+"""Command-line interface: ``noisylabels train | noise | narl-train | bench | detect | export | datasets | methods | models | losses | config``.
+
+User errors (:class:`~noisylabels.errors.UserError`) print one line on stderr and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ..errors import UserError
+from .bench import _add_bench, cmd_bench
+from .listing import _add_noise, cmd_config, cmd_list, cmd_noise
+from .narl import _add_narl_train, cmd_narl_train
+from .train import _add_train, cmd_train
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="noisylabels", description="Learning with noisy labels.")
+    parser.add_argument("--version", action="version", version=f"noisylabels {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    _add_train(sub)
+    _add_noise(sub)
+    _add_narl_train(sub)
+    _add_bench(sub)
+    from .detect import add_parsers as _add_detect_parsers
+
+    _add_detect_parsers(sub)  # detect, export
+    for name, what in (("datasets", "datasets"), ("methods", "training methods"), ("models", "models"),
+                       ("losses", "losses")):
+        sub.add_parser(name, help=f"list the registered {what}")
+    p = sub.add_parser("config", help="print the default run config as commented YAML (a --config file)")
+    p.add_argument("--method", help="the config a run of this method resolves to: its preset loss, meta set and "
+                                    "options at their defaults")
+    return parser
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "noise":
+            return cmd_noise(args)
+        if args.command == "narl-train":
+            return cmd_narl_train(args)
+        if args.command == "bench":
+            return cmd_bench(args)
+        if args.command in ("detect", "export"):
+            from . import detect as commands
+
+            return commands.cmd_detect(args) if args.command == "detect" else commands.cmd_export(args)
+        if args.command in ("datasets", "methods", "models", "losses"):
+            return cmd_list(args.command)
+        if args.command == "config":
+            return cmd_config(args)
+        parser.print_help()
+        return 0
+    except UserError as exc:
+        print(f"noisylabels: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("noisylabels: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""A run's state (:class:`TrainContext`, what a method sees), assembled by :func:`make_context`
+(:func:`noisylabels.train.loop.build_context` checks the names and loads the data first);
+:func:`predict_proba` / :func:`evaluate` score a model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..data import Batch, BatchLoader
+from ..data.stream import batch_loader
+from ..errors import UserError
+from ..losses import create_loss
+from ..methods import MetaBatch, Method
+from ..seeding import derive_seed
+from .build import build_model, build_run_schedule, check_meta_settings
+from .optim import build_optimizer
+from .prepare import RunData
+from .records import RunRecorder
+
+__all__ = ["TrainContext", "make_context", "predict_proba", "evaluate"]
+
+
+@dataclass
+class TrainContext:
+    """The run's state; satisfies :class:`noisylabels.methods.MethodContext` (what a method sees)."""
+
+    cfg: dict[str, Any]
+    data: RunData
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: Callable[..., torch.Tensor]
+    method: Method
+    device: torch.device
+    recorder: RunRecorder
+    steps_per_epoch: int
+    epoch: int = 0
+    step: int = 0
+    schedule_start_epoch: int = 0   # > 0 after restart_schedule (saved in checkpoints)
+    best: dict[str, Any] = field(default_factory=dict)  # the validation-selected epoch so far
+    extra: dict[str, Any] = field(default_factory=dict)
+    _meta_streams: dict[int, Iterator[Batch]] = field(default_factory=dict, repr=False)
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg["seed"])
+
+    @property
+    def epochs(self) -> int:
+        return int(self.cfg["train"]["epochs"])
+
+    def start_epoch(self, epoch: int) -> None:
+        """Set the epoch and restart the meta-batch streams (seeded by ``(seed, epoch)``)."""
+        self.epoch = int(epoch)
+        self._meta_streams.clear()
+
+    def next_meta_batch(self, batch_size: int | None = None) -> MetaBatch:
+        """The next batch of the meta split (shuffled, augmented like training), on the device."""
+        bs = int(batch_size or self.cfg["train"]["batch_size"])
+        stream = self._meta_streams.get(bs)
+        if stream is None:
+            stream = self._meta_streams[bs] = self._meta_stream(bs)
+        b = next(stream)
+        return MetaBatch(self.to_device(b.x), b.y.to(self.device), b.index.to(self.device))
+
+    def _meta_stream(self, batch_size: int) -> Iterator[Batch]:
+        if len(self.data.splits["meta"]) == 0:
+            raise UserError(f"method {self.cfg['method']['name']!r} asked for meta batches but the meta set is empty")
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, f"meta-{self.epoch}"))
+        while True:
+            yield from self.loader("meta", shuffle=True, augment=True, batch_size=batch_size, generator=gen)
+
+    @property
+    def lr(self) -> float:
+        """Learning rate of the current step (what ``optimizer.step`` will use)."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def loader(self, split: str | torch.Tensor, *, shuffle: bool, augment: bool, batch_size: int | None = None,
+               generator: torch.Generator | None = None, drop_last: bool = False) -> BatchLoader:
+        """Batches of the training pool restricted to ``split`` (a name or index tensor)."""
+        idx = self.data.splits[split] if isinstance(split, str) else split
+        return batch_loader(self.images, self.labels, idx, batch_size=batch_size or int(self.cfg["train"]["batch_size"]),
+                           shuffle=shuffle, mean=self.data.mean, std=self.data.std,
+                           augment=self.data.augment if augment else None, generator=generator,
+                           drop_last=drop_last)
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.extra["images"]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.extra["labels"]
+
+    def predict(self, split: str | torch.Tensor = "train", *, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Softmax outputs of ``model`` (default: the one being trained; eval mode, no augmentation)
+        on a split of the pool."""
+        idx = self.data.splits[split] if isinstance(split, str) else split
+        return predict_proba(self.model if model is None else model, self.images, idx.to(self.images.device), mean=self.data.mean,
+                             std=self.data.std, batch_size=int(self.cfg["train"]["eval_batch_size"]),
+                             device=self.device)
+
+    def restart_schedule(self, start_epoch: int) -> None:
+        """Restart the learning-rate schedule at ``start_epoch`` over the remaining epochs and clear
+        the optimiser's state (used by two-stage methods that retrain from scratch)."""
+        self.schedule_start_epoch = int(start_epoch)
+        self.optimizer.state.clear()
+        self.scheduler = build_run_schedule(self.optimizer, self.cfg, self.steps_per_epoch, self.schedule_start_epoch)
+
+    def reinit_model(self) -> None:
+        """Re-initialise the model's weights in place (deterministic from the run seed)."""
+        fresh = build_model(self.cfg, self.data, seed=derive_seed(int(self.cfg["seed"]), f"reinit-{self.epoch}"))
+        self.model.load_state_dict(fresh.state_dict())
+
+    def reset_model_selection(self) -> None:
+        """Forget the best-validation epoch so far (e.g. after a first training stage)."""
+        self.best.clear()
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """``zero_grad``, ``backward``, optional gradient-norm clipping, ``optimizer.step`` (through
+        the fp16 gradient scaler when ``train.amp: fp16``)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        scaler = self.extra.get("scaler")
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        self.clip_and_step()
+
+    def clip_and_step(self) -> None:
+        """Optional gradient-norm clipping (``train.clip_grad_norm``), then ``optimizer.step``."""
+        clip = self.cfg["train"]["clip_grad_norm"]
+        scaler = self.extra.get("scaler")
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
+        if scaler is None:
+            self.optimizer.step()
+        else:
+            scaler.step(self.optimizer)
+            scaler.update()
+
+    def autocast(self) -> Any:
+        """The autocast context of the training steps (``train.amp``; a no-op for ``none``)."""
+        amp = str(self.cfg["train"].get("amp", "none")).lower()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        return torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of inputs on the run's device, in the model's memory format."""
+        x = x.to(self.device)
+        if self.cfg["train"].get("channels_last") and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, images: torch.Tensor, indices: torch.Tensor | None, *,
+                  mean: tuple[float, ...], std: tuple[float, ...], batch_size: int,
+                  device: torch.device) -> torch.Tensor:
+    """Softmax outputs of ``model`` (eval mode, no augmentation) on ``images[indices]``."""
+    idx = torch.arange(len(images)) if indices is None else indices
+    dummy = torch.zeros(len(images), dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    out = []
+    for batch in batch_loader(images, dummy, idx, batch_size=batch_size, shuffle=False, mean=mean, std=std):
+        out.append(torch.softmax(model(batch.x.to(device)).float(), dim=1).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 1)
+
+
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None, *,
+             mean: tuple[float, ...], std: tuple[float, ...], batch_size: int,
+             device: torch.device) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``images[indices]`` against ``labels``."""
+    probs = predict_proba(model, images, indices, mean=mean, std=std, batch_size=batch_size, device=device)
+    y = labels if indices is None else labels[indices]
+    if len(y) == 0:
+        return {"accuracy": float("nan"), "loss": float("nan")}
+    p_y = probs.gather(1, y[:, None]).clamp_min(1e-12)
+    return {"accuracy": float((probs.argmax(1) == y).float().mean()), "loss": float(-p_y.log().mean())}
+
+
+def make_context(cfg: dict[str, Any], data: RunData, device: torch.device, recorder: RunRecorder,
+                 method: Method) -> TrainContext:
+    """A :class:`TrainContext` for a resolved ``cfg`` on built ``data``: model, loss, optimiser and schedule."""
+    model = build_model(cfg, data).to(device)
+    tcfg = cfg["train"]
+    amp = str(tcfg.get("amp", "none")).lower()
+    check_meta_settings(cfg, method)
+    if tcfg.get("cudnn_benchmark"):
+        torch.backends.cudnn.benchmark = True
+    if tcfg.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    if tcfg.get("compile"):
+        model.compile()  # in place: parameter names and state_dict keys stay those of the model
+    lcfg = dict(cfg["loss"])
+    loss_name = lcfg.pop("name")
+    own = method.loss_name({k: v for k, v in cfg["method"].items() if k != "name"})
+    loss_fn = create_loss("ce" if own is not None else loss_name, **lcfg)
+    if hasattr(loss_fn, "to"):
+        loss_fn = loss_fn.to(device)
+    if method.needs_meta_set and len(data.splits["meta"]) == 0:
+        raise UserError(f"method {cfg['method']['name']!r} needs a meta set: set data.meta_size > 0 (--meta-size)")
+    optimizer = build_optimizer(model.parameters(), cfg["optim"])
+    n_train = len(data.splits["train"])
+    bs = int(cfg["train"]["batch_size"])
+    steps = max(1, math.ceil(n_train / bs))
+    scheduler = build_run_schedule(optimizer, cfg, steps)
+    ctx = TrainContext(cfg=cfg, data=data, model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+                       method=method, device=device, recorder=recorder, steps_per_epoch=steps)
+    ctx.extra["images"] = data.images.to(device)
+    ctx.extra["labels"] = data.labels.to(device)
+    if amp == "fp16":
+        ctx.extra["scaler"] = torch.amp.GradScaler(device.type)
+    return ctx
