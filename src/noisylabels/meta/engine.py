@@ -90,7 +90,7 @@ __all__ = [
     "META_GRADIENTS",
     "assign_grads",
     "batch_contribution",
-    "jvp_logits",
+    "functional_jvp",
     "logits_jvp",
     "lookahead_contributions",
     "meta_gradient",
@@ -304,7 +304,7 @@ def logits_jvp(model: torch.nn.Module, *, x: Tensor, logits: Tensor, tangent: Ma
                 raise UserError(f"jvp_backend='graph': {err}") from None
             warn_unsupported_once(err)  # once per node type: the fast path is not taken
     with torch.no_grad(), _replayed_rng(rng):
-        _, u = jvp_logits(model, params, buffers, x, dict(tangent))
+        _, u = functional_jvp(model, params=params, buffers=buffers, x=x, tangent=dict(tangent))
     return u
 
 
@@ -445,7 +445,7 @@ def lookahead_contributions(model: torch.nn.Module, *, steps: Sequence[StoredSte
             if not t_j:
                 continue
         with torch.no_grad(), _replayed_rng(st.rng):
-            z, u = jvp_logits(model, st.params, bufs, st.x, t_j)
+            z, u = functional_jvp(model, params=st.params, buffers=bufs, x=st.x, tangent=t_j)
         with torch.enable_grad():
             zd = z.detach().requires_grad_()
             losses = _per_sample(loss_layer(zd, st), len(zd), "loss_layer")
@@ -486,9 +486,10 @@ def _exact_discounts(model: torch.nn.Module, steps: Sequence[StoredStep], tangen
 
 
 # -- one-step meta-gradients -----------------------------------------------------------------------
-def jvp_logits(model: torch.nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor,
-               tangent: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """``(f(x; params), J_params f(x; params) . tangent)`` by :func:`torch.func.jvp` (re-runs the forward).
+def functional_jvp(model: torch.nn.Module, *, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                   x: Tensor, tangent: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """``(f(x; params), J_params f(x; params) . tangent)`` by :func:`torch.func.jvp` (re-runs the forward;
+    :func:`logits_jvp` gives the JVP alone, from a recorded forward where it can).
 
     ``tangent`` maps a subset of ``params`` to directions; the others are held fixed. Buffers are
     cloned (BatchNorm running statistics untouched). Both outputs carry no reverse-mode graph.
@@ -588,10 +589,13 @@ def meta_gradient_double_backward(model: torch.nn.Module, optimizer: torch.optim
                     train_losses=losses.detach(), meta_grads=_zeros_for_missing(phi, mg), train_grads=train_grads)
 
 
-def meta_gradient(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, how: str = "jvp",
-                  **kwargs) -> MetaStep:
+def meta_gradient(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, x: Tensor, y: Tensor,
+                  loss_layer: LossLayer, meta_x: Tensor, meta_y: Tensor, meta_loss_fn: LossLayer,
+                  phi: Sequence[Tensor], how: str = "jvp", reuse_forward: bool = True) -> MetaStep:
     """:func:`meta_gradient_jvp` (``how='jvp'``: graph walk; ``'jvp-func'``: :func:`torch.func.jvp`) or
-    :func:`meta_gradient_double_backward` (``'double-backward'``), with the same keyword arguments."""
+    :func:`meta_gradient_double_backward` (``'double-backward'``); the other arguments as those."""
+    kwargs = dict(x=x, y=y, loss_layer=loss_layer, meta_x=meta_x, meta_y=meta_y, meta_loss_fn=meta_loss_fn,
+                  phi=phi, reuse_forward=reuse_forward)
     if how == "double-backward":
         return meta_gradient_double_backward(model, optimizer, **kwargs)
     if how in ("jvp", "jvp-func"):
