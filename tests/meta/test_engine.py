@@ -21,6 +21,7 @@ from noisylabels.meta import (
     optimizer_virtual_step,
     params_and_buffers,
     per_example_weights,
+    per_example_weights_jvp,
     sgd_direction_scale,
     sgd_hyperparams,
     sgd_virtual_step,
@@ -306,8 +307,8 @@ def test_per_example_weights_identity_and_finite_differences(case, backend):
     x, y = batch("mlp", 10, 1)
     mx, my = batch("mlp", 6, 2)
     n = len(x)
-    res = per_example_weights(model, opt, x=x, y=y, meta_x=mx, meta_y=my, meta_loss_fn=ce_per_sample,
-                              jvp_backend=backend, reuse_forward=False)
+    res = per_example_weights_jvp(model, opt, x=x, y=y, meta_x=mx, meta_y=my, meta_loss_fn=ce_per_sample,
+                                  jvp_backend=backend, reuse_forward=False)
     assert res.weights.shape == (n,)
 
     # the dot-product identity with per-sample gradients (vmap over torch.func.grad)
@@ -478,6 +479,10 @@ def test_engine_arguments_after_the_optimizer_are_keyword_only():
         meta_gradient_double_backward(model, opt, x, y, layer, mx, my, ce_per_sample, phi)
     with pytest.raises(TypeError):
         per_example_weights(model, opt, x, y, mx, my, ce_per_sample)
+    with pytest.raises(TypeError):  # one choice, one argument: the backend lives on the jvp function only
+        per_example_weights(model, opt, x=x, y=y, meta_x=mx, meta_y=my, meta_loss_fn=ce_per_sample, jvp_backend="func")
+    with pytest.raises(TypeError):
+        per_example_weights_jvp(model, opt, x, y, mx, my, ce_per_sample)
     with pytest.raises(TypeError):
         meta_tangent(model, None, mx, my, ce_per_sample)
     with pytest.raises(TypeError):

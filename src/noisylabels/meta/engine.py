@@ -98,6 +98,7 @@ __all__ = [
     "meta_gradient_jvp",
     "meta_tangent",
     "per_example_weights",
+    "per_example_weights_jvp",
 ]
 
 Tensor = torch.Tensor
@@ -611,7 +612,7 @@ def _cross_entropy(z: Tensor, y: Tensor) -> Tensor:
 def per_example_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, x: Tensor, y: Tensor,
                         meta_x: Tensor, meta_y: Tensor, meta_loss_fn: LossLayer,
                         per_sample_loss: LossLayer | None = None, reuse_forward: bool = True,
-                        how: str = "jvp", jvp_backend: str = "auto") -> MetaStep:
+                        how: str = "jvp") -> MetaStep:
     """Per-example weights ``w_i = -dL_meta(theta_hat(eps))/d eps_i`` at ``eps = 0``, all at once.
 
     L2RW (Ren et al. 2018, Eqs. 3-5 and 12: the meta-gradient with respect to perturbation weights
@@ -633,25 +634,33 @@ def per_example_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer
         own ``eps`` vector and column of weights (e.g. L2B: ``CE(z, y)`` and ``CE(z, y_hat)``). Must
         support forward-mode AD.
     how:
-        ``'jvp'`` (one forward-mode pass, by ``jvp_backend``), ``'jvp-func'`` (the same with
-        ``jvp_backend='func'``) or ``'double-backward'`` (a differentiable virtual step and a
+        ``'jvp'`` (:func:`per_example_weights_jvp`, graph walk), ``'jvp-func'`` (the same by
+        :func:`torch.func.jvp`) or ``'double-backward'`` (a differentiable virtual step and a
         backward into ``eps``: the official codes' path).
-    jvp_backend:
-        See :func:`logits_jvp`.
 
     Returns
     -------
     MetaStep
         ``weights``: raw weights (before any clamping / normalisation the method applies).
     """
-    loss_fn = per_sample_loss or _cross_entropy
     if how == "double-backward":
         return _per_example_weights_double_backward(model, optimizer, x=x, y=y, meta_x=meta_x, meta_y=meta_y,
-                                                    meta_loss_fn=meta_loss_fn, loss_fn=loss_fn,
+                                                    meta_loss_fn=meta_loss_fn, loss_fn=per_sample_loss or _cross_entropy,
                                                     reuse_forward=reuse_forward)
     if how not in ("jvp", "jvp-func"):
         raise UserError(f"meta_gradient must be one of {', '.join(META_GRADIENTS)}; got {how!r}")
-    backend = jvp_backend if how == "jvp" else "func"
+    return per_example_weights_jvp(model, optimizer, x=x, y=y, meta_x=meta_x, meta_y=meta_y, meta_loss_fn=meta_loss_fn,
+                                   per_sample_loss=per_sample_loss, reuse_forward=reuse_forward,
+                                   jvp_backend="auto" if how == "jvp" else "func")
+
+
+def per_example_weights_jvp(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, x: Tensor, y: Tensor,
+                            meta_x: Tensor, meta_y: Tensor, meta_loss_fn: LossLayer,
+                            per_sample_loss: LossLayer | None = None, reuse_forward: bool = True,
+                            jvp_backend: str = "auto") -> MetaStep:
+    """:func:`per_example_weights` by one forward-mode pass; ``jvp_backend`` as :func:`logits_jvp`."""
+    loss_fn = per_sample_loss or _cross_entropy
+    backend = jvp_backend
     s = _setup(model, optimizer, x, backend)
     with torch.set_grad_enabled(reuse_forward or backend != "func"):  # the graph walk needs the graph
         z = _train_forward(model, s, x, reuse_forward)
