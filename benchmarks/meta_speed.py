@@ -89,7 +89,7 @@ import numpy as np
 import torch
 
 from noisylabels.config import resolve_config
-from noisylabels.meta import graph_jvp, jvp_logits, params_and_buffers
+from noisylabels.meta import functional_jvp, graph_jvp, params_and_buffers
 from noisylabels.methods import MetaBatch
 from noisylabels.models import create_model
 from noisylabels.train import RunData, TrainContext, build_context
@@ -300,7 +300,7 @@ def time_jvp_alone(model: str, *, batch_size: int, device: str, seed: int, repea
     z = net(x)  # the recorded training forward (its cost is part of every step, not of the JVP)
     by_param = {params[n]: t for n, t in tangent.items()}
     runs = {"graph": lambda: graph_jvp(z, by_param),
-            "func": lambda: jvp_logits(net, params, buffers, x, tangent)}
+            "func": lambda: functional_jvp(net, params=params, buffers=buffers, x=x, tangent=tangent)}
     times: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(warmup + repeats):
         for k, fn in runs.items():

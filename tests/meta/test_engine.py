@@ -12,14 +12,16 @@ from torch import nn
 from noisylabels.errors import UserError
 from noisylabels.meta import (
     assign_grads,
+    functional_jvp,
     functional_logits,
-    jvp_logits,
+    meta_gradient,
     meta_gradient_double_backward,
     meta_gradient_jvp,
     meta_tangent,
     optimizer_virtual_step,
     params_and_buffers,
     per_example_weights,
+    per_example_weights_jvp,
     sgd_direction_scale,
     sgd_hyperparams,
     sgd_virtual_step,
@@ -282,12 +284,12 @@ def test_jvp_replays_dropout_masks(backend):
     assert torch.equal(after_a, after_b)
 
 
-def test_jvp_logits_matches_finite_differences():
+def test_functional_jvp_matches_finite_differences():
     model, _ = setup("cnn")
     params, buffers = params_and_buffers(model)
     x, _ = batch("cnn", 6, 3)
     t = {n: torch.randn_like(p) for n, p in params.items() if n.startswith("0.")}
-    z, u = jvp_logits(model, params, buffers, x, t)
+    z, u = functional_jvp(model, params=params, buffers=buffers, x=x, tangent=t)
     h = 1e-6
     with torch.no_grad():
         zp = functional_logits(model, {n: p + h * t[n] if n in t else p for n, p in params.items()}, buffers, x)
@@ -305,8 +307,8 @@ def test_per_example_weights_identity_and_finite_differences(case, backend):
     x, y = batch("mlp", 10, 1)
     mx, my = batch("mlp", 6, 2)
     n = len(x)
-    res = per_example_weights(model, opt, x=x, y=y, meta_x=mx, meta_y=my, meta_loss_fn=ce_per_sample,
-                              jvp_backend=backend, reuse_forward=False)
+    res = per_example_weights_jvp(model, opt, x=x, y=y, meta_x=mx, meta_y=my, meta_loss_fn=ce_per_sample,
+                                  jvp_backend=backend, reuse_forward=False)
     assert res.weights.shape == (n,)
 
     # the dot-product identity with per-sample gradients (vmap over torch.func.grad)
@@ -383,7 +385,7 @@ def test_batchnorm_statistics_untouched():
                                   meta_loss_fn=ce_per_sample, phi=phi, reuse_forward=False)
     per_example_weights(model, opt, x=x, y=y, meta_x=mx, meta_y=my, meta_loss_fn=ce_per_sample, reuse_forward=False)
     params, buffers = params_and_buffers(model)
-    jvp_logits(model, params, buffers, x, {n: torch.ones_like(p) for n, p in params.items()})
+    functional_jvp(model, params=params, buffers=buffers, x=x, tangent={n: torch.ones_like(p) for n, p in params.items()})
     functional_logits(model, params, buffers, mx)
     after = _bn_state(model)
     assert before.keys() == after.keys() and any("num_batches_tracked" in k for k in after)
@@ -477,5 +479,17 @@ def test_engine_arguments_after_the_optimizer_are_keyword_only():
         meta_gradient_double_backward(model, opt, x, y, layer, mx, my, ce_per_sample, phi)
     with pytest.raises(TypeError):
         per_example_weights(model, opt, x, y, mx, my, ce_per_sample)
+    with pytest.raises(TypeError):  # one choice, one argument: the backend lives on the jvp function only
+        per_example_weights(model, opt, x=x, y=y, meta_x=mx, meta_y=my, meta_loss_fn=ce_per_sample, jvp_backend="func")
+    with pytest.raises(TypeError):
+        per_example_weights_jvp(model, opt, x, y, mx, my, ce_per_sample)
     with pytest.raises(TypeError):
         meta_tangent(model, None, mx, my, ce_per_sample)
+    with pytest.raises(TypeError):
+        meta_gradient(model, opt, x, y, layer, mx, my, ce_per_sample, phi)
+    with pytest.raises(TypeError):  # a misspelt option is an error, not swallowed by **kwargs
+        meta_gradient(model, opt, x=x, y=y, loss_layer=layer, meta_x=mx, meta_y=my, meta_loss_fn=ce_per_sample,
+                      phi=phi, reuse_foward=False)
+    params, buffers = params_and_buffers(model)
+    with pytest.raises(TypeError):
+        functional_jvp(model, params, buffers, x, {})

@@ -16,7 +16,7 @@ from noisylabels.meta import (
     graph_jvp,
     meta_gradient_jvp,
     params_and_buffers,
-    per_example_weights,
+    per_example_weights_jvp,
     register_jvp_rule,
     supports_graph,
 )
@@ -221,8 +221,8 @@ def test_engine_backends_agree_and_graph_backend_refuses_unsupported_layers(act)
                                 phi=phi, jvp_backend=b, reuse_forward=False) for b in ("auto", "func")}
     torch.testing.assert_close(torch.cat([g.flatten() for g in res["auto"].meta_grads]),
                                torch.cat([g.flatten() for g in res["func"].meta_grads]), rtol=1e-10, atol=1e-14)
-    w = {b: per_example_weights(model, opt, x=x, y=y, meta_x=mx, meta_y=my, meta_loss_fn=ce, jvp_backend=b,
-                                reuse_forward=False).weights for b in ("auto", "func")}
+    w = {b: per_example_weights_jvp(model, opt, x=x, y=y, meta_x=mx, meta_y=my, meta_loss_fn=ce, jvp_backend=b,
+                                    reuse_forward=False).weights for b in ("auto", "func")}
     torch.testing.assert_close(w["auto"], w["func"], rtol=1e-10, atol=1e-14)
     if act is nn.Softplus:
         with pytest.raises(UserError, match="SoftplusBackward0"):

@@ -73,7 +73,7 @@ def test_the_teacher_changes_only_when_t_mod_k_is_k_minus_1(tmp_path, k, one_thr
         after = snap()
         changed = any(not torch.equal(a, b) for a, b in zip(before, after))
         assert changed == (t % k == k - 1), t
-        assert len(ctx.method._window) == (0 if t % k == k - 1 else t % k + 1)
+        assert len(getattr(ctx.method.schedule, "window", [])) == (0 if t % k == k - 1 else t % k + 1)
         before = after
 
 
@@ -122,8 +122,8 @@ def test_k_step_meta_gradient_is_the_live_step_plus_the_discounted_stored_steps(
     m.apply_meta_gradient = spy
     for t in _drive(ctx, 3):
         if t == 1:
-            seen["window"] = list(m._window)
-    assert len(seen["window"]) == 2 and m._window == [] and len(lrs) == 3
+            seen["window"] = list(m.schedule.window)
+    assert len(seen["window"]) == 2 and m.schedule.window == [] and len(lrs) == 3
     extra = seen["extra"]
     for g, a, b in zip(seen["grads"], seen["live"], extra):
         torch.testing.assert_close(g, a + b, rtol=1e-5, atol=1e-8)
@@ -288,9 +288,9 @@ def test_a_window_checkpointed_without_sgd_settings_still_resumes(tmp_path, one_
     for w in state["window"]:
         del w["sgd"]
     m.load_state_dict(state)
-    assert all(st.sgd and not any(v[-1] for v in st.sgd.values()) for st in m._window)
+    assert all(st.sgd and not any(v[-1] for v in st.sgd.values()) for st in m.schedule.window)
     next(it)  # the window closes: the teacher's update runs
-    assert m._window == []
+    assert m.schedule.window == []
 
 
 @pytest.mark.parametrize("flip", [False, True])

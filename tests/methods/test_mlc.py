@@ -66,20 +66,23 @@ def test_mlc_meta_gradient_jvp_equals_double_backward(tmp_path, one_thread):
 
 def test_mlc_k_step_updates_the_lcn_every_k_th_step_with_the_discounted_sum(tmp_path, one_thread, monkeypatch):
     """MLC's k-step (public step_hmlc_K): A_t = G_t + gamma_t A_(t-1), LCN step on A at (t + 1) mod k = 0."""
+    from noisylabels.meta.schedule import DiscountedAccumulation
     from noisylabels.methods.meta import MetaNetMethod
-    from noisylabels.methods.mlc import MLC
 
     ctx = build_context(run_cfg(tmp_path, **QUICK, **{"method.k": 2}))
     m = ctx.method
+    assert isinstance(m.schedule, DiscountedAccumulation)
     stepped, given, gammas = [], [], []
-    real_apply, real_discount, mlc_apply = MetaNetMethod.apply_meta_gradient, MLC._discount, MLC.apply_meta_gradient
+    real_apply, real_discount = MetaNetMethod.apply_meta_gradient, DiscountedAccumulation.discount
+    real_acc = DiscountedAccumulation.accumulate
     monkeypatch.setattr(MetaNetMethod, "apply_meta_gradient",
                         lambda self, c, grads, res, mb: (stepped.append((c.step, [g.clone() for g in grads])),
                                                          real_apply(self, c, grads, res, mb)))
-    monkeypatch.setattr(MLC, "_discount", lambda self, res: gammas.append(real_discount(self, res)) or gammas[-1])
-    monkeypatch.setattr(MLC, "apply_meta_gradient",
-                        lambda self, c, grads, res, mb: (given.append([g.clone() for g in grads]),
-                                                         mlc_apply(self, c, grads, res, mb)))
+    monkeypatch.setattr(DiscountedAccumulation, "discount",
+                        lambda self, res, device=None: gammas.append(real_discount(self, res, device)) or gammas[-1])
+    monkeypatch.setattr(DiscountedAccumulation, "accumulate",
+                        lambda self, step, grads, res, **kw: (given.append([g.clone() for g in grads]),
+                                                              real_acc(self, step, grads, res, **kw))[1])
     ctx.start_epoch(0)
     ctx.model.train()
     m.start_epoch(ctx)
@@ -146,10 +149,9 @@ def test_mlc_k_step_discount_from_the_identity_hessian_look_ahead():
     scales s (0.1 and 0.5), g(w_t) = ([1, 2], [2]) (squared norm 9), g(w_{t+1}) = ([3, 0], [3])."""
     from types import SimpleNamespace
 
-    m = MLC(k=2)
-    m.q_table = torch.zeros(1)
-    m._g_prev = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([2.0])}
+    m = MLC(k=2).schedule
+    m.g_prev = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([2.0])}
     scale = {"a": 0.1, "b": 0.5}
     res = SimpleNamespace(tangent={"a": torch.tensor([3.0, 0.0]) * 0.1, "b": torch.tensor([3.0]) * 0.5}, scale=scale)
     want = ((1 - 0.1) * 3.0 + (1 - 0.5) * 6.0) / 9.0  # = 0.6333...
-    assert float(m._discount(res)) == pytest.approx(want, rel=1e-6)
+    assert float(m.discount(res)) == pytest.approx(want, rel=1e-6)

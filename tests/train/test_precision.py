@@ -97,7 +97,7 @@ def test_compiled_model_trains_erm(tmp_path):
                                           ("wrn", {"depth": 10, "widen_factor": 1, "dropout": 0.3})])
 def test_graph_jvp_in_channels_last_equals_torch_func(name, options, one_thread):
     """channels_last forwards record restrides (AsStridedBackward1): the graph walk still equals torch.func."""
-    from noisylabels.meta import graph_jvp, jvp_logits, params_and_buffers
+    from noisylabels.meta import functional_jvp, graph_jvp, params_and_buffers
 
     channels, size = (1, 28) if name == "lenet" else (3, 32)
     torch.manual_seed(3)
@@ -116,5 +116,5 @@ def test_graph_jvp_in_channels_last_equals_torch_func(name, options, one_thread)
     torch.testing.assert_close((u * g).sum(), rhs, rtol=1e-10, atol=1e-10)
     if not options.get("dropout"):  # torch.func draws channels_last dropout masks in another order
         torch.set_rng_state(state)
-        _, ref = jvp_logits(model, params, buffers, x, tangent)
+        _, ref = functional_jvp(model, params=params, buffers=buffers, x=x, tangent=tangent)
         torch.testing.assert_close(u, ref, rtol=1e-9, atol=1e-9)

@@ -17,7 +17,7 @@ from .engine import (
     StoredStep,
     assign_grads,
     batch_contribution,
-    jvp_logits,
+    functional_jvp,
     logits_jvp,
     lookahead_contributions,
     meta_gradient,
@@ -25,6 +25,7 @@ from .engine import (
     meta_gradient_jvp,
     meta_tangent,
     per_example_weights,
+    per_example_weights_jvp,
 )
 from .functional import functional_logits, params_and_buffers
 from .graph_jvp import JVP_RULES, UnsupportedGraph, graph_jvp, register_jvp_rule, supports_graph
@@ -47,9 +48,9 @@ __all__ = [
     "VirtualStep",
     "assign_grads",
     "batch_contribution",
+    "functional_jvp",
     "functional_logits",
     "graph_jvp",
-    "jvp_logits",
     "logits_jvp",
     "lookahead_contributions",
     "meta_gradient",
@@ -59,6 +60,7 @@ __all__ = [
     "optimizer_virtual_step",
     "params_and_buffers",
     "per_example_weights",
+    "per_example_weights_jvp",
     "register_jvp_rule",
     "sgd_direction_scale",
     "sgd_hyperparams",

@@ -90,7 +90,7 @@ __all__ = [
     "META_GRADIENTS",
     "assign_grads",
     "batch_contribution",
-    "jvp_logits",
+    "functional_jvp",
     "logits_jvp",
     "lookahead_contributions",
     "meta_gradient",
@@ -98,6 +98,7 @@ __all__ = [
     "meta_gradient_jvp",
     "meta_tangent",
     "per_example_weights",
+    "per_example_weights_jvp",
 ]
 
 Tensor = torch.Tensor
@@ -304,7 +305,7 @@ def logits_jvp(model: torch.nn.Module, *, x: Tensor, logits: Tensor, tangent: Ma
                 raise UserError(f"jvp_backend='graph': {err}") from None
             warn_unsupported_once(err)  # once per node type: the fast path is not taken
     with torch.no_grad(), _replayed_rng(rng):
-        _, u = jvp_logits(model, params, buffers, x, dict(tangent))
+        _, u = functional_jvp(model, params=params, buffers=buffers, x=x, tangent=dict(tangent))
     return u
 
 
@@ -445,7 +446,7 @@ def lookahead_contributions(model: torch.nn.Module, *, steps: Sequence[StoredSte
             if not t_j:
                 continue
         with torch.no_grad(), _replayed_rng(st.rng):
-            z, u = jvp_logits(model, st.params, bufs, st.x, t_j)
+            z, u = functional_jvp(model, params=st.params, buffers=bufs, x=st.x, tangent=t_j)
         with torch.enable_grad():
             zd = z.detach().requires_grad_()
             losses = _per_sample(loss_layer(zd, st), len(zd), "loss_layer")
@@ -486,9 +487,10 @@ def _exact_discounts(model: torch.nn.Module, steps: Sequence[StoredStep], tangen
 
 
 # -- one-step meta-gradients -----------------------------------------------------------------------
-def jvp_logits(model: torch.nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor,
-               tangent: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """``(f(x; params), J_params f(x; params) . tangent)`` by :func:`torch.func.jvp` (re-runs the forward).
+def functional_jvp(model: torch.nn.Module, *, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                   x: Tensor, tangent: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """``(f(x; params), J_params f(x; params) . tangent)`` by :func:`torch.func.jvp` (re-runs the forward;
+    :func:`logits_jvp` gives the JVP alone, from a recorded forward where it can).
 
     ``tangent`` maps a subset of ``params`` to directions; the others are held fixed. Buffers are
     cloned (BatchNorm running statistics untouched). Both outputs carry no reverse-mode graph.
@@ -588,10 +590,13 @@ def meta_gradient_double_backward(model: torch.nn.Module, optimizer: torch.optim
                     train_losses=losses.detach(), meta_grads=_zeros_for_missing(phi, mg), train_grads=train_grads)
 
 
-def meta_gradient(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, how: str = "jvp",
-                  **kwargs) -> MetaStep:
+def meta_gradient(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, x: Tensor, y: Tensor,
+                  loss_layer: LossLayer, meta_x: Tensor, meta_y: Tensor, meta_loss_fn: LossLayer,
+                  phi: Sequence[Tensor], how: str = "jvp", reuse_forward: bool = True) -> MetaStep:
     """:func:`meta_gradient_jvp` (``how='jvp'``: graph walk; ``'jvp-func'``: :func:`torch.func.jvp`) or
-    :func:`meta_gradient_double_backward` (``'double-backward'``), with the same keyword arguments."""
+    :func:`meta_gradient_double_backward` (``'double-backward'``); the other arguments as those."""
+    kwargs = dict(x=x, y=y, loss_layer=loss_layer, meta_x=meta_x, meta_y=meta_y, meta_loss_fn=meta_loss_fn,
+                  phi=phi, reuse_forward=reuse_forward)
     if how == "double-backward":
         return meta_gradient_double_backward(model, optimizer, **kwargs)
     if how in ("jvp", "jvp-func"):
@@ -607,7 +612,7 @@ def _cross_entropy(z: Tensor, y: Tensor) -> Tensor:
 def per_example_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, x: Tensor, y: Tensor,
                         meta_x: Tensor, meta_y: Tensor, meta_loss_fn: LossLayer,
                         per_sample_loss: LossLayer | None = None, reuse_forward: bool = True,
-                        how: str = "jvp", jvp_backend: str = "auto") -> MetaStep:
+                        how: str = "jvp") -> MetaStep:
     """Per-example weights ``w_i = -dL_meta(theta_hat(eps))/d eps_i`` at ``eps = 0``, all at once.
 
     L2RW (Ren et al. 2018, Eqs. 3-5 and 12: the meta-gradient with respect to perturbation weights
@@ -629,25 +634,33 @@ def per_example_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer
         own ``eps`` vector and column of weights (e.g. L2B: ``CE(z, y)`` and ``CE(z, y_hat)``). Must
         support forward-mode AD.
     how:
-        ``'jvp'`` (one forward-mode pass, by ``jvp_backend``), ``'jvp-func'`` (the same with
-        ``jvp_backend='func'``) or ``'double-backward'`` (a differentiable virtual step and a
+        ``'jvp'`` (:func:`per_example_weights_jvp`, graph walk), ``'jvp-func'`` (the same by
+        :func:`torch.func.jvp`) or ``'double-backward'`` (a differentiable virtual step and a
         backward into ``eps``: the official codes' path).
-    jvp_backend:
-        See :func:`logits_jvp`.
 
     Returns
     -------
     MetaStep
         ``weights``: raw weights (before any clamping / normalisation the method applies).
     """
-    loss_fn = per_sample_loss or _cross_entropy
     if how == "double-backward":
         return _per_example_weights_double_backward(model, optimizer, x=x, y=y, meta_x=meta_x, meta_y=meta_y,
-                                                    meta_loss_fn=meta_loss_fn, loss_fn=loss_fn,
+                                                    meta_loss_fn=meta_loss_fn, loss_fn=per_sample_loss or _cross_entropy,
                                                     reuse_forward=reuse_forward)
     if how not in ("jvp", "jvp-func"):
         raise UserError(f"meta_gradient must be one of {', '.join(META_GRADIENTS)}; got {how!r}")
-    backend = jvp_backend if how == "jvp" else "func"
+    return per_example_weights_jvp(model, optimizer, x=x, y=y, meta_x=meta_x, meta_y=meta_y, meta_loss_fn=meta_loss_fn,
+                                   per_sample_loss=per_sample_loss, reuse_forward=reuse_forward,
+                                   jvp_backend="auto" if how == "jvp" else "func")
+
+
+def per_example_weights_jvp(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, x: Tensor, y: Tensor,
+                            meta_x: Tensor, meta_y: Tensor, meta_loss_fn: LossLayer,
+                            per_sample_loss: LossLayer | None = None, reuse_forward: bool = True,
+                            jvp_backend: str = "auto") -> MetaStep:
+    """:func:`per_example_weights` by one forward-mode pass; ``jvp_backend`` as :func:`logits_jvp`."""
+    loss_fn = per_sample_loss or _cross_entropy
+    backend = jvp_backend
     s = _setup(model, optimizer, x, backend)
     with torch.set_grad_enabled(reuse_forward or backend != "func"):  # the graph walk needs the graph
         z = _train_forward(model, s, x, reuse_forward)

@@ -113,7 +113,7 @@ class LabelCorrectionMethod(MetaNetMethod):
         super().__init__(delayed=delayed, **options)
         self._extra_notes: dict[str, Tensor] = {}
         self.clean_in_student = bool(clean_in_student)
-        if self.clean_in_student and (self.lookahead > 1 or self.meta_interval > 1):
+        if self.clean_in_student and not self.schedule.meta_every_step:
             raise UserError(f"{type(self).__name__}: clean_in_student needs a meta step at every step "
                             f"(k = 1, meta_interval = 1)")
         self._mixed: tuple[Tensor, int] | None = None

@@ -40,9 +40,9 @@ from torch import nn
 
 from ..errors import UserError
 from ..losses import get_loss_fn
-from ..meta import (META_GRADIENTS, StoredStep, assign_grads, lookahead_contributions, meta_gradient,
-                    per_example_weights)
-from ..meta.virtual_step import _check_sgd, sgd_step_settings
+from ..meta import META_GRADIENTS, assign_grads, meta_gradient, per_example_weights
+from ..meta.schedule import EveryK, LookaheadWindow, MetaSchedule
+from ..meta.virtual_step import _check_sgd
 from .base import Method
 from .context import MethodContext, StepOutput
 
@@ -61,12 +61,6 @@ def _int_option(method: str, name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise UserError(f"{method}: {name} must be an integer >= {low}, got {value!r}")
     return value
-
-
-def _setting(values: Sequence[Any]) -> tuple:
-    """A stored step's SGD setting back from a checkpoint (lr, momentum, dampening, weight decay, then three flags)."""
-    lr, mom, damp, wd, nest, maxi, first = values
-    return (float(lr), float(mom), float(damp), float(wd), bool(nest), bool(maxi), bool(first))
 
 
 @contextmanager
@@ -183,7 +177,6 @@ class MetaNetMethod(MetaMethod):
         if self.lookahead > 1 and (meta_interval != 1 or meta_gradient == "double-backward"):
             raise UserError(f"{label}: a k-step look-ahead (k={lookahead}) needs meta_interval=1 and meta_gradient "
                             f"jvp or jvp-func (got meta_interval={meta_interval}, meta_gradient={meta_gradient})")
-        self._window: list[StoredStep] = []
         d = self.default_meta_optimizer
         meta_optimizer = d["name"] if meta_optimizer is None else meta_optimizer
         if meta_optimizer not in ("adam", "sgd"):
@@ -191,6 +184,8 @@ class MetaNetMethod(MetaMethod):
         if not float(meta_lr) > 0:
             raise UserError(f"{label}: meta_lr must be positive, got {meta_lr}")
         self.meta_interval = _int_option(label, "meta_interval", meta_interval, 1)
+        #: when phi updates and what an update accumulates (:mod:`noisylabels.meta.schedule`)
+        self.schedule: MetaSchedule = LookaheadWindow(self.lookahead) if self.lookahead > 1 else EveryK(self.meta_interval)
         self.delayed = bool(delayed)
         self._opt_cfg = (meta_optimizer, float(meta_lr),
                          float(d["weight_decay"] if meta_weight_decay is None else meta_weight_decay),
@@ -225,9 +220,6 @@ class MetaNetMethod(MetaMethod):
         """An auxiliary loss of the meta-network on the meta batch, added to the meta-gradient at
         each meta update (EMLC's teacher: supervised CE + gate BCE, Eq. 12); default none."""
         return None
-
-    def on_meta_batch(self, ctx: MethodContext, mb: Any) -> None:
-        """Called with each meta batch before the meta-gradient (e.g. MLC's k-step discount)."""
 
     def apply_meta_gradient(self, ctx: MethodContext, grads: Sequence[Tensor], res: Any, mb: Any) -> None:
         """The meta update: ``grads`` (plus :meth:`meta_net_loss`'s gradient) into phi's optimisers."""
@@ -281,27 +273,22 @@ class MetaNetMethod(MetaMethod):
         if self.in_warmup(ctx):
             return self.warmup_step(ctx, x, y, index)
 
-        k = self.lookahead
         xs, ys, idxs = x, y, index
-        if (ctx.step % k == k - 1) if k > 1 else (ctx.step % self.meta_interval == 0):
+        if self.schedule.is_meta_step(ctx.step):
             mb = ctx.next_meta_batch(self.meta_batch_size)
             xs, ys, idxs, mb = self.training_batch(ctx, x, y, index, mb)
-            self.on_meta_batch(ctx, mb)
+            self.schedule.before_meta_gradient(model=ctx.model, meta_x=mb.x, meta_y=mb.y, meta_loss=self.meta_loss)
 
             def layer(z: Tensor, t: Tensor) -> Tensor:
                 return self.loss_layer(z, t, x=xs, index=idxs)
 
             res = meta_gradient(ctx.model, ctx.optimizer, how=self.meta_gradient, x=xs, y=ys, loss_layer=layer,
                                 meta_x=mb.x, meta_y=mb.y, meta_loss_fn=self.meta_loss, phi=self.phi)
-            grads = list(res.meta_grads or [])
-            if self._window:  # Eq. 11: the stored steps of the window, discounted (FPMG)
-                notes = self._notes
-                extra = lookahead_contributions(
-                    ctx.model, steps=self._window, tangent=res.tangent or {}, phi=self.phi, offset=1,
-                    optimizer=ctx.optimizer,
-                    loss_layer=lambda z, st: self.loss_layer(z, st.y, x=st.x, index=st.index))
-                grads = [g + e for g, e in zip(grads, extra)]
-                self._window, self._notes = [], notes
+            notes = self._notes  # the schedule's stored steps re-run the loss layer: keep this step's notes
+            grads = self.schedule.accumulate(
+                ctx.step, list(res.meta_grads or []), res, model=ctx.model, optimizer=ctx.optimizer, phi=self.phi,
+                loss_layer=lambda z, st: self.loss_layer(z, st.y, x=st.x, index=st.index))
+            self._notes = notes
             if self.delayed:  # the real step is the virtual step (pre-update phi)
                 ctx.optimizer.zero_grad(set_to_none=True)
                 for name, p in ctx.model.named_parameters():
@@ -310,7 +297,8 @@ class MetaNetMethod(MetaMethod):
                         p.grad = g
                 ctx.clip_and_step()
                 self.record(index, **self._notes)
-            self.apply_meta_gradient(ctx, grads, res, mb)
+            if grads is not None:  # None: the schedule accumulates (MLC's k-step)
+                self.apply_meta_gradient(ctx, grads, res, mb)
             self.after_meta_step(ctx, res)
             if self.delayed:
                 return StepOutput(logits=res.train_logits[:len(y)].detach(), loss=res.train_losses.mean())
@@ -319,8 +307,7 @@ class MetaNetMethod(MetaMethod):
             def layer(z: Tensor, t: Tensor) -> Tensor:
                 return self.loss_layer(z, t, x=x, index=index)
 
-            if k > 1:  # Algorithm 1: phi fixed; keep w^(tau) and the batch for Eq. 11
-                self._window.append(StoredStep.capture(ctx.model, x=x, y=y, index=index, optimizer=ctx.optimizer))
+            self.schedule.on_plain_step(model=ctx.model, optimizer=ctx.optimizer, x=x, y=y, index=index)
             z = ctx.model(x)
         with frozen(self.phi):
             loss = layer(z, ys).mean()
@@ -345,12 +332,7 @@ class MetaNetMethod(MetaMethod):
         out: dict[str, Any] = {"meta_net": self.meta_net.state_dict(), "meta_opt": self.meta_opt.state_dict()}
         if len(self.meta_opts) > 1:
             out["meta_opts"] = [o.state_dict() for o in self.meta_opts[1:]]
-        if self.lookahead > 1:  # a window may span an epoch end: tensors only
-            out["window"] = [{"x": st.x, "y": st.y, "index": st.index, "params": st.params,
-                              "rng": st.rng[0] if st.rng is not None else torch.zeros(0, dtype=torch.uint8),
-                              "cuda_rng": st.rng[1] if st.rng is not None and st.rng[1] is not None
-                              else torch.zeros(0, dtype=torch.uint8),
-                              "sgd": {n: list(v) for n, v in (st.sgd or {}).items()}} for st in self._window]
+        out.update(self.schedule.state_dict())  # keys of the checkpoints before the schedule: "window", "mlc_acc"
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -359,23 +341,10 @@ class MetaNetMethod(MetaMethod):
             self.meta_opt.load_state_dict(state["meta_opt"])
         for opt, sd in zip(self.meta_opts[1:], state.get("meta_opts", [])):
             opt.load_state_dict(sd)
-        if "window" in state:
-            dev = self.ctx.device if self.ctx is not None else torch.device("cpu")
-            self._window = [StoredStep(x=w["x"].to(dev), y=w["y"].to(dev), index=w["index"].to(dev),
-                                       params={n: t.to(dev) for n, t in w["params"].items()},
-                                       rng=(w["rng"], w["cuda_rng"] if w["cuda_rng"].numel() else None, dev)
-                                       if w["rng"].numel() else None,
-                                       sgd={n: _setting(v) for n, v in w["sgd"].items()} if "sgd" in w
-                                       else self._current_sgd_settings())
-                            for w in state["window"]]
-
-    def _current_sgd_settings(self) -> dict[str, tuple] | None:
-        """A window stored before steps kept their SGD setting: the optimiser's current one (buffers
-        present), so such a checkpoint still resumes (its first window's discounts assume it)."""
-        if self.ctx is None:
-            return None
-        settings = sgd_step_settings(self.ctx.optimizer, dict(self.ctx.model.named_parameters()))
-        return {n: v[:-1] + (False,) for n, v in settings.items()}
+        ctx = self.ctx
+        self.schedule.load_state_dict(state, device=ctx.device if ctx is not None else torch.device("cpu"),
+                                      model=ctx.model if ctx is not None else None,
+                                      optimizer=ctx.optimizer if ctx is not None else None)
 
 
 class ExampleWeightingMethod(MetaMethod):

@@ -27,8 +27,8 @@ HEAD, ``meta_models.py`` / ``main.py`` / ``mlc.py``):
   one-step meta-gradient ``G_t`` and carries the previous accumulated one with MLC's discount
   ``gamma_t = <(1 - s) * g_w(w_{t+1}), g_w(w_t)> / ||g_w(w_t)||^2`` (the training-loss Hessian taken
   as the identity, ``s`` = lr x SGD direction scale), ``A_t = G_t + gamma_t A_{t-1}``; the LCN
-  steps on ``A_t`` every k-th step and the accumulator is reset. ``g_w(w_t)`` is one extra clean
-  forward/backward per step (functional: BatchNorm statistics untouched).
+  steps on ``A_t`` every k-th step and the accumulator is reset
+  (:class:`noisylabels.meta.schedule.DiscountedAccumulation`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..meta import functional_logits, params_and_buffers
+from ..meta.schedule import DiscountedAccumulation
 from .base import register_method
 from .context import MethodContext
 from .label_correction import LabelCorrectionMethod
@@ -148,8 +148,8 @@ class MLC(LabelCorrectionMethod):
         self.embedding_dim = _int_option("mlc", "label_embedding_dim", label_embedding_dim, 1)
         self.hidden = _int_option("mlc", "hidden", hidden, 1)
         super().__init__(meta_lr=meta_lr, clean_in_student=clean_in_student, **options)
-        self._acc: list[Tensor] | None = None
-        self._g_prev: dict[str, Tensor] | None = None
+        if self.k > 1:  # a meta-gradient every step, the discounted sum applied every k-th
+            self.schedule = DiscountedAccumulation(self.k)
 
     def build_teacher(self, ctx: MethodContext) -> nn.Module:
         self.tap = FeatureTap(ctx.model)
@@ -169,47 +169,3 @@ class MLC(LabelCorrectionMethod):
             with torch.no_grad():
                 h = self.ctx.model.features(x).detach()
         return self.meta_net(h.float() if h.dtype in (torch.float16, torch.bfloat16) else h, y)
-
-    # -- MLC's k-step accumulation ----------------------------------------------------------------------
-    def on_meta_batch(self, ctx: MethodContext, mb: Any) -> None:
-        if self.k == 1:
-            return
-        params, buffers = params_and_buffers(ctx.model)
-        names = [n for n, p in params.items() if p.requires_grad]
-        with torch.enable_grad():
-            loss = self.meta_loss(functional_logits(ctx.model, params, buffers, mb.x), mb.y).mean()
-            g = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
-        self._g_prev = {n: gi.detach() for n, gi in zip(names, g) if gi is not None}
-
-    def apply_meta_gradient(self, ctx: MethodContext, grads: Any, res: Any, mb: Any) -> None:
-        if self.k == 1:
-            return super().apply_meta_gradient(ctx, grads, res, mb)
-        gamma = self._discount(res)
-        acc = [g.clone() for g in grads] if self._acc is None else [g + gamma * a for g, a in zip(grads, self._acc)]
-        if (ctx.step + 1) % self.k == 0:
-            super().apply_meta_gradient(ctx, acc, res, mb)
-            self._acc = None
-        else:
-            self._acc = acc
-
-    def _discount(self, res: Any) -> Tensor:
-        """``<(1 - s) g_w(w_{t+1}), g_w(w_t)> / ||g_w(w_t)||^2`` (the code's ``gamma``, ``H_w = 1``)."""
-        g = self._g_prev or {}
-        tangent, scale = res.tangent or {}, res.scale or {}
-        num = den = torch.zeros((), device=self.q_table.device)
-        for n, gp in g.items():
-            den = den + (gp.float() ** 2).sum()
-            if n in tangent and scale.get(n):
-                v = tangent[n].float() / scale[n]  # g_w(w_{t+1})
-                num = num + ((1.0 - scale[n]) * v * gp.float()).sum()
-        return num / den.clamp_min(1e-30)
-
-    def state_dict(self) -> dict[str, Any]:
-        out = super().state_dict()
-        if self._acc is not None:
-            out["mlc_acc"] = list(self._acc)
-        return out
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._acc = [t.to(self.q_table.device) for t in state["mlc_acc"]] if "mlc_acc" in state else None
