@@ -340,20 +340,27 @@ def test_fpmg_is_the_exact_unrolled_gradient_for_torch_sgd_when_the_inner_hessia
         torch.testing.assert_close(a + b, e, rtol=1e-9, atol=1e-12)
 
 
-def test_fpmg_offset_zero_the_tangent_of_the_last_stored_step():
-    """offset=0: the tangent is built with the last stored step's own scale (Nesterov + weight decay)."""
-    mom, wd, lr, k = 0.9, 0.05, 0.2, 3
-    torch.manual_seed(4)
+def _identity_hessian_problem(seed, k):
+    """A vector student with a teacher-given linear inner loss 0.5|z|^2 - z.(B q): its Hessian in the
+    student is the identity, so FPMG's H_ww = I is exact; k student batches and a meta batch."""
+    torch.manual_seed(seed)
     student, teacher = _Vector(), Teacher(MLP(in_features=D, num_classes=K, hidden=(4,)), K, embedding_dim=3,
                                           hidden=4).double()
     Bm = torch.randn(K, K, dtype=torch.float64)
-    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=mom, weight_decay=wd, nesterov=True)
     batches = [(torch.randn(N, D, dtype=torch.float64), torch.randint(0, K, (N,))) for _ in range(k)]
     mx, my = torch.randn(M, D, dtype=torch.float64), torch.randint(0, K, (M,))
 
     def inner(z, x, y):
         return 0.5 * (z ** 2).sum(1) - (z * (teacher(x, y)[0] @ Bm.T)).sum(1)
 
+    return student, teacher, batches, mx, my, inner
+
+
+def test_fpmg_offset_zero_the_tangent_of_the_last_stored_step():
+    """offset=0: the tangent is built with the last stored step's own scale (Nesterov + weight decay)."""
+    mom, wd, lr, k = 0.9, 0.05, 0.2, 3
+    student, teacher, batches, mx, my, inner = _identity_hessian_problem(4, k)
+    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=mom, weight_decay=wd, nesterov=True)
     w0 = student.w.detach().clone().requires_grad_()
     wk, _ = _unrolled_sgd(w0, None, lambda t, w: torch.autograd.grad(
         inner(w.expand(N, -1), *batches[t]).mean(), w, create_graph=True)[0], [lr] * k, mom, 0.0, wd, True, False)
@@ -362,9 +369,7 @@ def test_fpmg_offset_zero_the_tangent_of_the_last_stored_step():
     for x, y in batches:
         steps.append(StoredStep.capture(student, x=x, y=y, index=torch.arange(N), optimizer=opt))
         opt.zero_grad()
-        with torch.no_grad():
-            inner_q = teacher(x, y)[0]
-        (0.5 * (student(x) ** 2).sum(1) - (student(x) * (inner_q @ Bm.T)).sum(1)).mean().backward()
+        inner(student(x), x, y).mean().backward()  # the optimiser holds the student only
         opt.step()
     scale = lr * (1 + mom)  # d theta / d grad of a Nesterov step with a buffer (the last step's)
     _, tangent = meta_tangent(student, VirtualStep(params={"w": student.w.detach()}, scale={"w": scale}),
@@ -391,18 +396,9 @@ def test_fpmg_refuses_steps_captured_without_their_optimiser():
 def test_eq11_with_the_live_step_offset_one_is_exact_for_plain_sgd():
     """EMLC's Eq. 11 as the base composes it: live step (weight gamma^0) + stored steps tau = t-1, t-2, ...
     weighted gamma^1, gamma^2, ... (offset 1), against autograd through k plain SGD steps (H_ww = I)."""
-    torch.manual_seed(6)
-    student, teacher = _Vector(), Teacher(MLP(in_features=D, num_classes=K, hidden=(4,)), K, embedding_dim=3,
-                                          hidden=4).double()
-    Bm = torch.randn(K, K, dtype=torch.float64)
     eta, k = 0.3, 4
+    student, teacher, batches, mx, my, inner = _identity_hessian_problem(6, k)
     opt = torch.optim.SGD(student.parameters(), lr=eta)
-    batches = [(torch.randn(N, D, dtype=torch.float64), torch.randint(0, K, (N,))) for _ in range(k)]
-    mx, my = torch.randn(M, D, dtype=torch.float64), torch.randint(0, K, (M,))
-
-    def inner(z, x, y):
-        return 0.5 * (z ** 2).sum(1) - (z * (teacher(x, y)[0] @ Bm.T)).sum(1)
-
     w0 = student.w.detach().clone().requires_grad_()
     wk, _ = _unrolled_sgd(w0, None, lambda t, w: torch.autograd.grad(
         inner(w.expand(N, -1), *batches[t]).mean(), w, create_graph=True)[0], [eta] * k, 0.0, 0.0, 0.0, False, False)
