@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
         "meta_set": "auto",     # clean: gold labels; noisy: labels corrupted like training;
                                 # auto: the method's (rmnw-net, mnw-net: noisy), else clean
         "augment": "auto",      # auto | none | {crop_padding: int, hflip: bool}
+        "views": "auto",        # auto: the method's views; or a list of weak | strong | none, one per view
         "train_subset": None,   # keep a class-balanced subset of this many pool samples
         "test_subset": None,    # evaluate on a class-balanced subset of this many test samples
         "options": {},          # loader options (e.g. labels_csv, test_fraction)
@@ -360,6 +361,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
                         f"split), got {vf!r}")
     device_type(cfg["device"])
     check_augment(d["augment"])
+    check_views(d.get("views", "auto"))
 
 
 def _float(v: Any) -> float:
@@ -388,6 +390,17 @@ def check_augment(setting: Any) -> None:
         raise UserError(f"data.augment.crop_padding must be an integer in [0, 1024], got {pad!r}")
     if not isinstance(setting.get("hflip", False), bool):
         raise UserError(f"data.augment.hflip must be true or false, got {setting['hflip']!r}")
+
+
+def check_views(setting: Any) -> None:
+    """``data.views``: ``auto`` or a non-empty list of ``weak`` / ``strong`` / ``none``."""
+    if setting == "auto":
+        return
+    kinds = ("weak", "strong", "none")
+    if isinstance(setting, str) or not isinstance(setting, (list, tuple)) or not setting \
+            or any(not isinstance(k, str) or k not in kinds for k in setting):
+        raise UserError(f"data.views must be auto or a non-empty list of {', '.join(kinds)} (one per view the "
+                        f"method takes), got {setting!r}")
 
 
 def device_type(name: Any) -> str:
@@ -425,5 +438,5 @@ def config_hash(cfg: Mapping[str, Any], *, ignore: Iterable[tuple[str, ...]] = B
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-__all__ += ["MAX_SEED", "DERIVED_MODEL_KEYS", "validate", "device_type", "check_augment", "config_hash", "BOOKKEEPING_KEYS", "RESUME_FREE_KEYS",
+__all__ += ["MAX_SEED", "DERIVED_MODEL_KEYS", "validate", "device_type", "check_augment", "check_views", "config_hash", "BOOKKEEPING_KEYS", "RESUME_FREE_KEYS",
             "labels_from_user", "REAL_LABEL_DATASETS"]
