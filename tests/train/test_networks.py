@@ -166,3 +166,26 @@ def test_views_resolve_to_the_methods_and_a_wrong_count_or_kind_is_one_line(tmp_
 def test_fp16_is_refused_for_several_networks_before_any_data(tmp_path):
     with pytest.raises(UserError, match="several networks"):
         check_names(_cfg(tmp_path, **{"train.amp": "fp16"}))
+
+
+@register_method("test-own-batches", help="(tests) draws its epoch's batches itself: the first third, twice")
+class OwnBatches(Method):
+    def epoch_batches(self, ctx, generator):
+        idx = ctx.data.splits["train"]
+        third = idx[torch.randperm(len(idx), generator=generator)[: len(idx) // 3]]
+        return list(ctx.loader(third, shuffle=True, augment=True, generator=generator)) * 2
+
+
+def test_own_batches_of_another_count_end_each_epoch_where_the_schedule_would(tmp_path):
+    over = {"optim.schedule": "cosine", "train.epochs": 3}
+    own = _lines_after(fit(run_cfg(tmp_path, "own", **{"method.name": "test-own-batches", **over})), tmp_path / "own")
+    plain = _lines_after(fit(run_cfg(tmp_path, "plain", **over)), tmp_path / "plain")
+    # the lr a row reports is the one after the epoch's last step: the same position for both
+    assert [r["lr"] for r in own] == pytest.approx([r["lr"] for r in plain], abs=1e-12)
+    ckpt = torch.load(tmp_path / "own" / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] < torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=True)["step"]
+
+
+def _lines_after(summary, out):
+    assert summary["status"] == "finished"
+    return _lines(out)
