@@ -2,8 +2,9 @@
 
 Each policy works in two halves: :meth:`AugmentPolicy.draw` draws, from a ``torch.Generator``
 (never the global RNG), one *plan* for a batch of ``n`` images: per sample and per step the
-operation and its parameter in the operation's own unit (pixels, degrees, enhancement factor,
-bits, threshold); :meth:`AugmentPolicy.apply` applies a plan to a uint8 ``(B, C, H, W)`` batch
+operation (``op``, codes into :data:`OPS`, -1: not applied) and its parameter in the operation's
+own unit (``value``: pixels, degrees, enhancement factor, bits, threshold), with the draws it
+came from (sub-policy or level, application coin, sign); :meth:`AugmentPolicy.apply` applies a plan to a uint8 ``(B, C, H, W)`` batch
 with the batched, Pillow-exact operations of :mod:`noisylabels.data.imageops`, grouping the
 samples by operation (a loop over at most 15 operations per step, none over samples). Calling a
 policy does both. The same generator state gives the same batch; every sample draws its own
@@ -299,7 +300,8 @@ class AutoAugmentCIFAR10(_OpPolicy):
         m = torch.where(op == _CODE["TranslateX"], m * w, m)
         m = torch.where(op == _CODE["TranslateY"], m * h, m)
         value = _signed(op, m, negative)
-        return {"op": torch.where(u < p, op, torch.full_like(op, -1)), "value": value}
+        return {"op": torch.where(u < p, op, torch.full_like(op, -1)), "value": value,
+                "sub": sub, "applied": u < p, "negative": negative}
 
 
 _POOL = ("AutoContrast", "Brightness", "Color", "Contrast", "Equalize", "Identity", "Posterize", "Rotate",
@@ -358,7 +360,8 @@ class RandAugment(_OpPolicy):
         signed = torch.where(negative, -shear, shear)  # translations: signed, then int(v * side)
         value = torch.where(op == _CODE["TranslateX"], torch.trunc(signed * w), value)
         value = torch.where(op == _CODE["TranslateY"], torch.trunc(signed * h), value)
-        return {"op": torch.where(applied, op, torch.full_like(op, -1)), "value": value}
+        return {"op": torch.where(applied, op, torch.full_like(op, -1)), "value": value,
+                "level": v.to(torch.int64), "applied": applied, "negative": negative}
 
 
 class TrivialAugment(_OpPolicy):
@@ -391,7 +394,8 @@ class TrivialAugment(_OpPolicy):
         geo = torch.zeros_like(op, dtype=torch.bool)
         for name in _GEOMETRIC:
             geo |= op == _CODE[name]
-        return {"op": op, "value": torch.where(geo & negative, -value, value)}
+        return {"op": op, "value": torch.where(geo & negative, -value, value), "level": lv.to(torch.int64),
+                "negative": negative}
 
 
 class Cutout(AugmentPolicy):
@@ -463,7 +467,7 @@ def create_augment_policy(name: str, **options: Any) -> AugmentPolicy:
     factories = [AUGMENT_POLICIES.get(p) for p in names]
     if len(names) == 1:
         return call_with_options("augment policy", names[0], factories[0], **options)
-    takes = [(_keyword_options(f) or (set(), []))[0] for f in factories]
+    takes = [set((_keyword_options(f) or (set(), []))[1]) for f in factories]
     bad = [k for k in options if not any(k in t for t in takes)]
     if bad:
         valid = sorted(set().union(*takes))
