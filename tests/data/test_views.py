@@ -106,3 +106,25 @@ def test_bad_view_specs():
         BatchLoader(images, labels, torch.arange(37), augment=(AugmentSpec(), "strong"), **kw)
     with pytest.raises(UserError, match="policy must be an augmentation policy"):
         AugmentSpec(policy="randaugment")
+
+
+def test_config_strong_augment_is_checked_before_data_and_built_into_run_data(tmp_path):
+    from noisylabels.config import resolve_config
+    from noisylabels.train.prepare import prepare_data
+
+    cfg = resolve_config(overrides={"out": str(tmp_path / "r")})
+    assert cfg["data"]["strong_augment"] == "randaugment+cutout"
+    data = prepare_data(cfg)  # digits: 8x8 grey, data.augment auto = none
+    assert data.augment is None and data.strong == AugmentSpec(
+        policy=create_augment_policy("randaugment+cutout", num_ops=2, magnitude=10, size=16))
+    cifar_like = resolve_config(overrides={"data.augment": {"crop_padding": 4, "hflip": True},
+                                           "data.strong_augment": {"name": "autoaugment-cifar10+cutout", "size": 8}})
+    assert prepare_data(cifar_like).strong == AugmentSpec(
+        crop_padding=4, hflip=True, policy=create_augment_policy("autoaugment-cifar10+cutout", size=8))
+    assert prepare_data(resolve_config(assignments=["data.strong_augment=none"])).strong is None
+    tuned = resolve_config(assignments=["data.strong_augment.magnitude=5"])  # name: the default's
+    assert tuned["data"]["strong_augment"] == {"magnitude": 5}
+    for bad, match in (("randaugmnt", "unknown augment policy 'randaugmnt'"), ({"name": 3}, "must be a policy name"),
+                       ({"name": "cutout", "size": 0}, "cutout size"), (7, "data.strong_augment must be none")):
+        with pytest.raises(UserError, match=match):
+            resolve_config(overrides={"data.strong_augment": bad})

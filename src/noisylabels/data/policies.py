@@ -465,14 +465,14 @@ def create_augment_policy(name: str, **options: Any) -> AugmentPolicy:
     if any(not p for p in names):
         raise UserError(f"augment policy {name!r}: empty part; join names with '+', e.g. {DEFAULT_STRONG_AUGMENT}")
     factories = [AUGMENT_POLICIES.get(p) for p in names]
-    if len(names) == 1:
-        return call_with_options("augment policy", names[0], factories[0], **options)
     takes = [set((_keyword_options(f) or (set(), []))[1]) for f in factories]
     bad = [k for k in options if not any(k in t for t in takes)]
     if bad:
         valid = sorted(set().union(*takes))
         raise UserError(f"augment policy {name!r} has no option(s) {', '.join(map(repr, bad))}; "
                         f"valid options: {', '.join(valid) or '(none)'}")
+    if len(names) == 1:
+        return call_with_options("augment policy", names[0], factories[0], **options)
     return Compose([call_with_options("augment policy", n, f, **{k: v for k, v in options.items() if k in t})
                     for n, f, t in zip(names, factories, takes)])
 
