@@ -38,6 +38,14 @@ get from the base instead of writing it themselves:
   SOP's u and v), on the device, checkpointed and restored in place by the loop.
 * :meth:`Method.epoch_batches` -- a method that draws its epoch's batches itself (DivideMix's
   labelled and unlabelled sets) returns them here; default: the loop's shuffled training batches.
+* :meth:`Method.own_module` -- a module the method owns and trains with the run's own optimiser and
+  schedule (SimCLR's projection head), checkpointed and restored by the loop.
+
+Self-supervised methods (:attr:`Method.self_supervised`, e.g. SimCLR; ``noisylabels pretrain``)
+train no classifier: the loop monitors a weighted kNN classifier on :meth:`Method.eval_model`'s
+features instead of its logits (:attr:`Method.knn_k`, :attr:`Method.knn_temperature`), keeps the last
+epoch (selection-free), scores no sample, writes ``backbone.pt`` (the model without its classifier)
+and runs on data without labels; their steps return ``StepOutput(logits=None, ...)``.
 """
 
 from __future__ import annotations
@@ -90,11 +98,19 @@ class Method:
     views: ClassVar[tuple[str, ...]] = ("weak",)
     #: networks trained beside ``ctx.model`` (a name: a trainable :class:`NetworkSpec`)
     networks: ClassVar[tuple[NetworkSpec | str, ...]] = ()
+    #: the method learns features without labels and trains no classifier (``noisylabels pretrain``):
+    #: kNN monitor, no selection (the last epoch), no sample scores, ``backbone.pt``; data may lack labels
+    self_supervised: ClassVar[bool] = False
+    #: the kNN monitor of a self-supervised method (Wu et al. 2018): neighbours (0: no monitor) and
+    #: temperature of the similarity weights
+    knn_k: int = 200
+    knn_temperature: float = 0.1
 
     def __init__(self) -> None:
         self.ctx: MethodContext | None = None
         self.sample_records: SampleRecords | None = None
         self._per_sample: dict[str, torch.Tensor] = {}
+        self._own_modules: dict[str, torch.nn.Module] = {}
 
     @classmethod
     def network_specs(cls) -> tuple[NetworkSpec, ...]:
@@ -139,6 +155,38 @@ class Method:
         t.requires_grad_(requires_grad)
         self._per_sample[name] = t
         return t
+
+    def own_module(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
+        """A module the method owns and trains with the run's optimiser (call in :meth:`setup`): moved
+        to the run's device, its parameters joined to ``ctx.optimizer`` as one more parameter group
+        (the ``optim`` section's settings, the run's learning-rate schedule, gradient clipping), put in
+        train mode at each epoch start, checkpointed (key ``modules``) and restored by the loop.
+        Returns the module on the device (e.g. SimCLR's projection head)."""
+        assert self.ctx is not None, "own_module is called in setup"
+        if name in self._own_modules:
+            raise ValueError(f"module {name!r} owned twice")
+        module = module.to(self.ctx.device)
+        self.ctx.add_trainable(module)
+        self._own_modules[name] = module
+        return module
+
+    @property
+    def own_modules(self) -> dict[str, torch.nn.Module]:
+        """The modules of :meth:`own_module`, by name."""
+        return dict(self._own_modules)
+
+    def modules_state_dict(self) -> dict[str, Any]:
+        """Checkpoint state of the :meth:`own_module` modules (their state dicts)."""
+        return {k: m.state_dict() for k, m in self._own_modules.items()}
+
+    def load_modules_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the :meth:`own_module` modules (every one must be in ``state``)."""
+        missing = sorted(set(self._own_modules) - set(state))
+        if missing:
+            raise UserError(f"the checkpoint has no module {', '.join(missing)} of method {type(self).__name__}: it "
+                            f"was written by another method or version")
+        for k, m in self._own_modules.items():
+            m.load_state_dict(state[k])
 
     def epoch_batches(self, ctx: MethodContext, generator: torch.Generator) -> Any:
         """The epoch's training batches, if the method draws them itself (objects with ``x``, ``y``,

@@ -27,12 +27,14 @@ class StepOutput:
     Attributes
     ----------
     logits:
-        The training batch's logits the step trained on (``(B, K)``; detached or not).
+        The training batch's logits the step trained on (``(B, K)``; detached or not); ``None`` for
+        a step that trains no classifier (self-supervised pretraining): the epoch's
+        ``train_accuracy`` is then ``None``.
     loss:
         The 0-dim training loss of the step (what was minimised; checked for finiteness).
     """
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     loss: torch.Tensor
 
 
@@ -153,6 +155,11 @@ class MethodContext(Protocol):
 
     def clip_and_step(self, *, net: Network | None = None) -> None:
         """Optional gradient clipping, then ``optimizer.step`` (gradients already in ``.grad``)."""
+
+    def add_trainable(self, module: torch.nn.Module) -> None:
+        """Train ``module``'s parameters with the run's optimiser (one more parameter group, the
+        ``optim`` section's settings) and learning-rate schedule, beside ``ctx.model`` (call in
+        :meth:`Method.setup`, through :meth:`Method.own_module`)."""
 
     def add_network(self, spec: NetworkSpec) -> Network:
         """Build a network like the run's model (its own seed) with, if trainable, its own optimiser

@@ -37,7 +37,7 @@ from torch import nn
 from ..errors import UserError
 from ..registry import call_with_options
 from .base import MODELS, Classifier, check_int, count_parameters
-from .checkpoint import load_init_checkpoint, read_state_dict
+from .checkpoint import backbone_state_dict, load_init_checkpoint, read_state_dict
 from .ensemble import Ensemble
 # importing the family modules registers their models
 from .lenet import LeNet
@@ -65,6 +65,7 @@ __all__ = [
     "Ensemble",
     "load_init_checkpoint",
     "read_state_dict",
+    "backbone_state_dict",
 ]
 
 
