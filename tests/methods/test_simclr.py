@@ -268,9 +268,24 @@ def test_train_refuses_a_self_supervised_method(tmp_path, capsys):
 # -- does it learn? -----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_linear_probe_of_pretrained_features_beats_random_init_on_digits(tmp_path):
-    """Digits (1,438 pool / 359 test), see the README's measurement; the probe is a logistic
-    regression on the frozen features (noisylabels.eval.probe)."""
+    """Digits (1,438 pool / 359 test images, true labels), an MLP with a 16-wide feature layer (random
+    16-d features are a weak probe: the comparison means something), SimCLR 20 epochs (batch 256,
+    lr 0.5, head batch norm, crops of 30-100% area, no flip). The probe is a logistic regression on
+    the frozen features of the whole pool (noisylabels.eval.probe), the same model at random init
+    (same seed) the baseline. Measured: 0.930 vs 0.752 here (11 s); 30 epochs, benchmarks/simclr_probe.py:
+    0.914 vs 0.752."""
     from noisylabels.eval.probe import linear_probe_accuracy
     from noisylabels.train.context import embed
 
-    raise NotImplementedError
+    model = {"model.name": "mlp", "model.hidden": [16]}
+    fit(_pcfg(tmp_path, "ssl", epochs=20, **{**model, "data.train_subset": None, "train.batch_size": 256,
+                                            "method.head_bn": True, "method.knn_k": 0}))
+    acc = {}
+    for name, init in (("pretrained", {"model.init_checkpoint": str(tmp_path / "ssl" / "backbone.pt")}),
+                       ("random", {})):
+        ctx = build_context(run_cfg(tmp_path, name, **model, **init, **{"noise.type": "none", "noise.rate": 0.0}))
+        kw = dict(mean=ctx.data.mean, std=ctx.data.std, batch_size=1000, device=ctx.device)
+        acc[name] = linear_probe_accuracy(embed(ctx.model, ctx.images, None, **kw), ctx.data.clean_labels,
+                                          embed(ctx.model, ctx.data.test_images, None, **kw), ctx.data.test_labels,
+                                          num_classes=10)
+    assert acc["pretrained"] > acc["random"] + 0.05, acc
