@@ -131,7 +131,7 @@ def _readers(tmp: Path):
     from noisylabels.data.cifar_n import load_human_labels
     from noisylabels.data.labels_csv import read_csv_rows
     from noisylabels.detect.report import _load_probs, load_run_inputs, read_label_file
-    from noisylabels.methods.narl import load_adjuster
+    from noisylabels.methods.narl_transfer import load_adjuster
     from noisylabels.models import read_state_dict
     from noisylabels.noise.class_conditional import load_matrix
     from noisylabels.train.records import RunRecorder

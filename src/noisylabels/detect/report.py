@@ -442,12 +442,12 @@ def write_issues_csv(path: str | Path, result: DetectionResult) -> None:
 
 def plot_joint(path: str | Path, result: DetectionResult) -> None:
     """Heat map of the estimated joint :math:`N\\hat Q_{\\tilde y, y^*}` (given label vs estimated true label)."""
-    from ..eval.plots import _figure, _finish
+    from ..eval.plots import new_figure, save_figure
 
     est, names = result.estimate, result.inputs.classes
     k = len(names)
     counts = est.joint * est.num_samples
-    plt, fig, ax = _figure(1, width=min(12.0, 2.0 + 0.55 * k), height=min(11.0, 1.6 + 0.5 * k))
+    plt, fig, ax = new_figure(1, width=min(12.0, 2.0 + 0.55 * k), height=min(11.0, 1.6 + 0.5 * k))
     im = ax.imshow(counts, cmap="viridis")
     fig.colorbar(im, ax=ax, shrink=0.8, label="estimated samples")
     if k <= 20:
@@ -460,7 +460,7 @@ def plot_joint(path: str | Path, result: DetectionResult) -> None:
                 if counts[i, j] >= 0.5:
                     ax.text(j, i, f"{counts[i, j]:.0f}", ha="center", va="center", fontsize=7,
                             color="black" if counts[i, j] > 0.6 * top else "white")
-    _finish(plt, fig, path, (ax, "estimated true label", "given label", False),
+    save_figure(plt, fig, path, (ax, "estimated true label", "given label", False),
             title=f"estimated joint of given and true labels ({result.estimated_on.split(' (')[0]}); "
                   f"noise rate {100 * est.noise_rate:.1f}%")
 
