@@ -80,7 +80,7 @@ import torch.nn.functional as F
 from ..errors import UserError
 from .functional import functional_logits, params_and_buffers
 from .graph_jvp import UnsupportedGraph, graph_jvp, warn_unsupported_once
-from .virtual_step import (SGDStepSetting, VirtualStep, _check_sgd, lookahead_weights, optimizer_virtual_step,
+from .virtual_step import (SGDStepSetting, VirtualStep, check_sgd, lookahead_weights, optimizer_virtual_step,
                            sgd_step_settings)
 
 __all__ = [
@@ -214,7 +214,7 @@ class _Setup:
 def _setup(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: Tensor,
            jvp_backend: str | None = None) -> _Setup:
     """Checks and bookkeeping shared by every entry point."""
-    _check_sgd(optimizer)
+    check_sgd(optimizer)
     if jvp_backend is not None:
         _check_backend(jvp_backend)
     params, buffers = params_and_buffers(model)

@@ -42,7 +42,7 @@ from ..errors import UserError
 from ..losses import get_loss_fn
 from ..meta import META_GRADIENTS, assign_grads, meta_gradient, per_example_weights
 from ..meta.schedule import EveryK, LookaheadWindow, MetaSchedule
-from ..meta.virtual_step import _check_sgd
+from ..meta.virtual_step import check_sgd
 from .base import Method
 from .context import MethodContext, StepOutput
 from .options import choice_option, int_option, positive_option
@@ -107,7 +107,7 @@ class MetaMethod(Method):
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
-        _check_sgd(ctx.optimizer)
+        check_sgd(ctx.optimizer)
 
     def in_warmup(self, ctx: MethodContext) -> bool:
         return ctx.epoch < self.warmup_epochs
