@@ -283,13 +283,13 @@ class MetaNetMethod(MetaMethod):
                                 meta_x=mb.x, meta_y=mb.y, meta_loss_fn=self.meta_loss, phi=self.phi)
             notes = self._notes  # the schedule's stored steps re-run the loss layer: keep this step's notes
             grads = self.schedule.accumulate(
-                ctx.step, list(res.meta_grads or []), res, model=ctx.model, optimizer=ctx.optimizer, phi=self.phi,
+                ctx.step, list(res.meta_grads), res, model=ctx.model, optimizer=ctx.optimizer, phi=self.phi,
                 loss_layer=lambda z, st: self.loss_layer(z, st.y, x=st.x, index=st.index))
             self._notes = notes
             if self.delayed:  # the real step is the virtual step (pre-update phi)
                 ctx.optimizer.zero_grad(set_to_none=True)
                 for name, p in ctx.model.named_parameters():
-                    g = (res.train_grads or {}).get(name)
+                    g = res.train_grads.get(name)
                     if g is not None:
                         p.grad = g
                 ctx.clip_and_step()
@@ -321,7 +321,7 @@ class MetaNetMethod(MetaMethod):
         return x, y, index, mb
 
     def after_meta_step(self, ctx: MethodContext, res: Any) -> None:
-        """Called after each meta update with the engine's :class:`~noisylabels.meta.MetaStep`
+        """Called after each meta update with the engine's :class:`~noisylabels.meta.MetaGradientStep`
         (e.g. to log the meta loss)."""
 
     # -- resume ----------------------------------------------------------------------------------------
@@ -373,7 +373,7 @@ class ExampleWeightingMethod(MetaMethod):
         res = per_example_weights(ctx.model, ctx.optimizer, x=x, y=y, meta_x=mb.x, meta_y=mb.y,
                                   meta_loss_fn=self.meta_loss, per_sample_loss=self.example_losses,
                                   how=self.meta_gradient)
-        w = self.normalize(res.weights)  # type: ignore[arg-type]
+        w = self.normalize(res.weights)
         losses = self.example_losses(res.train_logits, y)
         loss = (w * losses).sum(1).sum() if losses.ndim == 2 else (w * losses).sum()
         ctx.backward_and_step(loss)
