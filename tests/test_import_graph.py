@@ -119,6 +119,34 @@ def test_no_package_import_cycle():
     assert found == ALLOWED_CYCLES, f"cycles gone, shrink ALLOWED_CYCLES: {sorted(ALLOWED_CYCLES - found)}"
 
 
+# -- the rooms: which top-level entries each package may import (DESIGN.md, "Layers") ------------------------
+_GROUND = {"errors", "seeding", "progress"}
+MAY_IMPORT: dict[str, set[str]] = {
+    "errors": set(), "seeding": set(), "progress": set(), "eval": set(),
+    "io": {"errors"}, "registry": {"errors"}, "config": {"errors"}, "safe_files": {"io"},
+    "meta": {"errors"},
+    "losses": _GROUND | {"registry", "io"}, "noise": _GROUND | {"registry", "io"},
+    "models": _GROUND | {"registry", "io"}, "data": _GROUND | {"registry", "io"},
+    # methods see a run only through MethodContext: never train/, data/, detect/, bench/, cli/
+    "methods": _GROUND | {"registry", "io", "eval", "losses", "meta", "models"},
+    "train": _GROUND | {"registry", "io", "eval", "config", "losses", "meta", "models", "noise", "data", "methods"},
+    "detect": _GROUND | {"io", "eval", "train"},            # reads run records through train/, never cli/
+    "bench": _GROUND | {"io", "config", "train"},
+    "config_doc": _GROUND | {"config", "methods", "train"},
+    "estimator": _GROUND | {"config", "data", "detect", "train", "models", "methods"},
+}
+
+
+def test_each_package_imports_only_the_rooms_below_it():
+    graph = package_graph()
+    for pkg, imported in graph.items():
+        if pkg in ("cli", "__main__"):
+            continue  # the top: may import anything, and nothing imports it
+        assert pkg in MAY_IMPORT, f"a new top-level entry {pkg!r}: give it its rooms in MAY_IMPORT and DESIGN.md"
+        assert imported <= MAY_IMPORT[pkg], f"{pkg} imports {sorted(imported - MAY_IMPORT[pkg])}"
+    assert not any("cli" in imported for pkg, imported in graph.items() if pkg not in ("cli", "__main__"))
+
+
 # -- private names stay in their package ----------------------------------------------------------------------
 # ``(importing file, imported dotted name)`` pairs allowed to cross packages; this set may only shrink.
 ALLOWED_PRIVATE: set[tuple[str, str]] = set()
