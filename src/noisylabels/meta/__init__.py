@@ -14,6 +14,7 @@ What a method uses is exported here:
 
 The rest stays in its module:
 
+* :mod:`~noisylabels.meta.results` -- the result kinds (exported here);
 * :mod:`~noisylabels.meta.engine` -- the backends (``meta_gradient_jvp``,
   ``meta_gradient_double_backward``, ``per_example_weights_jvp``, ``logits_jvp``, ``functional_jvp``);
 * :mod:`~noisylabels.meta.functional` -- forwards at given parameters (BatchNorm statistics untouched);
@@ -26,10 +27,6 @@ from __future__ import annotations
 
 from .engine import (
     META_GRADIENTS,
-    ExampleWeightsStep,
-    JVPMetaGradientStep,
-    MetaGradientStep,
-    MetaStep,
     StoredStep,
     assign_grads,
     batch_contribution,
@@ -39,6 +36,7 @@ from .engine import (
     per_example_weights,
 )
 from .graph_jvp import UnsupportedGraph, register_jvp_rule
+from .results import ExampleWeightsStep, JVPMetaGradientStep, MetaGradientStep, MetaStep
 
 __all__ = [
     "META_GRADIENTS",

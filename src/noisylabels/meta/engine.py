@@ -81,6 +81,7 @@ import torch.nn.functional as F
 from ..errors import UserError
 from .functional import functional_logits, params_and_buffers
 from .graph_jvp import UnsupportedGraph, graph_jvp, warn_unsupported_once
+from .results import ExampleWeightsStep, JVPMetaGradientStep, MetaGradientStep, MetaStep
 from .virtual_step import (SGDStepSetting, VirtualStep, check_sgd, lookahead_weights, optimizer_virtual_step,
                            sgd_step_settings)
 
@@ -113,78 +114,6 @@ JVP_BACKENDS = ("auto", "graph", "func")
 #: the hypergradient options every meta method takes (``method.meta_gradient``): the same
 #: gradient up to rounding, at different cost (``double-backward`` is the official codes' path)
 META_GRADIENTS = ("jvp", "jvp-func", "double-backward")
-
-
-@dataclass(kw_only=True)
-class MetaStep:
-    """What every engine function returns (tensors only; nothing is synchronised to the host); each
-    function returns the subclass with the fields it fills: :class:`MetaGradientStep` (the
-    meta-gradient functions; :class:`JVPMetaGradientStep` from the JVP path) or
-    :class:`ExampleWeightsStep` (:func:`per_example_weights`).
-
-    Attributes
-    ----------
-    meta_loss:
-        ``L_meta(theta_hat)``, 0-dim, detached.
-    train_logits:
-        ``z = f(x; theta)``; with ``reuse_forward=True`` it keeps its graph to the model's
-        parameters (for the real step), otherwise detached.
-    train_losses:
-        The per-sample training losses at ``theta`` (``(n,)``, or ``(n, k)`` for per-example
-        weights with ``k`` loss columns), detached.
-    """
-
-    meta_loss: Tensor
-    train_logits: Tensor
-    train_losses: Tensor
-
-
-@dataclass(kw_only=True)
-class MetaGradientStep(MetaStep):
-    """A meta-gradient step (:func:`meta_gradient`, :func:`meta_gradient_double_backward`).
-
-    Attributes
-    ----------
-    meta_grads:
-        ``dL_meta(theta_hat(phi))/dphi``, one tensor per entry of ``phi`` (zeros where phi does
-        not reach the meta loss). Not applied: see :func:`assign_grads`.
-    train_grads:
-        ``grad_theta L_train(theta, phi)`` at the *pre-update* phi, by parameter name (the
-        gradient the virtual step used; ``None`` entries for parameters it does not reach). A
-        "delayed" real step (MLC's approximation) applies it instead of a new backward.
-    """
-
-    meta_grads: list[Tensor]
-    train_grads: dict[str, Tensor | None]
-
-
-@dataclass(kw_only=True)
-class JVPMetaGradientStep(MetaGradientStep):
-    """A meta-gradient step by the JVP path (:func:`meta_gradient_jvp`), with what it was built from.
-
-    Attributes
-    ----------
-    tangent, scale:
-        The tangent ``t_p = s_p v_p`` at ``theta_hat`` (:func:`meta_tangent`) and the
-        per-parameter scale ``s_p = lr_p c_p`` it was built with; a k-step look-ahead reuses them
-        for its stored steps (:func:`lookahead_contributions`), MLC's k-step discount reads ``v = t / s``.
-    """
-
-    tangent: dict[str, Tensor]
-    scale: dict[str, float]
-
-
-@dataclass(kw_only=True)
-class ExampleWeightsStep(MetaStep):
-    """Per-example weights (:func:`per_example_weights`).
-
-    Attributes
-    ----------
-    weights:
-        Raw per-example weights ``w_i = -dL_meta/d eps_i`` at ``eps = 0`` (shape of ``train_losses``).
-    """
-
-    weights: Tensor
 
 
 # -- helpers ---------------------------------------------------------------------------------------
