@@ -61,7 +61,7 @@ from .meta import MetaNetMethod
 from .options import numbers_option
 from .records import Record
 
-__all__ = ["margin", "Family", "FAMILIES", "get_family", "Adjuster", "RobustLoss", "adjuster_curves", "NARL"]
+__all__ = ["margin", "Family", "FAMILIES", "Adjuster", "RobustLoss", "adjuster_curves", "NARL"]
 
 
 def margin(logits: Tensor, labels: Tensor) -> Tensor:
@@ -110,13 +110,6 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def get_family(name: str) -> Family:
-    """The family named ``name`` (case-insensitive); an unknown name is a one-line error."""
-    if str(name).lower() not in FAMILIES:
-        raise UserError(f"narl: unknown loss family {name!r}; valid: {', '.join(FAMILIES)}")
-    return FAMILIES[str(name).lower()]
-
-
 class Adjuster(nn.Module):
     """``Lambda = clamp(s * sigmoid(W2 ReLU(W1 m + b1) + b2), low, high)`` (Sec. 3.2, Fig. 4).
 
@@ -153,7 +146,9 @@ class RobustLoss:
 
     def __init__(self, family: str, *, rce_A: float) -> None:
         self.family_name = str(family).lower()
-        self.family = get_family(self.family_name)
+        if self.family_name not in FAMILIES:
+            raise UserError(f"narl: unknown loss family {family!r}; valid: {', '.join(FAMILIES)}")
+        self.family = FAMILIES[self.family_name]
         self.loss_fn = get_loss_fn(self.family.loss)
         self.fixed = {"A": float(rce_A)} if self.family_name == "sl" else {}
         if self.family_name == "sl" and not rce_A < 0:

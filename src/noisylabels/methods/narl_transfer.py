@@ -25,7 +25,7 @@ from ..io import atomic_torch_save, load_torch_file
 from ..losses import LOG_1E_4
 from .base import Method, register_method
 from .context import MethodContext
-from .narl import NARL, Adjuster, RobustLoss, adjuster_curves, get_family, margin
+from .narl import FAMILIES, NARL, Adjuster, RobustLoss, adjuster_curves, margin
 
 __all__ = ["ADJUSTER_FORMAT", "save_adjuster", "load_adjuster", "TransferNARL", "snapshot_epochs", "default_tasks",
            "ASYMMETRIC_MAPS"]
@@ -63,7 +63,7 @@ def save_adjuster(path: str | Path, *, family: str, adjuster: Adjuster, snapshot
     """
     state = {
         "format": ADJUSTER_FORMAT, "version": 1, "family": str(family), "hidden": int(adjuster.fc1.out_features),
-        "num_hparams": int(adjuster.fc2.out_features), "hparams": list(get_family(family).hparams),
+        "num_hparams": int(adjuster.fc2.out_features), "hparams": list(FAMILIES[str(family).lower()].hparams),
         "snapshots": [{k: v.detach().cpu().clone() for k, v in s.items()} for s in snapshots],
         "snapshot_epochs": [int(e) for e in snapshot_epochs], "tasks": [str(t) for t in tasks],
     }
@@ -78,7 +78,10 @@ def load_adjuster(path: str | Path) -> tuple[dict[str, Any], list[Adjuster]]:
     state = load_torch_file(p, what="adjuster file", expected="adjuster file (write one with `noisylabels narl-train`)")
     if not isinstance(state, dict) or state.get("format") != ADJUSTER_FORMAT:
         raise UserError(f"{p} is not a noisylabels NARL adjuster file (write one with `noisylabels narl-train`)")
-    fam = get_family(state.get("family", "?"))
+    fam = FAMILIES.get(str(state.get("family")).lower())
+    if fam is None:
+        raise UserError(f"{p}: unknown loss family {state.get('family')!r} (valid: {', '.join(FAMILIES)}); write the "
+                        "file with `noisylabels narl-train`")
     n = int(state.get("num_hparams", -1))
     if n != len(fam.hparams) or not state.get("snapshots"):
         raise UserError(f"{p}: {n} hyperparameters for the {state['family']} family (expects {len(fam.hparams)}), "
