@@ -176,7 +176,7 @@ class EMLC(LabelCorrectionMethod):
     ----------
     k:
         Look-ahead steps (Algorithm 1): 1 = exact one-step meta-gradient (Eq. 10); k > 1 = Eq. 11 by
-        FPMG, teacher updated once every k student steps.
+        FPMG, teacher updated once every k student steps (the base's option, ``k_step = 'window'``).
     teacher_model:
         Registry name of the teacher's backbone; ``None``: the student's architecture and options.
     teacher_init, teacher_init_exclude:

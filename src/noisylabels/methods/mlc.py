@@ -78,8 +78,8 @@ class MLC(LabelCorrectionMethod):
     ----------
     k:
         MLC's k-step look-ahead (the code's ``gradient_steps``): discounted accumulation of the
-        one-step meta-gradients, LCN step every k-th step (module docstring). ``1``: the one-step
-        look-ahead (exact meta-gradient).
+        one-step meta-gradients, LCN step every k-th step (module docstring; the base's option with
+        ``k_step = 'discounted'``). ``1``: the one-step look-ahead (exact meta-gradient).
     label_embedding_dim, hidden:
         LCN sizes (128, 128; the embedding's is
         :class:`~noisylabels.methods.label_correction.LabelCorrectionMethod`'s option).
