@@ -71,9 +71,8 @@ def margin(logits: Tensor, labels: Tensor) -> Tensor:
     unchanged by adding a constant to all logits.
     """
     z = logits.detach()
-    z_y = z.gather(1, labels[:, None]).squeeze(1)
     others = z.scatter(1, labels[:, None], float("-inf"))
-    return z_y - others.amax(dim=1)
+    return z.gather(1, labels[:, None]).squeeze(1) - others.amax(dim=1)
 
 
 class Family(NamedTuple):
@@ -149,7 +148,6 @@ class RobustLoss:
         if self.family_name not in FAMILIES:
             raise UserError(f"narl: unknown loss family {family!r}; valid: {', '.join(FAMILIES)}")
         self.family = FAMILIES[self.family_name]
-        self.loss_fn = get_loss_fn(self.family.loss)
         self.fixed = {"A": float(rce_A)} if self.family_name == "sl" else {}
         if self.family_name == "sl" and not rce_A < 0:
             raise UserError(f"narl: rce_A (log 0 of the reverse cross entropy) must be negative, got {rce_A}")
@@ -158,7 +156,7 @@ class RobustLoss:
 
     def losses(self, z: Tensor, y: Tensor, lam: Tensor) -> Tensor:
         hp = {name: lam[:, k] for k, name in enumerate(self.family.hparams)}  # JS: pi2 = 1 - pi1 inside js_loss
-        return self.loss_fn(z, y, reduction="none", **hp, **self.fixed)
+        return get_loss_fn(self.family.loss)(z, y, reduction="none", **hp, **self.fixed)
 
 
 def adjuster_curves(adjuster: Adjuster, family: Family, title: str) -> list[Curve]:
@@ -202,9 +200,8 @@ class NARL(MetaNetMethod):
                  hidden: int = 100, rce_A: float = LOG_1E_4, meta_interval: int = 10, **options: Any) -> None:
         self.robust = RobustLoss(loss, rce_A=rce_A)
         fam, where = self.robust.family, f" for the {self.robust.family_name} family"
-        self.scale = numbers_option("narl", "scale", scale, fam.scale, context=where)
-        self.low = numbers_option("narl", "low", low, fam.low, context=where)
-        self.high = numbers_option("narl", "high", high, fam.high, context=where)
+        self.scale, self.low, self.high = (numbers_option("narl", k, v, getattr(fam, k), context=where)
+                                           for k, v in (("scale", scale), ("low", low), ("high", high)))
         if any(lo > hi for lo, hi in zip(self.low, self.high)):
             raise UserError(f"narl: low must not exceed high, got low={self.low}, high={self.high}")
         self.hidden = int(hidden)

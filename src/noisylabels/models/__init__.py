@@ -42,6 +42,7 @@ from ..errors import UserError
 from ..registry import call_with_options
 from .base import MODELS, Classifier, check_int, count_parameters
 from .checkpoint import load_init_checkpoint, read_state_dict
+from .ensemble import Ensemble
 from .penultimate import FeatureTap, check_features, feature_dim, features, logits_and_features
 # importing the family modules registers their models
 from .lenet import LeNet
@@ -66,6 +67,7 @@ __all__ = [
     "PreActResNet",
     "WideResNet",
     "TimmClassifier",
+    "Ensemble",
     "load_init_checkpoint",
     "read_state_dict",
     "FeatureTap",
