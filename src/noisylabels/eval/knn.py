@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
 
 __all__ = ["knn_predict", "knn_accuracy"]
 
@@ -40,18 +39,18 @@ def knn_predict(memory: torch.Tensor, memory_labels: torch.Tensor, queries: torc
         ``(Q,)`` int64 predicted classes (ties: the lowest class).
     """
     if memory.ndim != 2 or queries.ndim != 2 or memory.shape[1] != queries.shape[1]:
-        raise UserError(f"knn: features must be (M, d) and (Q, d), got {tuple(memory.shape)}, {tuple(queries.shape)}")
+        raise ValueError(f"knn: features must be (M, d) and (Q, d), got {tuple(memory.shape)}, {tuple(queries.shape)}")
     if len(memory) != len(memory_labels):
-        raise UserError(f"knn: {len(memory)} memory features but {len(memory_labels)} labels")
+        raise ValueError(f"knn: {len(memory)} memory features but {len(memory_labels)} labels")
     if not float(temperature) > 0 or int(k) < 1:
-        raise UserError(f"knn: k must be >= 1 and temperature > 0, got k={k}, temperature={temperature}")
+        raise ValueError(f"knn: k must be >= 1 and temperature > 0, got k={k}, temperature={temperature}")
     if exclude_self and len(queries) != len(memory):
-        raise UserError("knn: exclude_self needs the queries to be the memory")
+        raise ValueError("knn: exclude_self needs the queries to be the memory")
     mem = F.normalize(memory.float(), dim=1)
     labels = memory_labels.to(mem.device).long()
     kk = min(int(k), len(mem) - (1 if exclude_self else 0))
     if kk < 1:
-        raise UserError("knn: the memory has no sample to vote")
+        raise ValueError("knn: the memory has no sample to vote")
     out = []
     for start in range(0, len(queries), int(batch_size)):
         q = F.normalize(queries[start:start + int(batch_size)].float().to(mem.device), dim=1)

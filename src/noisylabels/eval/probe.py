@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
 
 __all__ = ["linear_probe_accuracy"]
 
@@ -42,10 +41,10 @@ def linear_probe_accuracy(train_features: torch.Tensor, train_labels: torch.Tens
         The fraction of test samples classified right.
     """
     if train_features.ndim != 2 or test_features.ndim != 2 or train_features.shape[1] != test_features.shape[1]:
-        raise UserError(f"linear probe: features must be (N, d) and (M, d), got {tuple(train_features.shape)}, "
+        raise ValueError(f"linear probe: features must be (N, d) and (M, d), got {tuple(train_features.shape)}, "
                         f"{tuple(test_features.shape)}")
     if len(train_features) != len(train_labels) or len(test_features) != len(test_labels) or not len(test_labels):
-        raise UserError("linear probe: every feature needs a label, and the test set samples")
+        raise ValueError("linear probe: every feature needs a label, and the test set samples")
     x = train_features.double()
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     x = (x - mean) / std

@@ -36,6 +36,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..losses.contrastive import contrastive_logits
+from ..models.penultimate import check_features, feature_dim
 from ..seeding import derive_seed
 from .base import Method, register_method
 from .context import MethodContext, StepOutput
@@ -112,10 +113,7 @@ class SimCLR(Method):
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
-        width = getattr(ctx.model, "num_features", None)
-        if not isinstance(width, int) or not callable(getattr(ctx.model, "features", None)):
-            raise UserError(f"simclr: model {ctx.cfg['model']['name']!r} has no features() / num_features: SimCLR "
-                            f"trains the backbone of a classifier(features(x)) model")
+        width = feature_dim(check_features(ctx.model, what=f"simclr: model {ctx.cfg['model']['name']!r}"))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(ctx.seed, "simclr-head"))
             head = ProjectionHead(width, self.projection_hidden or width, self.projection_dim, bn=self.head_bn)
