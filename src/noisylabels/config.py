@@ -125,8 +125,10 @@ def merge(base: dict[str, Any], override: Mapping[str, Any], *, _path: tuple[str
         _check_key(path, defaults if isinstance(defaults, Mapping) else None)
         _check_section(path, defaults.get(key) if isinstance(defaults, Mapping) else None, value)
         if ".".join(path) == "data.strong_augment" and isinstance(value, Mapping) and "name" not in value \
-                and isinstance(out.get(key), str) and out[key].strip().lower() != "none":
-            value = {"name": out[key], **value}  # options of the policy already named (--set data.strong_augment.x=)
+                and isinstance(out.get(key), str) and out[key].strip().lower() not in ("none", defaults[key]):
+            # options of a policy named over the default (pretrain's simclr): --set data.strong_augment.x=
+            # tunes that policy, not the default's (a dict without a name means the default's)
+            value = {"name": out[key], **value}
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and ".".join(path) not in {"data.augment"}:
             out[key] = merge(out[key], value, _path=tuple(path))
         else:
