@@ -90,6 +90,26 @@ BUGS: list[tuple[str, str, str, str, list[str]]] = [
      "MW-Net: weight net input not detached", [T + "methods/test_mwnet.py"]),
     (M + "methods/l2rw.py", "        r = raw.clamp_min(0)", "        r = raw.abs()",
      "L2RW: |w| instead of rectified max(w, 0) (Eq. 12)", [T + "methods/test_l2rw_l2b.py"]),
+    # -- ELR (issue 22) ------------------------------------------------------------------------------
+    (M + "methods/elr.py", "        losses = F.cross_entropy(_float(z), y, reduction=\"none\") + self.lam * reg",
+     "        losses = F.cross_entropy(_float(z), y, reduction=\"none\") - self.lam * reg",
+     "ELR: regulariser sign (pushes p away from the early-learning target)", [T + "methods/test_elr.py"]),
+    (M + "methods/elr.py", "    return beta * target + (1.0 - beta) * probs.to(target.dtype)",
+     "    return (1.0 - beta) * target + beta * probs.to(target.dtype)",
+     "ELR: temporal ensemble with beta and 1 - beta swapped", [T + "methods/test_elr.py"]),
+    (M + "methods/elr.py", "        reg = elr_regularizer(z, t, clamp=self.clamp)",
+     "        reg = elr_regularizer(z, prev, clamp=self.clamp)",
+     "ELR: regulariser on the target before this step's update (off by one update)", [T + "methods/test_elr.py"]),
+    (M + "methods/elr.py", "    rest = (1.0 - t.sum(1, keepdim=True)).clamp_min(0.0)",
+     "    rest = torch.zeros_like(t[:, :1])",
+     "ELR: exact regulariser drops the (1 - sum t) term of a target that has not converged", [T + "methods/test_elr.py"]),
+    (M + "methods/elr.py", "    p = torch.exp(z - lse).masked_fill(top, 0.0)", "    p = torch.exp(z - lse)",
+     "ELR: log(1 - p) through log1p also at the top class (log 0 in the branch not taken)", [T + "methods/test_elr.py"]),
+    (M + "methods/elr.py", "    detection = (\"target_given\", -1.0)", "    detection = (\"target_given\", 1.0)",
+     "ELR: detection direction (labels the target agrees with ranked first)", [T + "methods/test_elr.py"]),
+    (M + "methods/elr.py", "        reg = elr_regularizer(z, t, clamp=self.clamp)",
+     "        reg = elr_regularizer(z, F.one_hot(y, t.shape[1]).to(t), clamp=self.clamp)",
+     "ELR: regulariser towards the given label instead of the target (swapped roles)", [T + "methods/test_elr.py"]),
 ]
 
 _saved: dict[Path, bytes] = {}
