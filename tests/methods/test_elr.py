@@ -5,6 +5,7 @@ and everything a run gets (resume, folds, detect, export)."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -96,22 +97,43 @@ class _Data:
 
 
 def _ctx(tmp_path, model, given, clean=None, lr=0.5):
-    """The parts of a run an ELR step and its epoch records use (MethodContext is a protocol)."""
+    """The parts of a run an ELR / ELR+ step and its epoch records use (MethodContext is a protocol):
+    networks are copies of ``model`` with their own small random start, SGD each; mixup is the
+    library's."""
+    from noisylabels.data import mixup
+    from noisylabels.methods.context import Network
+
     opt = torch.optim.SGD(model.parameters(), lr=lr)
 
     def backward_and_step(loss, net=None):
-        opt.zero_grad()
+        o = opt if net is None else net.optimizer
+        o.zero_grad()
         loss.backward()
-        opt.step()
+        o.step()
 
-    k = model.out_features
-    return SimpleNamespace(model=model, data=_Data(given, given if clean is None else clean, k), device=torch.device("cpu"),
-                           recorder=SimpleNamespace(path=lambda name: Path(tmp_path) / name), best={}, epoch=0,
-                           cfg={"method": {"name": "elr"}}, networks={}, backward_and_step=backward_and_step)
+    ctx = SimpleNamespace(model=model, data=_Data(given, given if clean is None else clean, model.out_features),
+                          device=torch.device("cpu"), recorder=SimpleNamespace(path=lambda name: Path(tmp_path) / name),
+                          best={}, epoch=0, step=0, seed=0, cfg={"method": {"name": "elr"}}, networks={},
+                          backward_and_step=backward_and_step, mixup=mixup)
+
+    def add_network(spec):
+        m = copy.deepcopy(model)
+        g = torch.Generator().manual_seed(len(ctx.networks) + 1)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.01)
+        net = Network(spec.name, m, torch.optim.SGD(m.parameters(), lr=lr) if spec.trainable else None)
+        if not spec.trainable:
+            m.requires_grad_(False)
+        ctx.networks[spec.name] = net
+        return net
+
+    ctx.add_network = add_network
+    return ctx
 
 
-def _method(ctx, **options):
-    m = create_method("elr", **options)
+def _method(ctx, name="elr", **options):
+    m = create_method(name, **options)
     m.setup(ctx)
     return m
 
@@ -187,23 +209,25 @@ def _planted(seed=0, n=120, d=200, k=3, noise=0.3):
     return x, given, clean, wrong
 
 
-def _train_linear(tmp_path, lam, epochs=100):
-    """Full-batch steps of the method on the planted problem; returns (predictions, epoch metrics)."""
+def _train_linear(tmp_path, name="elr", epochs=100, **options):
+    """Full-batch steps of the method on the planted problem; returns (predictions of its evaluation
+    model, the last epoch's metrics, its detection scores, (given, clean, wrong))."""
     x, given, clean, wrong = _planted()
     model = torch.nn.Linear(x.shape[1], 3, bias=False)
     torch.nn.init.zeros_(model.weight)
     ctx = _ctx(tmp_path, model, given, clean)
-    m = _method(ctx, lam=lam)
+    m = _method(ctx, name, **options)
     idx = torch.arange(len(given))
     for e in range(epochs):
         ctx.epoch = e
         m.start_epoch(ctx)
         m.train_step(ctx, x, given, idx)
+        ctx.step += 1
     out = m.end_epoch(ctx)  # the last epoch's records
     with torch.no_grad():
-        pred = model(x).argmax(1)
-    scores = m.sample_scores(ctx, torch.softmax(model(x), 1).detach(), given).numpy()
-    return pred, out, scores, (given, clean, wrong)
+        probs = torch.softmax(m.eval_model(ctx)(x), 1)
+    scores = m.sample_scores(ctx, probs, given).numpy()
+    return probs.argmax(1), out, scores, (given, clean, wrong)
 
 
 def test_direction_the_regulariser_keeps_wrong_labels_unfitted_and_the_score_ranks_them_first(tmp_path):
@@ -220,9 +244,10 @@ def test_direction_the_regulariser_keeps_wrong_labels_unfitted_and_the_score_ran
     assert detection_metrics(scores, wrong.numpy())["detection_auroc"] > 0.99  # suspects.csv's score
 
 
+@pytest.mark.parametrize("name", ["elr", "elr-plus"])
 @pytest.mark.parametrize("state", ["learned", "flipped"])
-def test_detection_score_ranks_the_labels_the_target_rejects_first_in_either_planted_state(tmp_path, state):
-    """A trained state is planted in the target table (the step only nudges it: beta 0.999):
+def test_detection_score_ranks_the_labels_the_target_rejects_first_in_either_planted_state(tmp_path, state, name):
+    """A trained state is planted in the target table(s) (the step only nudges them: beta 0.999):
     ``learned``: the targets follow the clean labels, so the wrong labels must rank first;
     ``flipped``: the targets agree with the wrong labels and reject half of the correct ones,
     which must then rank first: the score follows the target's disagreement with the label,
@@ -233,11 +258,12 @@ def test_detection_score_ranks_the_labels_the_target_rejects_first_in_either_pla
     wrong = torch.arange(n) % 3 == 0
     given = torch.where(wrong, (clean + 1) % k, clean)
     ctx = _ctx(tmp_path, torch.nn.Linear(2, k), given, clean)
-    m = _method(ctx, beta=0.999)
+    m = _method(ctx, name, beta=0.999)
     rejected = wrong if state == "learned" else (~wrong) & (torch.arange(n) % 2 == 0)
     believed = torch.where(rejected, (given + 2) % k, given)
     with torch.no_grad():
-        m.target.copy_(0.9 * F.one_hot(believed, k) + 0.1 / k)
+        for table in (m.target, getattr(m, "peer_target", m.target)):
+            table.copy_(0.9 * F.one_hot(believed, k) + 0.1 / k)
     m.start_epoch(ctx)
     m.train_step(ctx, torch.randn(n, 2, generator=g), given, torch.arange(n))
     m.end_epoch(ctx)
