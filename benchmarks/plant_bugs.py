@@ -110,6 +110,23 @@ BUGS: list[tuple[str, str, str, str, list[str]]] = [
     (M + "methods/elr.py", "        reg = elr_regularizer(z, t, clamp=self.clamp)",
      "        reg = elr_regularizer(z, F.one_hot(y, t.shape[1]).to(t), clamp=self.clamp)",
      "ELR: regulariser towards the given label instead of the target (swapped roles)", [T + "methods/test_elr.py"]),
+    (M + "methods/elr_plus.py", "            teacher, average = self.net(\"peer_ema\").model, self.net(\"ema\").model",
+     "            teacher, average = self.net(\"ema\").model, self.net(\"ema\").model",
+     "ELR+: the model's targets from its own weight average, not the peer's (swapped roles)", [T + "methods/test_elr_plus.py"]),
+    (M + "methods/elr_plus.py", "t = temporal_ensemble(table[index], target_probs(teacher(x), clamp=self.clamp)",
+     "t = temporal_ensemble(table[index], target_probs(model(x), clamp=self.clamp)",
+     "ELR+: targets from the live network instead of the weight average", [T + "methods/test_elr_plus.py"]),
+    (M + "methods/elr_plus.py", "+ weight * elr_regularizer(zf, q, clamp=self.clamp)", "- weight * elr_regularizer(zf, q, clamp=self.clamp)",
+     "ELR+: regulariser sign", [T + "methods/test_elr_plus.py"]),
+    (M + "methods/elr_plus.py", "y_mix, q = mixed.targets[:, :k], mixed.targets[:, k:]", "y_mix, q = mixed.targets[:, :k], t",
+     "ELR+: targets not mixed with the inputs (q = t of the un-mixed sample)", [T + "methods/test_elr_plus.py"]),
+    (M + "methods/elr_plus.py", "pa.mul_(a).add_(p.detach(), alpha=1.0 - a)", "pa.mul_(1.0 - a).add_(p.detach(), alpha=a)",
+     "ELR+: weight average with a and 1 - a swapped", [T + "methods/test_elr_plus.py"]),
+    (M + "methods/elr_plus.py", "        step = ctx.step + 1  #", "        step = ctx.step  #",
+     "ELR+: ramp-ups one step behind the official code's counter (off by one)", [T + "methods/test_elr_plus.py"]),
+    (M + "methods/elr_plus.py", "return Ensemble([ctx.model, self.net(\"peer\").model], combine=\"logits\")",
+     "return Ensemble([self.net(\"ema\").model, self.net(\"peer_ema\").model], combine=\"logits\")",
+     "ELR+: evaluates the weight averages instead of the trained networks", [T + "methods/test_elr_plus.py"]),
 ]
 
 _saved: dict[Path, bytes] = {}

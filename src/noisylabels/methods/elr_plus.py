@@ -146,15 +146,17 @@ class ELRPlus(Method):
         """One ELR+ step of network ``name`` (``'model'`` or ``'peer'``) on the batch: target update from
         the other network's average, mixup, the step, this network's weight average."""
         peer = self.net("peer")
-        if name == "model":
-            model, net, table, teacher, average = ctx.model, None, self.target, self.net("peer_ema").model, self.net("ema").model
+        if name == "model":  # (model, its trainable network, its targets, its teacher, its average)
+            model, net, table = ctx.model, None, self.target
+            teacher, average = self.net("peer_ema").model, self.net("ema").model
         else:
-            model, net, table, teacher, average = peer.model, peer, self.peer_target, self.net("ema").model, self.net("peer_ema").model
+            model, net, table = peer.model, peer, self.peer_target
+            teacher, average = self.net("ema").model, self.net("peer_ema").model
         k = table.shape[1]
         with torch.no_grad():
             t = temporal_ensemble(table[index], target_probs(teacher(x), clamp=self.clamp), beta=self.beta)
             table[index] = t
-            gen = torch.Generator(device=x.device).manual_seed(derive_seed(ctx.seed, f"elr-plus-{ctx.step}-{name}"))
+            gen = torch.Generator().manual_seed(derive_seed(ctx.seed, f"elr-plus-{ctx.step}-{name}"))
             onehot = F.one_hot(y, k).to(t.dtype)
             mixed = ctx.mixup(x, torch.cat([onehot, t], dim=1), alpha=self.mixup_alpha, generator=gen, max_lambda=True)
             y_mix, q = mixed.targets[:, :k], mixed.targets[:, k:]
@@ -172,7 +174,8 @@ class ELRPlus(Method):
             for pa, p in zip(average.parameters(), model.parameters()):
                 pa.mul_(a).add_(p.detach(), alpha=1.0 - a)
             agreement = (torch.softmax(zf, 1) * q.to(zf.dtype)).sum(1)
-        return {"z": z.detach(), "loss": loss.detach(), "agreement": agreement, "target_given": t.gather(1, y[:, None]).squeeze(1)}
+        return {"z": z.detach(), "loss": loss.detach(), "agreement": agreement,
+                "target_given": t.gather(1, y[:, None]).squeeze(1)}
 
     def train_step(self, ctx: MethodContext, x: Any, y: Tensor, index: Tensor) -> StepOutput:
         a = self.network_step(ctx, "model", x, y, index)
