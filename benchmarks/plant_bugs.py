@@ -113,8 +113,8 @@ BUGS: list[tuple[str, str, str, str, list[str]]] = [
     (M + "methods/elr_plus.py", "            teacher, average = self.net(\"peer_ema\").model, self.net(\"ema\").model",
      "            teacher, average = self.net(\"ema\").model, self.net(\"ema\").model",
      "ELR+: the model's targets from its own weight average, not the peer's (swapped roles)", [T + "methods/test_elr_plus.py"]),
-    (M + "methods/elr_plus.py", "t = temporal_ensemble(table[index], target_probs(teacher(x), clamp=self.clamp)",
-     "t = temporal_ensemble(table[index], target_probs(model(x), clamp=self.clamp)",
+    (M + "methods/elr_plus.py", "t = temporal_ensemble(table[index], target_probs(teacher(x))",
+     "t = temporal_ensemble(table[index], target_probs(model(x))",
      "ELR+: targets from the live network instead of the weight average", [T + "methods/test_elr_plus.py"]),
     (M + "methods/elr_plus.py", "+ weight * elr_regularizer(zf, q, clamp=self.clamp)", "- weight * elr_regularizer(zf, q, clamp=self.clamp)",
      "ELR+: regulariser sign", [T + "methods/test_elr_plus.py"]),
@@ -127,6 +127,8 @@ BUGS: list[tuple[str, str, str, str, list[str]]] = [
     (M + "methods/elr_plus.py", "return Ensemble([ctx.model, self.net(\"peer\").model], combine=\"logits\")",
      "return Ensemble([self.net(\"ema\").model, self.net(\"peer_ema\").model], combine=\"logits\")",
      "ELR+: evaluates the weight averages instead of the trained networks", [T + "methods/test_elr_plus.py"]),
+    (M + "methods/elr_plus.py", "generator=gen, max_lambda=True)", "generator=gen, max_lambda=False)",
+     "ELR+: mixup weight lam instead of the code's max(lam, 1 - lam)", [T + "methods/test_elr_plus.py"]),
 ]
 
 _saved: dict[Path, bytes] = {}

@@ -54,23 +54,25 @@ def _problem(tmp_path, **options):
 def test_one_network_step_by_hand(tmp_path, options):
     ctx, m, x, y, idx = _problem(tmp_path, ema_rampup_steps=10, **options)
     beta, lam, clamp = options.get("beta", 0.7), options.get("lam", 3.0), options.get("clamp", 0.0)
-    ctx.step = 3
+    ctx.step = step = 1  # a step whose Beta draw is below 1/2: the code's max(lam, 1 - lam) matters
     model0, ema0 = copy.deepcopy(ctx.model), copy.deepcopy(m.net("ema").model)
     table0 = m.target.clone()
     # 1. the target: the *peer's* weight average on the un-mixed batch
     t = beta * table0[idx] + (1 - beta) * torch.softmax(m.net("peer_ema").model(x), 1)
     # 2. mixup of inputs, one-hot labels and targets with the step's own generator
-    gen = torch.Generator().manual_seed(derive_seed(ctx.seed, "elr-plus-3-model"))
-    mixed = mixup(x, torch.cat([F.one_hot(y, 4).to(DT), t], 1), alpha=1.0, generator=gen, max_lambda=True)
-    assert bool((mixed.lam >= 0.5).all())
+    both = torch.cat([F.one_hot(y, 4).to(DT), t], 1)
+    seed = derive_seed(ctx.seed, f"elr-plus-{step}-model")
+    raw = mixup(x, both, alpha=1.0, generator=torch.Generator().manual_seed(seed))
+    mixed = mixup(x, both, alpha=1.0, generator=torch.Generator().manual_seed(seed), max_lambda=True)
+    assert float(raw.lam[0]) < 0.5 and torch.allclose(mixed.lam, 1 - raw.lam)
     y_mix, q = mixed.targets[:, :4], mixed.targets[:, 4:]
     if options.get("weight_labels_by_target"):
         y_mix = y_mix * q / (y_mix * q).sum(1, keepdim=True)
-    # 3. the loss at step 4 (1-based): soft CE + ramp * lam * log(1 - <p, q>)
+    # 3. the loss at step + 1 (1-based): soft CE + ramp * lam * log(1 - <p, q>)
     z = model0(mixed.x)
     p = torch.softmax(z, 1)
     p = p.clamp(clamp, 1 - clamp) if clamp else p
-    ramp = math.exp(-5 * (1 - 4 / 10) ** 2) if options.get("lambda_rampup_steps") else 1.0
+    ramp = math.exp(-5 * (1 - (step + 1) / 10) ** 2) if options.get("lambda_rampup_steps") else 1.0
     expected = (-(y_mix * F.log_softmax(z, 1)).sum(1) + ramp * lam * torch.log(1 - (p * q).sum(1))).mean()
     grads = torch.autograd.grad(expected, list(model0.parameters()))
     out = m.network_step(ctx, "model", x, y, idx)
@@ -82,7 +84,7 @@ def test_one_network_step_by_hand(tmp_path, options):
     for after, before, g in zip(ctx.model.parameters(), model0.parameters(), grads):  # plain SGD, lr 0.3
         torch.testing.assert_close(after, before - 0.3 * g)
     # 4. the model's own weight average moves towards its new weights
-    a = ema_decay(4, decay=0.997, schedule=options.get("ema_schedule", "sigmoid"), rampup_steps=10)
+    a = ema_decay(step + 1, decay=0.997, schedule=options.get("ema_schedule", "sigmoid"), rampup_steps=10)
     for e, e0, w in zip(m.net("ema").model.parameters(), ema0.parameters(), ctx.model.parameters()):
         torch.testing.assert_close(e, a * e0 + (1 - a) * w)
     given = m.target[idx].gather(1, y[:, None]).squeeze(1)

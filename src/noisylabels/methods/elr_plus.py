@@ -73,8 +73,13 @@ class ELRPlus(Method):
     State: the run's model and ``peer`` (each with its own optimiser and schedule), their weight
     averages ``ema`` and ``peer_ema`` (copies of them at the start), the per-sample targets ``target``
     (the model's, fed by ``peer_ema``) and ``peer_target`` (the peer's, fed by ``ema``); all
-    checkpointed. Both networks train on the same batches, each with its own mixup draw (the
-    official code gives each network its own data loader).
+    checkpointed. Both networks train on the same batches, each with its own mixup draw, one after
+    the other within each step (the official code gives each network its own data loader and, on one
+    GPU, trains the first network for a whole epoch before the second; the peer's targets then come
+    from the model's average as it stands after that step here, after that epoch there). The
+    averages start as copies of their networks (the official code initialises them independently;
+    its sigmoid ramp-up starts at decay ``0.997 e^-5 = 0.007``, so the difference fades within the
+    first steps).
 
     Records: ``agreement`` ``<p_i, q_i>`` (on the mixed input whose larger share is sample ``i``),
     ``target_given`` the mean over the two target tables of ``t_i[y_i]``; detection ranks by
@@ -100,7 +105,8 @@ class ELRPlus(Method):
         The official code's CIFAR-100 branch: the cross-entropy's label ``y~`` is replaced by
         ``y~ * q / sum(y~ * q)``. Off by default (not in the paper's equations).
     clamp:
-        As ELR's (the code clamps ``p`` to ``[1e-4, 1 - 1e-4]``; 0: the exact regulariser).
+        As ELR's in the regulariser (the code clamps ``p`` to ``[1e-4, 1 - 1e-4]``; 0: the exact
+        regulariser); the target update is never clamped (the ELR+ code does not clamp there).
     """
 
     own_loss = "elr-plus"
@@ -154,7 +160,7 @@ class ELRPlus(Method):
             teacher, average = self.net("ema").model, self.net("peer_ema").model
         k = table.shape[1]
         with torch.no_grad():
-            t = temporal_ensemble(table[index], target_probs(teacher(x), clamp=self.clamp), beta=self.beta)
+            t = temporal_ensemble(table[index], target_probs(teacher(x)), beta=self.beta)  # the code: no clamp here
             table[index] = t
             gen = torch.Generator().manual_seed(derive_seed(ctx.seed, f"elr-plus-{ctx.step}-{name}"))
             onehot = F.one_hot(y, k).to(t.dtype)
