@@ -31,8 +31,9 @@ from ..models import Ensemble
 from ..seeding import derive_seed
 from .base import Method, register_method
 from .context import MethodContext, NetworkSpec, StepOutput
-from .elr import check_elr_options, elr_regularizer, temporal_ensemble, target_probs
+from .elr import check_elr_options, elr_regularizer, target_probs, temporal_ensemble
 from .label_correction import soft_cross_entropy
+from .options import choice_option, int_option
 from .records import Record
 
 __all__ = ["ELRPlus", "sigmoid_rampup", "ema_decay"]
@@ -121,11 +122,9 @@ class ELRPlus(Method):
         check_elr_options("elr-plus", beta=beta, lam=lam, clamp=clamp)
         if not 0.0 <= float(ema_decay) < 1.0:
             raise UserError(f"elr-plus: ema_decay must lie in [0, 1), got {ema_decay}")
-        if ema_schedule not in EMA_SCHEDULES:
-            raise UserError(f"elr-plus: ema_schedule must be one of {', '.join(EMA_SCHEDULES)}; got {ema_schedule!r}")
-        for name, v in (("ema_rampup_steps", ema_rampup_steps), ("lambda_rampup_steps", lambda_rampup_steps)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise UserError(f"elr-plus: {name} must be an integer >= 0, got {v!r}")
+        choice_option("elr-plus", "ema_schedule", ema_schedule, EMA_SCHEDULES)
+        int_option("elr-plus", "ema_rampup_steps", ema_rampup_steps, 0)
+        int_option("elr-plus", "lambda_rampup_steps", lambda_rampup_steps, 0)
         if not 0.0 <= float(mixup_alpha) < 1e6:
             raise UserError(f"elr-plus: mixup_alpha must be >= 0 (0: no mixup), got {mixup_alpha}")
         self.beta, self.lam, self.clamp = float(beta), float(lam), float(clamp)
