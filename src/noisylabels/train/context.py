@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 
 from ..data import Batch, BatchLoader
+from ..data.mix import mixup
 from ..data.stream import batch_loader
 from ..errors import UserError
 from ..losses import create_loss
@@ -48,6 +49,8 @@ class TrainContext:
     extra: dict[str, Any] = field(default_factory=dict)
     networks: dict[str, Network] = field(default_factory=dict)  # the method's networks beside the model
     _meta_streams: dict[int, Iterator[Batch]] = field(default_factory=dict, repr=False)
+    #: :func:`noisylabels.data.mixup`, for methods (they never import the data layer)
+    mixup = staticmethod(mixup)
 
     @property
     def seed(self) -> int:
