@@ -169,6 +169,12 @@ class MethodContext(Protocol):
         """Softmax outputs (eval mode, no augmentation) of ``model`` (default: the one being
         trained) on a split or index tensor of the training pool."""
 
+    def mixup(self, x: torch.Tensor, targets: torch.Tensor, *, alpha: float, generator: torch.Generator,
+              num_classes: int | None = None, per_sample: bool = False, max_lambda: bool = False) -> Any:
+        """In-batch mixup of inputs and targets (:func:`noisylabels.data.mixup`: ``x``, ``targets``,
+        ``lam``, ``perm``), for methods, which do not import the data layer; randomness from
+        ``generator`` only."""
+
     def reinit_model(self) -> None:
         """Re-initialise the model's weights (deterministic from the run seed)."""
 

@@ -5,13 +5,15 @@
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
-from ..data import Batch, BatchLoader
+from ..data import Batch, BatchLoader, Mixed, mixup
 from ..data.stream import batch_loader
 from ..errors import UserError
 from ..losses import create_loss
@@ -131,6 +133,12 @@ class TrainContext:
                              std=self.data.std, batch_size=int(self.cfg["train"]["eval_batch_size"]),
                              device=self.device)
 
+    def mixup(self, x: torch.Tensor, targets: torch.Tensor, *, alpha: float, generator: torch.Generator,
+              num_classes: int | None = None, per_sample: bool = False, max_lambda: bool = False) -> Mixed:
+        """:func:`noisylabels.data.mixup` for methods (which never import the data layer)."""
+        return mixup(x, targets, alpha=alpha, generator=generator, num_classes=num_classes, per_sample=per_sample,
+                     max_lambda=max_lambda)
+
     def restart_schedule(self, start_epoch: int) -> None:
         """Restart the learning-rate schedule at ``start_epoch`` over the remaining epochs and clear
         the optimiser's state (used by two-stage methods that retrain from scratch); the trainable
@@ -163,11 +171,19 @@ class TrainContext:
 
     def step_schedules(self, *, to: int | None = None) -> None:
         """One step of the run's learning-rate schedule and of every trainable network's; ``to``: move
-        them to that position instead (the schedules count ``steps_per_epoch`` steps per epoch)."""
+        them to that position instead (the schedules count ``steps_per_epoch`` steps per epoch). A network
+        a method has not stepped yet (DivideMix trains network B after network A) does not warn that its
+        schedule stepped before its optimiser: the schedule follows the loop, not the network."""
         for sched in [self.scheduler] + [n.scheduler for n in self.networks.values() if n.scheduler is not None]:
             if to is not None:
                 sched.last_epoch = int(to) - 1
-            sched.step()
+            if getattr(sched, "_step_count", 0) == 1:  # torch checks the order on the first step only
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"),
+                                            category=UserWarning)
+                    sched.step()
+            else:
+                sched.step()
 
     def reinit_model(self) -> None:
         """Re-initialise the model's weights in place (deterministic from the run seed)."""
