@@ -35,6 +35,7 @@ from ..models.ensemble import ENSEMBLE_COMBINE
 from ..seeding import derive_seed
 from .base import Method, register_method
 from .context import MethodContext, StepOutput, is_noisy_train
+from .options import choice_option, int_option
 from .records import Record
 
 __all__ = ["DivideMix", "per_sample_ce", "normalize_losses", "gmm_clean_probability", "confidence_penalty",
@@ -363,23 +364,18 @@ class DivideMix(Method):
                  loss_window: int = 1) -> None:
         super().__init__()
         for name, v in (("warmup_epochs", warmup_epochs), ("rampup_epochs", rampup_epochs)):
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 100_000:
-                raise UserError(f"dividemix: {name} must be an integer >= 0, got {v!r}")
-        if isinstance(loss_window, bool) or not isinstance(loss_window, int) or not 1 <= loss_window <= 100:
+            int_option("dividemix", name, v, 0)
+        if int_option("dividemix", "loss_window", loss_window, 1) > 100:
             raise UserError(f"dividemix: loss_window must be an integer in [1, 100], got {loss_window!r}")
-        for name, v, lo, hi in (("lambda_u", lambda_u, 0.0, 1e6), ("lambda_r", lambda_r, 0.0, 1e6),
-                                ("alpha", alpha, 0.0, 1e6)):
-            if not lo <= float(v) <= hi:
-                raise UserError(f"dividemix: {name} must be a number in [{lo:g}, {hi:g}], got {v!r}")
+        for name, v in (("lambda_u", lambda_u), ("lambda_r", lambda_r), ("alpha", alpha)):
+            if not 0.0 <= float(v) <= 1e6:
+                raise UserError(f"dividemix: {name} must be a number in [0, 1e+06], got {v!r}")
         if not 0.0 < float(p_threshold) < 1.0:
             raise UserError(f"dividemix: p_threshold must lie in (0, 1), got {p_threshold!r}")
         if not 0.01 <= float(temperature) <= 100.0:
             raise UserError(f"dividemix: temperature must lie in [0.01, 100], got {temperature!r}")
-        if lu_reduction not in self.LU_REDUCTIONS:
-            raise UserError(f"dividemix: lu_reduction must be one of {', '.join(self.LU_REDUCTIONS)}, "
-                            f"got {lu_reduction!r}")
-        if ensemble not in ENSEMBLE_COMBINE:
-            raise UserError(f"dividemix: ensemble must be one of {', '.join(ENSEMBLE_COMBINE)}, got {ensemble!r}")
+        choice_option("dividemix", "lu_reduction", lu_reduction, self.LU_REDUCTIONS)
+        choice_option("dividemix", "ensemble", ensemble, ENSEMBLE_COMBINE)
         self.warmup_epochs, self.rampup_epochs, self.loss_window = warmup_epochs, rampup_epochs, loss_window
         self.lambda_u, self.lambda_r, self.alpha = float(lambda_u), float(lambda_r), float(alpha)
         self.p_threshold, self.temperature = float(p_threshold), float(temperature)
