@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -167,11 +169,19 @@ class TrainContext:
 
     def step_schedules(self, *, to: int | None = None) -> None:
         """One step of the run's learning-rate schedule and of every trainable network's; ``to``: move
-        them to that position instead (the schedules count ``steps_per_epoch`` steps per epoch)."""
+        them to that position instead (the schedules count ``steps_per_epoch`` steps per epoch). A network
+        a method has not stepped yet (DivideMix trains network B after network A) does not warn that its
+        schedule stepped before its optimiser: the schedule follows the loop, not the network."""
         for sched in [self.scheduler] + [n.scheduler for n in self.networks.values() if n.scheduler is not None]:
             if to is not None:
                 sched.last_epoch = int(to) - 1
-            sched.step()
+            if getattr(sched, "_step_count", 0) == 1:  # torch checks the order on the first step only
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"),
+                                            category=UserWarning)
+                    sched.step()
+            else:
+                sched.step()
 
     def reinit_model(self) -> None:
         """Re-initialise the model's weights in place (deterministic from the run seed)."""
