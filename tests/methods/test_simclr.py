@@ -161,7 +161,7 @@ def test_pretraining_resumes_exactly(tmp_path):
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pretrained")
-    fit(_pcfg(tmp, epochs=1, **{"model.name": "lenet"}))
+    fit(_pcfg(tmp, epochs=1, **{"model.name": "lenet", "method.knn_k": 0}))
     return tmp / "run" / "backbone.pt"
 
 
@@ -170,17 +170,17 @@ def _body_equal(model, sd):
     return all(torch.equal(own[k], v) for k, v in sd.items())
 
 
-def test_backbone_loads_into_erm_and_every_network_of_a_two_network_method(tmp_path, backbone):
+def test_backbone_loads_into_erm_and_every_network_of_the_two_network_methods(tmp_path, backbone):
     import tests.train.test_networks  # noqa: F401  (registers test-two-nets, a two-network method)
 
     sd = torch.load(backbone, weights_only=True)
     fresh = build_context(run_cfg(tmp_path, "fresh", **{"model.name": "lenet", "data.train_subset": 100}))
-    for method in ("erm", "test-two-nets"):
+    for method, count in (("erm", 1), ("dividemix", 2), ("elr-plus", 4), ("test-two-nets", 3)):
         ctx = build_context(run_cfg(tmp_path, method, **{"model.name": "lenet", "data.train_subset": 100,
                                                          "method.name": method,
                                                          "model.init_checkpoint": str(backbone)}))
         models = [ctx.model, *(n.model for n in ctx.networks.values())]
-        assert len(models) == (1 if method == "erm" else 3)
+        assert len(models) == count, method
         for m in models:
             assert _body_equal(m, sd)
         # the classifier keeps the fresh initialisation of the run's seed
