@@ -206,26 +206,37 @@ def _cfg(tmp_path, name="run", method="sop", **over):
     return run_cfg(tmp_path, name, **{**base, **over})
 
 
-def test_one_step_moves_u_and_v_only_at_the_batchs_rows_by_plain_sgd(tmp_path):
-    ctx = build_context(_cfg(tmp_path))
-    m = ctx.method
+def test_one_step_is_plain_sgd_on_u_and_v_at_the_batchs_rows_only(tmp_path):
+    """[E2] u, v ~ N(0, init_std^2); [E3] one step moves the batch's rows by -lr_u * dL/du and
+    -lr_v * dL/dv (the closed forms of [E4], [E5] at the logits the step used) and no other row."""
+    ctx = build_context(_cfg(tmp_path, **{"method.lr_u": 3.0, "method.lr_v": 7.0}))
+    m, k = ctx.method, ctx.data.num_classes
     groups = m.uv_optimizer.param_groups
-    assert [g["lr"] for g in groups] == [10.0, 10.0] and all(g["momentum"] == 0 and g["weight_decay"] == 0
-                                                             for g in groups)
-    u0, v0 = m.u.detach().clone(), m.v.detach().clone()
-    assert u0.shape == (len(ctx.data.labels), 1) and v0.shape == (len(ctx.data.labels), ctx.data.num_classes)
-    assert 0 < float(u0.std()) < 2e-3  # N(0, init_std^2)
+    assert groups[0]["params"][0] is m.u and groups[1]["params"][0] is m.v
+    assert all(g["momentum"] == 0 and g["weight_decay"] == 0 and not g["nesterov"] for g in groups)
+    u0, v0 = m.u.detach().clone().double(), m.v.detach().clone().double()
+    assert u0.shape == (len(ctx.data.labels), 1) and v0.shape == (len(ctx.data.labels), k)
+    for t in (u0, v0):  # N(0, 1e-3^2)
+        assert abs(float(t.std()) / 1e-3 - 1) < 0.15 and abs(float(t.mean())) < 2e-4
+        assert 0.4 < float((t < 0).double().mean()) < 0.6
     b = next(iter(ctx.loader("train", shuffle=True, augment=True, generator=torch.Generator().manual_seed(0))))
     ctx.model.train()
     m.start_epoch(ctx)
-    m.train_step(ctx, b.x, b.y, b.index)
+    out = m.train_step(ctx, b.x, b.y, b.index)
+    z, i, n = out.logits.double(), b.index, len(b.y)
+    Y = F.one_hot(b.y, k).double()
+    p = torch.softmax(z, 1)
+    U, V = (u0[i] ** 2).clamp(0, 1) * Y, (v0[i] ** 2).clamp(0, 1) * (1 - Y)
+    py, Uy = (p * Y).sum(1), U.sum(1)
+    d_u = (-1 / (py + Uy) + 1 / (1 + Uy - V.sum(1))) * 2 * u0[i, 0] / n
+    yhat = F.one_hot(z.argmax(1), k).double()
+    d_v = -2 * (yhat - V) * 2 * v0[i] * (1 - Y) / n
+    torch.testing.assert_close(m.u.detach().double()[i, 0], u0[i, 0] - 3.0 * d_u, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(m.v.detach().double()[i], v0[i] - 7.0 * d_v, rtol=1e-4, atol=1e-9)
     rows = torch.zeros(len(u0), dtype=torch.bool)
-    rows[b.index] = True
-    assert torch.equal(m.u.detach()[~rows], u0[~rows]) and torch.equal(m.v.detach()[~rows], v0[~rows])
-    assert (m.u.detach()[rows] != u0[rows]).all()
-    off_label = (1 - F.one_hot(b.y, ctx.data.num_classes)).bool()
-    assert (m.v.detach()[b.index][off_label] != v0[b.index][off_label]).any()
-    assert not m.uv_optimizer.state or all(not s for s in m.uv_optimizer.state.values())  # no momentum buffers
+    rows[i] = True
+    assert torch.equal(m.u.detach().double()[~rows], u0[~rows]) and torch.equal(m.v.detach().double()[~rows], v0[~rows])
+    assert not any(m.uv_optimizer.state.values())  # no momentum buffers
 
 
 def test_init_std_zero_stays_at_the_fixed_point_and_trains_like_ce(tmp_path):
