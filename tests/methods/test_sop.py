@@ -258,10 +258,12 @@ def test_a_short_run_learns_more_noise_on_the_corrupted_labels(tmp_path):
     assert {"s_given", "s_norm"} <= set(recs.files)
 
 
-def test_resume_restores_u_v_and_their_optimiser_exactly(tmp_path):
-    fit(_cfg(tmp_path, "full", epochs=3))
-    fit(_cfg(tmp_path, "part", epochs=3), stop_after=1)
-    fit(_cfg(tmp_path, "part", epochs=3), resume=True)
+@pytest.mark.parametrize("method", ["sop", "sop-plus"])
+def test_resume_restores_u_v_and_their_optimiser_exactly(tmp_path, method):
+    small = {"data.train_subset": 200}
+    fit(_cfg(tmp_path, "full", method, epochs=3, **small))
+    fit(_cfg(tmp_path, "part", method, epochs=3, **small), stop_after=1)
+    fit(_cfg(tmp_path, "part", method, epochs=3, **small), resume=True)
     lines = [(tmp_path / r / "metrics.jsonl").read_text() for r in ("full", "part")]
     assert lines[0] == lines[1]
     a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=True) for r in ("full", "part"))
