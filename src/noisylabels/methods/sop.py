@@ -60,6 +60,7 @@ from ..errors import UserError
 from ..seeding import derive_seed
 from .base import Method, register_method
 from .context import MethodContext, StepOutput
+from .options import choice_option
 from .records import Record
 
 __all__ = ["SOP", "SOPPlus", "noise_entries", "corrected_prediction", "sop_mse", "consistency_kl", "class_balance",
@@ -155,9 +156,7 @@ class SOP(Method):
         self.init_std = _non_negative("init_std", name, init_std)
         if self.init_std > 1.0:
             raise UserError(f"{name}: init_std must be at most 1 (u^2, v^2 are clamped to [0, 1]), got {init_std!r}")
-        if u_loss not in U_LOSSES:
-            raise UserError(f"{name}: u_loss must be one of {', '.join(U_LOSSES)}; got {u_loss!r}")
-        self.u_loss = u_loss
+        self.u_loss = choice_option(name, "u_loss", u_loss, U_LOSSES)
         self.uv_optimizer: torch.optim.SGD | None = None
 
     def setup(self, ctx: MethodContext) -> None:
