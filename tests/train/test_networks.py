@@ -166,3 +166,53 @@ def test_views_resolve_to_the_methods_and_a_wrong_count_or_kind_is_one_line(tmp_
 def test_fp16_is_refused_for_several_networks_before_any_data(tmp_path):
     with pytest.raises(UserError, match="several networks"):
         check_names(_cfg(tmp_path, **{"train.amp": "fp16"}))
+
+
+@register_method("test-own-batches", help="(tests) draws its epoch's batches itself: the first third, twice")
+class OwnBatches(Method):
+    def epoch_batches(self, ctx, generator):
+        idx = ctx.data.splits["train"]
+        third = idx[torch.randperm(len(idx), generator=generator)[: len(idx) // 3]]
+        return list(ctx.loader(third, shuffle=True, augment=True, generator=generator)) * 2
+
+
+def test_own_batches_of_another_count_end_each_epoch_where_the_schedule_would(tmp_path):
+    over = {"optim.schedule": "cosine", "train.epochs": 3}
+    own = _lines_after(fit(run_cfg(tmp_path, "own", **{"method.name": "test-own-batches", **over})), tmp_path / "own")
+    plain = _lines_after(fit(run_cfg(tmp_path, "plain", **over)), tmp_path / "plain")
+    # the lr a row reports is the one after the epoch's last step: the same position for both
+    assert [r["lr"] for r in own] == pytest.approx([r["lr"] for r in plain], abs=1e-12)
+    ckpt = torch.load(tmp_path / "own" / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] < torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=True)["step"]
+
+
+def _lines_after(summary, out):
+    assert summary["status"] == "finished"
+    return _lines(out)
+
+
+@register_method("test-two-views", help="(tests) trains on the mean CE of a weak and a strong view")
+class TwoViews(Method):
+    views = ("weak", "strong")
+    seen: list = []
+
+    def train_step(self, ctx, x, y, index):
+        assert isinstance(x, tuple) and len(x) == 2 and x[0].shape == x[1].shape
+        type(self).seen.append(float((x[0] - x[1]).abs().mean()))
+        z = ctx.model(torch.cat(x))
+        loss = F.cross_entropy(z, torch.cat([y, y]))
+        ctx.backward_and_step(loss)
+        return StepOutput(logits=z[: len(y)].detach(), loss=loss.detach())
+
+
+def test_a_two_view_method_gets_a_tuple_of_differently_augmented_views_and_resumes_exactly(tmp_path):
+    TwoViews.seen.clear()
+    over = {"method.name": "test-two-views", "data.augment": {"crop_padding": 1, "hflip": False}}
+    fit(run_cfg(tmp_path, "full", **over))
+    assert TwoViews.seen and min(TwoViews.seen) > 0  # the strong view is not the weak one
+    fit(run_cfg(tmp_path, "part", **over), stop_after=1)
+    fit(run_cfg(tmp_path, "part", **over), resume=True)
+    assert _lines(tmp_path / "full") == _lines(tmp_path / "part")
+    TwoViews.seen.clear()
+    fit(run_cfg(tmp_path, "same", **over, **{"data.views": ["none", "none"]}))
+    assert max(TwoViews.seen) == 0.0  # data.views changes the kinds: two unaugmented views are equal

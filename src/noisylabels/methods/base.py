@@ -158,7 +158,9 @@ class Method:
         """The epoch's training batches, if the method draws them itself (objects with ``x``, ``y``,
         ``index``; ``x`` may be a tuple of views), from ``generator`` alone (seeded by ``(seed, epoch)``:
         resume stays exact); ``None`` (default): the loop's shuffled batches of the training split with
-        the method's :attr:`views`. The learning-rate schedule assumes ``ctx.steps_per_epoch`` steps."""
+        the method's :attr:`views`. A sized iterable may hold any number of batches: the learning-rate
+        schedules then advance by the epoch's fraction per batch and end the epoch where
+        ``ctx.steps_per_epoch`` loop batches would (an unsized one: one schedule step per batch)."""
         return None
 
     # -- the loss hook ----------------------------------------------------------------------------

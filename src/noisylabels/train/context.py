@@ -161,12 +161,13 @@ class TrainContext:
         self.networks[spec.name] = net
         return net
 
-    def step_schedules(self) -> None:
-        """One step of the run's learning-rate schedule and of every trainable network's."""
-        self.scheduler.step()
-        for net in self.networks.values():
-            if net.scheduler is not None:
-                net.scheduler.step()
+    def step_schedules(self, *, to: int | None = None) -> None:
+        """One step of the run's learning-rate schedule and of every trainable network's; ``to``: move
+        them to that position instead (the schedules count ``steps_per_epoch`` steps per epoch)."""
+        for sched in [self.scheduler] + [n.scheduler for n in self.networks.values() if n.scheduler is not None]:
+            if to is not None:
+                sched.last_epoch = int(to) - 1
+            sched.step()
 
     def reinit_model(self) -> None:
         """Re-initialise the model's weights in place (deterministic from the run seed)."""

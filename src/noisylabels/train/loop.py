@@ -207,9 +207,13 @@ class Run:
         gen = torch.Generator().manual_seed(derive_seed(ctx.seed, f"epoch-{epoch}"))
         tot_loss = tot_correct = tot_count = 0.0
         batches = method.epoch_batches(ctx, gen)
+        # a method's own batches may be more or fewer than steps_per_epoch: the schedules then advance
+        # by the epoch's fraction, so they end each epoch where the loop's own batches would
+        n_own = len(batches) if batches is not None and hasattr(batches, "__len__") else None
         if batches is None:
             batches = ctx.loader("train", shuffle=True, augment=True, generator=gen, views=ctx.views)
-        for batch in batches:
+        spe, first = ctx.steps_per_epoch, epoch * ctx.steps_per_epoch
+        for j, batch in enumerate(batches):
             y = batch.y.to(device)
             views = getattr(batch, "views", ())
             x = tuple(ctx.to_device(v) for v in views) if len(views) > 1 else ctx.to_device(batch.x)
@@ -225,7 +229,7 @@ class Run:
             tot_loss += loss * n
             tot_correct += float((out.logits.detach().argmax(1) == y).sum())
             tot_count += n
-            ctx.step_schedules()
+            ctx.step_schedules(to=None if n_own is None else first + ((j + 1) * spe) // max(n_own, 1))
             ctx.step += 1
             yield
         self._row = {"epoch": epoch, "lr": ctx.lr, "train_loss": tot_loss / max(tot_count, 1),
