@@ -161,12 +161,25 @@ def test_resume_is_exact_for_both_networks(tmp_path, method):
     assert _lines(tmp_path / "full") == _lines(tmp_path / "part")
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
-    for k, v in a["networks"]["peer"]["model"].items():
-        assert torch.equal(v, b["networks"]["peer"]["model"][k]), k
-    sa, sb = a["networks"]["peer"]["optimizer"]["state"], b["networks"]["peer"]["optimizer"]["state"]
-    assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
+    # every network, optimiser (momentum buffers), schedule, record and per-sample tensor
+    for key in ("model", "optimizer", "scheduler", "networks", "method", "records", "per_sample"):
+        _assert_same(a.get(key), b.get(key), key)
+    assert a["networks"]["peer"]["optimizer"]["state"]  # the peer's momentum is in there
+
+
+def _assert_same(a, b, where):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
 
 
 # -- the forget rate: given, from the noise rate, or estimated -------------------------------------------------
@@ -188,6 +201,24 @@ def test_the_estimated_forget_rate_reaches_the_method_and_the_runs_records(tmp_p
     assert s["tau"] == pytest.approx(est) and _lines(out)[-1]["tau"] == pytest.approx(est)
     marker = json.loads((out / ".noisylabels-run.json").read_text())
     assert "forget-rate-estimate" in marker["manifest"]  # the warm-up belongs to the run: --overwrite removes it
+
+
+def test_a_run_with_an_estimated_forget_rate_resumes_from_its_unresolved_config(tmp_path):
+    """A suite cell resumes with the config it started with (``forget_rate: estimate``): the run
+    continues with the same number, and the finished warm-up is reused, not trained again."""
+    from noisylabels.detect import resolve_forget_rate
+
+    cfg = _cfg(tmp_path, epochs=2, **{"method.forget_rate": "estimate", "method.estimate_epochs": 1,
+                                      "data.train_subset": 240})
+    from noisylabels.config import load_config
+
+    fit(cfg, resolve=resolve_forget_rate, stop_after=1)
+    fold = tmp_path / "run" / "forget-rate-estimate" / "fold-0" / "summary.json"
+    trained = fold.read_text()
+    tau = load_config(tmp_path / "run" / "config.yaml")["method"]["forget_rate"]
+    s = fit(cfg, resolve=resolve_forget_rate, resume=True)
+    assert s["status"] == "finished" and len(_lines(tmp_path / "run")) == 2
+    assert fold.read_text() == trained and s["tau"] == tau and isinstance(tau, float)
 
 
 def test_forget_rate_options_are_checked_before_any_data(tmp_path):

@@ -66,12 +66,15 @@ def resolve_forget_rate(cfg: dict[str, Any], data: RunData | None = None, progre
     """``cfg`` with ``method.forget_rate: estimate`` replaced by :func:`estimate_forget_rate`'s number
     (the warm-up into ``<out>/forget-rate-estimate``, with the method's ``estimate_folds`` and
     ``estimate_epochs``); any other config is returned unchanged. The hook
-    :func:`noisylabels.train.fit` takes (``fit(cfg, resolve=resolve_forget_rate)``)."""
+    :func:`noisylabels.train.fit` takes (``fit(cfg, resolve=resolve_forget_rate)``). Called again for a
+    resumed run, it reuses the run's finished warm-up (the same number, no training)."""
     if cfg.get("method", {}).get("forget_rate") != "estimate":
         return cfg
     mcfg = cfg["method"]
+    # overwrite=False: a new run's folder holds no warm-up (fit cleared it); a resumed run finds its
+    # own finished warm-up (the same config) and gets the same number back without training again
     rate = estimate_forget_rate(cfg, out=Path(cfg["out"]) / ESTIMATE_FOLDER, folds=int(mcfg.get("estimate_folds", 2)),
-                                epochs=mcfg.get("estimate_epochs"), data=data, progress=progress)
+                                epochs=mcfg.get("estimate_epochs"), data=data, progress=progress, overwrite=False)
     out = copy.deepcopy(cfg)
     out["method"]["forget_rate"] = min(max(rate, 0.0), 0.99)
     if progress:

@@ -389,7 +389,9 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
         :func:`noisylabels.detect.resolve_forget_rate`, which ``noisylabels train`` passes). It runs
         once the folder is claimed and the data are read, and may write nested runs into
         ``cfg['out']`` (they belong to this run); the config it returns is the run's (``config.yaml``).
-        A resumed run keeps its saved config and is not resolved again.
+        A resumed run calls it again on the same config: it must return the same values without
+        redoing its work (``resolve_forget_rate`` reuses its finished warm-up), so that a caller
+        resuming with the unresolved config (a suite cell) continues the run it started.
 
     Returns
     -------
@@ -397,11 +399,11 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
         The summary written to ``summary.json``.
     """
     with RunDir(cfg["out"], resume=resume, overwrite=overwrite) as claim:  # refusals and the lock; nothing removed
-        if resolve is not None and not (resume and claim.state in ("run", "legacy")):
+        if resolve is not None:
             if data is None:  # the data as Run(cfg) builds them (the values resolved do not change them)
                 run_cfg = check_names(cfg)
                 data = prepare_data(run_cfg, needs_meta_set=build_method(run_cfg).needs_meta_set)
-            claim.start()  # a new run: what resolve writes into the folder is this run's
+            claim.start()  # a new run: what resolve writes into the folder is this run's (a resumed one keeps all)
             cfg = resolve(cfg, data, progress)
         run = Run(cfg, data=data)  # reads everything the run needs: data, label CSVs, checkpoints, adjusters
         claim.start()  # only now does a new run replace the previous one's records
