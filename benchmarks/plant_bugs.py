@@ -45,8 +45,8 @@ BUGS: list[tuple[str, str, str, str, list[str]]] = [
      "FPMG: discount exponent gamma**j instead of gamma**(j + offset) (Eq. 11)", [T + "meta/test_lookahead.py"]),
     (M + "meta/schedule.py", "num = num + ((1.0 - scale[n]) * v * gp.float()).sum()", "num = num + (v * gp.float()).sum()",
      "MLC: k-step discount without its (1 - s) factor", [T + "methods/test_mlc.py"]),
-    (M + "methods/emlc.py", "        return gate_mix(w, labels, F.softmax(_upcast(logits), dim=1)), w, logits",
-     "        return F.softmax(_upcast(logits), dim=1), w, logits",
+    (M + "methods/emlc.py", "        return gate_mix(w, labels, F.softmax(upcast(logits), dim=1)), w, logits",
+     "        return F.softmax(upcast(logits), dim=1), w, logits",
      "EMLC: gate removed (q = the teacher's prediction)", [T + "methods/test_emlc.py"]),
     # -- a dozen more ----------------------------------------------------------------------------------
     (M + "meta/engine.py", "        obj = (loss_grad * u).sum().neg()", "        obj = (loss_grad * u).sum()",

@@ -17,7 +17,8 @@ from .label_correction import LabelCorrectionMethod, gate_mix, soft_cross_entrop
 from .meta import ExampleWeightingMethod, MetaMethod, MetaNetMethod, meta_loss_fn
 from .mlc import MLC, LabelCorrectionNet
 from .mwnet import MetaWeightNet, MNWNet, RMNWNet, WeightNet
-from .narl import NARL, Adjuster, TransferNARL, load_adjuster, margin, save_adjuster
+from .narl import NARL, Adjuster, margin
+from .narl_transfer import TransferNARL, load_adjuster, save_adjuster
 from .records import Record, SampleRecords
 from .truncated_lq import TruncatedLq
 

@@ -178,6 +178,12 @@ class MethodContext(Protocol):
     def reset_model_selection(self) -> None:
         """Forget the best-validation epoch so far."""
 
+    def build_model(self, name: str | None = None, **options: Any) -> torch.nn.Module:
+        """A new registry model for this run's data (classes, channels, image size) on the CPU, drawn
+        from the global RNG (a method seeds it); ``name=None`` or the student's name: the student's
+        architecture with its options (not its ``init_checkpoint``); ``options`` add to or replace
+        those (e.g. EMLC's teacher, Taraday & Baskin 2023, Sec. 3.3)."""
+
 
 def is_noisy_train(data: RunDataView) -> np.ndarray | None:
     """The corruption mask of the training split, as a numpy bool array (metrics only); ``None``

@@ -17,6 +17,7 @@ from ..errors import UserError
 from ..losses import create_loss
 from ..methods import MetaBatch, Method
 from ..methods.context import Network, NetworkSpec
+from ..models import create_model
 from ..seeding import derive_seed
 from .build import build_model, build_run_schedule, check_meta_settings
 from .optim import build_optimizer
@@ -177,6 +178,17 @@ class TrainContext:
     def reset_model_selection(self) -> None:
         """Forget the best-validation epoch so far (e.g. after a first training stage)."""
         self.best.clear()
+
+    def build_model(self, name: str | None = None, **options: Any) -> torch.nn.Module:
+        """A new registry model for this run's data, on the CPU, from the global RNG; ``name=None``
+        or the student's name: the student's architecture with its ``model`` options (not
+        ``init_checkpoint`` / ``init_exclude`` / ``seed``), ``options`` added over them."""
+        mcfg = {k: v for k, v in self.cfg["model"].items() if k not in ("init_checkpoint", "init_exclude", "seed")}
+        student = mcfg.pop("name")
+        if name is None or name == student:
+            name, options = student, {**mcfg, **options}
+        return create_model(name, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
+                            image_size=self.data.image_size, **options)
 
     def backward_and_step(self, loss: torch.Tensor, *, net: Network | None = None) -> None:
         """``zero_grad``, ``backward``, optional gradient-norm clipping, ``optimizer.step`` of the run's
