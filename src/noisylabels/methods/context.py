@@ -165,6 +165,11 @@ class MethodContext(Protocol):
         pool; ``views`` names the augmentation of each view (``'weak'``, ``'strong'``, ``'none'``;
         default: the run's weak augmentation if ``augment``, one view)."""
 
+    def mixup(self, x: torch.Tensor, targets: torch.Tensor, *, alpha: float, generator: torch.Generator,
+              num_classes: int | None = None, per_sample: bool = False, max_lambda: bool = False) -> Any:
+        """:func:`noisylabels.data.mixup` (Zhang et al. 2018): the batch mixed with a permutation of itself,
+        drawn from ``generator`` only; returns ``x``, ``targets`` ``(B, K)``, ``lam`` ``(B,)``, ``perm`` ``(B,)``."""
+
     def predict(self, split: str | torch.Tensor = "train", *, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Softmax outputs (eval mode, no augmentation) of ``model`` (default: the one being
         trained) on a split or index tensor of the training pool."""
