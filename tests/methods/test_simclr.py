@@ -102,7 +102,7 @@ def test_the_positive_is_the_other_view_of_the_same_image_and_the_gradient_is_au
 def test_the_head_is_owned_trained_by_the_runs_optimiser_and_step_is_nt_xent_of_the_views(tmp_path):
     ctx = build_context(_pcfg(tmp_path))
     method = ctx.method
-    head = method.own_modules["head"]
+    head = ctx.modules["head"][0]
     owned = {id(p) for p in head.parameters()}
     groups = [{id(p) for p in g["params"]} for g in ctx.optimizer.param_groups]
     assert groups[-1] == owned and not owned & {id(p) for p in ctx.model.parameters()}

@@ -32,7 +32,9 @@ get from the base instead of writing it themselves:
   their own optimiser and learning-rate schedule; the loop steps the schedules, checkpoints and
   restores them. ``self.net(name)`` is the :class:`~noisylabels.methods.context.Network`.
 * :meth:`Method.eval_model` -- the module the loop validates, tests, selects (``best_model.pt``) and
-  scores with (default ``ctx.model``; e.g. an :class:`~noisylabels.models.Ensemble` of both networks).
+  scores with (default ``ctx.model``; e.g. an :class:`~noisylabels.models.Ensemble` of both networks);
+  :meth:`Method.report_models` -- further modules whose validation and test accuracy the loop writes
+  beside it each epoch (e.g. each network of a pair on its own, as Co-teaching's papers evaluate).
 * :attr:`Method.views` -- the augmented views of each training batch (``'weak'``: the run's crop and
   flip; ``'strong'``: weak then ``data.strong_augment``); with more than one, ``train_step`` receives
   a tuple of tensors, one per view, in this order (``data.views`` may change their kinds).
@@ -40,8 +42,6 @@ get from the base instead of writing it themselves:
   SOP's u and v), on the device, checkpointed and restored in place by the loop.
 * :meth:`Method.epoch_batches` -- a method that draws its epoch's batches itself (DivideMix's
   labelled and unlabelled sets) returns them here; default: the loop's shuffled training batches.
-* :meth:`Method.own_module` -- a module the method owns and trains with the run's own optimiser and
-  schedule (SimCLR's projection head), checkpointed and restored by the loop.
 
 Self-supervised methods (:attr:`Method.self_supervised`, e.g. SimCLR; ``noisylabels pretrain``)
 train no classifier: the loop monitors a weighted kNN classifier on :meth:`Method.eval_model`'s
@@ -113,7 +113,6 @@ class Method:
         self.ctx: MethodContext | None = None
         self.sample_records: SampleRecords | None = None
         self._per_sample: dict[str, torch.Tensor] = {}
-        self._own_modules: dict[str, torch.nn.Module] = {}
 
     @classmethod
     def network_specs(cls) -> tuple[NetworkSpec, ...]:
@@ -146,6 +145,18 @@ class Method:
         with; its softmax is the prediction (default: ``ctx.model``)."""
         return ctx.model
 
+    def report_models(self, ctx: MethodContext) -> dict[str, torch.nn.Module]:
+        """Further modules the loop evaluates each epoch beside :meth:`eval_model`, by name: their
+        accuracy and loss go into ``metrics.jsonl`` as ``val_accuracy_<name>``, ``test_accuracy_<name>``
+        (and ``val_loss_<name>``, ``test_loss_<name>``); nothing is selected or scored with them
+        (default: none)."""
+        return {}
+
+    def check_config(self, cfg: Mapping[str, Any]) -> None:
+        """Check the method's options against the rest of a resolved run config (e.g. an option that
+        needs simulated noise); called before any data are loaded (:func:`noisylabels.train.check_names`).
+        Raise a one-line :class:`~noisylabels.errors.UserError`; default: nothing to check."""
+
     def per_sample(self, name: str, *, shape: tuple[int, ...] = (), fill: float = 0.0,
                    dtype: torch.dtype = torch.float32, requires_grad: bool = False) -> torch.Tensor:
         """A per-sample state tensor ``(N_pool, *shape)`` filled with ``fill`` on the run's device (call in
@@ -158,38 +169,6 @@ class Method:
         t.requires_grad_(requires_grad)
         self._per_sample[name] = t
         return t
-
-    def own_module(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
-        """A module the method owns and trains with the run's optimiser (call in :meth:`setup`): moved
-        to the run's device, its parameters joined to ``ctx.optimizer`` as one more parameter group
-        (the ``optim`` section's settings, the run's learning-rate schedule, gradient clipping), put in
-        train mode at each epoch start, checkpointed (key ``modules``) and restored by the loop.
-        Returns the module on the device (e.g. SimCLR's projection head)."""
-        assert self.ctx is not None, "own_module is called in setup"
-        if name in self._own_modules:
-            raise ValueError(f"module {name!r} owned twice")
-        module = module.to(self.ctx.device)
-        self.ctx.add_trainable(module)
-        self._own_modules[name] = module
-        return module
-
-    @property
-    def own_modules(self) -> dict[str, torch.nn.Module]:
-        """The modules of :meth:`own_module`, by name."""
-        return dict(self._own_modules)
-
-    def modules_state_dict(self) -> dict[str, Any]:
-        """Checkpoint state of the :meth:`own_module` modules (their state dicts)."""
-        return {k: m.state_dict() for k, m in self._own_modules.items()}
-
-    def load_modules_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the :meth:`own_module` modules (every one must be in ``state``)."""
-        missing = sorted(set(self._own_modules) - set(state))
-        if missing:
-            raise UserError(f"the checkpoint has no module {', '.join(missing)} of method {type(self).__name__}: it "
-                            f"was written by another method or version")
-        for k, m in self._own_modules.items():
-            m.load_state_dict(state[k])
 
     def epoch_batches(self, ctx: MethodContext, generator: torch.Generator) -> Any:
         """The epoch's training batches, if the method draws them itself (objects with ``x``, ``y``,

@@ -117,7 +117,7 @@ class SimCLR(Method):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(ctx.seed, "simclr-head"))
             head = ProjectionHead(width, self.projection_hidden or width, self.projection_dim, bn=self.head_bn)
-        self.head = self.own_module("head", head)
+        self.head = ctx.add_module("head", head)  # trained by the run's optimiser and schedule
 
     def on_epoch_start(self, ctx: MethodContext) -> None:
         self._correct = self._count = 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -50,6 +50,8 @@ class TrainContext:
     best: dict[str, Any] = field(default_factory=dict)  # the validation-selected epoch so far
     extra: dict[str, Any] = field(default_factory=dict)
     networks: dict[str, Network] = field(default_factory=dict)  # the method's networks beside the model
+    #: modules a method trains beside a network (:meth:`add_module`): name -> (module, owner network or "")
+    modules: dict[str, tuple[torch.nn.Module, str]] = field(default_factory=dict)
     _meta_streams: dict[int, Iterator[Batch]] = field(default_factory=dict, repr=False)
     #: :func:`noisylabels.data.mixup`, for methods (they never import the data layer)
     mixup = staticmethod(mixup)
@@ -167,17 +169,32 @@ class TrainContext:
         self.networks[spec.name] = net
         return net
 
-    def add_trainable(self, module: torch.nn.Module) -> None:
-        """Train ``module``'s parameters with the run's optimiser: one more parameter group (the
-        ``optim`` section's settings) under the run's learning-rate schedule, which is rebuilt over
-        all groups (before any step: a method's :meth:`setup` calls this)."""
-        if self.step != 0:
-            raise ValueError("add_trainable is called before training (in Method.setup)")
-        params = [p for p in module.parameters() if p.requires_grad]
-        if not params:
-            return
-        self.optimizer.add_param_group({"params": params})
-        self.scheduler = build_run_schedule(self.optimizer, self.cfg, self.steps_per_epoch, self.schedule_start_epoch)
+    def add_module(self, name: str, module: torch.nn.Module, *, net: Network | None = None) -> torch.nn.Module:
+        """A module the method trains beside the run's model (``net=None``) or a trainable network
+        ``net`` (e.g. a second head on its features, ProMix's pseudo-label head): moved to the device;
+        its parameters join that optimiser as a new parameter group (the optimiser's defaults) and that
+        schedule is rebuilt to cover it (call in ``setup``, before any step); gradient clipping covers
+        it with the network; the loop checkpoints and restores it (``modules``) and puts it in train
+        mode with the network each epoch. Returns the module on the device."""
+        if name in self.modules:
+            raise UserError(f"method {self.cfg['method']['name']!r} adds module {name!r} twice")
+        opt = self.optimizer if net is None else net.optimizer
+        if opt is None:
+            raise ValueError(f"network {net.name!r} is not trainable (it has no optimiser)")  # type: ignore[union-attr]
+        module = module.to(self.device)
+        opt.add_param_group({"params": list(module.parameters())})
+        sched = build_run_schedule(opt, self.cfg, self.steps_per_epoch, self.schedule_start_epoch)
+        if net is None:
+            self.scheduler = sched
+        else:
+            net.scheduler = sched
+        self.modules[name] = (module, "" if net is None else net.name)
+        return module
+
+    def owned_modules(self, net: Network | None = None) -> list[torch.nn.Module]:
+        """The modules :meth:`add_module` added beside ``net`` (``None``: the run's model)."""
+        owner = "" if net is None else net.name
+        return [m for m, o in self.modules.values() if o == owner]
 
     def step_schedules(self, *, to: int | None = None) -> None:
         """One step of the run's learning-rate schedule and of every trainable network's; ``to``: move
@@ -215,32 +232,42 @@ class TrainContext:
         return create_model(name, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
                             image_size=self.data.image_size, **options)
 
-    def backward_and_step(self, loss: torch.Tensor, *, net: Network | None = None) -> None:
+    def backward_and_step(self, loss: torch.Tensor, *, net: Network | None = None,
+                          also: Sequence[torch.optim.Optimizer] = ()) -> None:
         """``zero_grad``, ``backward``, optional gradient-norm clipping, ``optimizer.step`` of the run's
         model or of the trainable network ``net`` (through the fp16 gradient scaler when
-        ``train.amp: fp16``, which several networks do not use)."""
+        ``train.amp: fp16``, which several networks do not use).
+
+        ``also``: optimisers of parameters the method owns (e.g. SOP's per-sample ``u``, ``v``), zeroed
+        before and stepped after the same backward (unscaled by the same scaler, never clipped)."""
         opt = self.optimizer if net is None else net.optimizer
         if opt is None:
             raise ValueError(f"network {net.name!r} is not trainable (it has no optimiser)")  # type: ignore[union-attr]
         opt.zero_grad(set_to_none=True)
+        for o in also:
+            o.zero_grad(set_to_none=True)
         scaler = self.extra.get("scaler")
         (loss if scaler is None else scaler.scale(loss)).backward()
-        self.clip_and_step(net=net)
+        self.clip_and_step(net=net, also=also)
 
-    def clip_and_step(self, *, net: Network | None = None) -> None:
-        """Optional gradient-norm clipping (``train.clip_grad_norm``), then ``optimizer.step`` (of
-        ``net``'s optimiser if given)."""
+    def clip_and_step(self, *, net: Network | None = None, also: Sequence[torch.optim.Optimizer] = ()) -> None:
+        """Optional gradient-norm clipping (``train.clip_grad_norm``, of the model's parameters), then
+        ``optimizer.step`` (of ``net``'s optimiser if given) and of each optimiser in ``also``."""
         clip = self.cfg["train"]["clip_grad_norm"]
         scaler = self.extra.get("scaler")
-        opt = self.optimizer if net is None else net.optimizer
+        model, opt = (self.model, self.optimizer) if net is None else (net.model, net.optimizer)
         if scaler is not None:
-            scaler.unscale_(opt)
-        if clip:  # every parameter the optimiser steps: the model's and any module a method trains with it
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], float(clip))
+            for o in (opt, *also):
+                scaler.unscale_(o)
+        if clip:
+            params = [p for m in [model, *self.owned_modules(net)] for p in m.parameters()]
+            torch.nn.utils.clip_grad_norm_(params, float(clip))
         if scaler is None:
-            opt.step()
+            for o in (opt, *also):
+                o.step()
         else:
-            scaler.step(opt)
+            for o in (opt, *also):
+                scaler.step(o)
             scaler.update()
 
     def autocast(self) -> Any:

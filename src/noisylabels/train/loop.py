@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -149,10 +149,10 @@ class Run:
             ctx.optimizer.load_state_dict(ckpt["optimizer"])
             ctx.scheduler.load_state_dict(ckpt["scheduler"])
             _load_networks(ctx, ckpt.get("networks", {}), path=recorder.path("checkpoint.pt"))
+            _load_modules(ctx, ckpt.get("modules", {}), path=recorder.path("checkpoint.pt"))
             ctx.method.load_state_dict(ckpt["method"])
             ctx.method.load_records_state_dict(ckpt.get("records", {}))
             ctx.method.load_per_sample_state_dict(ckpt.get("per_sample", {}))
-            ctx.method.load_modules_state_dict(ckpt.get("modules", {}))
             torch.set_rng_state(ckpt["torch_rng"])
             if ckpt.get("cuda_rng") and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(list(ckpt["cuda_rng"]))
@@ -215,7 +215,7 @@ class Run:
         for net in ctx.networks.values():
             if net.optimizer is not None:
                 net.model.train()
-        for module in method.own_modules.values():
+        for module, _ in ctx.modules.values():
             module.train()
         method.start_epoch(ctx)
         gen = torch.Generator().manual_seed(derive_seed(ctx.seed, f"epoch-{epoch}"))
@@ -276,6 +276,11 @@ class Run:
             test = evaluate(model, data.test_images, data.test_labels, None, **eval_kw)
             row.update(val_accuracy=val["accuracy"], val_loss=val["loss"], test_accuracy=test["accuracy"],
                        test_loss=test["loss"])
+            for name, other in ctx.method.report_models(ctx).items():  # e.g. each network of a pair on its own
+                v = evaluate(other, ctx.images, ctx.labels, data.splits["val"], **eval_kw)
+                t = evaluate(other, data.test_images, data.test_labels, None, **eval_kw)
+                row.update({f"val_accuracy_{name}": v["accuracy"], f"val_loss_{name}": v["loss"],
+                            f"test_accuracy_{name}": t["accuracy"], f"test_loss_{name}": t["loss"]})
             self.history.append(row)
             # Model selection on the (noisy) validation split only; ties keep the earlier epoch.
             val_acc = val["accuracy"] if math.isfinite(val["accuracy"]) else -1.0
@@ -289,7 +294,7 @@ class Run:
                 "epoch": epoch, "step": ctx.step, "model": ctx.model.state_dict(),
                 "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
                 "method": ctx.method.state_dict(), "records": ctx.method.records_state_dict(),
-                **_network_state(ctx), **_per_sample_state(ctx.method), **_modules_state(ctx.method),
+                **_network_state(ctx), **_per_sample_state(ctx.method),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "scaler": ctx.extra["scaler"].state_dict() if ctx.extra.get("scaler") is not None else {},
@@ -340,18 +345,17 @@ class Run:
 
 
 def _network_state(ctx: TrainContext) -> dict[str, Any]:
-    """Checkpoint entries of the method's networks (none: the key is left out, as before networks)."""
+    """Checkpoint entries of the method's networks and added modules (none: the keys are left out,
+    as before networks)."""
+    out: dict[str, Any] = {}
+    if ctx.modules:
+        out["modules"] = {name: module.state_dict() for name, (module, _) in ctx.modules.items()}
     if not ctx.networks:
-        return {}
-    return {"networks": {name: {"model": net.model.state_dict(),
+        return out
+    return {**out, "networks": {name: {"model": net.model.state_dict(),
                                 "optimizer": net.optimizer.state_dict() if net.optimizer is not None else {},
                                 "scheduler": net.scheduler.state_dict() if net.scheduler is not None else {}}
                          for name, net in ctx.networks.items()}}
-
-
-def _modules_state(method: Any) -> dict[str, Any]:
-    state = method.modules_state_dict()
-    return {"modules": state} if state else {}
 
 
 def _per_sample_state(method: Any) -> dict[str, Any]:
@@ -371,6 +375,15 @@ def _load_networks(ctx: TrainContext, state: Mapping[str, Any], *, path: Any) ->
             net.scheduler.load_state_dict(state[name]["scheduler"])
 
 
+def _load_modules(ctx: TrainContext, state: Mapping[str, Any], *, path: Any) -> None:
+    missing = sorted(set(ctx.modules) - set(state))
+    if missing:
+        raise UserError(f"cannot resume from {path}: it holds no module {', '.join(missing)} of method "
+                        f"{ctx.cfg['method']['name']!r}")
+    for name, (module, _) in ctx.modules.items():
+        module.load_state_dict(state[name])
+
+
 def status_of(exc: BaseException | None, finished: bool) -> str:
     """The summary status of a run that ended with ``exc`` (``None``: returned normally)."""
     if exc is None:
@@ -382,8 +395,13 @@ def status_of(exc: BaseException | None, finished: bool) -> str:
     return "failed"
 
 
+#: ``resolve(cfg, data, progress) -> cfg``: settles config values that need a computation of their own
+Resolve = Callable[[dict[str, Any], RunData, Any], dict[str, Any]]
+
+
 def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, stop_after: int | None = None,
-        progress: bool | str | None = None, data: RunData | None = None) -> dict[str, Any]:
+        progress: bool | str | None = None, data: RunData | None = None,
+        resolve: Resolve | None = None) -> dict[str, Any]:
     """Train one run described by a resolved config; write its records to ``cfg['out']``.
 
     Parameters
@@ -406,6 +424,15 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
         (:func:`noisylabels.progress.progress_mode`).
     data:
         Pre-built :class:`RunData` (otherwise built from the config).
+    resolve:
+        ``resolve(cfg, data, progress) -> cfg`` for a new run: settles config values a higher layer
+        computes (``method.forget_rate: estimate`` from a cross-fitted warm-up:
+        :func:`noisylabels.detect.resolve_forget_rate`, which ``noisylabels train`` passes). It runs
+        once the folder is claimed and the data are read, and may write nested runs into
+        ``cfg['out']`` (they belong to this run); the config it returns is the run's (``config.yaml``).
+        A resumed run calls it again on the same config: it must return the same values without
+        redoing its work (``resolve_forget_rate`` reuses its finished warm-up), so that a caller
+        resuming with the unresolved config (a suite cell) continues the run it started.
 
     Returns
     -------
@@ -413,6 +440,12 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
         The summary written to ``summary.json``.
     """
     with RunDir(cfg["out"], resume=resume, overwrite=overwrite) as claim:  # refusals and the lock; nothing removed
+        if resolve is not None:
+            if data is None:  # the data as Run(cfg) builds them (the values resolved do not change them)
+                run_cfg = check_names(cfg)
+                data = prepare_data(run_cfg, needs_meta_set=build_method(run_cfg).needs_meta_set)
+            claim.start()  # a new run: what resolve writes into the folder is this run's (a resumed one keeps all)
+            cfg = resolve(cfg, data, progress)
         run = Run(cfg, data=data)  # reads everything the run needs: data, label CSVs, checkpoints, adjusters
         claim.start()  # only now does a new run replace the previous one's records
         return _train(run, resume=resume, stop_after=stop_after, progress=progress)
