@@ -38,6 +38,9 @@ CLEAN_META = META + ["--set", "data.meta_set=clean"]
 #: name -> (extra train arguments, what it tests)
 CONFIGS: dict[str, tuple[list[str], str]] = {
     "ce": ([], "plain CE on the whole subset (no meta set)"),
+    "ce-9000": (["--set", "data.train_subset=9000"],
+                "CE on 9000 images: the meta methods' data less their 1000-image meta set (issue setting)"),
+    "mwnet-clean": (["--method", "mwnet", *CLEAN_META], "MW-Net* (Adam, sum normalisation, CE meta loss, clean meta set)"),
     "narl": (["--method", "narl", *CLEAN_META], "A-GCE, defaults"),
     "emlc": (["--method", "emlc", *CLEAN_META], "EMLC, defaults (teacher lr 0.02)"),
     "rmnw-paper": (["--method", "rmnw-net", *META], "rmnw-net preset (SGD weight net, Eq. 2 unnormalised, noisy meta)"),
@@ -73,19 +76,31 @@ def finished(run: Path) -> bool:
         return False
 
 
+def seeds(a: argparse.Namespace) -> list[int]:
+    return [int(s) for s in a.seeds.split(",")] if a.seeds else [a.seed]
+
+
+def run_dir(a: argparse.Namespace, name: str, seed: int) -> Path:
+    """``RUNS/NAME`` for one seed (``--seed``), ``RUNS/sSEED/NAME`` with ``--seeds``."""
+    return Path(a.runs) / f"s{seed}" / name if a.seeds else Path(a.runs) / name
+
+
 def cmd_run(a: argparse.Namespace) -> None:
+    """Every config of seed 0 first (in ``--only``'s order), then seed 1, ..."""
     names = a.only.split(",") if a.only else list(CONFIGS)
-    for name in names:
-        run = Path(a.runs) / name
-        if finished(run):
-            print(f"{name}: finished already", flush=True)
-            continue
-        cmd = [sys.executable, "-m", "noisylabels", "train", *base_args(a), *CONFIGS[name][0], "--out", str(run),
-               "--overwrite"]
-        t0 = time.time()
-        print(f"{name}: {' '.join(cmd[3:])}", flush=True)
-        rc = subprocess.call(cmd)
-        print(f"{name}: rc {rc}, {time.time() - t0:.0f} s", flush=True)
+    for seed in seeds(a):
+        a.seed = seed
+        for name in names:
+            run = run_dir(a, name, seed)
+            if finished(run):
+                print(f"{name} seed {seed}: finished already", flush=True)
+                continue
+            cmd = [sys.executable, "-m", "noisylabels", "train", *base_args(a), *CONFIGS[name][0], "--out", str(run),
+                   "--overwrite"]
+            t0 = time.time()
+            print(f"{name} seed {seed}: {' '.join(cmd[3:])}", flush=True)
+            rc = subprocess.call(cmd)
+            print(f"{name} seed {seed}: rc {rc}, {time.time() - t0:.0f} s", flush=True)
 
 
 def _records(run: Path) -> dict[str, np.ndarray]:
@@ -210,6 +225,7 @@ def main() -> None:
     p.add_argument("--test-subset", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="", help="comma-separated seeds: runs go to RUNS/sSEED/NAME, seed-major order")
     p.add_argument("--epochs-detail", action="store_true")
     a = p.parse_args()
     cmd_run(a) if a.what == "run" else cmd_table(a)

@@ -4,7 +4,7 @@
   and flag every sample; write ``label_issues.csv``, ``joint.png`` and
   ``detect_summary.json`` (into ``--out``, default the run directory or the labels file's
   folder) and print a summary.
-* ``noisylabels export --run DIR --drop-issues | --relabel [--min-confidence P] --out clean.csv``:
+* ``noisylabels export --run DIR --drop-issues | --relabel [--min-confidence P] [--unsupported keep|drop] --out clean.csv``:
   the ``path,label`` CSV that ``data.options.labels_csv`` reads, so train -> detect -> export
   -> retrain is four commands.
 """
@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..detect.filter import FILTER_METHODS
-from ..detect.relabel import relabel_rule
+from ..detect.relabel import UNSUPPORTED, UNSUPPORTED_DEFAULT, relabel_rule
 from ..detect.report import RANK_CHOICES
 
 __all__ = ["add_parsers", "cmd_detect", "cmd_export", "cmd_crossfit", "export_labels"]
@@ -52,11 +52,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     how = e.add_mutually_exclusive_group(required=True)
     how.add_argument("--drop-issues", action="store_true", help="leave out the samples flagged is_label_issue")
     how.add_argument("--relabel", action="store_true",
-                     help="give flagged samples their suggested label where the evidence supports it (the others are "
-                          "left out)")
+                     help="give flagged samples their suggested label where the evidence supports it (the others: "
+                          "--unsupported)")
     e.add_argument("--min-confidence", type=float, default=None, metavar="P",
                    help="with --relabel: relabel only when p(suggested) >= P (default: the threshold calibrated on the "
-                        "out-of-sample probabilities); other flagged samples are left out")
+                        "out-of-sample probabilities)")
+    e.add_argument("--unsupported", choices=UNSUPPORTED, default=None,
+                   help=f"with --relabel: a flagged sample whose suggestion is not supported keeps its given label "
+                        f"(keep) or is left out (drop); default: {UNSUPPORTED_DEFAULT}")
     e.add_argument("--out", required=True, help="the CSV to write (an existing file is refused unless --overwrite)")
     e.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out (never an input: the run's files, the labels CSV it trained on)")
@@ -180,13 +183,13 @@ def _read_issues(run: Path) -> list[dict[str, str]]:
 
 
 def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence: float | None = None,
-                  overwrite: bool = False) -> dict[str, int]:
+                  unsupported: str | None = None, overwrite: bool = False) -> dict[str, int]:
     """Write the ``path,label`` CSV of a run's samples after dropping or relabelling its flagged ones.
 
     Rows: every sample with a source file whose labels came from the user's training images
     (train / validation / meta splits, and the test split when it was carved out of them),
     in ``labels.csv`` order; ``label`` is a class name. Extra columns ``given_label`` and
-    ``action`` (``keep`` / ``relabel``) are ignored by the reader. Uses the run's
+    ``action`` (``keep`` / ``relabel`` / ``keep_flagged``) are ignored by the reader. Uses the run's
     ``label_issues.csv`` (``noisylabels detect`` or ``train --folds``), running detection with
     the defaults when there is none. An existing ``out`` is refused unless ``overwrite``; an
     input (the run's files, the labels CSV it trained from) never, with or without it.
@@ -195,13 +198,16 @@ def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence
     (:func:`noisylabels.detect.relabel.relabel_decisions`): ``p(suggested)`` at least
     ``min_confidence``, by default the threshold calibrated on the out-of-sample probabilities
     (above it the suggestion is right more often than wrong), and never a class the scoring
-    models get wrong more often than right out of sample; the other flagged samples are left out.
+    models get wrong more often than right out of sample. The other flagged samples keep their
+    given label (``unsupported='keep'``, action ``keep_flagged``) or are left out (``'drop'``);
+    ``None``: :data:`noisylabels.detect.relabel.UNSUPPORTED_DEFAULT`.
 
     Returns
     -------
     dict
-        Counts: ``kept``, ``relabelled``, ``dropped`` (of which ``below_threshold`` and
-        ``unsupported_class``), ``written``; with ``relabel`` also the ``threshold`` used,
+        Counts: ``kept``, ``relabelled``, ``kept_flagged``, ``dropped``, ``written``; the
+        unsupported flagged samples (kept or dropped) split into ``below_threshold`` and
+        ``unsupported_class``; with ``relabel`` also the ``threshold`` used,
         whether it was ``calibrated``, the models' out-of-sample ``accuracy``, its ``reference``
         rows and the ``refused_classes``.
     """
@@ -217,6 +223,11 @@ def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence
             raise UserError("--min-confidence goes with --relabel")
         if not 0.0 <= float(min_confidence) <= 1.0:
             raise UserError(f"--min-confidence must be in [0, 1], got {min_confidence}")
+    if unsupported is not None and mode != "relabel":
+        raise UserError("--unsupported goes with --relabel")
+    unsupported = UNSUPPORTED_DEFAULT if unsupported is None else unsupported
+    if unsupported not in UNSUPPORTED:
+        raise UserError(f"--unsupported must be one of {', '.join(UNSUPPORTED)}, got {unsupported!r}")
     out = Path(out)
     _check_output(out, inputs=[run / n for n in (*_RUN_INPUTS, "label_issues.csv")] + _run_label_files(run),
                   overwrite=overwrite)
@@ -234,8 +245,8 @@ def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence
     by_index = {int(r["index"]): r for r in rows}
     info = json.loads((run / "pred_probs.json").read_text()) if (run / "pred_probs.json").is_file() else {}
     test_from_training = bool(info.get("test_from_training_images", False))
-    counts: dict[str, Any] = {"kept": 0, "relabelled": 0, "dropped": 0, "written": 0, "below_threshold": 0,
-                              "unsupported_class": 0}
+    counts: dict[str, Any] = {"kept": 0, "relabelled": 0, "kept_flagged": 0, "dropped": 0, "written": 0,
+                              "below_threshold": 0, "unsupported_class": 0, "unsupported": unsupported}
     rule = None
     if mode == "relabel":
         rule = relabel_rule(inputs.labels, inputs.pred_probs, split=inputs.split, held_out=inputs.held_out,
@@ -259,11 +270,15 @@ def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence
             sug = int(r["suggested_label"])
             assert rule is not None
             if not rule.allowed[sug] or float(inputs.pred_probs[i, sug]) < rule.threshold:
-                counts["dropped"] += 1
                 counts["unsupported_class" if not rule.allowed[sug] else "below_threshold"] += 1
-                continue
-            label, action = inputs.classes[sug], "relabel"
-            counts["relabelled"] += 1
+                if unsupported == "drop":
+                    counts["dropped"] += 1
+                    continue
+                action = "keep_flagged"
+                counts["kept_flagged"] += 1
+            else:
+                label, action = inputs.classes[sug], "relabel"
+                counts["relabelled"] += 1
         else:
             counts["kept"] += 1
         lines.append(f"{csv_cell(path)},{csv_cell(label)},{csv_cell(given)},{action}")
@@ -276,16 +291,19 @@ def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence
 
 def cmd_export(args: argparse.Namespace) -> int:
     counts = export_labels(args.run, args.out, mode="drop" if args.drop_issues else "relabel",
-                           min_confidence=args.min_confidence, overwrite=args.overwrite)
+                           min_confidence=args.min_confidence, unsupported=args.unsupported, overwrite=args.overwrite)
     if args.relabel:
         how = "calibrated: right more often than wrong above it" if counts["calibrated"] else "--min-confidence"
         refused = ", ".join(counts["refused_classes"]) or "none"
+        fate = "kept under their given label" if counts["unsupported"] == "keep" else "left out"
         print(f"relabel rule: p(suggested) >= {counts['threshold']:.3f} ({how}); scoring models' out-of-sample "
               f"accuracy {100 * counts['accuracy']:.1f}% on {counts['reference']}; classes never relabelled to "
-              f"(precision <= 1/2): {refused}; left out: {counts['below_threshold']} below the threshold, "
-              f"{counts['unsupported_class']} to a refused class")
+              f"(precision <= 1/2): {refused}; unsupported ({fate}, --unsupported): {counts['below_threshold']} "
+              f"below the threshold, {counts['unsupported_class']} to a refused class")
+    flagged_kept = f"{counts['kept_flagged']} flagged kept as given, " if counts["kept_flagged"] else ""
     print(f"wrote {args.out}: {counts['written']} rows ({counts['kept']} kept, {counts['relabelled']} relabelled, "
-          f"{counts['dropped']} left out); retrain with --set data.options.labels_csv={args.out} --noise none")
+          f"{flagged_kept}{counts['dropped']} left out); retrain with --set data.options.labels_csv={args.out} "
+          f"--noise none")
     return 0
 
 
