@@ -11,9 +11,11 @@ net's *input*, each sample's cross-entropy under the training model (record ``lo
 the selected epoch's visits), not minus the weight. The weight is a learned function of that loss
 whose direction the method does not fix: unnormalised (Eq. 2 as written), or with the CE meta loss
 on a noisy meta set, the learned function can come out *increasing*, and minus the weight then
-ranks the corrupted labels last (digits, 40% uniform, 3 epochs: AUROC 0.012 for MW-Net
-``normalize='none'`` and 0.011 for MNW-Net with the MW-Net code's settings; CIFAR-10N human labels,
-RMNW-Net with Adam and no normalisation: 0.387, ``benchmarks/realnoise_findings.md``). The loss
+ranks the corrupted labels last, and which way it comes out can change with the seed alone
+(digits, 40% uniform, 3 epochs: RMNW-Net as the paper writes it 0.988 with seed 0, 0.009 and 0.005
+with seeds 1 and 2; MW-Net ``normalize='none'`` 0.010-0.019; MW-Net* under 30% flip noise
+0.12-0.17, ``benchmarks/weight_score_direction.py``; CIFAR-10N human labels, RMNW-Net with Adam and
+no normalisation: 0.387, ``benchmarks/realnoise_findings.md``). The loss
 ranks high-loss samples first whatever the weight net learned. The paper's own detection metric
 (Ghosh & Lan 2021, Table 3: AUROC of the weight as P(clean)) is reported beside it as
 ``weight_detection_auroc`` / ``weight_detection_ap`` (``metrics.jsonl`` per epoch, ``summary.json``
