@@ -31,7 +31,7 @@ METHODS = {
     "l2b": ({"method.name": "l2b"}, ("clean", "noisy"), "alpha"),
     "mwnet (Adam, sum)": ({"method.name": "mwnet"}, ("clean", "noisy"), "weight"),
     "mwnet (Adam, none)": ({"method.name": "mwnet", "method.normalize": "none"}, ("clean", "noisy"), "weight"),
-    "rmnw-net (SGD, none)": ({"method.name": "rmnw-net"}, ("noisy",), "weight"),
+    "rmnw-net (SGD, none)": ({"method.name": "rmnw-net-paper"}, ("noisy",), "weight"),
 }
 NOISES = {"uniform 0.4": {"noise.type": "uniform", "noise.rate": 0.4},
           "flip 0.3": {"noise.type": "flip", "noise.rate": 0.3}}
