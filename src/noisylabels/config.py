@@ -37,6 +37,10 @@ DEFAULTS: dict[str, Any] = {
         "meta_set": "auto",     # clean: gold labels; noisy: labels corrupted like training;
                                 # auto: the method's (rmnw-net, mnw-net: noisy), else clean
         "augment": "auto",      # auto | none | {crop_padding: int, hflip: bool}
+        "views": "auto",        # auto: the method's views; or a list of weak | strong | none, one per view
+        "strong_augment": "randaugment+cutout",  # the strong view's policy (methods that ask for one):
+                                # none | a name | {name: ..., option: value}; default FixMatch's
+                                # RandAugment (N=2, M=10) + Cutout 16 (noisylabels.data.policies)
         "train_subset": None,   # keep a class-balanced subset of this many pool samples
         "test_subset": None,    # evaluate on a class-balanced subset of this many test samples
         "options": {},          # loader options (e.g. labels_csv, test_fraction)
@@ -360,6 +364,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
                         f"split), got {vf!r}")
     device_type(cfg["device"])
     check_augment(d["augment"])
+    check_views(d.get("views", "auto"))
+    check_strong_augment(d.get("strong_augment", DEFAULTS["data"]["strong_augment"]))
 
 
 def _float(v: Any) -> float:
@@ -388,6 +394,40 @@ def check_augment(setting: Any) -> None:
         raise UserError(f"data.augment.crop_padding must be an integer in [0, 1024], got {pad!r}")
     if not isinstance(setting.get("hflip", False), bool):
         raise UserError(f"data.augment.hflip must be true or false, got {setting['hflip']!r}")
+
+
+def check_views(setting: Any) -> None:
+    """``data.views``: ``auto`` or a non-empty list of ``weak`` / ``strong`` / ``none``."""
+    if setting == "auto":
+        return
+    kinds = ("weak", "strong", "none")
+    if isinstance(setting, str) or not isinstance(setting, (list, tuple)) or not setting \
+            or any(not isinstance(k, str) or k not in kinds for k in setting):
+        raise UserError(f"data.views must be auto or a non-empty list of {', '.join(kinds)} (one per view the "
+                        f"method takes), got {setting!r}")
+
+
+def check_strong_augment(setting: Any) -> None:
+    """``data.strong_augment``: ``none``, a policy name (``+`` joins several) or a mapping
+    ``{name: ..., option: value}``; names and options are checked by building the policy
+    (:func:`noisylabels.data.policies.strong_augment_policy`, no data involved)."""
+    if setting is None or setting is False or setting == "none":
+        return
+    if isinstance(setting, str):
+        if not setting.strip():
+            raise UserError("data.strong_augment must be none, a policy name or a mapping, got ''")
+    elif isinstance(setting, Mapping):
+        for k, v in setting.items():
+            if not isinstance(k, str):
+                raise UserError(f"data.strong_augment keys must be option names, got {k!r}")
+            if k == "name" and not (isinstance(v, str) and v.strip()):
+                raise UserError(f"data.strong_augment.name must be a policy name, got {v!r}")
+    else:
+        raise UserError(f"data.strong_augment must be none, a policy name (e.g. randaugment+cutout) or a mapping "
+                        f"{{name: ..., option: value}}, got {setting!r}")
+    from .data.policies import strong_augment_policy
+
+    strong_augment_policy(setting)
 
 
 def device_type(name: Any) -> str:
@@ -425,5 +465,6 @@ def config_hash(cfg: Mapping[str, Any], *, ignore: Iterable[tuple[str, ...]] = B
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-__all__ += ["MAX_SEED", "DERIVED_MODEL_KEYS", "validate", "device_type", "check_augment", "config_hash", "BOOKKEEPING_KEYS", "RESUME_FREE_KEYS",
+__all__ += ["MAX_SEED", "DERIVED_MODEL_KEYS", "validate", "device_type", "check_augment", "check_views", "check_strong_augment",
+            "config_hash", "BOOKKEEPING_KEYS", "RESUME_FREE_KEYS",
             "labels_from_user", "REAL_LABEL_DATASETS"]

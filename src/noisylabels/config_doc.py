@@ -31,6 +31,12 @@ FIELD_DOCS: dict[str, str] = {
                       "min(1000, 10% of the pool)",
     "data.meta_set": "clean (gold labels), noisy (corrupted like training) or auto (the method's choice)",
     "data.augment": "auto, none, or {crop_padding: int, hflip: bool}",
+    "data.views": "the augmented views of each training batch: auto = the method's (`noisylabels methods`), or a "
+                  "list of weak (data.augment), strong (weak, then data.strong_augment) or none, as many as the "
+                  "method takes",
+    "data.strong_augment": "strong view's policy (methods with a strong view): none, a name (autoaugment-cifar10, "
+                           "randaugment, trivialaugment, cutout; + composes) or {name: ..., option: value}; "
+                           "default FixMatch's RandAugment N=2 M=10 + Cutout 16, after data.augment's crop and flip",
     "data.train_subset": "keep a class-balanced subset of this many pool samples (null: all)",
     "data.test_subset": "evaluate on a class-balanced subset of this many test samples (null: all)",
     "data.options": "loader options, e.g. labels_csv, trusted_csv, test_fraction, path",

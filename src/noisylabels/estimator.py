@@ -189,8 +189,8 @@ class NoisyLabelClassifier(ClassifierMixin, BaseEstimator):
     # --------------------------------------------------------------------------- the API
     def fit(self, X: Any, y: Any) -> NoisyLabelClassifier:
         """Train on ``X`` (n_samples, n_features) with the (noisy) labels ``y``."""
+        from .train import build_context
         from .train import fit as train_fit
-        from .train.build import build_model
 
         X, y_enc = self._encode(X, y)
         with tempfile.TemporaryDirectory(prefix="noisylabels-") as out:
@@ -201,7 +201,9 @@ class NoisyLabelClassifier(ClassifierMixin, BaseEstimator):
                 summary = train_fit(cfg, data=data, progress=False)
             finally:
                 torch.set_num_threads(old)
-            model = build_model(cfg, data)
+            with torch.random.fork_rng(devices=[]):  # the method's prediction module (e.g. an ensemble), unseeded
+                ctx = build_context(cfg, data=data)
+            model = ctx.method.eval_model(ctx).cpu()
             model.load_state_dict(torch.load(f"{out}/best_model.pt", map_location="cpu", weights_only=True))
         model.eval()
         self.model_ = model

@@ -465,6 +465,29 @@ def test_cifar10_jpeg_zip_source(tmp_path):
     assert raw.y_train.tolist() == [8] and raw.y_train_clean.tolist() == [9]
 
 
+def test_cifar10_relative_labels_csv_is_found_beside_the_zips(tmp_path, monkeypatch):
+    """A suite names ``labels_csv: file.csv``: a relative path missing as given is read from the
+    folder the JPEG zips were found in (wherever the data folder is), the current directory's first."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    for split in ("train", "test"):
+        for cls in ("airplane", "truck"):
+            _write_png(tmp_path / "src" / split / "cifar10" / split / cls / "0000.png",
+                       rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+        _zip_dir(tmp_path / "src" / split, tmp_path / "data" / f"cifar10-{split}-jpeg.zip")
+    (tmp_path / "data" / "human.csv").write_text("train/truck/0000.png,ship\ntrain/airplane/0000.png,bird\n")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    raw = create_dataset("cifar10", data_dir=tmp_path / "data", cache_dir=tmp_path / "c", labels_csv="human.csv")
+    assert raw.y_train.tolist() == [8, 2] and raw.y_train_clean.tolist() == [9, 0]
+    (work / "human.csv").write_text("train/truck/0000.png,cat\n")  # as given (here) wins
+    raw = create_dataset("cifar10", data_dir=tmp_path / "data", cache_dir=tmp_path / "c", labels_csv="human.csv")
+    assert raw.y_train.tolist() == [3]
+    with pytest.raises(UserError, match="labels_csv 'missing.csv' not found"):
+        create_dataset("cifar10", data_dir=tmp_path / "data", cache_dir=tmp_path / "c", labels_csv="missing.csv")
+
+
 # ----------------------------------------------------------------- cache
 
 def test_cache_second_load_skips_decoding(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from noisylabels.config import resolve_config
-from noisylabels.data import AugmentSpec, BatchLoader, channel_stats, create_dataset
+from noisylabels.data import AugmentSpec, BatchLoader, channel_stats, create_augment_policy, create_dataset
 from noisylabels.data.stream import StreamImages, StreamLoader, is_stream, pool_channel_stats
 from noisylabels.errors import UserError
 from noisylabels.train.prepare import prepare_data
@@ -59,15 +59,27 @@ def test_streamed_images_decode_to_the_in_memory_pixels(zips, kind):
     assert torch.equal(sub.nchw().load([0, 1]), got[[5, 2]])
 
 
+WEAK = AugmentSpec(crop_padding=2, hflip=True)
+STRONG = AugmentSpec(crop_padding=2, hflip=True, policy=create_augment_policy("randaugment+cutout", size=4))
+VIEWS = {"weak": WEAK, "weak-strong-plain": (WEAK, STRONG, None),
+         "strong-first": (STRONG, AugmentSpec(crop_padding=1), STRONG),
+         "autoaugment": (AugmentSpec(policy=create_augment_policy("autoaugment-cifar10")),),
+         "trivialaugment": AugmentSpec(hflip=True, policy=create_augment_policy("trivialaugment"))}
+
+
 @pytest.mark.parametrize("workers", [0, 2])
-def test_stream_loader_yields_the_batch_loaders_batches(zips, workers):
+@pytest.mark.parametrize("views", sorted(VIEWS))
+def test_stream_loader_yields_the_batch_loaders_batches(zips, workers, views):
+    """Every view of every batch bit for bit, for one spec (the 18 golden pins' path) and for tuples
+    of weak, strong and plain views."""
     mem = create_dataset("imagefolder", path=zips["png"], cache=False)
     images = torch.from_numpy(mem.x_train).permute(0, 3, 1, 2).contiguous()
     lazy = create_dataset("imagefolder", path=zips["png"], stream=True).x_train.nchw()
     labels = torch.from_numpy(mem.y_train)
     idx = torch.arange(3, len(labels))  # a split, not the whole pool
     mean, std = channel_stats(images)
-    spec = AugmentSpec(crop_padding=2, hflip=True)
+    spec = VIEWS[views]
+    n_views = len(spec) if isinstance(spec, tuple) else 1
     for epoch in range(2):  # each epoch's generator seeded by (seed, epoch), as the loop does
         kw = dict(batch_size=8, shuffle=True, mean=mean, std=std, augment=spec)
         ref = list(BatchLoader(images, labels, idx, generator=torch.Generator().manual_seed(100 + epoch), **kw))
@@ -76,11 +88,14 @@ def test_stream_loader_yields_the_batch_loaders_batches(zips, workers):
         assert len(got) == len(ref) == 5
         for a, b in zip(ref, got):
             assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and torch.equal(a.index, b.index)
+            assert len(a.views) == len(b.views) == n_views and a.views[0] is a.x and b.views[0] is b.x
+            assert all(torch.equal(u, v) for u, v in zip(a.views, b.views))
     # augmentation really happened (the batches differ from the plain ones)
     plain = next(iter(BatchLoader(images, labels, idx, batch_size=8, shuffle=False, mean=mean, std=std)))
     aug = next(iter(StreamLoader(lazy, labels, idx, batch_size=8, shuffle=False, mean=mean, std=std,
                                  augment=spec, workers=workers)))
     assert not torch.equal(plain.x, aug.x)
+    assert all(not torch.equal(plain.x, v) for v, s in zip(aug.views, spec if n_views > 1 else (spec,)) if s)
 
 
 def test_nested_stream_loaders_do_not_disturb_each_other(zips):

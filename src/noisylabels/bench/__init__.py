@@ -1,5 +1,7 @@
 """Benchmark suites: grids of runs with tables beside reference numbers."""
 
-from .harness import EXECUTORS, Cell, Suite, config_hash, list_suites, load_suite, run_suite, tabulate
+from .harness import (EXECUTORS, Cell, ReferenceBlock, Suite, config_hash, list_suites, load_suite, run_suite,
+                      tabulate)
 
-__all__ = ["EXECUTORS", "Cell", "Suite", "config_hash", "list_suites", "load_suite", "run_suite", "tabulate"]
+__all__ = ["EXECUTORS", "Cell", "ReferenceBlock", "Suite", "config_hash", "list_suites", "load_suite", "run_suite",
+           "tabulate"]

@@ -21,6 +21,14 @@ A suite is a YAML file (shipped ones live in ``noisylabels/bench/suites``)::
     reference:                                      # optional, e.g. a paper's table
       source: "Zhang & Sabuncu 2018, Table 1"       # or one per metric: {test_accuracy: "Table 1", ...}
       test_accuracy: {CE: {"40%": 81.88}}           # reference[metric][row label][column label]
+    references:                                     # optional: more reference columns, each its own source
+      - label: ReScience                            # printed as the column "<column> ReScience"
+        source: "Hudovernik et al. 2026, Table 4"   # or one per metric
+        row_sources: {CE: "..."}                    # optional: a row whose cells come from another table
+        test_accuracy: {CE: {"40%": 80.1}}
+    ratio_to:                                       # optional: derived tables, each seed's value over the
+      row: "CE, clean labels"                       # same seed's value of this row in the same column
+      metrics: [test_accuracy]                      # default: every metric
 
 Every (cell, seed) writes its run into ``OUT/<cell>/seed-<s>-<hash>/``, ``hash`` a hash of the
 run's resolved config (:func:`config_hash`): runs whose ``summary.json`` says ``finished`` are
@@ -44,7 +52,7 @@ import math
 import os
 import re
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -56,7 +64,8 @@ from ..config import BOOKKEEPING_KEYS, resolve_config
 from ..config import config_hash as _config_hash
 from ..errors import UserError
 
-__all__ = ["Suite", "Cell", "EXECUTORS", "load_suite", "list_suites", "run_suite", "tabulate", "config_hash"]
+__all__ = ["Suite", "Cell", "ReferenceBlock", "EXECUTORS", "load_suite", "list_suites", "run_suite", "tabulate",
+           "config_hash"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,34 @@ class Cell:
         return dict(self.labels)[axis]
 
 
+@dataclass(frozen=True)
+class ReferenceBlock:
+    """One set of reference columns: ``tables[metric][row label][column label]`` printed as the
+    column ``"<column> <label>"`` beside the suite's own numbers.
+
+    ``source`` names where the numbers come from (one string, or one per metric);
+    ``row_sources`` names another source for some rows (e.g. a row quoted from another table).
+    The suite's ``reference:`` block is the block labelled ``ref``; ``references:`` adds more.
+    """
+
+    label: str
+    tables: dict[str, dict[str, dict[str, float]]]
+    source: Any = None
+    row_sources: dict[str, str] = field(default_factory=dict)
+
+    def source_for(self, metric: str) -> str | None:
+        """The source text of this block's ``metric`` cells."""
+        src = self.source.get(metric) if isinstance(self.source, Mapping) else self.source
+        return None if src is None else str(src)
+
+    def cells(self) -> Iterator[tuple[str, str, str, float]]:
+        """``(metric, row, column, value)`` of every cell."""
+        for metric, table in self.tables.items():
+            for row, cols in (table or {}).items():
+                for col, value in (cols or {}).items():
+                    yield metric, str(row), str(col), value
+
+
 @dataclass
 class Suite:
     name: str
@@ -86,6 +123,9 @@ class Suite:
     metrics: list[str]
     reference: dict[str, Any]
     metric_labels: dict[str, str] = field(default_factory=dict)
+    references: list[ReferenceBlock] = field(default_factory=list)
+    #: ``{"row": label, "metrics": [...]}``: print each metric's ratio to that row (same column, same seed)
+    ratio_to: dict[str, Any] | None = None
 
     def reference_source(self, metric: str) -> str | None:
         """The source text of ``metric``'s reference cells (``reference.source``: one string, or
@@ -94,6 +134,15 @@ class Suite:
         if isinstance(src, Mapping):
             src = src.get(metric)
         return None if src is None else str(src)
+
+    def reference_blocks(self) -> list[ReferenceBlock]:
+        """Every set of reference columns: the ``reference:`` block (label ``ref``) first, then
+        ``references:`` in order."""
+        blocks = []
+        if self.reference:
+            tables = {k: dict(v or {}) for k, v in self.reference.items() if k != "source"}
+            blocks.append(ReferenceBlock("ref", tables, self.reference.get("source")))
+        return blocks + list(self.references)
 
     def cells(self) -> list[Cell]:
         out = []
@@ -145,6 +194,33 @@ def _check_suite(p: Path, raw: Mapping[str, Any]) -> None:
     metrics = raw.get("metrics", ["test_accuracy"])
     need(isinstance(metrics, list) and all(isinstance(m, str) for m in metrics), "metrics must be a list of names")
     need(isinstance(raw.get("rows", "method"), str), "rows must name an axis")
+    refs = raw.get("references") or []
+    need(isinstance(refs, list), "references must be a list of {label, source, <metric>: {row: {column: value}}}")
+    labels = []
+    for block in refs:
+        need(isinstance(block, Mapping) and isinstance(block.get("label"), str) and block.get("label"),
+             f"each references entry needs a label (a string), got {block!r}"[:200])
+        label = block["label"]
+        need(label != "ref" and label not in labels, f"references: label {label!r} is used twice (or is 'ref')")
+        labels.append(label)
+        src = block.get("source")
+        need(isinstance(src, str) or (isinstance(src, Mapping) and all(isinstance(v, str) for v in src.values())),
+             f"references {label!r}: source must be a string or one string per metric")
+        rs = block.get("row_sources") or {}
+        need(isinstance(rs, Mapping) and all(isinstance(v, str) for v in rs.values()),
+             f"references {label!r}: row_sources must map row labels to strings")
+        for metric, table in block.items():
+            if metric in ("label", "source", "row_sources"):
+                continue
+            need(isinstance(table, Mapping) and all(
+                isinstance(cols, Mapping) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in cols.values()) for cols in table.values()),
+                 f"references {label!r}: {metric} must map row labels to {{column: number}}")
+    ratio = raw.get("ratio_to")
+    if ratio is not None:
+        need(isinstance(ratio, Mapping) and isinstance(ratio.get("row"), str)
+             and isinstance(ratio.get("metrics", []), list) and set(ratio) <= {"row", "metrics"},
+             "ratio_to must be {row: <a row label>, metrics: [names]} (metrics optional)")
 
 
 def load_suite(name_or_path: str | Path) -> Suite:
@@ -166,11 +242,52 @@ def load_suite(name_or_path: str | Path) -> Suite:
     rows = raw.get("rows", "method")
     if rows not in axes:
         raise UserError(f"suite {p}: rows axis {rows!r} is not among its axes {list(axes)}")
-    return Suite(name=str(raw.get("name", p.stem)), description=str(raw.get("description", "")),
-                 base=dict(raw.get("base") or {}), seeds=[int(s) for s in raw.get("seeds", [0])], rows=rows,
-                 axes={k: list(v) for k, v in axes.items()}, metrics=list(raw.get("metrics", ["test_accuracy"])),
-                 reference=dict(raw.get("reference") or {}),
-                 metric_labels={str(k): str(v) for k, v in (raw.get("metric_labels") or {}).items()})
+    blocks = [ReferenceBlock(label=str(b["label"]), source=b.get("source"),
+                             row_sources={str(k): str(v) for k, v in (b.get("row_sources") or {}).items()},
+                             tables={str(m): {str(r): {str(c): float(v) for c, v in cols.items()}
+                                              for r, cols in t.items()}
+                                     for m, t in b.items() if m not in ("label", "source", "row_sources")})
+              for b in (raw.get("references") or [])]
+    suite = Suite(name=str(raw.get("name", p.stem)), description=str(raw.get("description", "")),
+                  base=dict(raw.get("base") or {}), seeds=[int(s) for s in raw.get("seeds", [0])], rows=rows,
+                  axes={k: list(v) for k, v in axes.items()}, metrics=list(raw.get("metrics", ["test_accuracy"])),
+                  reference=dict(raw.get("reference") or {}),
+                  metric_labels={str(k): str(v) for k, v in (raw.get("metric_labels") or {}).items()},
+                  references=blocks)
+    _check_references(p, suite)
+    ratio = raw.get("ratio_to")
+    if ratio is not None:
+        row_labels = [str(e["label"]) for e in axes[rows]]
+        metrics = [str(m) for m in ratio.get("metrics") or suite.metrics]
+        if str(ratio["row"]) not in row_labels:
+            raise UserError(f"suite {p}: ratio_to row {ratio['row']!r} is not a {rows} label {row_labels}")
+        unknown = [m for m in metrics if m not in suite.metrics]
+        if unknown:
+            raise UserError(f"suite {p}: ratio_to metrics {unknown} are not among the suite's metrics {suite.metrics}")
+        suite.ratio_to = {"row": str(ratio["row"]), "metrics": metrics}
+    return suite
+
+
+def _check_references(p: Path, suite: Suite) -> None:
+    """Every ``references:`` cell names a metric, row and column the suite prints, and its
+    source: a misspelt label would silently print '-' beside our number."""
+    rows = {str(e["label"]) for e in suite.axes[suite.rows]}
+    cols = {" / ".join(c.label(a) for a in suite.column_axes) or "all" for c in suite.cells()}
+    for block in suite.references:
+        for row in block.row_sources:
+            if row not in rows:
+                raise UserError(f"suite {p}: references {block.label!r}: row_sources names {row!r}, "
+                                f"not a {suite.rows} label")
+        for metric, row, col, _ in block.cells():
+            where = f"suite {p}: references {block.label!r}"
+            if metric not in suite.metrics:
+                raise UserError(f"{where}: {metric!r} is not among the suite's metrics {suite.metrics}")
+            if row not in rows:
+                raise UserError(f"{where}: row {row!r} is not a {suite.rows} label {sorted(rows)}"[:300])
+            if col not in cols:
+                raise UserError(f"{where}: column {col!r} ({metric}, {row}) is not among {sorted(cols)}"[:300])
+            if block.source_for(metric) is None and row not in block.row_sources:
+                raise UserError(f"{where}: no source for {metric} (give source: or row_sources:)")
 
 
 #: config keys that never change a run's numbers (left out of the cell hash)
@@ -459,7 +576,14 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def tabulate(suite: Suite, results: Mapping[tuple[str, int], Mapping[str, Any]],
              seeds: Sequence[int]) -> tuple[str, list[dict[str, Any]]]:
-    """Markdown tables (one per metric, rows x columns, mean ± std over seeds, x100) and CSV rows."""
+    """Markdown tables (one per metric, rows x columns, mean ± std over seeds, x100) and CSV rows.
+
+    Reference columns (``reference:`` as ``<column> ref``, each ``references:`` block as
+    ``<column> <label>``) sit beside each column, their sources printed above the table. With
+    ``ratio_to``, one more table per metric gives each seed's value divided by the same seed's
+    value of the ``ratio_to`` row in the same column (mean ± std over the seeds where both
+    finished; CSV metric ``"<metric> / <row>"``).
+    """
     cells = suite.cells()
     row_labels = [str(e["label"]) for e in suite.axes[suite.rows]]
     col_keys: list[tuple[str, ...]] = []
@@ -468,46 +592,77 @@ def tabulate(suite: Suite, results: Mapping[tuple[str, int], Mapping[str, Any]],
         if key not in col_keys:
             col_keys.append(key)
     by_pos = {(c.label(suite.rows), tuple(c.label(a) for a in suite.column_axes)): c for c in cells}
+    all_blocks = suite.reference_blocks()
     buf = io.StringIO()
     csv_rows: list[dict[str, Any]] = []
+
+    def seed_values(rl: str, ck: tuple[str, ...], metric: str) -> tuple[dict[int, float], int]:
+        cell = by_pos.get((rl, ck))
+        vals, errors = {}, 0
+        for s in seeds:
+            res = results.get((cell.key, s), {}) if cell else {}
+            v = res.get(metric)
+            if res.get("status") == "error":
+                errors += 1
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                vals[s] = float(v)
+        return vals, errors
+
+    def csv_row(metric: str, rl: str, colname: str, m: float, sd: float, n: int,
+                refs: Mapping[str, Any]) -> dict[str, Any]:
+        row = {"metric": metric, "row": rl, "column": colname, "mean": m, "std": sd, "n": n,
+               "reference": refs.get("ref")}
+        row.update({f"reference {b.label}": refs.get(b.label) for b in suite.references})
+        return row
+
     for metric in suite.metrics:
-        ref = suite.reference.get(metric, {}) or {}
-        has_ref = bool(ref)
-        src = suite.reference_source(metric)
+        blocks = [b for b in all_blocks if b.tables.get(metric)]
         label = suite.metric_labels.get(metric)
         title = f"{metric}: {label}" if label else metric
         buf.write(f"\n### {suite.name}: {title} (x100, mean ± std over {len(seeds)} seed(s))\n")
-        if has_ref and src:
-            buf.write(f"reference columns ('ref'): {src}\n")
+        for b in blocks:
+            src = b.source_for(metric)
+            if src:
+                buf.write(f"reference columns ('{b.label}'): {src}\n")
+            for rl, rs in b.row_sources.items():
+                if b.tables[metric].get(rl):
+                    buf.write(f"reference columns ('{b.label}'), row {rl}: {rs}\n")
         buf.write("\n")
         header = [suite.rows]
         for ck in col_keys:
             name = " / ".join(ck) or "all"
             header.append(name)
-            if has_ref:
-                header.append(f"{name} ref")
+            header.extend(f"{name} {b.label}" for b in blocks)
         buf.write("| " + " | ".join(header) + " |\n")
         buf.write("|" + "---|" * len(header) + "\n")
         for rl in row_labels:
             line = [rl]
             for ck in col_keys:
-                cell = by_pos.get((rl, ck))
-                vals, errors = [], 0
-                for s in seeds:
-                    res = results.get((cell.key, s), {}) if cell else {}
-                    v = res.get(metric)
-                    if res.get("status") == "error":
-                        errors += 1
-                    if isinstance(v, (int, float)) and math.isfinite(v):
-                        vals.append(100.0 * float(v))
-                m, sd = _mean_std(vals)
-                text = "err" if errors and not vals else ("-" if not vals else f"{m:.2f} ± {sd:.2f}")
-                line.append(text)
+                vals, errors = seed_values(rl, ck, metric)
+                m, sd = _mean_std([100.0 * v for v in vals.values()])
+                line.append("err" if errors and not vals else ("-" if not vals else f"{m:.2f} ± {sd:.2f}"))
                 colname = " / ".join(ck) or "all"
-                rv = (ref.get(rl) or {}).get(colname) if has_ref else None
-                if has_ref:
-                    line.append("-" if rv is None else f"{float(rv):.2f}")
-                csv_rows.append({"metric": metric, "row": rl, "column": colname, "mean": m, "std": sd,
-                                 "n": len(vals), "reference": rv})
+                refs = {b.label: (b.tables[metric].get(rl) or {}).get(colname) for b in blocks}
+                line.extend("-" if refs[b.label] is None else f"{float(refs[b.label]):.2f}" for b in blocks)
+                csv_rows.append(csv_row(metric, rl, colname, m, sd, len(vals), refs))
             buf.write("| " + " | ".join(line) + " |\n")
+    if suite.ratio_to:
+        base_row = suite.ratio_to["row"]
+        for metric in suite.ratio_to["metrics"]:
+            buf.write(f"\n### {suite.name}: {metric} / {base_row} (each seed's value over the same seed's "
+                      f"{base_row} in the same column; mean ± std over the seeds where both finished)\n\n")
+            header = [suite.rows] + [" / ".join(ck) or "all" for ck in col_keys]
+            buf.write("| " + " | ".join(header) + " |\n")
+            buf.write("|" + "---|" * len(header) + "\n")
+            for rl in row_labels:
+                line = [rl]
+                for ck in col_keys:
+                    vals, _ = seed_values(rl, ck, metric)
+                    base, _ = seed_values(base_row, ck, metric)
+                    ratios = [vals[s] / base[s] for s in vals if s in base and base[s] > 0]
+                    m, sd = _mean_std(ratios)
+                    line.append("-" if not ratios else f"{m:.3f} ± {sd:.3f}")
+                    csv_rows.append(csv_row(f"{metric} / {base_row}", rl, " / ".join(ck) or "all", m, sd,
+                                            len(ratios), {}))
+                buf.write("| " + " | ".join(line) + " |\n")
     return buf.getvalue(), csv_rows

@@ -3,7 +3,9 @@
 ``create_dataset(name, ...)`` returns a :class:`RawDataset` of uint8 NHWC
 images; :func:`make_splits` carves train/val/meta indices out of its training
 pool; :class:`BatchLoader` serves normalised, augmented float batches from a
-uint8 NCHW tensor (see :func:`to_nchw`).
+uint8 NCHW tensor (see :func:`to_nchw`), one view or several per batch (``augment=(weak, strong)``:
+``Batch.views``); :mod:`noisylabels.data.policies` has the strong augmentation policies
+(AutoAugment, RandAugment, TrivialAugment, Cutout) and :func:`mixup` mixes a batch.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from .cifar import CIFAR10_CLASSES
 from .imagefolder import scan_image_tree
 from .labels_csv import read_labels_csv
 from .loader import Batch, BatchLoader, channel_stats, to_nchw
+from .mix import Mixed, mixup
+from .policies import AugmentPolicy, create_augment_policy, list_augment_policies, strong_augment_policy
 from .mnist import FASHION_MNIST_CLASSES, read_idx
 from .splits import load_splits, make_splits, save_splits
 
@@ -36,6 +40,12 @@ __all__ = [
     "random_crop",
     "random_hflip",
     "normalize",
+    "AugmentPolicy",
+    "create_augment_policy",
+    "list_augment_policies",
+    "strong_augment_policy",
+    "Mixed",
+    "mixup",
     "default_cache_dir",
     "CIFAR10_CLASSES",
     "FASHION_MNIST_CLASSES",

@@ -5,6 +5,13 @@ Image Recognition", Sec. 4.2: pad 4 pixels with zeros, take a random 32x32
 crop, flip horizontally with probability 1/2. Every sample draws its own crop
 offset and flip from the given ``torch.Generator`` (never the global RNG), so a
 seeded generator reproduces the same batch.
+
+A *view* is an :class:`AugmentSpec`: ``weak`` is crop + flip (the recipe above);
+``strong`` is crop + flip followed by a policy of :mod:`noisylabels.data.policies`
+on the uint8 images (``AugmentSpec(crop_padding=4, hflip=True, policy=...)``), the
+strong view of FixMatch, SOP+ and ProMix. The loaders take one spec or a tuple of
+specs (one per view, ``None``: the plain images); see :class:`~noisylabels.data.BatchLoader`.
+A view draws, per batch, in this order: the crop offsets, the flips, the policy's plan.
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from .policies import AugmentPolicy
 
 __all__ = ["AugmentSpec", "random_crop", "random_hflip", "normalize", "apply_augment", "draw_crop_offsets",
-           "draw_flips"]
+           "draw_flips", "view_specs", "view_generators"]
 
 
 @dataclass
@@ -32,20 +40,27 @@ class AugmentSpec:
         random offset (0 disables; 4 is the CIFAR standard).
     hflip:
         Flip each image horizontally with probability 1/2.
+    policy:
+        A strong augmentation policy (:func:`~noisylabels.data.create_augment_policy`) applied
+        after the crop and flip, on the uint8 images; ``None``: none (a weak view).
     """
 
     crop_padding: int = 0
     hflip: bool = False
+    policy: AugmentPolicy | None = None
 
     def __post_init__(self) -> None:
         if int(self.crop_padding) != self.crop_padding or self.crop_padding < 0:
             raise UserError(f"crop_padding must be a non-negative integer, got {self.crop_padding!r}")
         self.crop_padding = int(self.crop_padding)
+        if self.policy is not None and not isinstance(self.policy, AugmentPolicy):
+            raise UserError(f"AugmentSpec.policy must be an augmentation policy (create_augment_policy), "
+                            f"got {self.policy!r}")
 
     @property
     def active(self) -> bool:
         """Whether any augmentation is switched on."""
-        return self.crop_padding > 0 or bool(self.hflip)
+        return self.crop_padding > 0 or bool(self.hflip) or self.policy is not None
 
 
 def _draw_device(generator: torch.Generator) -> torch.device:
@@ -148,11 +163,42 @@ def normalize(
 
 
 def apply_augment(x: torch.Tensor, spec: AugmentSpec | None, *, generator: torch.Generator) -> torch.Tensor:
-    """Apply ``spec`` (crop, then flip) to a float ``(B, C, H, W)`` batch; ``None`` is a no-op."""
+    """Apply ``spec`` (crop, then flip, then its policy) to a ``(B, C, H, W)`` batch; ``None`` is a
+    no-op. Crop and flip move pixels (any dtype; the padding is 0); a policy needs uint8 images."""
     if spec is None:
         return x
     if spec.crop_padding:
         x = random_crop(x, padding=spec.crop_padding, generator=generator)
     if spec.hflip:
         x = random_hflip(x, generator=generator)
+    if spec.policy is not None:
+        if x.dtype != torch.uint8:
+            raise UserError("a strong augmentation policy needs uint8 images (apply it before the float conversion)")
+        x = spec.policy(x, generator=generator)
     return x
+
+
+def view_specs(augment: AugmentSpec | None | tuple[AugmentSpec | None, ...] | list) -> tuple[AugmentSpec | None, ...]:
+    """The loaders' ``augment`` as one spec per view: a spec or ``None`` is one view; a tuple
+    (or list) of them is one view each (at least one)."""
+    if isinstance(augment, (tuple, list)):
+        specs = tuple(augment)
+        if not specs:
+            raise UserError("augment: a tuple of views needs at least one view (AugmentSpec or None)")
+    else:
+        specs = (augment,)
+    for s in specs:
+        if s is not None and not isinstance(s, AugmentSpec):
+            raise UserError(f"augment: each view is an AugmentSpec or None, got {s!r}")
+    return specs
+
+
+def view_generators(generator: torch.Generator, n: int) -> list[torch.Generator]:
+    """Generators of the views after the first, one per view: ``n`` 63-bit seeds drawn from
+    ``generator`` (the loader's, at the start of a pass, after the permutation), so every view's
+    augmentation in a pass depends only on the loader generator's state. No draw for ``n = 0``."""
+    if n <= 0:
+        return []
+    dev = _draw_device(generator)
+    seeds = torch.randint(0, 2**63 - 1, (n,), generator=generator, device=dev).tolist()
+    return [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]

@@ -192,7 +192,9 @@ def load_cifar10(
         ``"pickle"``, ``"tar"`` or ``"jpeg"``.
     labels_csv:
         A ``path,label`` CSV replacing the training labels (JPEG source only;
-        see :func:`noisylabels.data.imagefolder.load_imagefolder`).
+        see :func:`noisylabels.data.imagefolder.load_imagefolder`). A relative path that does
+        not exist as given is looked up in the folder the JPEG zips were found in, so a suite
+        can name ``cifar10n-random1.csv`` beside the shared data wherever that folder is.
     workers:
         Decoder processes for the JPEG source (see ``imagefolder``).
 
@@ -213,6 +215,7 @@ def load_cifar10(
 
         test_zip = path.with_name(path.name.replace("train", "test")) if "train" in path.name else None
         raw = load_imagefolder(
+            data_dir=path.parent,  # resolves a relative labels_csv against the data folder
             path=path,
             test_path=test_zip if test_zip is not None and test_zip.is_file() else None,
             classes=list(CIFAR10_CLASSES),

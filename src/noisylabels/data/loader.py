@@ -5,6 +5,21 @@ The whole training set lives in one NCHW uint8 tensor (50,000 CIFAR images are
 augmented (:mod:`noisylabels.data.augment`) and normalised. Every batch carries
 the dataset indices of its samples, which noisy-label methods need to keep
 per-sample state (loss histories, label corrections, ...).
+
+Views. ``augment`` is one :class:`~noisylabels.data.AugmentSpec` (or ``None``): one view,
+``Batch.x``, exactly as before views existed. A tuple of specs gives one view per spec, in
+``Batch.views`` (``views[0] is x``), e.g. ``augment=(weak, strong, strong)`` for a method that
+wants a weak view and two strong ones (``weak = AugmentSpec(4, True)``, ``strong =
+AugmentSpec(4, True, policy=create_augment_policy("randaugment+cutout"))``: crop + flip, then the
+policy, as FixMatch / SOP+ / ProMix; ``RunData.strong`` is the run's). Randomness: the
+permutation, then (with more than one view) one seed per further view is drawn from the
+loader's generator at the start of each pass (:func:`~noisylabels.data.augment.view_generators`);
+the first view draws from the loader's generator batch by batch, each further view from its
+own generator; every view draws per batch its crop offsets, its flips, then its policy's plan.
+So a pass's views depend only on the generator's state at its start (``(seed, epoch)`` in the
+loop), and the streamed loader gives the same batches. A view with a policy is cropped,
+flipped and augmented in uint8, then converted to float; a view without one is converted first
+(the same values: crop and flip only move pixels).
 """
 
 from __future__ import annotations
@@ -17,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .augment import AugmentSpec, apply_augment
+from .augment import AugmentSpec, apply_augment, view_generators, view_specs
 
 __all__ = ["Batch", "BatchLoader", "channel_stats", "to_nchw"]
 
@@ -33,11 +48,16 @@ class Batch(NamedTuple):
         int64 labels ``(B,)`` (the labels given to the loader, e.g. noisy ones).
     index:
         int64 dataset indices ``(B,)`` of the samples.
+    views:
+        Every view of the batch, float32 normalised ``(B, C, H, W)`` each, in the order of the
+        loader's ``augment`` specs (``views[0] is x``); the loaders always fill it (one view:
+        ``(x,)``). A batch built by hand may leave it empty; ``batch.views or (batch.x,)`` then.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     index: torch.Tensor
+    views: tuple[torch.Tensor, ...] = ()
 
 
 def to_nchw(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -110,7 +130,8 @@ class BatchLoader:
         Per-channel normalisation constants in ``[0, 1]`` scale (see
         :func:`channel_stats`).
     augment:
-        Augmentations applied to every batch (``None``: none).
+        Augmentations applied to every batch (``None``: none), or a tuple of specs (each
+        ``AugmentSpec`` or ``None``), one per view (see the module docstring).
     generator:
         The only source of randomness (shuffling and augmentation). ``None``
         uses a private generator seeded with 0. The generator advances across
@@ -136,7 +157,7 @@ class BatchLoader:
         shuffle: bool,
         mean: Sequence[float] | torch.Tensor,
         std: Sequence[float] | torch.Tensor,
-        augment: AugmentSpec | None = None,
+        augment: AugmentSpec | None | tuple[AugmentSpec | None, ...] = None,
         generator: torch.Generator | None = None,
         drop_last: bool = False,
         device: torch.device | str | None = None,
@@ -158,6 +179,7 @@ class BatchLoader:
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.augment = augment
+        self.view_specs = view_specs(augment)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.drop_last = bool(drop_last)
         self.device = torch.device(device) if device is not None else images.device
@@ -180,11 +202,18 @@ class BatchLoader:
         if self.shuffle and len(order):
             perm = torch.randperm(len(order), generator=self.generator, device=self.generator.device)
             order = order[perm.cpu()]
+        gens = [self.generator, *view_generators(self.generator, len(self.view_specs) - 1)]
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             src_idx = idx.to(self.images.device)
-            x = self.images[src_idx].to(self.device, non_blocking=True).float().div_(255.0)
-            x = apply_augment(x, self.augment, generator=self.generator)
-            x = (x - self._mean_dev) / self._std_dev  # as augment.normalize, checks done once
+            raw = self.images[src_idx].to(self.device, non_blocking=True)
+            views = tuple(self._view(raw, spec, g) for spec, g in zip(self.view_specs, gens))
             y = self.labels[idx.to(self.labels.device)].to(self.device, non_blocking=True)
-            yield Batch(x=x, y=y, index=idx.to(self.device))
+            yield Batch(x=views[0], y=y, index=idx.to(self.device), views=views)
+
+    def _view(self, raw: torch.Tensor, spec: AugmentSpec | None, generator: torch.Generator) -> torch.Tensor:
+        if spec is not None and spec.policy is not None:
+            x = apply_augment(raw, spec, generator=generator).float().div_(255.0)
+        else:
+            x = apply_augment(raw.float().div_(255.0), spec, generator=generator)
+        return (x - self._mean_dev) / self._std_dev  # as augment.normalize, checks done once

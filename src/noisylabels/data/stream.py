@@ -20,6 +20,13 @@ names and the decoding settings, no pixels. :class:`StreamLoader` then serves th
   does, pads, crops and flips in uint8 (pure data movement, so equal to the float ops of the
   in-memory path), and returns a uint8 batch. The main process (or the GPU) converts it to
   float and normalises it. Worker processes draw no randomness.
+* **Views** (``augment`` a tuple of specs, see :mod:`noisylabels.data.loader`): the plan holds,
+  per batch and per view, the crop offsets, the flips and the strong policy's plan, drawn with
+  the in-memory loader's calls (the further views from the generators seeded after the
+  permutation). A worker decodes each image once and returns every view's crop and flip; **the
+  strong policy runs in the main process**, on the batch's uint8 view on the delivery device
+  (as the in-memory loader applies it), from the plan drawn before the epoch. Every view is
+  bit-for-bit the in-memory loader's (tested).
 * **Channel statistics** of a streamed pool are estimated on a fixed sample (seed 0) of
   :data:`STATS_SAMPLE` images instead of the whole pool.
 
@@ -41,7 +48,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .augment import AugmentSpec, draw_crop_offsets, draw_flips
+from .augment import AugmentSpec, draw_crop_offsets, draw_flips, view_generators, view_specs
 from .decode import decode_chunk
 from .loader import Batch, BatchLoader, channel_stats
 
@@ -153,28 +160,32 @@ def pool_channel_stats(images: torch.Tensor | StreamImages) -> tuple[tuple[float
 
 # -- worker-side dataset -----------------------------------------------------------------------------
 class _AugmentedFiles(torch.utils.data.Dataset):
-    """``dataset[(i, dy, dx, flip)]``: image ``i`` decoded, zero-padded by ``padding`` and cropped
-    at ``(dy, dx)``, flipped horizontally if ``flip``; uint8 ``(C, H, W)``."""
+    """``dataset[(i, views)]``: image ``i`` decoded once, then per view ``(dy, dx, flip)`` of
+    ``views`` zero-padded by that view's padding, cropped at ``(dy, dx)`` and flipped horizontally
+    if ``flip``; uint8 ``(V, C, H, W)``."""
 
-    def __init__(self, images: StreamImages, padding: int) -> None:
+    def __init__(self, images: StreamImages, paddings: tuple[int, ...]) -> None:
         self.images = images
-        self.padding = int(padding)
+        self.paddings = tuple(int(p) for p in paddings)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: tuple[int, int, int, bool]) -> torch.Tensor:
-        i, dy, dx, flip = key
+    def __getitem__(self, key: tuple[int, tuple[tuple[int, int, bool], ...]]) -> torch.Tensor:
+        i, views = key
         x = torch.from_numpy(np.ascontiguousarray(self.images.decode(int(i)).transpose(2, 0, 1)))
-        p = self.padding
-        if p:
-            c, h, w = x.shape
-            padded = torch.zeros((c, h + 2 * p, w + 2 * p), dtype=x.dtype)
-            padded[:, p:p + h, p:p + w] = x
-            x = padded[:, dy:dy + h, dx:dx + w]
-        if flip:
-            x = x.flip(2)
-        return x.contiguous()
+        out = []
+        for p, (dy, dx, flip) in zip(self.paddings, views):
+            v = x
+            if p:
+                c, h, w = x.shape
+                padded = torch.zeros((c, h + 2 * p, w + 2 * p), dtype=x.dtype)
+                padded[:, p:p + h, p:p + w] = x
+                v = padded[:, dy:dy + h, dx:dx + w]
+            if flip:
+                v = v.flip(2)
+            out.append(v)
+        return torch.stack(out)
 
 
 def _collate(items: list[torch.Tensor]) -> torch.Tensor:
@@ -185,9 +196,9 @@ class _Plan(torch.utils.data.Sampler):
     """The batch sampler of a cached DataLoader: the keys of the current epoch, set before iterating."""
 
     def __init__(self) -> None:
-        self.batches: list[list[tuple[int, int, int, bool]]] = []
+        self.batches: list[list[tuple[int, tuple[tuple[int, int, bool], ...]]]] = []
 
-    def __iter__(self) -> Iterator[list[tuple[int, int, int, bool]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, tuple[tuple[int, int, bool], ...]]]]:
         return iter(self.batches)
 
     def __len__(self) -> int:
@@ -195,7 +206,7 @@ class _Plan(torch.utils.data.Sampler):
 
 
 class _LoaderPool:
-    """Persistent DataLoaders per (source, padding, workers); one is lent per running iteration
+    """Persistent DataLoaders per (source, view paddings, workers); one is lent per running iteration
     (a nested iteration, e.g. meta batches inside a training epoch, gets its own). At most
     :attr:`max_idle` idle ones are kept (the oldest are dropped, which stops their workers)."""
 
@@ -206,8 +217,8 @@ class _LoaderPool:
         self.order: list[tuple] = []  # keys of idle loaders, oldest first (one entry per loader)
         self.lock = threading.Lock()
 
-    def take(self, images: StreamImages, padding: int, workers: int, pin: bool) -> tuple[Any, _Plan, tuple]:
-        key = (images.source, images.names, images.size, images.channels, images.resize, padding, workers, pin)
+    def take(self, images: StreamImages, paddings: tuple[int, ...], workers: int, pin: bool) -> tuple[Any, _Plan, tuple]:
+        key = (images.source, images.names, images.size, images.channels, images.resize, paddings, workers, pin)
         images = replace(images, device=torch.device("cpu"))
         with self.lock:
             stack = self.free.setdefault(key, [])
@@ -218,7 +229,7 @@ class _LoaderPool:
         kw: dict[str, Any] = {}
         if workers > 0:
             kw = dict(persistent_workers=True, prefetch_factor=4)
-        dl = torch.utils.data.DataLoader(_AugmentedFiles(images.nchw(), padding), batch_sampler=plan,
+        dl = torch.utils.data.DataLoader(_AugmentedFiles(images.nchw(), paddings), batch_sampler=plan,
                                          num_workers=workers, collate_fn=_collate, pin_memory=pin, **kw)
         return dl, plan, key
 
@@ -247,7 +258,8 @@ class StreamLoader:
     images:
         The streamed pool (``(N, C, H, W)``; its ``device`` is where batches are delivered).
     labels, indices, batch_size, shuffle, mean, std, augment, generator, drop_last, device:
-        As :class:`~noisylabels.data.BatchLoader` (the same draws from ``generator``).
+        As :class:`~noisylabels.data.BatchLoader` (the same draws from ``generator``; ``augment``
+        one spec or a tuple of specs, one per view).
     workers:
         Decoding worker processes (default: ``images.workers``, i.e. ``data.stream_workers``;
         0 decodes in this process).
@@ -255,7 +267,8 @@ class StreamLoader:
 
     def __init__(self, images: StreamImages, labels: torch.Tensor, indices: Any, *, batch_size: int, shuffle: bool,
                  mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor,
-                 augment: AugmentSpec | None = None, generator: torch.Generator | None = None,
+                 augment: AugmentSpec | None | tuple[AugmentSpec | None, ...] = None,
+                 generator: torch.Generator | None = None,
                  drop_last: bool = False, device: torch.device | str | None = None,
                  workers: int | None = None) -> None:
         if not is_stream(images):
@@ -272,7 +285,8 @@ class StreamLoader:
             raise UserError(f"StreamLoader indices must lie in [0, {len(images)})")
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
-        self.augment = augment if augment is not None and augment.active else None
+        self.view_specs = tuple(v if v is not None and v.active else None for v in view_specs(augment))
+        self.augment = self.view_specs[0] if not isinstance(augment, (tuple, list)) else self.view_specs
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.drop_last = bool(drop_last)
         self.device = torch.device(device) if device is not None else images.device
@@ -291,47 +305,62 @@ class StreamLoader:
         n = len(self.indices)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def plan(self) -> list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
-        """One epoch's ``(indices, crop offsets (2, B) or None, flips (B,) or None)`` per batch,
-        drawn from the generator with :class:`BatchLoader`'s calls in its order."""
+    def plan(self) -> list[tuple[torch.Tensor, list[tuple[torch.Tensor | None, torch.Tensor | None, Any]]]]:
+        """One epoch's ``(indices, views)`` per batch, ``views`` one ``(crop offsets (2, B) or None,
+        flips (B,) or None, policy plan or None)`` per view, drawn from the generator(s) with
+        :class:`BatchLoader`'s calls in its order."""
         order = self.indices
         if self.shuffle and len(order):
             perm = torch.randperm(len(order), generator=self.generator, device=self.generator.device)
             order = order[perm.cpu()]
+        gens = [self.generator, *view_generators(self.generator, len(self.view_specs) - 1)]
+        size = (int(self.images.shape[2]), int(self.images.shape[3]))
         out = []
-        spec = self.augment
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            off = flips = None
-            if spec is not None and len(idx):
-                if spec.crop_padding:
-                    off = draw_crop_offsets(len(idx), padding=spec.crop_padding, generator=self.generator).cpu()
-                if spec.hflip:
-                    flips = draw_flips(len(idx), generator=self.generator).cpu()
-            out.append((idx, off, flips))
+            views = []
+            for spec, g in zip(self.view_specs, gens):
+                off = flips = policy_plan = None
+                if spec is not None and len(idx):
+                    if spec.crop_padding:
+                        off = draw_crop_offsets(len(idx), padding=spec.crop_padding, generator=g).cpu()
+                    if spec.hflip:
+                        flips = draw_flips(len(idx), generator=g).cpu()
+                    if spec.policy is not None:
+                        policy_plan = spec.policy.draw(len(idx), size=size, generator=g)
+                views.append((off, flips, policy_plan))
+            out.append((idx, views))
         return out
 
     def __iter__(self) -> Iterator[Batch]:
         plan = self.plan()
         if not plan:
             return
-        padding = self.augment.crop_padding if self.augment is not None else 0
+        paddings = tuple(spec.crop_padding if spec is not None else 0 for spec in self.view_specs)
         keys = []
-        for idx, off, flips in plan:
+        for idx, views in plan:
             n = len(idx)
-            dy = off[0].tolist() if off is not None else [padding] * n
-            dx = off[1].tolist() if off is not None else [padding] * n
-            fl = flips.tolist() if flips is not None else [False] * n
-            keys.append(list(zip(idx.tolist(), dy, dx, fl)))
+            per_view = []
+            for p, (off, flips, _) in zip(paddings, views):
+                dy = off[0].tolist() if off is not None else [p] * n
+                dx = off[1].tolist() if off is not None else [p] * n
+                fl = flips.tolist() if flips is not None else [False] * n
+                per_view.append(list(zip(dy, dx, fl)))
+            keys.append([(i, tuple(v[j] for v in per_view)) for j, i in enumerate(idx.tolist())])
         pin = self.device.type == "cuda"
-        dl, holder, key = _POOL.take(self.images, padding, self.workers, pin)
+        dl, holder, key = _POOL.take(self.images, paddings, self.workers, pin)
         holder.batches = keys
         try:
-            for (idx, _, _), xb in zip(plan, dl):
-                x = xb.to(self.device, non_blocking=True).float().div_(255.0)
-                x = (x - self._mean_dev) / self._std_dev
+            for (idx, views), xb in zip(plan, dl):
+                outs = []
+                for k, (spec, (_, _, policy_plan)) in enumerate(zip(self.view_specs, views)):
+                    u = xb[:, k].to(self.device, non_blocking=True)
+                    if policy_plan is not None:
+                        u = spec.policy.apply(u, policy_plan)  # the main process: workers draw nothing
+                    x = u.float().div_(255.0)
+                    outs.append((x - self._mean_dev) / self._std_dev)
                 y = self.labels[idx.to(self.labels.device)].to(self.device, non_blocking=True)
-                yield Batch(x=x, y=y, index=idx.to(self.device))
+                yield Batch(x=outs[0], y=y, index=idx.to(self.device), views=tuple(outs))
         finally:
             _POOL.give_back(key, dl, holder)
 

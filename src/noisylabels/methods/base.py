@@ -21,6 +21,23 @@ it sees the run only through :class:`~noisylabels.methods.context.MethodContext`
   ``loss.name`` is refused (:func:`check_loss_section`).
 * :meth:`Method.state_dict` / :meth:`Method.load_state_dict` -- everything needed to resume exactly
   (tensors and plain containers only: checkpoints load with ``weights_only=True``).
+
+What several-network, multi-view and per-sample-state methods (Co-teaching, ELR+, DivideMix, SOP+)
+get from the base instead of writing it themselves:
+
+* :attr:`Method.networks` -- networks trained beside ``ctx.model`` (:class:`NetworkSpec`; a name is a
+  trainable one): built like the run's model from their own seeds in :meth:`Method.setup`, with
+  their own optimiser and learning-rate schedule; the loop steps the schedules, checkpoints and
+  restores them. ``self.net(name)`` is the :class:`~noisylabels.methods.context.Network`.
+* :meth:`Method.eval_model` -- the module the loop validates, tests, selects (``best_model.pt``) and
+  scores with (default ``ctx.model``; e.g. an :class:`~noisylabels.models.Ensemble` of both networks).
+* :attr:`Method.views` -- the augmented views of each training batch (``'weak'``: the run's crop and
+  flip; ``'strong'``: weak then ``data.strong_augment``); with more than one, ``train_step`` receives
+  a tuple of tensors, one per view, in this order (``data.views`` may change their kinds).
+* :meth:`Method.per_sample` -- a tensor of per-sample state over the training pool (ELR's targets,
+  SOP's u and v), on the device, checkpointed and restored in place by the loop.
+* :meth:`Method.epoch_batches` -- a method that draws its epoch's batches itself (DivideMix's
+  labelled and unlabelled sets) returns them here; default: the loop's shuffled training batches.
 """
 
 from __future__ import annotations
@@ -33,10 +50,13 @@ import torch
 
 from ..errors import UserError
 from ..registry import Registry, call_with_options
-from .context import MethodContext, StepOutput, is_noisy_train
+from .context import MethodContext, Network, NetworkSpec, StepOutput, is_noisy_train
 from .records import RECORDS_FILE, Record, SampleRecords
 
-__all__ = ["Method", "ERM", "METHODS", "register_method", "create_method", "list_methods", "check_loss_section"]
+#: the view kinds a method may ask for (``Method.views``, ``data.views``)
+VIEW_KINDS = ("weak", "strong", "none")
+
+__all__ = ["Method", "ERM", "VIEW_KINDS", "METHODS", "register_method", "create_method", "list_methods", "check_loss_section"]
 
 METHODS: Registry = Registry("method")
 
@@ -66,10 +86,20 @@ class Method:
     detection: ClassVar[tuple[str, float] | None] = None
     #: the method plans stages over the run's total epochs (a resumed run may not be given more)
     total_epochs_matter: ClassVar[bool] = False
+    #: the augmented views of each training batch, in order (``'weak'``, ``'strong'``, ``'none'``)
+    views: ClassVar[tuple[str, ...]] = ("weak",)
+    #: networks trained beside ``ctx.model`` (a name: a trainable :class:`NetworkSpec`)
+    networks: ClassVar[tuple[NetworkSpec | str, ...]] = ()
 
     def __init__(self) -> None:
         self.ctx: MethodContext | None = None
         self.sample_records: SampleRecords | None = None
+        self._per_sample: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def network_specs(cls) -> tuple[NetworkSpec, ...]:
+        """:attr:`networks` as :class:`NetworkSpec` s."""
+        return tuple(s if isinstance(s, NetworkSpec) else NetworkSpec(str(s)) for s in cls.networks)
 
     @classmethod
     def loss_name(cls, options: Mapping[str, Any]) -> str | None:
@@ -84,6 +114,40 @@ class Method:
         if self.records:
             self.sample_records = SampleRecords([r.name for r in self.records], num_samples=len(ctx.data.labels),
                                                 train_index=ctx.data.splits["train"], device=ctx.device)
+        for spec in self.network_specs():
+            ctx.add_network(spec)
+
+    def net(self, name: str) -> Network:
+        """A network declared in :attr:`networks` (built in :meth:`setup`)."""
+        assert self.ctx is not None
+        return self.ctx.networks[name]
+
+    def eval_model(self, ctx: MethodContext) -> torch.nn.Module:
+        """The module the loop validates, tests, selects (``best_model.pt``) and scores every sample
+        with; its softmax is the prediction (default: ``ctx.model``)."""
+        return ctx.model
+
+    def per_sample(self, name: str, *, shape: tuple[int, ...] = (), fill: float = 0.0,
+                   dtype: torch.dtype = torch.float32, requires_grad: bool = False) -> torch.Tensor:
+        """A per-sample state tensor ``(N_pool, *shape)`` filled with ``fill`` on the run's device (call in
+        :meth:`setup`); rows are dataset indices. The loop checkpoints it and restores it in place, so an
+        optimiser over it (``requires_grad=True``: per-sample parameters, e.g. SOP's u and v) stays valid."""
+        assert self.ctx is not None, "per_sample is called in setup"
+        if name in self._per_sample:
+            raise ValueError(f"per-sample state {name!r} declared twice")
+        t = torch.full((len(self.ctx.data.labels), *shape), float(fill), dtype=dtype, device=self.ctx.device)
+        t.requires_grad_(requires_grad)
+        self._per_sample[name] = t
+        return t
+
+    def epoch_batches(self, ctx: MethodContext, generator: torch.Generator) -> Any:
+        """The epoch's training batches, if the method draws them itself (objects with ``x``, ``y``,
+        ``index``; ``x`` may be a tuple of views), from ``generator`` alone (seeded by ``(seed, epoch)``:
+        resume stays exact); ``None`` (default): the loop's shuffled batches of the training split with
+        the method's :attr:`views`. A sized iterable may hold any number of batches: the learning-rate
+        schedules then advance by the epoch's fraction per batch and end the epoch where
+        ``ctx.steps_per_epoch`` loop batches would (an unsized one: one schedule step per batch)."""
+        return None
 
     # -- the loss hook ----------------------------------------------------------------------------
     def per_sample_loss(self, logits: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -92,8 +156,12 @@ class Method:
         return self.ctx.loss_fn(logits, targets, reduction="none")
 
     # -- one step ---------------------------------------------------------------------------------
-    def train_step(self, ctx: MethodContext, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> StepOutput:
-        """One optimisation step (default: the mean of :meth:`per_sample_loss`)."""
+    def train_step(self, ctx: MethodContext, x: Any, y: torch.Tensor, index: torch.Tensor) -> StepOutput:
+        """One optimisation step (default: the mean of :meth:`per_sample_loss`).
+
+        ``x`` is the batch's inputs ``(B, C, H, W)``, or, for a method with several :attr:`views`, a
+        tuple with one such tensor per view in the declared order; ``y`` the given labels, ``index`` the
+        dataset indices."""
         return self.plain_step(ctx, x, y, index)
 
     def plain_step(self, ctx: MethodContext, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
@@ -174,6 +242,23 @@ class Method:
     def load_records_state_dict(self, state: Mapping[str, Any]) -> None:
         if self.sample_records is not None:
             self.sample_records.load_state_dict(state)
+
+    def per_sample_state_dict(self) -> dict[str, torch.Tensor]:
+        """Checkpoint state of :meth:`per_sample` tensors (detached copies)."""
+        return {k: v.detach().clone() for k, v in self._per_sample.items()}
+
+    def load_per_sample_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore :meth:`per_sample` tensors in place (every declared one must be in ``state``)."""
+        missing = sorted(set(self._per_sample) - set(state))
+        if missing:
+            raise UserError(f"the checkpoint has no per-sample state {', '.join(missing)} of method "
+                            f"{type(self).__name__}: it was written by another method or version")
+        with torch.no_grad():
+            for k, t in self._per_sample.items():
+                if tuple(state[k].shape) != tuple(t.shape):
+                    raise UserError(f"per-sample state {k!r} in the checkpoint has shape {tuple(state[k].shape)}, "
+                                    f"the run needs {tuple(t.shape)}")
+                t.copy_(state[k].to(t.device, t.dtype))
 
     # -- detection --------------------------------------------------------------------------------
     def sample_scores(self, ctx: MethodContext, probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

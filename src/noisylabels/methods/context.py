@@ -16,7 +16,8 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-__all__ = ["MethodContext", "RunDataView", "RecorderView", "MetaBatch", "StepOutput", "is_noisy_train"]
+__all__ = ["MethodContext", "RunDataView", "RecorderView", "MetaBatch", "StepOutput", "Network", "NetworkSpec",
+           "is_noisy_train"]
 
 
 @dataclass
@@ -33,6 +34,40 @@ class StepOutput:
 
     logits: torch.Tensor
     loss: torch.Tensor
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A network a method trains beside the run's model (declared in :attr:`Method.networks`).
+
+    Attributes
+    ----------
+    name:
+        Its name (checkpoint key, ``ctx.networks[name]``).
+    trainable:
+        ``True``: its own optimiser (the run's ``optim`` section) and learning-rate schedule, stepped
+        and checkpointed by the loop; ``False``: weights only, which the method updates itself (e.g.
+        an exponential moving average of another network).
+    """
+
+    name: str
+    trainable: bool = True
+
+
+@dataclass
+class Network:
+    """A network of the run: the model, and for a trainable one its optimiser and schedule.
+
+    The run's own model is ``ctx.model`` / ``ctx.optimizer``; the networks a method declares in
+    :attr:`Method.networks` are ``ctx.networks[name]``. Each is built like the run's model (same
+    architecture and ``model`` options, ``model.init_checkpoint`` included) from its own seed, so
+    two networks start from different weights.
+    """
+
+    name: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
 
 
 class MetaBatch(NamedTuple):
@@ -81,6 +116,8 @@ class MethodContext(Protocol):
         The run directory (:class:`RecorderView`).
     loss_fn:
         The configured base loss ``(logits, target, *, reduction) -> loss`` (``loss`` section).
+    networks:
+        The networks the method declared (:attr:`Method.networks`), by name (:class:`Network`).
     epoch, step, steps_per_epoch:
         Loop state: the epoch running, the global step about to run, steps per epoch.
     best:
@@ -94,6 +131,7 @@ class MethodContext(Protocol):
     device: torch.device
     recorder: RecorderView
     loss_fn: Callable[..., torch.Tensor]
+    networks: dict[str, Network]
     epoch: int
     step: int
     steps_per_epoch: int
@@ -109,11 +147,23 @@ class MethodContext(Protocol):
         """The next meta batch (shuffled and augmented like training; the stream restarts each
         epoch from a generator seeded by ``(seed, epoch)``, so resume is exact)."""
 
-    def backward_and_step(self, loss: torch.Tensor) -> None:
-        """``zero_grad``, ``backward``, optional gradient clipping, ``optimizer.step``."""
+    def backward_and_step(self, loss: torch.Tensor, *, net: Network | None = None) -> None:
+        """``zero_grad``, ``backward``, optional gradient clipping, ``optimizer.step`` of the run's
+        model, or of the trainable network ``net``."""
 
-    def clip_and_step(self) -> None:
+    def clip_and_step(self, *, net: Network | None = None) -> None:
         """Optional gradient clipping, then ``optimizer.step`` (gradients already in ``.grad``)."""
+
+    def add_network(self, spec: NetworkSpec) -> Network:
+        """Build a network like the run's model (its own seed) with, if trainable, its own optimiser
+        and schedule; the loop steps, checkpoints and restores it (:attr:`Method.networks` calls this)."""
+
+    def loader(self, split: str | torch.Tensor, *, shuffle: bool, augment: bool, batch_size: int | None = None,
+               generator: torch.Generator | None = None, drop_last: bool = False,
+               views: tuple[str, ...] | None = None) -> Any:
+        """Batches (``x``, ``y``, ``index``, and ``views`` when several) of a split or index tensor of the
+        pool; ``views`` names the augmentation of each view (``'weak'``, ``'strong'``, ``'none'``;
+        default: the run's weak augmentation if ``augment``, one view)."""
 
     def predict(self, split: str | torch.Tensor = "train", *, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Softmax outputs (eval mode, no augmentation) of ``model`` (default: the one being

@@ -38,6 +38,7 @@ from ..errors import UserError
 from ..registry import call_with_options
 from .base import MODELS, Classifier, check_int, count_parameters
 from .checkpoint import load_init_checkpoint, read_state_dict
+from .ensemble import Ensemble
 # importing the family modules registers their models
 from .lenet import LeNet
 from .mlp import MLP
@@ -61,6 +62,7 @@ __all__ = [
     "PreActResNet",
     "WideResNet",
     "TimmClassifier",
+    "Ensemble",
     "load_init_checkpoint",
     "read_state_dict",
 ]

@@ -54,6 +54,8 @@ def resolve_method_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
       ``clean``; an explicit contradicting kind is refused.
     * ``loss.name: auto`` becomes the method's own loss, or CE for methods that train on the
       configured loss; a ``loss`` section contradicting a method's own loss is refused.
+    * ``data.views: auto`` becomes the method's views (:attr:`Method.views`); a list of another
+      length than the method takes is refused.
     """
     out = copy.deepcopy(dict(cfg))
     name = str(out["method"]["name"])
@@ -64,6 +66,12 @@ def resolve_method_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
                         f"(leave data.meta_set at auto)")
     out["data"]["meta_set"] = kind or ("clean" if given == "auto" else given)
     out["loss"]["name"] = check_loss_section(cls, name, out["loss"], out["method"])
+    views = out["data"].get("views", "auto")
+    if views == "auto":
+        out["data"]["views"] = list(cls.views)
+    elif isinstance(views, (list, tuple)) and len(views) != len(cls.views):
+        raise UserError(f"method {name!r} takes {len(cls.views)} view(s) of each batch ({', '.join(cls.views)}); "
+                        f"data.views gives {len(views)}: {', '.join(map(str, views))}")
     return out
 
 
@@ -95,10 +103,14 @@ def check_names(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_meta_settings(cfg: Mapping[str, Any], method: Method | type[Method]) -> None:
-    """``train.compile`` and ``train.amp=fp16`` are refused for meta methods, each with its own reason."""
+    """``train.compile`` and ``train.amp=fp16`` are refused for meta methods, each with its own reason;
+    ``fp16`` also for methods that train several networks (one gradient scaler per run)."""
+    tcfg, name = cfg["train"], cfg["method"]["name"]
+    if method.network_specs() and str(tcfg.get("amp", "none")).lower() == "fp16":
+        raise UserError(f"train.amp=fp16 is not supported for method {name!r}, which trains several networks "
+                        f"(the run has one gradient scaler); use train.amp=bf16")
     if not method.needs_meta_set:
         return
-    tcfg, name = cfg["train"], cfg["method"]["name"]
     if tcfg.get("compile"):
         raise UserError(f"train.compile is not supported for meta method {name!r}: the meta engine walks the "
                         f"training forward's autograd graph, which torch.compile replaces; set train.compile=false")

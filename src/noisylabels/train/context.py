@@ -16,6 +16,7 @@ from ..data.stream import batch_loader
 from ..errors import UserError
 from ..losses import create_loss
 from ..methods import MetaBatch, Method
+from ..methods.context import Network, NetworkSpec
 from ..seeding import derive_seed
 from .build import build_model, build_run_schedule, check_meta_settings
 from .optim import build_optimizer
@@ -44,6 +45,7 @@ class TrainContext:
     schedule_start_epoch: int = 0   # > 0 after restart_schedule (saved in checkpoints)
     best: dict[str, Any] = field(default_factory=dict)  # the validation-selected epoch so far
     extra: dict[str, Any] = field(default_factory=dict)
+    networks: dict[str, Network] = field(default_factory=dict)  # the method's networks beside the model
     _meta_streams: dict[int, Iterator[Batch]] = field(default_factory=dict, repr=False)
 
     @property
@@ -81,13 +83,37 @@ class TrainContext:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def loader(self, split: str | torch.Tensor, *, shuffle: bool, augment: bool, batch_size: int | None = None,
-               generator: torch.Generator | None = None, drop_last: bool = False) -> BatchLoader:
-        """Batches of the training pool restricted to ``split`` (a name or index tensor)."""
+               generator: torch.Generator | None = None, drop_last: bool = False,
+               views: tuple[str, ...] | None = None) -> BatchLoader:
+        """Batches of the training pool restricted to ``split`` (a name or index tensor).
+
+        ``views``: the kind of each view (``'weak'``: ``data.augment``; ``'strong'``: weak then
+        ``data.strong_augment``; ``'none'``); with more than one, every batch carries ``views`` (one
+        tensor each; ``x`` is the first). Default: one view, weak if ``augment`` else none."""
         idx = self.data.splits[split] if isinstance(split, str) else split
+        if views is None:
+            spec: Any = self.data.augment if augment else None
+        else:
+            specs = tuple(self.view_spec(k) for k in views)
+            spec = specs[0] if len(specs) == 1 else specs
         return batch_loader(self.images, self.labels, idx, batch_size=batch_size or int(self.cfg["train"]["batch_size"]),
                            shuffle=shuffle, mean=self.data.mean, std=self.data.std,
-                           augment=self.data.augment if augment else None, generator=generator,
-                           drop_last=drop_last)
+                           augment=spec, generator=generator, drop_last=drop_last)
+
+    def view_spec(self, kind: str) -> Any:
+        """The augmentation of a view kind (``weak``, ``strong``, ``none``)."""
+        if kind == "weak":
+            return self.data.augment
+        if kind == "strong":
+            return self.data.strong
+        if kind == "none":
+            return None
+        raise UserError(f"unknown view kind {kind!r}: use weak, strong or none")
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The kinds of the training batches' views (``data.views``, resolved from the method's)."""
+        return tuple(self.cfg["data"].get("views") or ("weak",))
 
     @property
     def images(self) -> torch.Tensor:
@@ -107,10 +133,41 @@ class TrainContext:
 
     def restart_schedule(self, start_epoch: int) -> None:
         """Restart the learning-rate schedule at ``start_epoch`` over the remaining epochs and clear
-        the optimiser's state (used by two-stage methods that retrain from scratch)."""
+        the optimiser's state (used by two-stage methods that retrain from scratch); the trainable
+        networks' schedules restart with it."""
         self.schedule_start_epoch = int(start_epoch)
         self.optimizer.state.clear()
         self.scheduler = build_run_schedule(self.optimizer, self.cfg, self.steps_per_epoch, self.schedule_start_epoch)
+        for net in self.networks.values():
+            if net.optimizer is not None:
+                net.optimizer.state.clear()
+                net.scheduler = build_run_schedule(net.optimizer, self.cfg, self.steps_per_epoch,
+                                                   self.schedule_start_epoch)
+
+    def add_network(self, spec: NetworkSpec) -> Network:
+        """A network like the run's model from its own seed (``(seed, 'net-' + name)``; the run's
+        ``model`` options and init checkpoint), with its own optimiser and schedule if trainable."""
+        if spec.name in self.networks:
+            raise UserError(f"method {self.cfg['method']['name']!r} declares network {spec.name!r} twice")
+        model = build_model(self.cfg, self.data, seed=derive_seed(self.seed, f"net-{spec.name}")).to(self.device)
+        if self.cfg["train"].get("channels_last"):
+            model = model.to(memory_format=torch.channels_last)
+        net = Network(name=spec.name, model=model)
+        if spec.trainable:
+            net.optimizer = build_optimizer(model.parameters(), self.cfg["optim"])
+            net.scheduler = build_run_schedule(net.optimizer, self.cfg, self.steps_per_epoch, self.schedule_start_epoch)
+        else:
+            model.requires_grad_(False)
+        self.networks[spec.name] = net
+        return net
+
+    def step_schedules(self, *, to: int | None = None) -> None:
+        """One step of the run's learning-rate schedule and of every trainable network's; ``to``: move
+        them to that position instead (the schedules count ``steps_per_epoch`` steps per epoch)."""
+        for sched in [self.scheduler] + [n.scheduler for n in self.networks.values() if n.scheduler is not None]:
+            if to is not None:
+                sched.last_epoch = int(to) - 1
+            sched.step()
 
     def reinit_model(self) -> None:
         """Re-initialise the model's weights in place (deterministic from the run seed)."""
@@ -121,26 +178,32 @@ class TrainContext:
         """Forget the best-validation epoch so far (e.g. after a first training stage)."""
         self.best.clear()
 
-    def backward_and_step(self, loss: torch.Tensor) -> None:
-        """``zero_grad``, ``backward``, optional gradient-norm clipping, ``optimizer.step`` (through
-        the fp16 gradient scaler when ``train.amp: fp16``)."""
-        self.optimizer.zero_grad(set_to_none=True)
+    def backward_and_step(self, loss: torch.Tensor, *, net: Network | None = None) -> None:
+        """``zero_grad``, ``backward``, optional gradient-norm clipping, ``optimizer.step`` of the run's
+        model or of the trainable network ``net`` (through the fp16 gradient scaler when
+        ``train.amp: fp16``, which several networks do not use)."""
+        opt = self.optimizer if net is None else net.optimizer
+        if opt is None:
+            raise ValueError(f"network {net.name!r} is not trainable (it has no optimiser)")  # type: ignore[union-attr]
+        opt.zero_grad(set_to_none=True)
         scaler = self.extra.get("scaler")
         (loss if scaler is None else scaler.scale(loss)).backward()
-        self.clip_and_step()
+        self.clip_and_step(net=net)
 
-    def clip_and_step(self) -> None:
-        """Optional gradient-norm clipping (``train.clip_grad_norm``), then ``optimizer.step``."""
+    def clip_and_step(self, *, net: Network | None = None) -> None:
+        """Optional gradient-norm clipping (``train.clip_grad_norm``), then ``optimizer.step`` (of
+        ``net``'s optimiser if given)."""
         clip = self.cfg["train"]["clip_grad_norm"]
         scaler = self.extra.get("scaler")
+        model, opt = (self.model, self.optimizer) if net is None else (net.model, net.optimizer)
         if scaler is not None:
-            scaler.unscale_(self.optimizer)
+            scaler.unscale_(opt)
         if clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
         if scaler is None:
-            self.optimizer.step()
+            opt.step()
         else:
-            scaler.step(self.optimizer)
+            scaler.step(opt)
             scaler.update()
 
     def autocast(self) -> Any:
@@ -164,12 +227,13 @@ def predict_proba(model: torch.nn.Module, images: torch.Tensor, indices: torch.T
     """Softmax outputs of ``model`` (eval mode, no augmentation) on ``images[indices]``."""
     idx = torch.arange(len(images)) if indices is None else indices
     dummy = torch.zeros(len(images), dtype=torch.long)
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each its own: an ensemble's members may differ
     model.eval()
     out = []
     for batch in batch_loader(images, dummy, idx, batch_size=batch_size, shuffle=False, mean=mean, std=std):
         out.append(torch.softmax(model(batch.x.to(device)).float(), dim=1).cpu())
-    model.train(was_training)
+    for m, mode in modes:
+        m.training = mode
     return torch.cat(out) if out else torch.zeros(0, 1)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..errors import NonFiniteLossError
+from ..errors import NonFiniteLossError, UserError
 from ..eval.metrics import detection_metrics
 from ..methods import StepOutput
 from ..seeding import derive_seed, seed_everything
@@ -137,8 +137,10 @@ class Run:
                 ctx.restart_schedule(int(ckpt["schedule_start_epoch"]))
             ctx.optimizer.load_state_dict(ckpt["optimizer"])
             ctx.scheduler.load_state_dict(ckpt["scheduler"])
+            _load_networks(ctx, ckpt.get("networks", {}), path=recorder.path("checkpoint.pt"))
             ctx.method.load_state_dict(ckpt["method"])
             ctx.method.load_records_state_dict(ckpt.get("records", {}))
+            ctx.method.load_per_sample_state_dict(ckpt.get("per_sample", {}))
             torch.set_rng_state(ckpt["torch_rng"])
             if ckpt.get("cuda_rng") and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(list(ckpt["cuda_rng"]))
@@ -198,13 +200,25 @@ class Run:
         ctx, method, device = self.ctx, self.ctx.method, self.ctx.device
         ctx.start_epoch(epoch)
         ctx.model.train()
+        for net in ctx.networks.values():
+            if net.optimizer is not None:
+                net.model.train()
         method.start_epoch(ctx)
         gen = torch.Generator().manual_seed(derive_seed(ctx.seed, f"epoch-{epoch}"))
         tot_loss = tot_correct = tot_count = 0.0
-        for batch in ctx.loader("train", shuffle=True, augment=True, generator=gen):
+        batches = method.epoch_batches(ctx, gen)
+        # a method's own batches may be more or fewer than steps_per_epoch: the schedules then advance
+        # by the epoch's fraction, so they end each epoch where the loop's own batches would
+        n_own = len(batches) if batches is not None and hasattr(batches, "__len__") else None
+        if batches is None:
+            batches = ctx.loader("train", shuffle=True, augment=True, generator=gen, views=ctx.views)
+        spe, first = ctx.steps_per_epoch, epoch * ctx.steps_per_epoch
+        for j, batch in enumerate(batches):
             y = batch.y.to(device)
+            views = getattr(batch, "views", ())
+            x = tuple(ctx.to_device(v) for v in views) if len(views) > 1 else ctx.to_device(batch.x)
             with ctx.autocast():
-                out = method.train_step(ctx, ctx.to_device(batch.x), y, batch.index.to(device))
+                out = method.train_step(ctx, x, y, batch.index.to(device))
             if not isinstance(out, StepOutput):
                 raise TypeError(f"{type(method).__name__}.train_step must return a StepOutput, got {type(out).__name__}")
             loss = float(out.loss)
@@ -215,7 +229,7 @@ class Run:
             tot_loss += loss * n
             tot_correct += float((out.logits.detach().argmax(1) == y).sum())
             tot_count += n
-            ctx.scheduler.step()
+            ctx.step_schedules(to=None if n_own is None else first + ((j + 1) * spe) // max(n_own, 1))
             ctx.step += 1
             yield
         self._row = {"epoch": epoch, "lr": ctx.lr, "train_loss": tot_loss / max(tot_count, 1),
@@ -228,8 +242,9 @@ class Run:
         eval_kw = dict(mean=data.mean, std=data.std, batch_size=int(tcfg["eval_batch_size"]), device=ctx.device)
         row = dict(self._row)
         row.update(ctx.method.end_epoch(ctx))
-        val = evaluate(ctx.model, ctx.images, ctx.labels, data.splits["val"], **eval_kw)
-        test = evaluate(ctx.model, data.test_images, data.test_labels, None, **eval_kw)
+        model = ctx.method.eval_model(ctx)
+        val = evaluate(model, ctx.images, ctx.labels, data.splits["val"], **eval_kw)
+        test = evaluate(model, data.test_images, data.test_labels, None, **eval_kw)
         row.update(val_accuracy=val["accuracy"], val_loss=val["loss"], test_accuracy=test["accuracy"],
                    test_loss=test["loss"])
         self.history.append(row)
@@ -240,12 +255,13 @@ class Run:
             best.clear()
             best.update(epoch=epoch, val_accuracy=val_acc, test_accuracy=test["accuracy"],
                         **{k: v for k, v in row.items() if k.startswith("detection_")})
-            recorder.save_best_model(ctx.model.state_dict())
+            recorder.save_best_model(model.state_dict())
         if tcfg["checkpoint"]:
             recorder.save_checkpoint({
                 "epoch": epoch, "step": ctx.step, "model": ctx.model.state_dict(),
                 "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
                 "method": ctx.method.state_dict(), "records": ctx.method.records_state_dict(),
+                **_network_state(ctx), **_per_sample_state(ctx.method),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "scaler": ctx.extra["scaler"].state_dict() if ctx.extra.get("scaler") is not None else {},
@@ -293,6 +309,33 @@ class Run:
             except Exception as exc:  # a plot must never lose the run's results
                 summary["plot_error"] = str(exc)
         return summary
+
+
+def _network_state(ctx: TrainContext) -> dict[str, Any]:
+    """Checkpoint entries of the method's networks (none: the key is left out, as before networks)."""
+    if not ctx.networks:
+        return {}
+    return {"networks": {name: {"model": net.model.state_dict(),
+                                "optimizer": net.optimizer.state_dict() if net.optimizer is not None else {},
+                                "scheduler": net.scheduler.state_dict() if net.scheduler is not None else {}}
+                         for name, net in ctx.networks.items()}}
+
+
+def _per_sample_state(method: Any) -> dict[str, Any]:
+    state = method.per_sample_state_dict()
+    return {"per_sample": state} if state else {}
+
+
+def _load_networks(ctx: TrainContext, state: Mapping[str, Any], *, path: Any) -> None:
+    missing = sorted(set(ctx.networks) - set(state))
+    if missing:
+        raise UserError(f"cannot resume from {path}: it holds no network {', '.join(missing)} of method "
+                        f"{ctx.cfg['method']['name']!r}")
+    for name, net in ctx.networks.items():
+        net.model.load_state_dict(state[name]["model"])
+        if net.optimizer is not None:
+            net.optimizer.load_state_dict(state[name]["optimizer"])
+            net.scheduler.load_state_dict(state[name]["scheduler"])
 
 
 def status_of(exc: BaseException | None, finished: bool) -> str:
@@ -377,11 +420,12 @@ def _train(run: Run, *, resume: bool, stop_after: int | None, progress: bool | s
 def _finalize(ctx: TrainContext, recorder: RunRecorder) -> dict[str, Any]:
     """Score every training sample with the selected model; write ``suspects.csv``."""
     data = ctx.data
+    model = ctx.method.eval_model(ctx)
     best_path = recorder.path("best_model.pt")
     if best_path.is_file():
-        ctx.model.load_state_dict(torch.load(best_path, map_location=ctx.device, weights_only=True))
+        model.load_state_dict(torch.load(best_path, map_location=ctx.device, weights_only=True))
     idx = data.splits["train"]
-    probs = predict_proba(ctx.model, ctx.images, idx.to(ctx.images.device), mean=data.mean, std=data.std,
+    probs = predict_proba(model, ctx.images, idx.to(ctx.images.device), mean=data.mean, std=data.std,
                           batch_size=int(ctx.cfg["train"]["eval_batch_size"]), device=ctx.device)
     given = data.labels[idx]
     scores = ctx.method.sample_scores(ctx, probs, given).detach().cpu().numpy()
@@ -389,7 +433,7 @@ def _finalize(ctx: TrainContext, recorder: RunRecorder) -> dict[str, Any]:
                             score=scores, classes=data.classes, paths=data.paths,
                             score_column=ctx.method.score_column)
     from .scoring import held_out_rows, pool_and_test_probs, write_pred_probs  # every sample, for `detect`
-    write_pred_probs(recorder, pool_and_test_probs(ctx.model, data, batch_size=int(ctx.cfg["train"]["eval_batch_size"]),
+    write_pred_probs(recorder, pool_and_test_probs(model, data, batch_size=int(ctx.cfg["train"]["eval_batch_size"]),
                      device=ctx.device), held_out=held_out_rows(data, trained_on=idx.numpy()), data=data,
                      method_scores=(idx.numpy(), scores))
     out: dict[str, Any] = {}

@@ -15,13 +15,13 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..data import AugmentSpec, create_dataset, make_splits, split_off_test
+from ..data import AugmentSpec, create_dataset, make_splits, split_off_test, strong_augment_policy
 from ..data.stream import is_stream, pool_channel_stats, stream_options, to_pool
 from ..errors import UserError
 from ..noise import apply_noise, open_set
 from ..seeding import derive_seed
 
-__all__ = ["RunData", "prepare_data", "derive_seed", "balanced_subset", "resolve_meta_size"]
+__all__ = ["RunData", "prepare_data", "derive_seed", "balanced_subset", "resolve_meta_size", "strong_view_spec"]
 
 
 @dataclass
@@ -44,6 +44,8 @@ class RunData:
     paths: list[str] | None = None       # source file of each pool image (file-backed data), else None
     test_paths: list[str] | None = None  # source file of each test image
     has_ground_truth: bool = True        # False: the labels are the user's and none is known to be right
+    strong: AugmentSpec | None = None    # the strong view: data.augment's crop + flip, then data.strong_augment's
+                                         # policy (None: data.strong_augment none); a method asks for it as a view
 
     @property
     def num_classes(self) -> int:
@@ -99,6 +101,17 @@ def _augment_spec(setting: Any, *, channels: int, size: int) -> AugmentSpec | No
         check_augment(setting)
         return AugmentSpec(**{k: setting[k] for k in setting})
     raise UserError(f"data.augment must be auto, none or a mapping, got {setting!r}")
+
+
+def strong_view_spec(setting: Any, weak: AugmentSpec | None) -> AugmentSpec | None:
+    """The strong view of a run: the weak view's crop and flip (``data.augment``; none for
+    ``none``), followed by the ``data.strong_augment`` policy, as FixMatch / SOP+ / ProMix build
+    it; ``None`` when ``data.strong_augment`` is ``none``."""
+    policy = strong_augment_policy(setting)
+    if policy is None:
+        return None
+    return AugmentSpec(crop_padding=weak.crop_padding if weak is not None else 0,
+                       hflip=bool(weak.hflip) if weak is not None else False, policy=policy)
 
 
 def _open_set_source(name: str, *, like: np.ndarray, cfg: Mapping[str, Any], seed: int) -> np.ndarray:
@@ -216,6 +229,7 @@ def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> Run
 
     images, test_images = to_pool(x, dcfg), to_pool(x_test, dcfg)
     mean, std = pool_channel_stats(images)
+    weak = _augment_spec(dcfg["augment"], channels=images.shape[1], size=images.shape[2])
     return RunData(
         images=images,
         labels=torch.from_numpy(labels),
@@ -226,13 +240,14 @@ def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> Run
         classes=list(raw.classes),
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
-        augment=_augment_spec(dcfg["augment"], channels=images.shape[1], size=images.shape[2]),
+        augment=weak,
         transition=np.asarray(transition, dtype=np.float64),
         open_set_mask=open_mask,
         test_carved=bool(raw.test_carved),
         paths=None if paths is None else list(paths),
         test_paths=None if test_paths is None else list(test_paths),
         has_ground_truth=bool(truth),
+        strong=strong_view_spec(dcfg.get("strong_augment", "randaugment+cutout"), weak),
     )
 
 
