@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from noisylabels.meta import StoredStep, lookahead_contributions, meta_gradient_jvp
+from noisylabels.meta import StoredStep, lookahead_contributions
+from noisylabels.meta.engine import meta_gradient_jvp
 from noisylabels.methods.emlc import Teacher
 from noisylabels.models.mlp import MLP
 

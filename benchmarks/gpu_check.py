@@ -273,7 +273,8 @@ def phase_f32_jvp(args: argparse.Namespace, clock: Clock, summary: Summary) -> N
     :func:`torch.func.jvp` (TF32 off, the same dropout masks): max error beside the tolerance."""
     import torch
 
-    from noisylabels.meta import JVP_RULES, functional_logits, graph_jvp, params_and_buffers
+    from noisylabels.meta.functional import functional_logits, params_and_buffers
+    from noisylabels.meta.graph_jvp import JVP_RULES, graph_jvp
     from noisylabels.models import create_model, list_models
 
     gj = importlib.import_module("noisylabels.meta.graph_jvp")
@@ -524,7 +525,7 @@ def probe_wrn(args: argparse.Namespace, data_dir: str, subset: bool, out: str, s
     import torch
 
     from noisylabels.config import resolve_config
-    from noisylabels.meta import JVP_RULES, supports_graph
+    from noisylabels.meta.graph_jvp import JVP_RULES, supports_graph
     from noisylabels.train import build_context
 
     gj = importlib.import_module("noisylabels.meta.graph_jvp")
@@ -548,7 +549,10 @@ def probe_wrn(args: argparse.Namespace, data_dir: str, subset: bool, out: str, s
 
 def method_setup(name: str, tmp: Path) -> dict[str, Any]:
     """What a method needs beyond the shared settings. ``t-narl`` reads a meta-trained adjuster
-    (``noisylabels narl-train``): an untrained, seeded one exercises the same transfer run."""
+    (``noisylabels narl-train``): an untrained, seeded one exercises the same transfer run;
+    ``dividemix`` warms up for one epoch, so the second divides and trains by MixMatch."""
+    if name == "dividemix":
+        return {"method.warmup_epochs": 1}
     if name != "t-narl":
         return {}
     import torch

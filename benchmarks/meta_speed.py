@@ -89,7 +89,9 @@ import numpy as np
 import torch
 
 from noisylabels.config import resolve_config
-from noisylabels.meta import functional_jvp, graph_jvp, params_and_buffers
+from noisylabels.meta.engine import functional_jvp
+from noisylabels.meta.functional import params_and_buffers
+from noisylabels.meta.graph_jvp import graph_jvp
 from noisylabels.methods import MetaBatch
 from noisylabels.models import create_model
 from noisylabels.train import RunData, TrainContext, build_context

@@ -130,8 +130,8 @@ def _readers(tmp: Path):
     from noisylabels.config import load_config
     from noisylabels.data.cifar_n import load_human_labels
     from noisylabels.data.labels_csv import read_csv_rows
-    from noisylabels.detect.report import _load_probs, load_run_inputs, read_label_file
-    from noisylabels.methods.narl import load_adjuster
+    from noisylabels.detect.inputs import load_run_inputs, read_label_file, read_pred_probs
+    from noisylabels.methods.narl_transfer import load_adjuster
     from noisylabels.models import read_state_dict
     from noisylabels.noise.class_conditional import load_matrix
     from noisylabels.train.records import RunRecorder
@@ -167,8 +167,8 @@ def _readers(tmp: Path):
         "labels_csv / trusted_csv": (".csv", read_csv_rows),
         "detect --labels (csv)": (".csv", lambda p: read_label_file(p, num_classes=3)),
         "detect --labels (npy)": (".npy", lambda p: read_label_file(p, num_classes=3)),
-        "pred_probs (npy)": (".npy", _load_probs),
-        "pred_probs (csv)": (".csv", _load_probs),
+        "pred_probs (npy)": (".npy", read_pred_probs),
+        "pred_probs (csv)": (".csv", read_pred_probs),
         "CIFAR-N (pt)": (".pt", load_human_labels),
         "CIFAR-N (npz)": (".npz", load_human_labels),
         "held_out.npy": (".npy", held_out),

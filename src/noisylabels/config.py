@@ -409,8 +409,8 @@ def check_views(setting: Any) -> None:
 
 def check_strong_augment(setting: Any) -> None:
     """``data.strong_augment``: ``none``, a policy name (``+`` joins several) or a mapping
-    ``{name: ..., option: value}``; names and options are checked by building the policy
-    (:func:`noisylabels.data.policies.strong_augment_policy`, no data involved)."""
+    ``{name: ..., option: value}``. Only its shape is checked here: the names and options are checked
+    by building the policy, with the run's other names (:func:`noisylabels.train.build.check_names`)."""
     if setting is None or setting is False or setting == "none":
         return
     if isinstance(setting, str):
@@ -425,9 +425,6 @@ def check_strong_augment(setting: Any) -> None:
     else:
         raise UserError(f"data.strong_augment must be none, a policy name (e.g. randaugment+cutout) or a mapping "
                         f"{{name: ..., option: value}}, got {setting!r}")
-    from .data.policies import strong_augment_policy
-
-    strong_augment_policy(setting)
 
 
 def device_type(name: Any) -> str:

@@ -62,8 +62,9 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
-def _keyword_options(fn: Callable[..., Any]) -> tuple[set[str], list[str]] | None:
-    """``(accepted names, keyword-only names)`` of ``fn``; for a class whose ``__init__`` forwards
+def keyword_options(fn: Callable[..., Any]) -> tuple[set[str], list[str]] | None:
+    """The option names a factory takes, read from its signature without calling it:
+    ``(accepted names, keyword-only names)`` of ``fn``; for a class whose ``__init__`` forwards
     ``**options`` to its bases, the union over the MRO; ``None`` if anything is accepted."""
     import inspect
 
@@ -159,7 +160,7 @@ def call_with_options(kind: str, name: str, fn: Callable[..., Any], /, *args: An
     """Call ``fn`` turning a bad keyword option into a one-line :class:`UserError`; ``_fixed``
     names arguments the caller supplies itself (a model's ``num_classes``), left out of the
     "valid options" a user may set."""
-    options = _keyword_options(fn)
+    options = keyword_options(fn)
     kwargs = {k: _word(fn, k, v) for k, v in kwargs.items()}
     if options is not None:
         accepted, keyword = options
@@ -176,4 +177,4 @@ def call_with_options(kind: str, name: str, fn: Callable[..., Any], /, *args: An
     return fn(*args, **kwargs)
 
 
-__all__ += ["call_with_options"]
+__all__ += ["call_with_options", "keyword_options"]

@@ -85,7 +85,8 @@ def test_reference_numbers_appear_in_the_paper_text(name):
 def _stand_in_adjuster(tmp_path, path):
     """An adjuster file of the family a T-* cell names (the suite's own files are written by
     ``noisylabels narl-train`` before the suite runs)."""
-    from noisylabels.methods.narl import FAMILIES, Adjuster, save_adjuster
+    from noisylabels.methods.narl import FAMILIES, Adjuster
+    from noisylabels.methods.narl_transfer import save_adjuster
 
     family = Path(path).stem.removeprefix("adjuster-")
     fam = FAMILIES[family]

@@ -110,6 +110,7 @@ def test_bad_view_specs():
 
 def test_config_strong_augment_is_checked_before_data_and_built_into_run_data(tmp_path):
     from noisylabels.config import resolve_config
+    from noisylabels.train.build import check_names
     from noisylabels.train.prepare import prepare_data
 
     cfg = resolve_config(overrides={"out": str(tmp_path / "r")})
@@ -126,5 +127,5 @@ def test_config_strong_augment_is_checked_before_data_and_built_into_run_data(tm
     assert tuned["data"]["strong_augment"] == {"magnitude": 5}
     for bad, match in (("randaugmnt", "unknown augment policy 'randaugmnt'"), ({"name": 3}, "must be a policy name"),
                        ({"name": "cutout", "size": 0}, "cutout size"), (7, "data.strong_augment must be none")):
-        with pytest.raises(UserError, match=match):
-            resolve_config(overrides={"data.strong_augment": bad})
+        with pytest.raises(UserError, match=match):  # the shape on load, names with the run's other names
+            check_names(resolve_config(overrides={"data.strong_augment": bad}))

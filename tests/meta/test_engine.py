@@ -10,18 +10,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from noisylabels.errors import UserError
-from noisylabels.meta import (
-    assign_grads,
+from noisylabels.meta import assign_grads, meta_gradient, meta_tangent, per_example_weights
+from noisylabels.meta.engine import (
     functional_jvp,
-    functional_logits,
-    meta_gradient,
     meta_gradient_double_backward,
     meta_gradient_jvp,
-    meta_tangent,
-    optimizer_virtual_step,
-    params_and_buffers,
-    per_example_weights,
     per_example_weights_jvp,
+)
+from noisylabels.meta.functional import functional_logits, params_and_buffers
+from noisylabels.meta.virtual_step import (
+    optimizer_virtual_step,
     sgd_direction_scale,
     sgd_hyperparams,
     sgd_virtual_step,
@@ -493,3 +491,28 @@ def test_engine_arguments_after_the_optimizer_are_keyword_only():
     params, buffers = params_and_buffers(model)
     with pytest.raises(TypeError):
         functional_jvp(model, params, buffers, x, {})
+
+
+def test_each_engine_function_returns_the_result_kind_it_fills():
+    """One result type per producer, every field filled (no ``None`` fields for another producer's
+    values), constructed by keyword only."""
+    import dataclasses
+
+    from noisylabels.meta import ExampleWeightsStep, JVPMetaGradientStep, MetaGradientStep, MetaStep
+
+    model, opt = setup("mlp", lr=0.1)
+    wnet = weight_net()
+    x, y = batch("mlp", 4, 1)
+    mx, my = batch("mlp", 4, 2)
+    common = dict(x=x, y=y, meta_x=mx, meta_y=my, meta_loss_fn=ce_per_sample, reuse_forward=False)
+    mg = dict(common, loss_layer=mw_loss_layer(wnet), phi=list(wnet.parameters()))
+    for res, kind in ((meta_gradient(model, opt, how="jvp", **mg), JVPMetaGradientStep),
+                      (meta_gradient(model, opt, how="jvp-func", **mg), JVPMetaGradientStep),
+                      (meta_gradient(model, opt, how="double-backward", **mg), MetaGradientStep),
+                      (per_example_weights(model, opt, how="jvp", **common), ExampleWeightsStep),
+                      (per_example_weights(model, opt, how="double-backward", **common), ExampleWeightsStep)):
+        assert type(res) is kind and isinstance(res, MetaStep)
+        assert all(getattr(res, f.name) is not None for f in dataclasses.fields(res)), kind.__name__
+    assert not hasattr(per_example_weights(model, opt, **common), "meta_grads")
+    with pytest.raises(TypeError):
+        MetaStep(torch.zeros(()), torch.zeros(1, 2), torch.zeros(1))

@@ -9,17 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from noisylabels.errors import UserError
-from noisylabels.meta import (
-    JVP_RULES,
-    UnsupportedGraph,
-    functional_logits,
-    graph_jvp,
-    meta_gradient_jvp,
-    params_and_buffers,
-    per_example_weights_jvp,
-    register_jvp_rule,
-    supports_graph,
-)
+from noisylabels.meta import UnsupportedGraph, register_jvp_rule
+from noisylabels.meta.engine import meta_gradient_jvp, per_example_weights_jvp
+from noisylabels.meta.functional import functional_logits, params_and_buffers
+from noisylabels.meta.graph_jvp import JVP_RULES, graph_jvp, supports_graph
 from noisylabels.models import create_model, list_models
 
 DT = torch.float64

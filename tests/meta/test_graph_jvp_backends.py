@@ -14,16 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from noisylabels.errors import UserError
-from noisylabels.meta import (
-    JVP_RULES,
-    UnsupportedGraph,
-    functional_logits,
-    graph_jvp,
-    meta_gradient_double_backward,
-    meta_gradient_jvp,
-    params_and_buffers,
-    supports_graph,
-)
+from noisylabels.meta import UnsupportedGraph
+from noisylabels.meta.engine import meta_gradient_double_backward, meta_gradient_jvp
+from noisylabels.meta.functional import functional_logits, params_and_buffers
+from noisylabels.meta.graph_jvp import JVP_RULES, graph_jvp, supports_graph
 from noisylabels.models import create_model, list_models
 
 gj = importlib.import_module("noisylabels.meta.graph_jvp")  # the module (the package exports its function)

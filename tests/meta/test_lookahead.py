@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from noisylabels.errors import UserError
-from noisylabels.meta import (StoredStep, lookahead_contributions, meta_gradient_double_backward, meta_gradient_jvp,
-                              meta_tangent, optimizer_virtual_step)
-from noisylabels.meta.virtual_step import VirtualStep
+from noisylabels.meta import StoredStep, lookahead_contributions, meta_tangent
+from noisylabels.meta.engine import meta_gradient_double_backward, meta_gradient_jvp
+from noisylabels.meta.virtual_step import VirtualStep, optimizer_virtual_step
 from noisylabels.methods.emlc import Teacher
 from noisylabels.methods.label_correction import soft_cross_entropy
 from noisylabels.models.mlp import MLP

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from noisylabels.errors import UserError
-from noisylabels.meta import meta_gradient_jvp, optimizer_virtual_step, params_and_buffers
+from noisylabels.meta.engine import meta_gradient_jvp
+from noisylabels.meta.functional import params_and_buffers
+from noisylabels.meta.virtual_step import optimizer_virtual_step
 from noisylabels.methods import MetaWeightNet, create_method, meta_loss_fn
 from noisylabels.methods.mwnet import WeightNet
 from noisylabels.train import build_context, fit

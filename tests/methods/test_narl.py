@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from noisylabels.cli import main
 from noisylabels.errors import UserError
 from noisylabels.losses import get_loss_fn
-from noisylabels.meta import meta_gradient_double_backward, meta_gradient_jvp
+from noisylabels.meta.engine import meta_gradient_double_backward, meta_gradient_jvp
 from noisylabels.methods import NARL, Adjuster, TransferNARL, create_method, margin, meta_loss_fn, save_adjuster
-from noisylabels.methods.narl import FAMILIES, load_adjuster
+from noisylabels.methods.narl import FAMILIES
+from noisylabels.methods.narl_transfer import load_adjuster
 from noisylabels.train import build_context, fit
 
 from tests.helpers import run_cfg, tiny_problem

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from noisylabels.errors import UserError
-from noisylabels.meta import meta_gradient_jvp, per_example_weights
+from noisylabels.meta import per_example_weights
+from noisylabels.meta.engine import meta_gradient_jvp
 from noisylabels.methods.mwnet import WeightNet
 from noisylabels.models import create_model
 from noisylabels.train import build_context, fit
@@ -97,7 +98,9 @@ def test_compiled_model_trains_erm(tmp_path):
                                           ("wrn", {"depth": 10, "widen_factor": 1, "dropout": 0.3})])
 def test_graph_jvp_in_channels_last_equals_torch_func(name, options, one_thread):
     """channels_last forwards record restrides (AsStridedBackward1): the graph walk still equals torch.func."""
-    from noisylabels.meta import functional_jvp, graph_jvp, params_and_buffers
+    from noisylabels.meta.engine import functional_jvp
+    from noisylabels.meta.functional import params_and_buffers
+    from noisylabels.meta.graph_jvp import graph_jvp
 
     channels, size = (1, 28) if name == "lenet" else (3, 32)
     torch.manual_seed(3)

@@ -74,7 +74,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..registry import Registry, _keyword_options, call_with_options
+from ..registry import Registry, call_with_options, keyword_options
 from . import imageops as ops
 
 __all__ = ["OPS", "AugmentPolicy", "AutoAugmentCIFAR10", "RandAugment", "TrivialAugment", "Cutout", "Compose",
@@ -465,7 +465,7 @@ def create_augment_policy(name: str, **options: Any) -> AugmentPolicy:
     if any(not p for p in names):
         raise UserError(f"augment policy {name!r}: empty part; join names with '+', e.g. {DEFAULT_STRONG_AUGMENT}")
     factories = [AUGMENT_POLICIES.get(p) for p in names]
-    takes = [set((_keyword_options(f) or (set(), []))[1]) for f in factories]
+    takes = [set((keyword_options(f) or (set(), []))[1]) for f in factories]
     bad = [k for k in options if not any(k in t for t in takes)]
     if bad:
         valid = sorted(set().union(*takes))

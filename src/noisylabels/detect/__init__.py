@@ -8,7 +8,11 @@ itself is an optional extra used only by the tests):
 * :func:`find_label_issues` -- a boolean mask, or flagged indices ranked by severity;
 * :func:`estimate_noise` -- confident learning's joint of given and true labels, noise
   matrices, the noise rate and the number of wrong labels (Northcutt et al. 2021);
-* :mod:`~noisylabels.detect.report` -- the table and plot ``noisylabels detect`` writes.
+* :mod:`~noisylabels.detect.inputs` -- reading a finished run or a user's labels and probabilities;
+* :mod:`~noisylabels.detect.report` -- detection on those inputs, and the table, summary and plot
+  ``noisylabels detect`` writes;
+* :func:`~noisylabels.detect.export.export_labels` -- the cleaned ``path,label`` CSV
+  (``noisylabels export``).
 
 Give these functions out-of-sample (cross-fitted) probabilities: ``noisylabels train
 --folds K`` or :func:`noisylabels.detect.crossfit.crossfit` make them.

@@ -37,7 +37,8 @@ Conventions (used by every function here)
 
 Every function takes the model and the optimiser positionally and everything else by keyword
 (swapping ``loss_layer`` and ``meta_loss_fn``, or the training and meta batches, would otherwise
-run silently with wrong numbers). All return one result type, :class:`MetaStep`.
+run silently with wrong numbers). All return a :class:`MetaStep`: a :class:`MetaGradientStep`
+(:class:`JVPMetaGradientStep` with the tangent it was built from) or an :class:`ExampleWeightsStep`.
 
 Reusing the training forward (``reuse_forward=True``, the default): the training batch goes
 through the model's own forward (BatchNorm running statistics updated once, as the real step's
@@ -80,11 +81,15 @@ import torch.nn.functional as F
 from ..errors import UserError
 from .functional import functional_logits, params_and_buffers
 from .graph_jvp import UnsupportedGraph, graph_jvp, warn_unsupported_once
-from .virtual_step import (SGDStepSetting, VirtualStep, _check_sgd, lookahead_weights, optimizer_virtual_step,
+from .results import ExampleWeightsStep, JVPMetaGradientStep, MetaGradientStep, MetaStep
+from .virtual_step import (SGDStepSetting, VirtualStep, check_sgd, lookahead_weights, optimizer_virtual_step,
                            sgd_step_settings)
 
 __all__ = [
     "MetaStep",
+    "MetaGradientStep",
+    "JVPMetaGradientStep",
+    "ExampleWeightsStep",
     "StoredStep",
     "JVP_BACKENDS",
     "META_GRADIENTS",
@@ -109,48 +114,6 @@ JVP_BACKENDS = ("auto", "graph", "func")
 #: the hypergradient options every meta method takes (``method.meta_gradient``): the same
 #: gradient up to rounding, at different cost (``double-backward`` is the official codes' path)
 META_GRADIENTS = ("jvp", "jvp-func", "double-backward")
-
-
-@dataclass
-class MetaStep:
-    """What every engine function returns (tensors only; nothing is synchronised to the host).
-
-    Attributes
-    ----------
-    meta_loss:
-        ``L_meta(theta_hat)``, 0-dim, detached.
-    train_logits:
-        ``z = f(x; theta)``; with ``reuse_forward=True`` it keeps its graph to the model's
-        parameters (for the real step), otherwise detached.
-    train_losses:
-        The per-sample training losses at ``theta`` (``(n,)``, or ``(n, k)`` for per-example
-        weights with ``k`` loss columns), detached.
-    meta_grads:
-        ``dL_meta(theta_hat(phi))/dphi``, one tensor per entry of ``phi`` (zeros where phi does
-        not reach the meta loss); ``None`` for :func:`per_example_weights`. Not applied: see
-        :func:`assign_grads`.
-    weights:
-        Raw per-example weights ``w_i = -dL_meta/d eps_i`` at ``eps = 0`` (shape of
-        ``train_losses``); ``None`` for the meta-gradient functions.
-    train_grads:
-        ``grad_theta L_train(theta, phi)`` at the *pre-update* phi, by parameter name (the
-        gradient the virtual step used; ``None`` entries for parameters it does not reach). A
-        "delayed" real step (MLC's approximation) applies it instead of a new backward.
-    tangent, scale:
-        The JVP path only (``None`` for the double-backward path): the tangent ``t_p = s_p v_p`` at
-        ``theta_hat`` (:func:`meta_tangent`) and the per-parameter scale ``s_p = lr_p c_p`` it was
-        built with; a k-step look-ahead reuses them for its stored steps
-        (:func:`lookahead_contributions`), MLC's k-step discount reads ``v = t / s``.
-    """
-
-    meta_loss: Tensor
-    train_logits: Tensor
-    train_losses: Tensor
-    meta_grads: list[Tensor] | None = None
-    weights: Tensor | None = None
-    train_grads: dict[str, Tensor | None] | None = None
-    tangent: dict[str, Tensor] | None = None
-    scale: dict[str, float] | None = None
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -214,7 +177,7 @@ class _Setup:
 def _setup(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: Tensor,
            jvp_backend: str | None = None) -> _Setup:
     """Checks and bookkeeping shared by every entry point."""
-    _check_sgd(optimizer)
+    check_sgd(optimizer)
     if jvp_backend is not None:
         _check_backend(jvp_backend)
     params, buffers = params_and_buffers(model)
@@ -410,7 +373,7 @@ def lookahead_contributions(model: torch.nn.Module, *, steps: Sequence[StoredSte
     steps:
         Stored steps, oldest first (:meth:`StoredStep.capture`).
     tangent:
-        ``name -> t_p`` (:attr:`MetaStep.tangent` or :func:`meta_tangent`).
+        ``name -> t_p`` (:attr:`JVPMetaGradientStep.tangent` or :func:`meta_tangent`).
     loss_layer:
         ``(z, step) -> (n,)`` per-sample training losses ``l_i(z; phi)`` of that step's batch.
     phi:
@@ -510,7 +473,8 @@ def functional_jvp(model: torch.nn.Module, *, params: Mapping[str, Tensor], buff
 
 def meta_gradient_jvp(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, x: Tensor, y: Tensor,
                       loss_layer: LossLayer, meta_x: Tensor, meta_y: Tensor, meta_loss_fn: LossLayer,
-                      phi: Sequence[Tensor], reuse_forward: bool = True, jvp_backend: str = "auto") -> MetaStep:
+                      phi: Sequence[Tensor], reuse_forward: bool = True,
+                      jvp_backend: str = "auto") -> JVPMetaGradientStep:
     """``dL_meta(theta_hat(phi))/dphi`` through one virtual SGD step, with one JVP pass.
 
     Meta-Weight-Net's meta step (Shu et al. 2019, Eqs. 4-5) with the real optimiser's step, via the
@@ -559,15 +523,15 @@ def meta_gradient_jvp(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
                                       buffers=s.buffers)
     grads = batch_contribution(model, x=x, logits=z, loss_grad=gz, tangent=tangent, phi=phi,
                                jvp_backend=jvp_backend, params=s.params, buffers=s.buffers, rng=s.rng)
-    return MetaStep(meta_loss=meta_loss, train_logits=z if reuse_forward else z.detach(),
-                    train_losses=losses.detach(), meta_grads=grads, train_grads=train_grads, tangent=tangent,
-                    scale=dict(vs.scale))
+    return JVPMetaGradientStep(meta_loss=meta_loss, train_logits=z if reuse_forward else z.detach(),
+                               train_losses=losses.detach(), meta_grads=grads, train_grads=train_grads, tangent=tangent,
+                               scale=dict(vs.scale))
 
 
 def meta_gradient_double_backward(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, x: Tensor,
                                   y: Tensor, loss_layer: LossLayer, meta_x: Tensor, meta_y: Tensor,
                                   meta_loss_fn: LossLayer, phi: Sequence[Tensor],
-                                  reuse_forward: bool = True) -> MetaStep:
+                                  reuse_forward: bool = True) -> MetaGradientStep:
     """Reference path: ``theta_hat(phi)`` built with ``create_graph=True``, then ``L_meta`` backward.
 
     What the official Meta-Weight-Net / L2RW code does (a differentiable copy of the step, then
@@ -586,13 +550,14 @@ def meta_gradient_double_backward(model: torch.nn.Module, optimizer: torch.optim
         mg = (torch.autograd.grad(meta_loss, phi, allow_unused=True, retain_graph=reuse_forward)
               if meta_loss.requires_grad else (None,) * len(phi))
     train_grads = {n: (None if gi is None else gi.detach()) for n, gi in zip(s.trainable, g)}
-    return MetaStep(meta_loss=meta_loss.detach(), train_logits=z if reuse_forward else z.detach(),
-                    train_losses=losses.detach(), meta_grads=_zeros_for_missing(phi, mg), train_grads=train_grads)
+    return MetaGradientStep(meta_loss=meta_loss.detach(), train_logits=z if reuse_forward else z.detach(),
+                            train_losses=losses.detach(), meta_grads=_zeros_for_missing(phi, mg),
+                            train_grads=train_grads)
 
 
 def meta_gradient(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, x: Tensor, y: Tensor,
                   loss_layer: LossLayer, meta_x: Tensor, meta_y: Tensor, meta_loss_fn: LossLayer,
-                  phi: Sequence[Tensor], how: str = "jvp", reuse_forward: bool = True) -> MetaStep:
+                  phi: Sequence[Tensor], how: str = "jvp", reuse_forward: bool = True) -> MetaGradientStep:
     """:func:`meta_gradient_jvp` (``how='jvp'``: graph walk; ``'jvp-func'``: :func:`torch.func.jvp`) or
     :func:`meta_gradient_double_backward` (``'double-backward'``); the other arguments as those."""
     kwargs = dict(x=x, y=y, loss_layer=loss_layer, meta_x=meta_x, meta_y=meta_y, meta_loss_fn=meta_loss_fn,
@@ -612,7 +577,7 @@ def _cross_entropy(z: Tensor, y: Tensor) -> Tensor:
 def per_example_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, x: Tensor, y: Tensor,
                         meta_x: Tensor, meta_y: Tensor, meta_loss_fn: LossLayer,
                         per_sample_loss: LossLayer | None = None, reuse_forward: bool = True,
-                        how: str = "jvp") -> MetaStep:
+                        how: str = "jvp") -> ExampleWeightsStep:
     """Per-example weights ``w_i = -dL_meta(theta_hat(eps))/d eps_i`` at ``eps = 0``, all at once.
 
     L2RW (Ren et al. 2018, Eqs. 3-5 and 12: the meta-gradient with respect to perturbation weights
@@ -640,7 +605,7 @@ def per_example_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer
 
     Returns
     -------
-    MetaStep
+    ExampleWeightsStep
         ``weights``: raw weights (before any clamping / normalisation the method applies).
     """
     if how == "double-backward":
@@ -657,7 +622,7 @@ def per_example_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer
 def per_example_weights_jvp(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, x: Tensor, y: Tensor,
                             meta_x: Tensor, meta_y: Tensor, meta_loss_fn: LossLayer,
                             per_sample_loss: LossLayer | None = None, reuse_forward: bool = True,
-                            jvp_backend: str = "auto") -> MetaStep:
+                            jvp_backend: str = "auto") -> ExampleWeightsStep:
     """:func:`per_example_weights` by one forward-mode pass; ``jvp_backend`` as :func:`logits_jvp`."""
     loss_fn = per_sample_loss or _cross_entropy
     backend = jvp_backend
@@ -675,12 +640,12 @@ def per_example_weights_jvp(model: torch.nn.Module, optimizer: torch.optim.Optim
     with torch.no_grad():
         losses, dl = torch.func.jvp(lambda t: loss_fn(t, y), (zd,), (u,))
     _per_sample(losses, len(zd), "per_sample_loss", allow_columns=True)
-    return MetaStep(meta_loss=meta_loss, train_logits=z if reuse_forward else zd, train_losses=losses,
-                    weights=dl / len(zd))
+    return ExampleWeightsStep(meta_loss=meta_loss, train_logits=z if reuse_forward else zd, train_losses=losses,
+                              weights=dl / len(zd))
 
 
 def _per_example_weights_double_backward(model, optimizer, *, x, y, meta_x, meta_y, meta_loss_fn, loss_fn,
-                                         reuse_forward) -> MetaStep:
+                                         reuse_forward) -> ExampleWeightsStep:
     """``w = -dL_meta/d eps`` at ``eps = 0`` through a differentiable virtual step (the reference path)."""
     s = _setup(model, optimizer, x)
     with torch.enable_grad():
@@ -694,8 +659,8 @@ def _per_example_weights_double_backward(model, optimizer, *, x, y, meta_x, meta
         gw, = (torch.autograd.grad(meta_loss, [eps], allow_unused=True, retain_graph=reuse_forward)
                if meta_loss.requires_grad else (None,))
     weights = torch.zeros_like(eps) if gw is None else -gw
-    return MetaStep(meta_loss=meta_loss.detach(), train_logits=z if reuse_forward else z.detach(),
-                    train_losses=losses.detach(), weights=weights.detach())
+    return ExampleWeightsStep(meta_loss=meta_loss.detach(), train_logits=z if reuse_forward else z.detach(),
+                              train_losses=losses.detach(), weights=weights.detach())
 
 
 def assign_grads(params: Iterable[Tensor], grads: Sequence[Tensor]) -> None:

@@ -61,7 +61,8 @@ class MetaSchedule:
                    optimizer: torch.optim.Optimizer, phi: Sequence[Tensor],
                    loss_layer: Callable[[Tensor, StoredStep], Tensor]) -> list[Tensor] | None:
         """The meta-gradient to apply now from the live one (``res``: the engine's
-        :class:`~noisylabels.meta.MetaStep`), or ``None`` to apply nothing at this step."""
+        :class:`~noisylabels.meta.MetaGradientStep`; a :class:`~noisylabels.meta.JVPMetaGradientStep`
+        where :attr:`needs_tangent`), or ``None`` to apply nothing at this step."""
         return grads
 
     def state_dict(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import torch
 from ..errors import UserError
 
 __all__ = [
+    "check_sgd",
     "SGDHyperparams",
     "sgd_hyperparams",
     "sgd_direction_scale",
@@ -59,7 +60,9 @@ class SGDHyperparams:
                                    maximize=self.maximize)
 
 
-def _check_sgd(optimizer: torch.optim.Optimizer) -> None:
+def check_sgd(optimizer: torch.optim.Optimizer) -> None:
+    """A one-line :class:`~noisylabels.errors.UserError` unless ``optimizer`` is a ``torch.optim.SGD``
+    (the virtual step is exactly one step of the run's SGD)."""
     if not isinstance(optimizer, torch.optim.SGD):
         raise UserError(f"meta methods need SGD (optim.name: sgd); got {type(optimizer).__name__}")
 
@@ -83,7 +86,7 @@ def sgd_hyperparams(optimizer: torch.optim.Optimizer, *, group: int = 0) -> SGDH
     group:
         Index into ``optimizer.param_groups``.
     """
-    _check_sgd(optimizer)
+    check_sgd(optimizer)
     if not 0 <= group < len(optimizer.param_groups):
         raise UserError(f"optimizer has {len(optimizer.param_groups)} parameter groups; no group {group}")
     return _group_hyperparams(optimizer.param_groups[group])
@@ -197,7 +200,7 @@ def optimizer_virtual_step(optimizer: torch.optim.Optimizer, params: Mapping[str
     VirtualStep
         ``theta_hat`` and, per stepped parameter, ``lr * c`` (:func:`sgd_direction_scale`).
     """
-    _check_sgd(optimizer)
+    check_sgd(optimizer)
     values = params if values is None else values
     group_of: dict[int, int] = {}
     for gi, group in enumerate(optimizer.param_groups):
@@ -236,7 +239,7 @@ def sgd_step_settings(optimizer: torch.optim.Optimizer,
 
     Read *before* the step (``first_step`` is whether the momentum buffer is still empty).
     """
-    _check_sgd(optimizer)
+    check_sgd(optimizer)
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     out: dict[str, SGDStepSetting] = {}
     for name, p in params.items():

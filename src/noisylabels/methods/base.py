@@ -19,6 +19,8 @@ it sees the run only through :class:`~noisylabels.methods.context.MethodContext`
 * :attr:`Method.own_loss` -- ``None`` if the method trains on the configured ``loss`` section
   (``ctx.loss_fn``), else the name of the loss it defines itself; a run that sets a contradicting
   ``loss.name`` is refused (:func:`check_loss_section`).
+* :meth:`Method.curves` -- what the method learned (a weight function, a hyperparameter against
+  the margin, per-sample weights) as named ``(x, y)`` series; the base plots each (``<name>.png``).
 * :meth:`Method.state_dict` / :meth:`Method.load_state_dict` -- everything needed to resume exactly
   (tensors and plain containers only: checkpoints load with ``weights_only=True``).
 
@@ -42,13 +44,14 @@ get from the base instead of writing it themselves:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from ..errors import UserError
+from ..eval.plots import Curve
 from ..registry import Registry, call_with_options
 from .context import MethodContext, Network, NetworkSpec, StepOutput, is_noisy_train
 from .records import RECORDS_FILE, Record, SampleRecords
@@ -199,9 +202,15 @@ class Method:
         return {}
 
     def finalize(self, ctx: MethodContext) -> dict[str, Any]:
-        """Called once after training with the selected model loaded; may write plots; returned
-        values go into ``summary.json``."""
+        """Called once after training with the selected model loaded; returned values go into
+        ``summary.json`` (plots: declare :meth:`curves`)."""
         return {}
+
+    def curves(self, ctx: MethodContext) -> Sequence[Curve]:
+        """What the method learned, as named ``(x, y)`` series (:class:`~noisylabels.eval.plots.Curve`)
+        at the end of training (e.g. MW-Net's weight function, NARL's ``q(margin)``, L2B's
+        ``(alpha, beta)`` per sample at the selected epoch); :meth:`finish` plots each as ``<name>.png``."""
+        return ()
 
     # -- what the loop calls (subclasses override the hooks above, not these) -----------------------
     def start_epoch(self, ctx: MethodContext) -> None:
@@ -224,16 +233,20 @@ class Method:
         return out
 
     def finish(self, ctx: MethodContext) -> dict[str, Any]:
-        """Histograms of every record at the selected epoch, then :meth:`finalize`."""
-        if self.sample_records is not None:
-            from ..eval.plots import plot_weight_histograms
+        """Histograms of every record at the selected epoch, then :meth:`finalize`, then a plot of
+        each of the method's :meth:`curves`."""
+        from ..eval.plots import plot_curve, plot_weight_histograms
 
+        if self.sample_records is not None:
             for r in self.records:
                 values = self.selected_record(r.name)
                 if values is not None:
                     plot_weight_histograms(values, is_noisy_train(ctx.data), ctx.recorder.path(f"{r.name}_hist.png"),
                                            title=f"{ctx.cfg['method']['name']}: {r.name} at the selected epoch")
-        return self.finalize(ctx) or {}
+        out = self.finalize(ctx) or {}
+        for curve in self.curves(ctx):
+            plot_curve(curve, ctx.recorder.path(f"{curve.name}.png"), is_noisy=is_noisy_train(ctx.data))
+        return out
 
     def records_state_dict(self) -> dict[str, Any]:
         """Checkpoint state of the records (tensors only)."""

@@ -165,6 +165,11 @@ class MethodContext(Protocol):
         pool; ``views`` names the augmentation of each view (``'weak'``, ``'strong'``, ``'none'``;
         default: the run's weak augmentation if ``augment``, one view)."""
 
+    def mixup(self, x: torch.Tensor, targets: torch.Tensor, *, alpha: float, generator: torch.Generator,
+              num_classes: int | None = None, per_sample: bool = False, max_lambda: bool = False) -> Any:
+        """:func:`noisylabels.data.mixup` (Zhang et al. 2018): the batch mixed with a permutation of itself,
+        drawn from ``generator`` only; returns ``x``, ``targets`` ``(B, K)``, ``lam`` ``(B,)``, ``perm`` ``(B,)``."""
+
     def predict(self, split: str | torch.Tensor = "train", *, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Softmax outputs (eval mode, no augmentation) of ``model`` (default: the one being
         trained) on a split or index tensor of the training pool."""
@@ -177,6 +182,12 @@ class MethodContext(Protocol):
 
     def reset_model_selection(self) -> None:
         """Forget the best-validation epoch so far."""
+
+    def build_model(self, name: str | None = None, **options: Any) -> torch.nn.Module:
+        """A new registry model for this run's data (classes, channels, image size) on the CPU, drawn
+        from the global RNG (a method seeds it); ``name=None`` or the student's name: the student's
+        architecture with its options (not its ``init_checkpoint``); ``options`` add to or replace
+        those (e.g. EMLC's teacher, Taraday & Baskin 2023, Sec. 3.3)."""
 
 
 def is_noisy_train(data: RunDataView) -> np.ndarray | None:

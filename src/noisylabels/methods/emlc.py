@@ -83,27 +83,20 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import UserError
-from ..models import create_model, load_init_checkpoint
+from ..models import check_features, feature_dim, load_init_checkpoint, logits_and_features
 from .base import register_method
 from .context import MethodContext
-from .label_correction import LabelCorrectionMethod, gate_mix
-from .meta import _int_option
+from .label_correction import LabelCorrectionMethod, gate_mix, upcast
+from .options import choice_option, int_option, positive_option
 from .records import Record
 
 __all__ = ["Teacher", "corrupt_half", "EMLC", "CORRUPTIONS"]
 
-Tensor = torch.Tensor
-
 #: the gate's label-corruption strategies (``none``: no BCE term)
 CORRUPTIONS = ("adversarial", "random", "none")
-
-
-def _upcast(t: Tensor) -> Tensor:
-    """Half / bfloat16 to float32 (autocast); float32 and float64 unchanged."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 class Teacher(nn.Module):
@@ -123,30 +116,22 @@ class Teacher(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.embedding = nn.Embedding(num_classes, embedding_dim)
-        dim = int(getattr(backbone, "num_features", 0) or backbone.classifier.in_features)
-        self.gate_mlp = nn.Sequential(nn.Linear(dim + embedding_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-
-    def backbone_parameters(self) -> list[nn.Parameter]:
-        return list(self.backbone.parameters())
-
-    def gate_parameters(self) -> list[nn.Parameter]:
-        return list(self.embedding.parameters()) + list(self.gate_mlp.parameters())
+        self.gate_mlp = nn.Sequential(nn.Linear(feature_dim(backbone) + embedding_dim, hidden), nn.ReLU(),
+                                      nn.Linear(hidden, 1))
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(teacher logits, features h)`` (h not detached: every loss reaches the backbone)."""
-        h = self.backbone.features(x)
-        return self.backbone.classifier(h), h
+        return logits_and_features(self.backbone, x)
 
     def gate(self, h: Tensor, labels: Tensor) -> Tensor:
         """``w = sigmoid(MLP([h; emb(y~)]))``, shape ``(B,)``."""
-        e = self.embedding(labels).to(h.dtype)
-        return torch.sigmoid(self.gate_mlp(torch.cat([h, e], dim=1))).squeeze(1)
+        return torch.sigmoid(self.gate_mlp(torch.cat([h, self.embedding(labels).to(h.dtype)], dim=1))).squeeze(1)
 
     def forward(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(q, gate, teacher logits)`` for inputs ``x`` with given labels."""
         logits, h = self.encode(x)
         w = self.gate(h, labels)
-        return gate_mix(w, labels, F.softmax(_upcast(logits), dim=1)), w, logits
+        return gate_mix(w, labels, F.softmax(upcast(logits), dim=1)), w, logits
 
 
 def corrupt_half(labels: Tensor, logits: Tensor | None = None, *, mode: str, num_classes: int,
@@ -191,7 +176,7 @@ class EMLC(LabelCorrectionMethod):
     ----------
     k:
         Look-ahead steps (Algorithm 1): 1 = exact one-step meta-gradient (Eq. 10); k > 1 = Eq. 11 by
-        FPMG, teacher updated once every k student steps.
+        FPMG, teacher updated once every k student steps (the base's option, ``k_step = 'window'``).
     teacher_model:
         Registry name of the teacher's backbone; ``None``: the student's architecture and options.
     teacher_init, teacher_init_exclude:
@@ -199,7 +184,8 @@ class EMLC(LabelCorrectionMethod):
         missing file, missing / unexpected keys and shape mismatches are one-line errors), and key
         prefixes left at their fresh initialisation (e.g. ``[classifier]``).
     label_embedding_dim, gate_hidden:
-        128 and 128 (the code).
+        Label embedding size (:class:`~noisylabels.methods.label_correction.LabelCorrectionMethod`) and
+        the gate MLP's hidden width: 128 and 128 (the code).
     corruption:
         ``'adversarial'`` (default), ``'random'`` or ``'none'`` (no ``L_BCE``).
     supervised_weight, bce_weight:
@@ -218,73 +204,50 @@ class EMLC(LabelCorrectionMethod):
     detection = ("teacher_p_given", -1.0)
     default_meta_optimizer = {"name": "sgd", "weight_decay": 0.0, "momentum": 0.0, "nesterov": False}
 
-    def __init__(self, *, k: int = 1, teacher_model: str | None = None, teacher_init: str | None = None,
-                 teacher_init_exclude: list[str] | None = None, label_embedding_dim: int = 128, gate_hidden: int = 128,
-                 corruption: str = "adversarial", supervised_weight: float = 1.0, bce_weight: float = 1.0,
-                 meta_lr: float = 0.02, gate_lr: float | None = None, **options: Any) -> None:
-        if "lookahead" in options:
-            raise UserError("emlc: set the look-ahead with method.k")
+    def __init__(self, *, teacher_model: str | None = None, teacher_init: str | None = None,
+                 teacher_init_exclude: list[str] | None = None, gate_hidden: int = 128, corruption: str = "adversarial",
+                 supervised_weight: float = 1.0, bce_weight: float = 1.0, meta_lr: float = 0.02,
+                 gate_lr: float | None = None, **options: Any) -> None:
         if options.get("meta_optimizer", "sgd") != "sgd":
             raise UserError("emlc: the teacher's optimisers are SGD (meta_optimizer: sgd)")
-        self.k = _int_option("emlc", "k", k, 1)
-        if corruption not in CORRUPTIONS:
-            raise UserError(f"emlc: corruption must be one of {', '.join(CORRUPTIONS)}; got {corruption!r}")
-        if gate_lr is not None and not float(gate_lr) > 0:
-            raise UserError(f"emlc: gate_lr must be positive, got {gate_lr}")
-        self.teacher_model, self.teacher_init = teacher_model, teacher_init
-        self.teacher_init_exclude = list(teacher_init_exclude or [])
-        self.embedding_dim = _int_option("emlc", "label_embedding_dim", label_embedding_dim, 1)
-        self.gate_hidden = _int_option("emlc", "gate_hidden", gate_hidden, 1)
-        self.corruption = corruption
+        self.teacher_model, self.teacher_init, self.teacher_init_exclude = teacher_model, teacher_init, teacher_init_exclude
+        self.gate_hidden = int_option("emlc", "gate_hidden", gate_hidden, 1)
+        self.corruption = choice_option("emlc", "corruption", corruption, CORRUPTIONS)
         self.supervised_weight, self.bce_weight = float(supervised_weight), float(bce_weight)
-        self.gate_lr = None if gate_lr is None else float(gate_lr)
-        super().__init__(meta_lr=meta_lr, lookahead=self.k, **options)
+        self.gate_lr = None if gate_lr is None else positive_option("emlc", "gate_lr", gate_lr)
+        super().__init__(meta_lr=meta_lr, **options)
 
     # -- the teacher ---------------------------------------------------------------------------------
     def build_teacher(self, ctx: MethodContext) -> nn.Module:
-        mcfg = {k: v for k, v in dict(ctx.cfg.get("model", {})).items() if k not in ("init_checkpoint", "init_exclude")}
-        student = mcfg.pop("name", None)
-        name = self.teacher_model or student
-        if name is None:
-            raise UserError("emlc: set method.teacher_model (no student model name in the config)")
-        opts = mcfg if name == student else {}
-        opts.pop("seed", None)
-        backbone = create_model(name, num_classes=ctx.data.num_classes,
-                                in_channels=int(getattr(ctx.data, "in_channels", 3)),
-                                image_size=int(getattr(ctx.data, "image_size", 32)), **opts)
-        if not hasattr(backbone, "features") or not isinstance(getattr(backbone, "classifier", None), nn.Module):
-            raise UserError(f"emlc: teacher_model {name!r} is not of the form classifier(features(x))")
+        backbone = check_features(ctx.build_model(self.teacher_model), what="emlc: the teacher's model")
         return Teacher(backbone, ctx.data.num_classes, embedding_dim=self.embedding_dim, hidden=self.gate_hidden)
 
     def init_meta_net(self, ctx: MethodContext) -> None:
         if self.teacher_init is not None:
-            load_init_checkpoint(self.meta_net.backbone, self.teacher_init, exclude=self.teacher_init_exclude,
+            load_init_checkpoint(self.meta_net.backbone, self.teacher_init, exclude=self.teacher_init_exclude or (),
                                  what="method.teacher_init")
 
-    def build_meta_optimizers(self) -> list[torch.optim.Optimizer]:
-        _, lr, wd, mom, _ = self._opt_cfg
-        t: Teacher = self.meta_net  # type: ignore[assignment]
-        return [torch.optim.SGD(t.backbone_parameters(), lr=lr, momentum=mom, weight_decay=wd),
-                torch.optim.SGD(t.gate_parameters(), lr=self.gate_lr or lr, momentum=mom, weight_decay=wd)]
+    def meta_optimizer_parts(self) -> list[tuple[list[Tensor], float]]:
+        t, lr = self.meta_net, self._opt_cfg[1]  # SGD both (meta_optimizer: sgd)
+        return [(list(t.backbone.parameters()), lr),
+                ([*t.embedding.parameters(), *t.gate_mlp.parameters()], self.gate_lr or lr)]
 
     def soft_labels(self, z: Tensor, y: Tensor, *, x: Tensor, index: Tensor) -> Tensor:
         q, w, logits = self.meta_net(x, y)
-        p_given = F.softmax(_upcast(logits.detach()), dim=1).gather(1, y[:, None]).squeeze(1)
+        p_given = F.softmax(upcast(logits.detach()), dim=1).gather(1, y[:, None]).squeeze(1)
         self._extra_notes = {"gate": w, "teacher_p_given": p_given}
         return q
 
     # -- Eq. 12's supervised terms ---------------------------------------------------------------------
     def meta_net_loss(self, ctx: MethodContext, mb: Any) -> Tensor:
         """``L_CE + L_BCE`` of Eq. 12 on the clean batch (the meta term is the meta-gradient)."""
-        t: Teacher = self.meta_net  # type: ignore[assignment]
-        logits, h = t.encode(mb.x)
-        loss = self.supervised_weight * F.cross_entropy(_upcast(logits), mb.y)
+        logits, h = self.meta_net.encode(mb.x)
+        loss = self.supervised_weight * F.cross_entropy(upcast(logits), mb.y)
         if self.corruption != "none" and self.bce_weight:
-            gen = None
-            if self.corruption == "random":
-                gen = torch.Generator(device=mb.y.device).manual_seed(ctx.seed * 1_000_003 + ctx.step)
+            gen = torch.Generator(device=mb.y.device).manual_seed(ctx.seed * 1_000_003 + ctx.step) \
+                if self.corruption == "random" else None
             fake = corrupt_half(mb.y, logits, mode=self.corruption, num_classes=ctx.data.num_classes, generator=gen)
             target = (fake == mb.y).float()
-            w = _upcast(t.gate(h, fake)).clamp(0.0, 1.0)
+            w = upcast(self.meta_net.gate(h, fake)).clamp(0.0, 1.0)
             loss = loss + self.bce_weight * F.binary_cross_entropy(w, target)
         return loss

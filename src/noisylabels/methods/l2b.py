@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..eval.plots import Curve
 from .base import register_method
-from .context import MethodContext, is_noisy_train
+from .context import MethodContext
 from .l2rw import NORMALIZATIONS, normalize_weights
 from .loss_rank import LossRanked
 from .meta import ExampleWeightingMethod
@@ -100,11 +101,10 @@ class L2B(LossRanked, ExampleWeightingMethod):
         n = len(weights)
         self.record(index, alpha=weights[:, 0] * n, beta=weights[:, 1] * n)
 
-    def finalize(self, ctx: MethodContext) -> dict[str, Any]:
+    def curves(self, ctx: MethodContext) -> list[Curve]:
+        """Each training sample's mean ``(alpha_i, beta_i)`` at the selected epoch."""
         alpha, beta = self.selected_record("alpha"), self.selected_record("beta")
-        if alpha is not None and beta is not None:
-            from ..eval.plots import plot_alpha_beta
-
-            plot_alpha_beta(alpha, beta, is_noisy_train(ctx.data), ctx.recorder.path("alpha_beta.png"),
-                            title="L2B: mean alpha vs beta per sample (x batch size) at the selected epoch")
-        return super().finalize(ctx)
+        if alpha is None or beta is None:
+            return []
+        return [Curve("alpha_beta", alpha, beta, "alpha (observed label)", "beta (pseudo-label)", per_sample=True,
+                      title="L2B: mean alpha vs beta per sample (x batch size) at the selected epoch")]

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -49,18 +49,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..eval.plots import Curve
 from ..io import atomic_write_text
+from ..meta.schedule import DiscountedAccumulation
 from .context import MethodContext
 from .meta import MetaNetMethod
+from .options import int_option
 from .records import Record
 
-__all__ = ["soft_cross_entropy", "gate_mix", "label_recovery", "summary_from_metrics", "LabelCorrectionMethod",
+__all__ = ["upcast", "soft_cross_entropy", "gate_mix", "label_recovery", "summary_from_metrics", "LabelCorrectionMethod",
            "CORRECTED_LABELS_FILE"]
 
 Tensor = torch.Tensor
 
 #: the file the corrected labels go to
 CORRECTED_LABELS_FILE = "corrected_labels.csv"
+
+
+def upcast(t: Tensor) -> Tensor:
+    """Half / bfloat16 to float32 (under autocast: a teacher's outputs enter the loss in float32);
+    float32 and float64 unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
@@ -92,6 +101,16 @@ class LabelCorrectionMethod(MetaNetMethod):
 
     Parameters
     ----------
+    k:
+        The k-step look-ahead both papers have (``1``: the exact one-step meta-gradient). What
+        ``k > 1`` means is the subclass's :attr:`k_step`: ``'window'`` (EMLC's Algorithm 1: the
+        teacher held for k steps, then Eq. 11 by FPMG, :class:`~noisylabels.meta.schedule.LookaheadWindow`)
+        or ``'discounted'`` (MLC's ``gradient_steps``: a meta-gradient every step, their discounted
+        sum applied every k-th, :class:`~noisylabels.meta.schedule.DiscountedAccumulation`). Both
+        need a JVP ``meta_gradient``.
+    label_embedding_dim:
+        Size of the teacher's embedding of the given label (MLC's LCN and EMLC's gate both embed
+        it; 128 in both codes).
     delayed:
         Default ``True``: the real student step is the virtual step (Algorithm 1's order, MLC's and
         EMLC's code).
@@ -108,15 +127,30 @@ class LabelCorrectionMethod(MetaNetMethod):
     own_loss = "soft-ce"
     records: tuple[Record, ...] = (Record("q_given"),)
     detection = ("q_given", -1.0)
+    #: what ``k > 1`` means: ``'window'`` (EMLC's FPMG look-ahead) or ``'discounted'`` (MLC's k-step)
+    k_step: ClassVar[str] = "window"
 
-    def __init__(self, *, delayed: bool = True, clean_in_student: bool = False, **options: Any) -> None:
-        super().__init__(delayed=delayed, **options)
+    def __init__(self, *, k: int = 1, label_embedding_dim: int = 128, delayed: bool = True,
+                 clean_in_student: bool = False, **options: Any) -> None:
+        name = type(self).__name__.lower()
+        if "lookahead" in options:
+            raise UserError(f"{name}: set the look-ahead with method.k ({name}'s own k-step), not lookahead")
+        self.k = int_option(name, "k", k, 1)
+        self.embedding_dim = int_option(name, "label_embedding_dim", label_embedding_dim, 1)
+        if self.k_step == "discounted":
+            if self.k > 1 and options.get("meta_gradient", "jvp") == "double-backward":
+                raise UserError(f"{name}: k > 1 needs meta_gradient jvp or jvp-func")
+            super().__init__(delayed=delayed, **options)
+        else:
+            super().__init__(delayed=delayed, lookahead=self.k, **options)
         self._extra_notes: dict[str, Tensor] = {}
         self.clean_in_student = bool(clean_in_student)
         if self.clean_in_student and not self.schedule.meta_every_step:
             raise UserError(f"{type(self).__name__}: clean_in_student needs a meta step at every step "
                             f"(k = 1, meta_interval = 1)")
         self._mixed: tuple[Tensor, int] | None = None
+        if self.k > 1 and self.k_step == "discounted":  # a meta-gradient every step, the discounted sum every k-th
+            self.schedule = DiscountedAccumulation(self.k)
 
     def training_batch(self, ctx: MethodContext, x: Tensor, y: Tensor, index: Tensor,
                        mb: Any) -> tuple[Tensor, Tensor, Tensor, Any]:
@@ -200,14 +234,15 @@ class LabelCorrectionMethod(MetaNetMethod):
     def finalize(self, ctx: MethodContext) -> dict[str, Any]:
         out = summary_from_metrics(ctx.recorder.path("metrics.jsonl"))
         self.write_corrected_labels(ctx)
-        if self.meta_loss_history:
-            from ..eval.plots import plot_weight_function
-
-            steps = np.arange(1, len(self.meta_loss_history) + 1)
-            plot_weight_function(steps, np.asarray(self.meta_loss_history), ctx.recorder.path("meta_loss.png"),
-                                 title=f"{ctx.cfg['method']['name']}: clean (meta) loss at the student's new weights",
-                                 xlabel="meta step", ylabel="L_clean(w^(t+1))")
         return out
+
+    def curves(self, ctx: MethodContext) -> list[Curve]:
+        """The clean (meta) loss at the student's new weights over the meta steps (EMLC's Fig. 5)."""
+        if not self.meta_loss_history:
+            return []
+        steps = np.arange(1, len(self.meta_loss_history) + 1)
+        return [Curve("meta_loss", steps, np.asarray(self.meta_loss_history), "meta step", "L_clean(w^(t+1))",
+                      title=f"{ctx.cfg['method']['name']}: clean (meta) loss at the student's new weights")]
 
     def write_corrected_labels(self, ctx: MethodContext) -> None:
         """``corrected_labels.csv``: each training sample's last soft label as a label and confidence."""

@@ -42,9 +42,10 @@ from ..errors import UserError
 from ..losses import get_loss_fn
 from ..meta import META_GRADIENTS, assign_grads, meta_gradient, per_example_weights
 from ..meta.schedule import EveryK, LookaheadWindow, MetaSchedule
-from ..meta.virtual_step import _check_sgd
+from ..meta.virtual_step import check_sgd
 from .base import Method
 from .context import MethodContext, StepOutput
+from .options import choice_option, int_option, positive_option
 
 __all__ = ["MetaMethod", "MetaNetMethod", "ExampleWeightingMethod", "meta_loss_fn"]
 
@@ -55,12 +56,6 @@ def meta_loss_fn(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     """Per-sample meta loss ``(z, y) -> (m,)`` from the loss registry (e.g. ``'ce'``, ``'mae'``)."""
     fn = get_loss_fn(name)
     return lambda z, y: fn(z, y, reduction="none")
-
-
-def _int_option(method: str, name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UserError(f"{method}: {name} must be an integer >= {low}, got {value!r}")
-    return value
 
 
 @contextmanager
@@ -105,16 +100,14 @@ class MetaMethod(Method):
         self.meta_loss_name = str(meta_loss or self.default_meta_loss)
         self.meta_loss = meta_loss_fn(self.meta_loss_name)  # validates the name
         if meta_batch_size is not None:
-            _int_option(label, "meta_batch_size", meta_batch_size, 1)
-        if meta_gradient not in META_GRADIENTS:
-            raise UserError(f"{label}: meta_gradient must be one of {', '.join(META_GRADIENTS)}; got {meta_gradient!r}")
+            int_option(label, "meta_batch_size", meta_batch_size, 1)
         self.meta_batch_size = meta_batch_size
-        self.meta_gradient = meta_gradient
-        self.warmup_epochs = _int_option(label, "warmup_epochs", warmup_epochs, 0)
+        self.meta_gradient = choice_option(label, "meta_gradient", meta_gradient, META_GRADIENTS)
+        self.warmup_epochs = int_option(label, "warmup_epochs", warmup_epochs, 0)
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
-        _check_sgd(ctx.optimizer)
+        check_sgd(ctx.optimizer)
 
     def in_warmup(self, ctx: MethodContext) -> bool:
         return ctx.epoch < self.warmup_epochs
@@ -173,7 +166,7 @@ class MetaNetMethod(MetaMethod):
         super().__init__(meta_loss=meta_loss, meta_batch_size=meta_batch_size, meta_gradient=meta_gradient,
                          warmup_epochs=warmup_epochs)
         label = type(self).__name__
-        self.lookahead = _int_option(label, "lookahead (k)", lookahead, 1)
+        self.lookahead = int_option(label, "lookahead (k)", lookahead, 1)
         if self.lookahead > 1 and (meta_interval != 1 or meta_gradient == "double-backward"):
             raise UserError(f"{label}: a k-step look-ahead (k={lookahead}) needs meta_interval=1 and meta_gradient "
                             f"jvp or jvp-func (got meta_interval={meta_interval}, meta_gradient={meta_gradient})")
@@ -181,9 +174,8 @@ class MetaNetMethod(MetaMethod):
         meta_optimizer = d["name"] if meta_optimizer is None else meta_optimizer
         if meta_optimizer not in ("adam", "sgd"):
             raise UserError(f"{label}: meta_optimizer must be 'adam' or 'sgd', got {meta_optimizer!r}")
-        if not float(meta_lr) > 0:
-            raise UserError(f"{label}: meta_lr must be positive, got {meta_lr}")
-        self.meta_interval = _int_option(label, "meta_interval", meta_interval, 1)
+        positive_option(label, "meta_lr", meta_lr)
+        self.meta_interval = int_option(label, "meta_interval", meta_interval, 1)
         #: when phi updates and what an update accumulates (:mod:`noisylabels.meta.schedule`)
         self.schedule: MetaSchedule = LookaheadWindow(self.lookahead) if self.lookahead > 1 else EveryK(self.meta_interval)
         self.delayed = bool(delayed)
@@ -209,12 +201,17 @@ class MetaNetMethod(MetaMethod):
         """Called in :meth:`setup` after the seeded re-initialisation (inside the same seeded RNG
         block): a paper's own initialisation, or weights from a file."""
 
+    def meta_optimizer_parts(self) -> list[tuple[list[Tensor], float]]:
+        """phi in parts, each ``(parameters, lr)`` with an optimiser of its own (the ``meta_*``
+        options); default one part at ``meta_lr``. EMLC: the teacher's backbone, and its gate at ``gate_lr``."""
+        return [(list(self.meta_net.parameters()), self._opt_cfg[1])]
+
     def build_meta_optimizers(self) -> list[torch.optim.Optimizer]:
-        """phi's optimiser(s) (default: one, from the ``meta_*`` options); EMLC has two."""
-        name, lr, wd, mom, nesterov = self._opt_cfg
-        params = list(self.meta_net.parameters())
+        """phi's optimisers, one per :meth:`meta_optimizer_parts` part."""
+        name, _, wd, mom, nesterov = self._opt_cfg
         return [torch.optim.Adam(params, lr=lr, weight_decay=wd) if name == "adam"
-                else torch.optim.SGD(params, lr=lr, momentum=mom, weight_decay=wd, nesterov=nesterov and mom > 0)]
+                else torch.optim.SGD(params, lr=lr, momentum=mom, weight_decay=wd, nesterov=nesterov and mom > 0)
+                for params, lr in self.meta_optimizer_parts()]
 
     def meta_net_loss(self, ctx: MethodContext, mb: Any) -> Tensor | None:
         """An auxiliary loss of the meta-network on the meta batch, added to the meta-gradient at
@@ -286,13 +283,13 @@ class MetaNetMethod(MetaMethod):
                                 meta_x=mb.x, meta_y=mb.y, meta_loss_fn=self.meta_loss, phi=self.phi)
             notes = self._notes  # the schedule's stored steps re-run the loss layer: keep this step's notes
             grads = self.schedule.accumulate(
-                ctx.step, list(res.meta_grads or []), res, model=ctx.model, optimizer=ctx.optimizer, phi=self.phi,
+                ctx.step, list(res.meta_grads), res, model=ctx.model, optimizer=ctx.optimizer, phi=self.phi,
                 loss_layer=lambda z, st: self.loss_layer(z, st.y, x=st.x, index=st.index))
             self._notes = notes
             if self.delayed:  # the real step is the virtual step (pre-update phi)
                 ctx.optimizer.zero_grad(set_to_none=True)
                 for name, p in ctx.model.named_parameters():
-                    g = (res.train_grads or {}).get(name)
+                    g = res.train_grads.get(name)
                     if g is not None:
                         p.grad = g
                 ctx.clip_and_step()
@@ -324,7 +321,7 @@ class MetaNetMethod(MetaMethod):
         return x, y, index, mb
 
     def after_meta_step(self, ctx: MethodContext, res: Any) -> None:
-        """Called after each meta update with the engine's :class:`~noisylabels.meta.MetaStep`
+        """Called after each meta update with the engine's :class:`~noisylabels.meta.MetaGradientStep`
         (e.g. to log the meta loss)."""
 
     # -- resume ----------------------------------------------------------------------------------------
@@ -376,7 +373,7 @@ class ExampleWeightingMethod(MetaMethod):
         res = per_example_weights(ctx.model, ctx.optimizer, x=x, y=y, meta_x=mb.x, meta_y=mb.y,
                                   meta_loss_fn=self.meta_loss, per_sample_loss=self.example_losses,
                                   how=self.meta_gradient)
-        w = self.normalize(res.weights)  # type: ignore[arg-type]
+        w = self.normalize(res.weights)
         losses = self.example_losses(res.train_logits, y)
         loss = (w * losses).sum(1).sum() if losses.ndim == 2 else (w * losses).sum()
         ctx.backward_and_step(loss)

@@ -39,14 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
-from ..meta.schedule import DiscountedAccumulation
+from ..models import FeatureTap, feature_dim, features
 from .base import register_method
 from .context import MethodContext
-from .label_correction import LabelCorrectionMethod
-from .meta import _int_option
+from .label_correction import LabelCorrectionMethod, upcast
+from .options import int_option
 
-__all__ = ["LabelCorrectionNet", "MLC", "FeatureTap"]
+__all__ = ["LabelCorrectionNet", "MLC"]
 
 Tensor = torch.Tensor
 
@@ -71,49 +70,6 @@ class LabelCorrectionNet(nn.Module):
         return F.softmax(self.net(torch.cat([h, self.embedding(y).to(h.dtype)], dim=1)), dim=1)
 
 
-class FeatureTap:
-    """The student's penultimate features of its latest plain forwards, detached, by input tensor.
-
-    A forward pre-hook on ``model.classifier`` (every registered model is
-    ``classifier(features(x))``) paired with a pre-hook on the model that notes the input: the
-    training forward's features come for free (no second forward, BatchNorm statistics updated
-    once). Forwards under a torch.func transform (dual tensors) are not kept.
-    """
-
-    def __init__(self, model: nn.Module, keep: int = 4) -> None:
-        head = getattr(model, "classifier", None)
-        if not isinstance(head, nn.Module):
-            raise UserError(f"mlc needs a model of the form classifier(features(x)); {type(model).__name__} has no "
-                            f"'classifier' layer")
-        self.keep = keep
-        self._x: Tensor | None = None
-        self._store: list[tuple[Tensor, Tensor]] = []
-        model.register_forward_pre_hook(self._on_model)
-        head.register_forward_pre_hook(self._on_head)
-
-    @staticmethod
-    def _plain(t: Tensor) -> bool:
-        return not torch._C._functorch.is_functorch_wrapped_tensor(t)
-
-    def _on_model(self, module: nn.Module, args: tuple) -> None:
-        x = args[0] if args else None
-        self._x = x if isinstance(x, torch.Tensor) and self._plain(x) else None
-
-    def _on_head(self, module: nn.Module, args: tuple) -> None:
-        h = args[0]
-        if self._x is not None and self._plain(h):
-            self._store = [(x, f) for x, f in self._store if x is not self._x][-(self.keep - 1):]
-            self._store.append((self._x, h.detach()))
-        self._x = None
-
-    def features(self, x: Tensor) -> Tensor | None:
-        """The features of the latest forward of exactly this tensor, or ``None``."""
-        for xi, f in reversed(self._store):
-            if xi is x:
-                return f
-        return None
-
-
 @register_method("mlc", help="Meta Label Correction: label-correction net on the student's features (Zheng et al. 2021)")
 class MLC(LabelCorrectionMethod):
     """MLC: soft labels ``g_alpha(h(x_i).detach(), emb(y~_i))`` learned by the one-step look-ahead.
@@ -122,10 +78,11 @@ class MLC(LabelCorrectionMethod):
     ----------
     k:
         MLC's k-step look-ahead (the code's ``gradient_steps``): discounted accumulation of the
-        one-step meta-gradients, LCN step every k-th step (module docstring). ``1``: the one-step
-        look-ahead (exact meta-gradient).
+        one-step meta-gradients, LCN step every k-th step (module docstring; the base's option with
+        ``k_step = 'discounted'``). ``1``: the one-step look-ahead (exact meta-gradient).
     label_embedding_dim, hidden:
-        LCN sizes (128, 128).
+        LCN sizes (128, 128; the embedding's is
+        :class:`~noisylabels.methods.label_correction.LabelCorrectionMethod`'s option).
     clean_in_student:
         Half of each clean batch in the student's step (the code's default ``hmlc_K_mix``; default
         ``True``, see the module docstring).
@@ -137,24 +94,17 @@ class MLC(LabelCorrectionMethod):
     """
 
     default_meta_optimizer = {"name": "adam", "weight_decay": 0.0, "momentum": 0.9, "nesterov": False}
+    k_step = "discounted"
 
-    def __init__(self, *, k: int = 1, label_embedding_dim: int = 128, hidden: int = 128, meta_lr: float = 3e-4,
-                 clean_in_student: bool = True, **options: Any) -> None:
-        if "lookahead" in options:
-            raise UserError("mlc: set the look-ahead with method.k (MLC's own k-step), not lookahead")
-        self.k = _int_option("mlc", "k", k, 1)
-        if self.k > 1 and options.get("meta_gradient", "jvp") == "double-backward":
-            raise UserError("mlc: k > 1 needs meta_gradient jvp or jvp-func")
-        self.embedding_dim = _int_option("mlc", "label_embedding_dim", label_embedding_dim, 1)
-        self.hidden = _int_option("mlc", "hidden", hidden, 1)
+    def __init__(self, *, hidden: int = 128, meta_lr: float = 3e-4, clean_in_student: bool = True,
+                 **options: Any) -> None:
+        self.hidden = int_option("mlc", "hidden", hidden, 1)
         super().__init__(meta_lr=meta_lr, clean_in_student=clean_in_student, **options)
-        if self.k > 1:  # a meta-gradient every step, the discounted sum applied every k-th
-            self.schedule = DiscountedAccumulation(self.k)
 
     def build_teacher(self, ctx: MethodContext) -> nn.Module:
-        self.tap = FeatureTap(ctx.model)
-        dim = getattr(ctx.model, "num_features", None) or ctx.model.classifier.in_features
-        return LabelCorrectionNet(int(dim), ctx.data.num_classes, embedding_dim=self.embedding_dim, hidden=self.hidden)
+        self.tap = FeatureTap(ctx.model, what="mlc")
+        return LabelCorrectionNet(feature_dim(ctx.model), ctx.data.num_classes, embedding_dim=self.embedding_dim,
+                                  hidden=self.hidden)
 
     def init_meta_net(self, ctx: MethodContext) -> None:
         self.meta_net.xavier_init()
@@ -167,5 +117,5 @@ class MLC(LabelCorrectionMethod):
             h = None if full is None else full[:len(x)]
         if h is None:  # a forward we did not see: recompute without a graph
             with torch.no_grad():
-                h = self.ctx.model.features(x).detach()
-        return self.meta_net(h.float() if h.dtype in (torch.float16, torch.bfloat16) else h, y)
+                h = features(self.ctx.model, x).detach()
+        return self.meta_net(upcast(h), y)

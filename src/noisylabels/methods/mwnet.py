@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..eval.plots import Curve, sample_function
 from .base import register_method
 from .context import MethodContext
 from .loss_rank import LossRanked
@@ -126,17 +127,11 @@ class MetaWeightNet(LossRanked, MetaNetMethod):
         self.note(weight=w)
         return w * ce
 
-    def finalize(self, ctx: MethodContext) -> dict[str, Any]:
-        """The weight function's plot; the paper's detection metric at the selected epoch
-        (``weight_detection_auroc`` / ``_ap`` in ``summary.json``, :class:`LossRanked`)."""
-        from ..eval.plots import plot_weight_function
-
-        grid = torch.linspace(0, 10, 201)
-        with torch.no_grad():
-            w = self.meta_net(grid.to(ctx.device)).cpu()
-        plot_weight_function(grid.numpy(), w.numpy(), ctx.recorder.path("weight_function.png"),
-                             title=f"{ctx.cfg['method']['name']}: learned weighting function (final phi)")
-        return super().finalize(ctx)
+    def curves(self, ctx: MethodContext) -> list[Curve]:
+        """The learned weighting function ``W(l; phi)`` at the final phi, on losses 0..10."""
+        loss, w = sample_function(self.meta_net, 0, 10)
+        return [Curve("weight_function", loss, w, "per-sample cross-entropy loss", "weight W(loss)",
+                      title=f"{ctx.cfg['method']['name']}: learned weighting function (final phi)")]
 
 
 @register_method("mnw-net", help="Meta-Weight-Net with a noisy meta set and CE meta loss (Ghosh & Lan 2021)")

@@ -10,9 +10,9 @@ the run's SGD, the meta-gradient of the meta loss through it (exact, by one JVP:
 with the updated theta.
 
 Families (``method.loss``): ``gce`` (A-GCE: q), ``sl`` (A-SL: gamma1 on CE, gamma2 on RCE),
-``polysoft`` (A-PolySoft: lambda, d), ``js`` (A-JS: pi1, pi2 = 1 - pi1). Transfer (T-*, Algorithm 2):
-``t-narl`` trains a new classifier with a frozen, meta-trained adjuster read from a file
-(:func:`save_adjuster` / :func:`load_adjuster`; ``noisylabels narl-train`` writes it), no meta set.
+``polysoft`` (A-PolySoft: lambda, d), ``js`` (A-JS: pi1, pi2 = 1 - pi1). Transfer (T-*, Algorithm 2:
+``t-narl``, a new classifier with a frozen, meta-trained adjuster read from a file, no meta set) is
+:mod:`noisylabels.methods.narl_transfer`.
 
 Where the paper and the authors' public code disagree (reading notes Sec. 3), the paper is
 followed and the code's choice is an option: the margin is detached (paper and code agree); the
@@ -22,7 +22,7 @@ no linearisation of ``p^q`` near 0 (the 2023 code's ad-hoc ``12.9 p`` for ``p < 
 virtual step is the real SGD step (momentum, weight decay; the 2023 code used plain SGD).
 
 Detection (``suspects.csv``, ``detection_auroc``): the score is minus the adjuster's *input*, the
-margin (:data:`DETECTION`), not the predicted hyperparameter. The hyperparameter is a learned
+margin (``NARL.detection``, T-*'s too), not the predicted hyperparameter. The hyperparameter is a learned
 function of the margin whose direction the method does not fix: it follows whichever samples the
 meta loss wants fitted. On CIFAR-10 with human labels (issue 20, ``benchmarks/realnoise_findings.md``)
 A-GCE's ``q`` ranked the wrong labels inversely (AUROC 0.21 in the issue, 0.39 here) while the
@@ -46,28 +46,22 @@ the classifier to fit the clean samples first (a longer run; ``warmup_epochs`` o
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import UserError
-from ..io import atomic_torch_save
+from ..eval.plots import Curve, sample_function
 from ..losses import LOG_1E_4, get_loss_fn
-from .base import Method, register_method
+from .base import register_method
 from .context import MethodContext
 from .meta import MetaNetMethod
+from .options import numbers_option
 from .records import Record
 
-__all__ = ["DETECTION", "margin", "Family", "FAMILIES", "Adjuster", "NARL", "TransferNARL", "save_adjuster", "load_adjuster",
-           "ADJUSTER_FORMAT"]
-
-Tensor = torch.Tensor
+__all__ = ["margin", "Family", "FAMILIES", "Adjuster", "RobustLoss", "adjuster_curves", "NARL"]
 
 
 def margin(logits: Tensor, labels: Tensor) -> Tensor:
@@ -77,17 +71,11 @@ def margin(logits: Tensor, labels: Tensor) -> Tensor:
     unchanged by adding a constant to all logits.
     """
     z = logits.detach()
-    z_y = z.gather(1, labels[:, None]).squeeze(1)
     others = z.scatter(1, labels[:, None], float("-inf"))
-    return z_y - others.amax(dim=1)
+    return z.gather(1, labels[:, None]).squeeze(1) - others.amax(dim=1)
 
 
-#: the per-sample suspicion both A-* and T-* declare: minus the margin (low margin = likely wrong)
-DETECTION = ("margin", -1.0)
-
-
-@dataclass(frozen=True)
-class Family:
+class Family(NamedTuple):
     """A robust loss whose hyperparameters the adjuster predicts.
 
     Attributes
@@ -121,22 +109,6 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def _family(name: str) -> Family:
-    fam = FAMILIES.get(str(name).lower())
-    if fam is None:
-        raise UserError(f"narl: unknown loss family {name!r}; valid: {', '.join(FAMILIES)}")
-    return fam
-
-
-def _vector(what: str, value: Any, default: Sequence[float], fam: str) -> tuple[float, ...]:
-    if value is None:
-        return tuple(default)
-    vals = (value,) if isinstance(value, (int, float)) else tuple(value)
-    if len(vals) != len(default) or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
-        raise UserError(f"narl: {what} must be {len(default)} number(s) for the {fam} family, got {value!r}")
-    return tuple(float(v) for v in vals)
-
-
 class Adjuster(nn.Module):
     """``Lambda = clamp(s * sigmoid(W2 ReLU(W1 m + b1) + b2), low, high)`` (Sec. 3.2, Fig. 4).
 
@@ -155,13 +127,12 @@ class Adjuster(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(1, hidden)
         self.fc2 = nn.Linear(hidden, num_hparams)
-        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float64))  # cast at use
-        self.register_buffer("low", torch.tensor(low, dtype=torch.float64))
-        self.register_buffer("high", torch.tensor(high, dtype=torch.float64))
+        for name, values in (("scale", scale), ("low", low), ("high", high)):  # float64, cast at use
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float64))
 
     def raw(self, m: Tensor) -> Tensor:
         """``s * sigmoid(.)`` before the clamp, shape ``(B, d')``: in ``(0, s)``."""
-        h = self.fc2(F.relu(self.fc1(m.reshape(-1, 1).to(self.fc1.weight.dtype))))
+        h = self.fc2(torch.relu(self.fc1(m.reshape(-1, 1).to(self.fc1.weight.dtype))))
         return self.scale.to(h.dtype) * torch.sigmoid(h)
 
     def forward(self, m: Tensor) -> Tensor:
@@ -169,35 +140,30 @@ class Adjuster(nn.Module):
         return torch.minimum(torch.maximum(out, self.low.to(out.dtype)), self.high.to(out.dtype))
 
 
-class _Robust:
-    """The loss layer shared by A-* and T-*: the family's loss with per-sample hyperparameters."""
+class RobustLoss:
+    """The loss layer of A-* and T-* (Eq. 7): the family's robust loss with per-sample hyperparameters."""
 
     def __init__(self, family: str, *, rce_A: float) -> None:
         self.family_name = str(family).lower()
-        self.family = _family(self.family_name)
-        self.loss_fn = get_loss_fn(self.family.loss)
+        if self.family_name not in FAMILIES:
+            raise UserError(f"narl: unknown loss family {family!r}; valid: {', '.join(FAMILIES)}")
+        self.family = FAMILIES[self.family_name]
         self.fixed = {"A": float(rce_A)} if self.family_name == "sl" else {}
         if self.family_name == "sl" and not rce_A < 0:
             raise UserError(f"narl: rce_A (log 0 of the reverse cross entropy) must be negative, got {rce_A}")
+        #: the per-sample records: each hyperparameter and the margin
+        self.records = tuple(Record(n) for n in self.family.hparams) + (Record("margin"),)
 
     def losses(self, z: Tensor, y: Tensor, lam: Tensor) -> Tensor:
         hp = {name: lam[:, k] for k, name in enumerate(self.family.hparams)}  # JS: pi2 = 1 - pi1 inside js_loss
-        return self.loss_fn(z, y, reduction="none", **hp, **self.fixed)
-
-    def records(self) -> tuple[Record, ...]:
-        return tuple(Record(n) for n in self.family.hparams) + (Record("margin"),)
+        return get_loss_fn(self.family.loss)(z, y, reduction="none", **hp, **self.fixed)
 
 
-def _plot_function(ctx: MethodContext, adjuster: Adjuster, family: Family, title: str) -> None:
-    """The learned hyperparameter(s) against the margin (the paper's Fig. 7)."""
-    from ..eval.plots import plot_weight_function
-
-    grid = torch.linspace(-10, 10, 201)
-    with torch.no_grad():
-        lam = adjuster(grid.to(next(adjuster.parameters()).device)).cpu()
-    for k, name in enumerate(family.hparams):
-        plot_weight_function(grid.numpy(), lam[:, k].numpy(), ctx.recorder.path(f"{name}_vs_margin.png"),
-                             title=f"{title}: {name} vs margin", xlabel="margin z_y - max_{j != y} z_j", ylabel=name)
+def adjuster_curves(adjuster: Adjuster, family: Family, title: str) -> list[Curve]:
+    """Each predicted hyperparameter against the margin, on margins -10..10 (the paper's Fig. 7)."""
+    m, lam = sample_function(adjuster, -10, 10)
+    return [Curve(f"{name}_vs_margin", m, lam[:, k], "margin z_y - max_{j != y} z_j", name,
+                  title=f"{title}: {name} vs margin") for k, name in enumerate(family.hparams)]
 
 
 @register_method("narl", help="NARL-Adjuster: per-sample robust-loss hyperparameters from the margin (A-GCE, A-SL, "
@@ -226,20 +192,20 @@ class NARL(MetaNetMethod):
     """
 
     own_loss = "narl"
-    detection = DETECTION
+    #: suspicion = minus the margin, the adjuster's input (low margin = likely wrong; module docstring)
+    detection = ("margin", -1.0)
 
     def __init__(self, *, loss: str = "gce", scale: Sequence[float] | float | None = None,
                  low: Sequence[float] | float | None = None, high: Sequence[float] | float | None = None,
                  hidden: int = 100, rce_A: float = LOG_1E_4, meta_interval: int = 10, **options: Any) -> None:
-        self.robust = _Robust(loss, rce_A=rce_A)
-        fam = self.robust.family
-        self.scale = _vector("scale", scale, fam.scale, self.robust.family_name)
-        self.low = _vector("low", low, fam.low, self.robust.family_name)
-        self.high = _vector("high", high, fam.high, self.robust.family_name)
+        self.robust = RobustLoss(loss, rce_A=rce_A)
+        fam, where = self.robust.family, f" for the {self.robust.family_name} family"
+        self.scale, self.low, self.high = (numbers_option("narl", k, v, getattr(fam, k), context=where)
+                                           for k, v in (("scale", scale), ("low", low), ("high", high)))
         if any(lo > hi for lo, hi in zip(self.low, self.high)):
             raise UserError(f"narl: low must not exceed high, got low={self.low}, high={self.high}")
         self.hidden = int(hidden)
-        self.records = self.robust.records()
+        self.records = self.robust.records
         super().__init__(meta_interval=meta_interval, **options)
 
     @classmethod
@@ -256,123 +222,5 @@ class NARL(MetaNetMethod):
         self.note(margin=m, **{n: lam[:, k] for k, n in enumerate(self.robust.family.hparams)})
         return self.robust.losses(z, y, lam)
 
-    def finalize(self, ctx: MethodContext) -> dict[str, Any]:
-        _plot_function(ctx, self.meta_net, self.robust.family, f"A-{self.robust.family_name.upper()}")
-        return {}
-
-
-# -- transfer (T-*) -------------------------------------------------------------------------------------------
-#: the ``format`` field of an adjuster file
-ADJUSTER_FORMAT = "noisylabels-narl-adjuster"
-
-
-def save_adjuster(path: str | Path, *, family: str, adjuster: Adjuster, snapshots: Sequence[Mapping[str, Tensor]],
-                  snapshot_epochs: Sequence[int], tasks: Sequence[str] = ()) -> None:
-    """Write an adjuster file: tensors and plain containers only (``torch.load(weights_only=True)``).
-
-    ``snapshots`` are ``state_dict``s of the adjuster, e.g. at T/3, 2T/3 and T of meta-training
-    (Sec. 3.3.2: the k-th is used in the k-th part of a transfer run).
-    """
-    state = {
-        "format": ADJUSTER_FORMAT, "version": 1, "family": str(family), "hidden": int(adjuster.fc1.out_features),
-        "num_hparams": int(adjuster.fc2.out_features), "hparams": list(_family(family).hparams),
-        "snapshots": [{k: v.detach().cpu().clone() for k, v in s.items()} for s in snapshots],
-        "snapshot_epochs": [int(e) for e in snapshot_epochs], "tasks": [str(t) for t in tasks],
-    }
-    atomic_torch_save(state, path)
-
-
-def load_adjuster(path: str | Path) -> tuple[dict[str, Any], list[Adjuster]]:
-    """Read and check an adjuster file; returns its metadata and one :class:`Adjuster` per snapshot."""
-    from ..io import load_torch_file
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"adjuster file not found: {p}")
-    state = load_torch_file(p, what="adjuster file", expected="adjuster file (write one with `noisylabels narl-train`)")
-    if not isinstance(state, dict) or state.get("format") != ADJUSTER_FORMAT:
-        raise UserError(f"{p} is not a noisylabels NARL adjuster file (write one with `noisylabels narl-train`)")
-    fam = _family(state.get("family", "?"))
-    n = int(state.get("num_hparams", -1))
-    if n != len(fam.hparams) or not state.get("snapshots"):
-        raise UserError(f"{p}: {n} hyperparameters for the {state['family']} family (expects {len(fam.hparams)}), "
-                        f"{len(state.get('snapshots') or [])} snapshots")
-    nets = []
-    for k, sd in enumerate(state["snapshots"]):
-        net = Adjuster(n, hidden=int(state["hidden"]), scale=fam.scale, low=fam.low, high=fam.high)
-        try:
-            net.load_state_dict(sd)
-        except (RuntimeError, KeyError) as exc:
-            raise UserError(f"{p}: snapshot {k} does not fit the adjuster ({str(exc).splitlines()[0][:120]})") from None
-        nets.append(net.requires_grad_(False).eval())
-    return state, nets
-
-
-@register_method("t-narl", help="T-*: a classifier trained with a frozen, transferred NARL-Adjuster (no meta set)")
-class TransferNARL(Method):
-    """Algorithm 2 (meta-test): the new classifier trains on ``L_robust(.; h(m; theta^(k)))`` (Eq. 13)
-    with the adjuster frozen and no meta data; snapshot ``k`` of the file is used in the ``k``-th
-    equal part of the run (with the usual three snapshots: T/3, 2T/3 and T of meta-training in the
-    first, second and last third, the paper's "dynamically adopt specific ones along different range
-    of classifier training stage").
-
-    Parameters
-    ----------
-    adjuster:
-        Path of the adjuster file (``noisylabels narl-train --adjuster-out FILE``).
-    loss:
-        The family; ``None``: the file's (a different one is refused).
-    rce_A:
-        As :class:`NARL`.
-    """
-
-    own_loss = "t-narl"
-    detection = DETECTION
-    total_epochs_matter = True
-
-    def __init__(self, *, adjuster: str | None = None, loss: str | None = None, rce_A: float = LOG_1E_4) -> None:
-        super().__init__()
-        if not adjuster:
-            raise UserError("t-narl needs an adjuster file: --set method.adjuster=FILE (from `noisylabels narl-train`)")
-        self.info, self.snapshots = load_adjuster(adjuster)
-        if loss is not None and str(loss).lower() != self.info["family"]:
-            raise UserError(f"t-narl: {adjuster} holds a {self.info['family']} adjuster, not {loss}")
-        self.robust = _Robust(self.info["family"], rce_A=rce_A)
-        self.records = self.robust.records()
-        self.active = 0
-
-    @classmethod
-    def loss_name(cls, options: Mapping[str, Any]) -> str:
-        family = options.get("loss")
-        if family is None and isinstance(options.get("adjuster"), str) and options["adjuster"]:
-            try:
-                family = load_adjuster(options["adjuster"])[0]["family"]
-            except UserError:
-                family = None  # the method itself reports the bad file
-        return "t-" + str(family or "narl").lower()
-
-    def setup(self, ctx: MethodContext) -> None:
-        super().setup(ctx)
-        for net in self.snapshots:
-            net.to(ctx.device)
-
-    def snapshot_for_epoch(self, epoch: int, epochs: int) -> int:
-        """The snapshot used in ``epoch``: equal parts of the run, one per snapshot."""
-        return min(len(self.snapshots) - 1, epoch * len(self.snapshots) // max(1, epochs))
-
-    def on_epoch_start(self, ctx: MethodContext) -> None:
-        self.active = self.snapshot_for_epoch(ctx.epoch, ctx.epochs)
-
-    def per_sample_loss(self, logits: Tensor, targets: Tensor, indices: Tensor) -> Tensor:
-        m = margin(logits, targets)
-        with torch.no_grad():
-            lam = self.snapshots[self.active](m)
-        self.record(indices, margin=m, **{n: lam[:, k] for k, n in enumerate(self.robust.family.hparams)})
-        return self.robust.losses(logits, targets, lam)
-
-    def on_epoch_end(self, ctx: MethodContext) -> dict[str, Any]:
-        return {"adjuster_snapshot": self.active}
-
-    def finalize(self, ctx: MethodContext) -> dict[str, Any]:
-        _plot_function(ctx, self.snapshots[-1], self.robust.family, f"T-{self.info['family'].upper()} (last snapshot)")
-        return {}
+    def curves(self, ctx: MethodContext) -> list[Curve]:
+        return adjuster_curves(self.meta_net, self.robust.family, f"A-{self.robust.family_name.upper()}")

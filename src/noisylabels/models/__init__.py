@@ -8,6 +8,10 @@ with ``features(x)`` the flattened penultimate activations of shape
     net = create_model("resnet32", num_classes=10)                 # CIFAR, option-A shortcuts
     net = create_model("lenet", num_classes=10, in_channels=1, image_size=8)
 
+Penultimate features for feature-space methods: :mod:`noisylabels.models.penultimate`
+(:func:`features`, :func:`feature_dim`, :func:`check_features`, and :class:`FeatureTap`, which
+catches the features of the model's own forwards by hooks).
+
 Registered families: ``mlp``; ``lenet``; CIFAR ResNets ``resnet8/20/32/44/56``
 (He et al. 2016, sec. 4.2); ``resnet18/34/50`` (CIFAR-style, GCE paper; ResNet-50 with bottlenecks, EMLC);
 ``preact_resnet18`` (DivideMix); ``wrn`` / ``wrn28_10`` (Zagoruyko & Komodakis
@@ -39,6 +43,7 @@ from ..registry import call_with_options
 from .base import MODELS, Classifier, check_int, count_parameters
 from .checkpoint import load_init_checkpoint, read_state_dict
 from .ensemble import Ensemble
+from .penultimate import FeatureTap, check_features, feature_dim, features, logits_and_features
 # importing the family modules registers their models
 from .lenet import LeNet
 from .mlp import MLP
@@ -65,6 +70,11 @@ __all__ = [
     "Ensemble",
     "load_init_checkpoint",
     "read_state_dict",
+    "FeatureTap",
+    "check_features",
+    "feature_dim",
+    "features",
+    "logits_and_features",
 ]
 
 

@@ -79,7 +79,7 @@ def check_names(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Every registered name, option name, weight file and the device of a config, checked before
     any data are loaded (one-line errors; :mod:`noisylabels.train.precheck`); returns
     :func:`resolve_method_defaults` of ``cfg``."""
-    from ..data import DATASETS
+    from ..data import DATASETS, strong_augment_policy
     from ..losses import LOSSES
     from ..models import MODELS
     from ..models.timm_adapter import TIMM_PREFIX
@@ -94,6 +94,7 @@ def check_names(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if cls.loss_name({k: v for k, v in run["method"].items() if k != "name"}) is None:
         LOSSES.get(str(run["loss"]["name"]))
     NOISE.get(str(run["noise"]["type"]))
+    strong_augment_policy(run["data"].get("strong_augment"))
     check_meta_settings(run, cls)
     check_device(run["device"])
     from .precheck import check_inputs

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -12,11 +14,13 @@ from typing import Any, Callable
 import torch
 
 from ..data import Batch, BatchLoader
+from ..data.mix import mixup
 from ..data.stream import batch_loader
 from ..errors import UserError
 from ..losses import create_loss
 from ..methods import MetaBatch, Method
 from ..methods.context import Network, NetworkSpec
+from ..models import create_model
 from ..seeding import derive_seed
 from .build import build_model, build_run_schedule, check_meta_settings
 from .optim import build_optimizer
@@ -47,6 +51,8 @@ class TrainContext:
     extra: dict[str, Any] = field(default_factory=dict)
     networks: dict[str, Network] = field(default_factory=dict)  # the method's networks beside the model
     _meta_streams: dict[int, Iterator[Batch]] = field(default_factory=dict, repr=False)
+    #: :func:`noisylabels.data.mixup`, for methods (they never import the data layer)
+    mixup = staticmethod(mixup)
 
     @property
     def seed(self) -> int:
@@ -163,11 +169,19 @@ class TrainContext:
 
     def step_schedules(self, *, to: int | None = None) -> None:
         """One step of the run's learning-rate schedule and of every trainable network's; ``to``: move
-        them to that position instead (the schedules count ``steps_per_epoch`` steps per epoch)."""
+        them to that position instead (the schedules count ``steps_per_epoch`` steps per epoch). A network
+        a method has not stepped yet (DivideMix trains network B after network A) does not warn that its
+        schedule stepped before its optimiser: the schedule follows the loop, not the network."""
         for sched in [self.scheduler] + [n.scheduler for n in self.networks.values() if n.scheduler is not None]:
             if to is not None:
                 sched.last_epoch = int(to) - 1
-            sched.step()
+            if getattr(sched, "_step_count", 0) == 1:  # torch checks the order on the first step only
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"),
+                                            category=UserWarning)
+                    sched.step()
+            else:
+                sched.step()
 
     def reinit_model(self) -> None:
         """Re-initialise the model's weights in place (deterministic from the run seed)."""
@@ -177,6 +191,17 @@ class TrainContext:
     def reset_model_selection(self) -> None:
         """Forget the best-validation epoch so far (e.g. after a first training stage)."""
         self.best.clear()
+
+    def build_model(self, name: str | None = None, **options: Any) -> torch.nn.Module:
+        """A new registry model for this run's data, on the CPU, from the global RNG; ``name=None``
+        or the student's name: the student's architecture with its ``model`` options (not
+        ``init_checkpoint`` / ``init_exclude`` / ``seed``), ``options`` added over them."""
+        mcfg = {k: v for k, v in self.cfg["model"].items() if k not in ("init_checkpoint", "init_exclude", "seed")}
+        student = mcfg.pop("name")
+        if name is None or name == student:
+            name, options = student, {**mcfg, **options}
+        return create_model(name, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
+                            image_size=self.data.image_size, **options)
 
     def backward_and_step(self, loss: torch.Tensor, *, net: Network | None = None) -> None:
         """``zero_grad``, ``backward``, optional gradient-norm clipping, ``optimizer.step`` of the run's

@@ -36,7 +36,7 @@ import torch
 
 from ..errors import UserError
 from .prepare import RunData, derive_seed, prepare_data
-from .records import RunRecorder, _atomic, atomic_write_text
+from .records import RunRecorder, atomic_write, atomic_write_text
 from .scoring import write_pred_probs
 
 __all__ = ["crossfit_pred_probs", "fold_assignment", "Report"]
@@ -148,7 +148,7 @@ def _crossfit(cfg: dict[str, Any], *, folds: int, progress: bool, data: RunData,
     n_rows = len(data.images) + len(data.test_images)
     fold_of = np.full(n_rows, -1, dtype=np.int64)
     fold_of[train_idx] = fold_of_train
-    _atomic(out / "config.yaml", lambda tmp: save_config(cfg, tmp))
+    atomic_write(out / "config.yaml", lambda tmp: save_config(cfg, tmp))
     recorder.write_labels(clean=data.clean_labels.numpy(), observed=data.labels.numpy(),
                           splits={k: v.numpy() for k, v in data.splits.items()},
                           ood=None if data.open_set_mask is None else data.open_set_mask.numpy(),
@@ -185,7 +185,7 @@ def _crossfit(cfg: dict[str, Any], *, folds: int, progress: bool, data: RunData,
     outside = fold_of < 0
     probs[outside] = ensemble[outside]
     probs /= probs.sum(axis=1, keepdims=True)
-    _atomic(out / "folds.npz", lambda tmp: np.savez(open(tmp, "wb"), fold=fold_of, **trained_on))
+    atomic_write(out / "folds.npz", lambda tmp: np.savez(open(tmp, "wb"), fold=fold_of, **trained_on))
     write_pred_probs(recorder, probs.astype(np.float32), held_out=np.ones(n_rows, dtype=bool), data=data)
 
     summary: dict[str, Any] = {"status": "finished", "kind": "crossfit", "folds": int(folds),

@@ -28,9 +28,9 @@ def check_option_names(kind: str, name: str, fn: Any, given: Mapping[str, Any], 
     """Option names of a factory, checked against its signature without calling it (one line
     naming the valid ones; ``common``: options the caller handles itself, ``fixed``: arguments
     the caller supplies, not listed)."""
-    from ..registry import _keyword_options
+    from ..registry import keyword_options
 
-    options = _keyword_options(fn)
+    options = keyword_options(fn)
     if options is None:  # the factory takes any option
         return
     accepted, keyword = options

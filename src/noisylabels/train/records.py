@@ -7,7 +7,7 @@ leaves a half-written record behind.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +16,20 @@ import numpy as np
 from ..config import save_config
 from ..errors import UserError
 from ..io import atomic_torch_save as _io_torch_save
-from ..io import atomic_write, csv_cell, read_metrics, to_jsonable
+from ..io import atomic_write as _io_write
+from ..io import csv_cell, read_metrics, to_jsonable
 from ..io import atomic_write_text as _io_write_text
 from .rundir import RUN_MARKERS, register
 
-__all__ = ["RunRecorder", "atomic_write_text", "atomic_torch_save", "to_jsonable", "csv_cell", "RUN_MARKERS",
+__all__ = ["RunRecorder", "atomic_write", "atomic_write_text", "atomic_torch_save", "to_jsonable", "csv_cell", "RUN_MARKERS",
            "read_metrics"]
 
 
-def _atomic(path: Path, write) -> None:
-    # in a run directory: into its manifest on first write, so a later --overwrite removes it (and only it)
-    atomic_write(path, write, on_write=register)
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` then an atomic rename to ``path`` (:func:`noisylabels.io.atomic_write`), and
+    ``path`` registered in its run directory's manifest on first write, so a later ``--overwrite``
+    removes it (and only it)."""
+    _io_write(path, write, on_write=register)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -57,7 +60,7 @@ class RunRecorder:
         return self.out / name
 
     def write_config(self, cfg: Mapping[str, Any]) -> None:
-        _atomic(self.path("config.yaml"), lambda tmp: save_config(cfg, tmp))
+        atomic_write(self.path("config.yaml"), lambda tmp: save_config(cfg, tmp))
 
     def write_metrics(self, history: Sequence[Mapping[str, Any]]) -> None:
         """Rewrite ``metrics.jsonl`` from the full history (so a resumed run has no duplicates)."""
@@ -87,7 +90,7 @@ class RunRecorder:
         if test_labels is not None:
             lines += [f"{n + j},test,{int(c)},{int(c)},0,{path(test_paths, j)}" for j, c in enumerate(test_labels)]
         atomic_write_text(self.path("labels.csv"), "\n".join(lines) + "\n")
-        _atomic(self.path("splits.npz"),
+        atomic_write(self.path("splits.npz"),
                 lambda tmp: np.savez(open(tmp, "wb"), **{k: np.asarray(v) for k, v in splits.items()}))
 
     def write_suspects(self, *, index: np.ndarray, given: np.ndarray, predicted: np.ndarray,
@@ -132,4 +135,4 @@ class RunRecorder:
                     test_label: str = "test (clean)") -> None:
         from ..eval.plots import plot_curves
 
-        _atomic(self.path("curves.png"), lambda tmp: plot_curves(history, tmp, title=title, test_label=test_label))
+        atomic_write(self.path("curves.png"), lambda tmp: plot_curves(history, tmp, title=title, test_label=test_label))

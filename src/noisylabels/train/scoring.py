@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .prepare import RunData
-from .records import RunRecorder, atomic_write_text, _atomic
+from .records import RunRecorder, atomic_write, atomic_write_text
 
 __all__ = ["pool_and_test_probs", "write_pred_probs"]
 
@@ -44,9 +44,9 @@ def write_pred_probs(recorder: RunRecorder, probs: np.ndarray, *, held_out: np.n
     if method_scores is not None:
         full = np.full(len(probs), np.nan, dtype=np.float64)
         full[np.asarray(method_scores[0], dtype=np.int64)] = np.asarray(method_scores[1], dtype=np.float64)
-        _atomic(recorder.path("method_scores.npy"), lambda tmp: np.save(open(tmp, "wb"), full))
-    _atomic(recorder.path("pred_probs.npy"), lambda tmp: np.save(open(tmp, "wb"), np.asarray(probs, np.float32)))
-    _atomic(recorder.path("held_out.npy"), lambda tmp: np.save(open(tmp, "wb"), np.asarray(held_out, bool)))
+        atomic_write(recorder.path("method_scores.npy"), lambda tmp: np.save(open(tmp, "wb"), full))
+    atomic_write(recorder.path("pred_probs.npy"), lambda tmp: np.save(open(tmp, "wb"), np.asarray(probs, np.float32)))
+    atomic_write(recorder.path("held_out.npy"), lambda tmp: np.save(open(tmp, "wb"), np.asarray(held_out, bool)))
     info = {"classes": [str(c) for c in data.classes], "rows": "labels.csv rows: the pool, then the test set",
             "test_from_training_images": bool(data.test_carved)}
     atomic_write_text(recorder.path("pred_probs.json"), json.dumps(info, indent=1) + "\n")

@@ -1,6 +1,8 @@
 """Meta-training one NARL-Adjuster over several noisy-label tasks, for transfer (T-*).
 
-Ding et al. (Sec. 3.3.2, Algorithm 1 in a multi-task setting): one adjuster is meta-trained on
+The run side of :mod:`noisylabels.methods.narl_transfer` (which states the paper's task grid, the
+snapshot epochs and the adjuster file; ``default_tasks`` and ``ASYMMETRIC_MAPS`` are re-exported
+here). Ding et al. (Sec. 3.3.2, Algorithm 1 in a multi-task setting): one adjuster is meta-trained on
 several tasks -- the same dataset under several noise types and rates (the paper: CIFAR-10 x
 {symmetric, asymmetric, instance} x {20, 40, 60%}, ResNet-32, 60 epochs, lr x0.1 at 40 and 50) --
 and snapshots ``theta^(T/3)``, ``theta^(2T/3)``, ``theta^(T)`` are saved into one file, which
@@ -25,17 +27,14 @@ import torch
 from ..config import set_value
 from ..errors import UserError
 from ..io import atomic_torch_save
-from ..methods.narl import NARL, save_adjuster
+from ..methods.narl import NARL
+from ..methods.narl_transfer import ASYMMETRIC_MAPS, default_tasks, save_adjuster, snapshot_epochs
 from ..noise import list_noise_types
 from .lockstep import fit_lockstep
 from .loop import Run, TrainContext
 from .rundir import register
 
 __all__ = ["parse_task", "default_tasks", "meta_train_adjuster", "tie_adjusters", "ASYMMETRIC_MAPS"]
-
-#: the class-dependent ("asymmetric") map used for each dataset's default tasks
-ASYMMETRIC_MAPS = {"cifar10": "cifar10-asym", "mnist": "mnist-asym", "fashion-mnist": "fashion-asym",
-                   "cifar100": "cifar100-superclass"}
 
 
 def parse_task(text: str) -> dict[str, Any]:
@@ -49,20 +48,6 @@ def parse_task(text: str) -> dict[str, Any]:
         raise UserError(f"a task is TYPE:RATE with a registered noise type and a rate in [0, 1), e.g. "
                         f"symmetric:0.4; got {text!r}")
     return {"noise.type": kind, "noise.rate": value}
-
-
-def default_tasks(dataset: str) -> list[str]:
-    """The paper's task grid for a dataset: symmetric, the dataset's class-dependent map and instance
-    noise at 20/40/60% (the class maps only below 50%, where they keep the true class most likely)."""
-    asym = ASYMMETRIC_MAPS.get(dataset, "pair")
-    return ([f"symmetric:{r}" for r in (0.2, 0.4, 0.6)] + [f"{asym}:{r}" for r in (0.2, 0.4)]
-            + [f"instance:{r}" for r in (0.2, 0.4, 0.6)])
-
-
-def _snapshot_epochs(epochs: int, count: int = 3) -> list[int]:
-    """Epoch counts after which a snapshot is taken: ``round(k T / count)``, k = 1..count (distinct)."""
-    out = sorted({max(1, round(k * epochs / count)) for k in range(1, count + 1)})
-    return out
 
 
 def tie_adjusters(ctxs: Sequence[TrainContext]) -> None:
@@ -121,7 +106,7 @@ def meta_train_adjuster(base: Mapping[str, Any], tasks: Sequence[str], *, out: s
             cfg = set_value(cfg, key, value)
         cfgs.append(cfg)
     epochs = int(base["train"]["epochs"])
-    snap_epochs = _snapshot_epochs(epochs)
+    snap_epochs = snapshot_epochs(epochs)
     snaps_path = out / "adjuster_snapshots.pt"
     snaps: dict[int, dict[str, torch.Tensor]] = {}
 
