@@ -1,4 +1,4 @@
-"""Plant plausible bugs in the meta methods one at a time and report which the test suite catches.
+"""Plant plausible bugs in the methods one at a time and report which the test suite catches.
 
 Each entry of :data:`BUGS` is ``(file, original snippet, mutated snippet, description, tests)``: the
 snippet must occur exactly once in the file; the mutated file is written in place, the given pytest
@@ -90,6 +90,37 @@ BUGS: list[tuple[str, str, str, str, list[str]]] = [
      "MW-Net: weight net input not detached", [T + "methods/test_mwnet.py"]),
     (M + "methods/l2rw.py", "        r = raw.clamp_min(0)", "        r = raw.abs()",
      "L2RW: |w| instead of rectified max(w, 0) (Eq. 12)", [T + "methods/test_l2rw_l2b.py"]),
+    # -- Co-teaching / Co-teaching+ (issue 22) ---------------------------------------------------------
+    (M + "methods/coteaching.py", "loss1 = self.exchange_update(ctx, l1, keep2, net=None)",
+     "loss1 = self.exchange_update(ctx, l1, keep1, net=None)",
+     "Co-teaching: f updated on its own small-loss set, not its peer's (swapped roles, steps 6-7)",
+     [T + "methods/test_coteaching.py"]),
+    (M + "methods/coteaching.py", "loss2 = self.exchange_update(ctx, l2, keep1, net=peer)",
+     "loss2 = self.exchange_update(ctx, l2, keep2, net=peer)",
+     "Co-teaching: the peer g updated on its own small-loss set (swapped roles, step 7)",
+     [T + "methods/test_coteaching.py"]),
+    (M + "methods/coteaching.py", "return None if ctx.epoch < self.init_epochs else disagreement(z1, z2)",
+     "return None", "Co-teaching+: no disagreement restriction (plain Co-teaching)", [T + "methods/test_coteaching.py"]),
+    (M + "methods/coteaching.py", 'detection = ("loss", 1.0)', 'detection = ("loss", -1.0)',
+     "Co-teaching: detection sign (small loss ranked suspicious)", [T + "methods/test_coteaching.py"]),
+    (M + "methods/coteaching.py", "return 1.0 - min(epoch / num_gradual * tau, tau)",
+     "return 1.0 - min((epoch + 1) / num_gradual * tau, tau)",
+     "Co-teaching: R(T) one epoch ahead (off by one)", [T + "methods/test_coteaching.py"]),
+    (M + "methods/coteaching.py", "return logits_1.argmax(1) != logits_2.argmax(1)",
+     "return logits_1.argmax(1) == logits_2.argmax(1)",
+     "Co-teaching+: agreement set instead of disagreement (Eq. 1)", [T + "methods/test_coteaching.py"]),
+    (M + "methods/coteaching.py", 'k = math.ceil(rate * n - 1e-9) if schedule == "paper" else int(rate * n + 1e-9)',
+     "k = int(rate * n + 1e-9)", "Co-teaching: floor(R |D|) instead of the paper's |D'| >= R |D|",
+     [T + "methods/test_coteaching.py"]),
+    (M + "methods/coteaching.py", "return None if ctx.epoch < self.init_epochs else disagreement(z1, z2)",
+     "return disagreement(z1, z2)", "Co-teaching+: init_epochs ignored", [T + "methods/test_coteaching.py"]),
+    (M + "methods/coteaching.py", "        forget = min(forget, (1.0 + (epoch - num_gradual) / (epochs - num_gradual)) * tau)",
+     "        forget = min(forget, tau)", "Co-teaching+: lambda(e) without its growth after E_k (Alg. 1 step 9)",
+     [T + "methods/test_coteaching.py"]),
+    (M + "detect/forget_rate.py", 'out["method"]["forget_rate"] = min(max(rate, 0.0), 0.99)',
+     'out["method"]["forget_rate"] = float(cfg["noise"]["rate"])',
+     "forget_rate=estimate: the configured noise rate reaches the method instead of the estimate",
+     [T + "methods/test_coteaching.py"]),
     # -- ELR (issue 22) ------------------------------------------------------------------------------
     (M + "methods/elr.py", "        losses = F.cross_entropy(_float(z), y, reduction=\"none\") + self.lam * reg",
      "        losses = F.cross_entropy(_float(z), y, reduction=\"none\") - self.lam * reg",

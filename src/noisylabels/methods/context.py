@@ -8,7 +8,7 @@ attributes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -147,12 +147,15 @@ class MethodContext(Protocol):
         """The next meta batch (shuffled and augmented like training; the stream restarts each
         epoch from a generator seeded by ``(seed, epoch)``, so resume is exact)."""
 
-    def backward_and_step(self, loss: torch.Tensor, *, net: Network | None = None) -> None:
+    def backward_and_step(self, loss: torch.Tensor, *, net: Network | None = None,
+                          also: Sequence[torch.optim.Optimizer] = ()) -> None:
         """``zero_grad``, ``backward``, optional gradient clipping, ``optimizer.step`` of the run's
-        model, or of the trainable network ``net``."""
+        model, or of the trainable network ``net``; ``also``: optimisers of the method's own
+        parameters (per-sample ``u``, ``v`` of SOP), zeroed and stepped with it (never clipped)."""
 
-    def clip_and_step(self, *, net: Network | None = None) -> None:
-        """Optional gradient clipping, then ``optimizer.step`` (gradients already in ``.grad``)."""
+    def clip_and_step(self, *, net: Network | None = None, also: Sequence[torch.optim.Optimizer] = ()) -> None:
+        """Optional gradient clipping, then ``optimizer.step`` (gradients already in ``.grad``), and
+        ``step`` of each optimiser in ``also``."""
 
     def add_network(self, spec: NetworkSpec) -> Network:
         """Build a network like the run's model (its own seed) with, if trainable, its own optimiser

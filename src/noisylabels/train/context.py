@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -203,32 +203,41 @@ class TrainContext:
         return create_model(name, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
                             image_size=self.data.image_size, **options)
 
-    def backward_and_step(self, loss: torch.Tensor, *, net: Network | None = None) -> None:
+    def backward_and_step(self, loss: torch.Tensor, *, net: Network | None = None,
+                          also: Sequence[torch.optim.Optimizer] = ()) -> None:
         """``zero_grad``, ``backward``, optional gradient-norm clipping, ``optimizer.step`` of the run's
         model or of the trainable network ``net`` (through the fp16 gradient scaler when
-        ``train.amp: fp16``, which several networks do not use)."""
+        ``train.amp: fp16``, which several networks do not use).
+
+        ``also``: optimisers of parameters the method owns (e.g. SOP's per-sample ``u``, ``v``), zeroed
+        before and stepped after the same backward (unscaled by the same scaler, never clipped)."""
         opt = self.optimizer if net is None else net.optimizer
         if opt is None:
             raise ValueError(f"network {net.name!r} is not trainable (it has no optimiser)")  # type: ignore[union-attr]
         opt.zero_grad(set_to_none=True)
+        for o in also:
+            o.zero_grad(set_to_none=True)
         scaler = self.extra.get("scaler")
         (loss if scaler is None else scaler.scale(loss)).backward()
-        self.clip_and_step(net=net)
+        self.clip_and_step(net=net, also=also)
 
-    def clip_and_step(self, *, net: Network | None = None) -> None:
-        """Optional gradient-norm clipping (``train.clip_grad_norm``), then ``optimizer.step`` (of
-        ``net``'s optimiser if given)."""
+    def clip_and_step(self, *, net: Network | None = None, also: Sequence[torch.optim.Optimizer] = ()) -> None:
+        """Optional gradient-norm clipping (``train.clip_grad_norm``, of the model's parameters), then
+        ``optimizer.step`` (of ``net``'s optimiser if given) and of each optimiser in ``also``."""
         clip = self.cfg["train"]["clip_grad_norm"]
         scaler = self.extra.get("scaler")
         model, opt = (self.model, self.optimizer) if net is None else (net.model, net.optimizer)
         if scaler is not None:
-            scaler.unscale_(opt)
+            for o in (opt, *also):
+                scaler.unscale_(o)
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
         if scaler is None:
-            opt.step()
+            for o in (opt, *also):
+                o.step()
         else:
-            scaler.step(opt)
+            for o in (opt, *also):
+                scaler.step(o)
             scaler.update()
 
     def autocast(self) -> Any:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -247,6 +247,11 @@ class Run:
         test = evaluate(model, data.test_images, data.test_labels, None, **eval_kw)
         row.update(val_accuracy=val["accuracy"], val_loss=val["loss"], test_accuracy=test["accuracy"],
                    test_loss=test["loss"])
+        for name, other in ctx.method.report_models(ctx).items():  # e.g. each network of a pair on its own
+            v = evaluate(other, ctx.images, ctx.labels, data.splits["val"], **eval_kw)
+            t = evaluate(other, data.test_images, data.test_labels, None, **eval_kw)
+            row.update({f"val_accuracy_{name}": v["accuracy"], f"val_loss_{name}": v["loss"],
+                        f"test_accuracy_{name}": t["accuracy"], f"test_loss_{name}": t["loss"]})
         self.history.append(row)
         best = ctx.best
         # Model selection on the (noisy) validation split only; ties keep the earlier epoch.
@@ -349,8 +354,13 @@ def status_of(exc: BaseException | None, finished: bool) -> str:
     return "failed"
 
 
+#: ``resolve(cfg, data, progress) -> cfg``: settles config values that need a computation of their own
+Resolve = Callable[[dict[str, Any], RunData, Any], dict[str, Any]]
+
+
 def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, stop_after: int | None = None,
-        progress: bool | str | None = None, data: RunData | None = None) -> dict[str, Any]:
+        progress: bool | str | None = None, data: RunData | None = None,
+        resolve: Resolve | None = None) -> dict[str, Any]:
     """Train one run described by a resolved config; write its records to ``cfg['out']``.
 
     Parameters
@@ -373,6 +383,15 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
         (:func:`noisylabels.progress.progress_mode`).
     data:
         Pre-built :class:`RunData` (otherwise built from the config).
+    resolve:
+        ``resolve(cfg, data, progress) -> cfg`` for a new run: settles config values a higher layer
+        computes (``method.forget_rate: estimate`` from a cross-fitted warm-up:
+        :func:`noisylabels.detect.resolve_forget_rate`, which ``noisylabels train`` passes). It runs
+        once the folder is claimed and the data are read, and may write nested runs into
+        ``cfg['out']`` (they belong to this run); the config it returns is the run's (``config.yaml``).
+        A resumed run calls it again on the same config: it must return the same values without
+        redoing its work (``resolve_forget_rate`` reuses its finished warm-up), so that a caller
+        resuming with the unresolved config (a suite cell) continues the run it started.
 
     Returns
     -------
@@ -380,6 +399,12 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
         The summary written to ``summary.json``.
     """
     with RunDir(cfg["out"], resume=resume, overwrite=overwrite) as claim:  # refusals and the lock; nothing removed
+        if resolve is not None:
+            if data is None:  # the data as Run(cfg) builds them (the values resolved do not change them)
+                run_cfg = check_names(cfg)
+                data = prepare_data(run_cfg, needs_meta_set=build_method(run_cfg).needs_meta_set)
+            claim.start()  # a new run: what resolve writes into the folder is this run's (a resumed one keeps all)
+            cfg = resolve(cfg, data, progress)
         run = Run(cfg, data=data)  # reads everything the run needs: data, label CSVs, checkpoints, adjusters
         claim.start()  # only now does a new run replace the previous one's records
         return _train(run, resume=resume, stop_after=stop_after, progress=progress)
