@@ -171,7 +171,8 @@ class RMNWNet(MNWNet):
     weight net's output stayed at its initial value, about 0.47 for clean and wrong labels alike
     (AUROC of -weight 0.40-0.50 in every epoch), so the run was CE with the student's step scaled by
     0.47, and it ended 3.3 points below SGD + sum (55.5 vs 58.8 %; CE on the same 9000 images
-    57.6 %; CE on them with every weight 0.47, seed 0: 55.3 %, RMNW-Net as written 55.5 %). Each
+    57.6 %; CE on them with every weight 0.47, seeds 0 / 1: 55.3 / 54.5 %, RMNW-Net as written
+    55.5 / 56.9 %). Each
     of Adam (58.9 %) and the sum normalisation (58.8 %) alone removes the deficit;
     the noisy meta set does not cause it (Adam + sum on the same noisy meta set: 58.6 %). On MNIST
     at 60% uniform noise Adam + sum collapsed to a constant predictor in 7 of 8 seeds, SGD + sum in
