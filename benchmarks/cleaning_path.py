@@ -10,10 +10,12 @@ Two settings:
   CIFAR-10N random1, ResNet-8, ``--subset``, ``--test-subset``, ``--epochs``).
 
 Printed per variant: the noise estimate vs the truth, rows written, labels changed, wrong labels
-left among the written rows, and the retrained model's test accuracy. ``old`` relabels every
-flagged sample to its suggestion (the rule before issue 20, ``export --relabel`` without
-``--min-confidence``); ``new`` is ``export --relabel`` now (calibrated threshold, no class the
-scoring models get wrong more often than right); ``drop`` is ``export --drop-issues``.
+left among the written rows, and the retrained model's test accuracy (mean ± std over
+``--retrain-seeds``). ``old`` relabels every flagged sample to its suggestion (the rule before issue
+20); ``relabel-keep`` / ``relabel-drop`` are ``export --relabel`` (calibrated threshold, no class the
+scoring models get wrong more often than right) with the flagged samples whose suggestion is not
+supported kept under their given label (``--unsupported keep``) or left out (``--unsupported
+drop``); ``drop`` is ``export --drop-issues``.
 
 Usage: ``PYTHONPATH=$PWD/src python3 benchmarks/cleaning_path.py digits --epochs 3 --out /tmp/cp``.
 """
@@ -76,13 +78,15 @@ def main() -> None:
     p.add_argument("--subset", type=int, default=4000)
     p.add_argument("--test-subset", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--retrain-seeds", default="0", help="comma-separated seeds of the retrains")
+    p.add_argument("--seed", type=int, default=0, help="seed of the digits noise and of the cross-fit")
     a = p.parse_args()
     root = Path(a.out)
     root.mkdir(parents=True, exist_ok=True)
     common = ["--epochs", str(a.epochs), "--set", f"train.num_threads={a.threads}", "--set", "train.progress=false",
               "--overwrite"]
     if a.setting == "digits":
-        tree, labels = digits_tree(root, noise=a.noise, rate=a.rate)
+        tree, labels = digits_tree(root, noise=a.noise, rate=a.rate, seed=a.seed)
         data = ["--dataset", "imagefolder", "--data-dir", str(tree), "--noise", "none", "--noise-rate", "0"]
         with_labels = lambda f: [*data, "--set", f"data.options.labels_csv={f}"]  # noqa: E731
         subset: list[str] = []
@@ -94,7 +98,7 @@ def main() -> None:
         with_labels = lambda f: [*data, "--set", f"data.options.labels_csv={f}"]  # noqa: E731
         subset = ["--set", f"data.train_subset={a.subset}"]
     cf = root / "cf"
-    nl("train", *with_labels(labels), *subset, *common, "--folds", "5", "--out", str(cf))
+    nl("train", *with_labels(labels), *subset, *common, "--seed", str(a.seed), "--folds", "5", "--out", str(cf))
     det = nl("detect", "--run", str(cf))
     summ = json.loads((cf / "detect_summary.json").read_text())
     lab = read_rows(cf / "labels.csv")
@@ -107,30 +111,39 @@ def main() -> None:
     old = ["path,label"] + [f"{r['path']},{issues[r['path']]['suggested_name'] if issues[r['path']]['is_label_issue'] == '1' else classes[int(r['observed_label'])]}"
                             for r in pool]
     (root / "old.csv").write_text("\n".join(old) + "\n")
-    msg_new = nl("export", "--run", str(cf), "--relabel", "--out", str(root / "new.csv"))
+    msg_keep = nl("export", "--run", str(cf), "--relabel", "--unsupported", "keep", "--out", str(root / "relabel-keep.csv"))
+    msg_drop = nl("export", "--run", str(cf), "--relabel", "--unsupported", "drop", "--out", str(root / "relabel-drop.csv"))
     nl("export", "--run", str(cf), "--drop-issues", "--out", str(root / "drop.csv"))
     print(det)
-    print(msg_new)
+    print(msg_keep)
+    print(msg_drop)
     given = {r["path"]: int(r["observed_label"]) for r in pool}
     print(f"noise estimate {100 * summ['estimated_noise_rate']:.1f}% vs truth {100 * true_rate:.1f}% on the pool; "
           f"scoring models' accuracy {100 * (summ.get('scoring_accuracy') or float('nan')):.1f}% "
           f"({summ.get('scoring_accuracy_on')})")
-    print("| variant | rows | labels changed | wrong labels left | retrained test acc |")
-    print("| --- | --- | --- | --- | --- |")
-    for name in ("given", "old", "new", "drop"):
+    seeds = [int(x) for x in a.retrain_seeds.split(",")]
+    print(f"| variant | rows | labels changed | wrong labels left | retrained test acc: best-val / last "
+          f"(mean ± std over {len(seeds)} seed(s)) | per seed |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name in ("given", "old", "relabel-keep", "relabel-drop", "drop"):
         f = labels if name == "given" else root / f"{name}.csv"
         rows = [r for r in read_rows(f) if r["path"] in given] if name != "given" else \
             [{"path": r["path"], "label": classes[int(r["observed_label"])]} for r in pool]
         lab_of = {r["path"]: classes.index(r["label"]) for r in rows}
         changed = sum(lab_of[q] != given[q] for q in lab_of)
         wrong = sum(lab_of[q] != truth[q] for q in lab_of)
-        run = root / f"retrain-{name}"
         extra = subset if name == "given" else []
-        nl("train", *with_labels(f), *extra, *common, "--out", str(run))
-        acc = json.loads((run / "summary.json").read_text())
+        best, last = [], []
+        for seed in seeds:
+            run = root / f"retrain-{name}-s{seed}"
+            nl("train", *with_labels(f), *extra, *common, "--seed", str(seed), "--out", str(run))
+            acc = json.loads((run / "summary.json").read_text())
+            best.append(100 * acc["test_accuracy"])
+            last.append(100 * acc["last_test_accuracy"])
+        per = " ; ".join(f"{b:.2f} / {la:.2f}" for b, la in zip(best, last))
         print(f"| {name} | {len(rows)} | {changed} ({100 * changed / len(rows):.1f}%) | {wrong} "
-              f"({100 * wrong / len(rows):.1f}%) | {100 * acc['test_accuracy']:.2f} (last {100 * acc['last_test_accuracy']:.2f}) |",
-              flush=True)
+              f"({100 * wrong / len(rows):.1f}%) | {np.mean(best):.2f} ± {np.std(best):.2f} / "
+              f"{np.mean(last):.2f} ± {np.std(last):.2f} | {per} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,12 @@ Usage (from the repo root, ``PYTHONPATH=$PWD/src``)::
 
     python3 benchmarks/realnoise_investigation.py run [--only NAME,...]   # train the configs in order
     python3 benchmarks/realnoise_investigation.py table                   # the table from the records
+    python3 benchmarks/realnoise_investigation.py summary --seeds 0,1,2 --runs R  # mean ± std over seeds
+
+The issue's setting (``runs/realnoise15``, every config of seed 0 first, then seeds 1 and 2)::
+
+    python3 benchmarks/realnoise_investigation.py run --runs runs/realnoise15 --subset 10000 --test-subset 0 \
+        --epochs 15 --seeds 0,1,2 --only ce,ce-9000,narl,emlc,mwnet-clean,rmnw-paper,rmnw-code,rmnw-sgd-sum,rmnw-adam-none
 
 Each config is one ``noisylabels train`` run under ``--runs`` (default ``runs/realnoise``); a run whose
 ``summary.json`` says ``finished`` is not run again. The table reads ``summary.json``,
@@ -38,6 +44,9 @@ CLEAN_META = META + ["--set", "data.meta_set=clean"]
 #: name -> (extra train arguments, what it tests)
 CONFIGS: dict[str, tuple[list[str], str]] = {
     "ce": ([], "plain CE on the whole subset (no meta set)"),
+    "ce-9000": (["--set", "data.train_subset=9000"],
+                "CE on 9000 images: the meta methods' data less their 1000-image meta set (issue setting)"),
+    "mwnet-clean": (["--method", "mwnet", *CLEAN_META], "MW-Net* (Adam, sum normalisation, CE meta loss, clean meta set)"),
     "narl": (["--method", "narl", *CLEAN_META], "A-GCE, defaults"),
     "emlc": (["--method", "emlc", *CLEAN_META], "EMLC, defaults (teacher lr 0.02)"),
     "rmnw-paper": (["--method", "rmnw-net", *META], "rmnw-net preset (SGD weight net, Eq. 2 unnormalised, noisy meta)"),
@@ -53,13 +62,15 @@ CONFIGS: dict[str, tuple[list[str], str]] = {
     "ce-3000": (["--set", "data.train_subset=3000"], "CE on 3000 images: the meta methods' student pool without the meta set"),
     "gce0.65": (["--loss", "gce", "--set", "loss.q=0.65"], "ERM with GCE at q = 0.65 (A-GCE's q at initialisation)"),
     "narl-metalr0.01": (["--method", "narl", *CLEAN_META, "--set", "method.meta_lr=0.01"], "A-GCE, meta lr 1e-2"),
+    "ce-9000-w0.47": (["--set", "data.train_subset=9000", "--set", "optim.lr=0.047", "--set", "optim.weight_decay=1.064e-3"],
+                      "CE on 9000 images with every weight 0.47 (rmnw-paper's mean weight): lr 0.1 x 0.47, wd 5e-4 / 0.47"),
 }
 
 
 def base_args(a: argparse.Namespace) -> list[str]:
     out = ["--dataset", "cifar10", "--data-dir", DATA, "--set", f"data.options.labels_csv={LABELS}",
            "--model", "resnet8", "--set", f"data.train_subset={a.subset}", "--epochs", str(a.epochs),
-           "--set", "train.batch_size=128", "--set", "train.num_threads=2", "--set", "train.progress=false",
+           "--set", "train.batch_size=128", "--set", f"train.num_threads={a.threads}", "--set", "train.progress=false",
            "--seed", str(a.seed)]
     if a.test_subset:
         out += ["--set", f"data.test_subset={a.test_subset}"]
@@ -73,19 +84,31 @@ def finished(run: Path) -> bool:
         return False
 
 
+def seeds(a: argparse.Namespace) -> list[int]:
+    return [int(s) for s in a.seeds.split(",")] if a.seeds else [a.seed]
+
+
+def run_dir(a: argparse.Namespace, name: str, seed: int) -> Path:
+    """``RUNS/NAME`` for one seed (``--seed``), ``RUNS/sSEED/NAME`` with ``--seeds``."""
+    return Path(a.runs) / f"s{seed}" / name if a.seeds else Path(a.runs) / name
+
+
 def cmd_run(a: argparse.Namespace) -> None:
+    """Every config of seed 0 first (in ``--only``'s order), then seed 1, ..."""
     names = a.only.split(",") if a.only else list(CONFIGS)
-    for name in names:
-        run = Path(a.runs) / name
-        if finished(run):
-            print(f"{name}: finished already", flush=True)
-            continue
-        cmd = [sys.executable, "-m", "noisylabels", "train", *base_args(a), *CONFIGS[name][0], "--out", str(run),
-               "--overwrite"]
-        t0 = time.time()
-        print(f"{name}: {' '.join(cmd[3:])}", flush=True)
-        rc = subprocess.call(cmd)
-        print(f"{name}: rc {rc}, {time.time() - t0:.0f} s", flush=True)
+    for seed in seeds(a):
+        a.seed = seed
+        for name in names:
+            run = run_dir(a, name, seed)
+            if finished(run):
+                print(f"{name} seed {seed}: finished already", flush=True)
+                continue
+            cmd = [sys.executable, "-m", "noisylabels", "train", *base_args(a), *CONFIGS[name][0], "--out", str(run),
+                   "--overwrite"]
+            t0 = time.time()
+            print(f"{name} seed {seed}: {' '.join(cmd[3:])}", flush=True)
+            rc = subprocess.call(cmd)
+            print(f"{name} seed {seed}: rc {rc}, {time.time() - t0:.0f} s", flush=True)
 
 
 def _records(run: Path) -> dict[str, np.ndarray]:
@@ -201,18 +224,105 @@ def cmd_table(a: argparse.Namespace) -> None:
             print("\n".join(record_epochs(Path(a.runs) / name)))
 
 
+def _ms(vals: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± std`` (sample std, as the bench harness) of the finite values, times ``scale``."""
+    import statistics
+
+    v = [scale * float(x) for x in vals if x is not None and np.isfinite(x)]
+    if not v:
+        return "-"
+    sd = statistics.stdev(v) if len(v) > 1 else 0.0
+    return f"{statistics.fmean(v):.{digits}f} ± {sd:.{digits}f}"
+
+
+def _wrong_mask(run: Path, index: np.ndarray) -> np.ndarray:
+    import csv
+
+    with open(run / "labels.csv", newline="") as fh:
+        lab = {int(r["index"]): r["clean_label"] != r["observed_label"] for r in csv.DictReader(fh)}
+    return np.array([lab[int(i)] for i in index])
+
+
+def cmd_summary(a: argparse.Namespace) -> None:
+    """Mean ± std over ``--seeds`` per config: test accuracy (best-val / last / last-5), the detection
+    AUROC the run reports (``detection_auroc``: its ranking score), the weight's own AUROC where
+    there is one (``weight_detection_auroc``, from the records when the summary predates it) and the
+    selected model's confidence AUROC; then, with ``--epochs-detail``, per epoch and config the mean
+    test accuracy and, for the weighting runs, the mean weight on clean / wrong labels."""
+    names = a.only.split(",") if a.only else list(CONFIGS)
+    print(f"| config | setting | seeds | best-val test acc | last | last-5 | detection AUROC (ranking score) | "
+          f"AUROC(-weight) | confidence AUROC | s per run |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    curves: dict[str, dict[int, list[dict[str, float]]]] = {}
+    for name in names:
+        cols: dict[str, list[float]] = {k: [] for k in ("best", "last", "last5", "auroc", "wauroc", "conf", "s")}
+        done = 0
+        for seed in seeds(a):
+            run = run_dir(a, name, seed)
+            if not finished(run):
+                continue
+            done += 1
+            sm = json.loads((run / "summary.json").read_text())
+            cols["best"].append(sm.get("test_accuracy"))
+            cols["last"].append(sm.get("last_test_accuracy"))
+            cols["last5"].append(sm.get("last5_test_accuracy"))
+            cols["auroc"].append(sm.get("detection_auroc"))
+            cols["conf"].append(sm.get("confidence_detection_auroc"))
+            cols["s"].append(sm.get("seconds_total"))
+            rec = _records(run)
+            wrong = _wrong_mask(run, rec["index"]) if rec else None
+            w = sm.get("weight_detection_auroc")
+            if w is None and rec and "weight" in rec:
+                e = int(sm.get("best_epoch") or 0)
+                k = list(rec["epochs"]).index(e) if e in rec["epochs"] else -1
+                w = _auroc(-rec["weight"][k], wrong)
+            cols["wauroc"].append(w)
+            m = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            for row_ in m:
+                e = int(row_["epoch"])
+                c = {"test": row_.get("test_accuracy")}
+                if rec and "weight" in rec and e in list(rec["epochs"]):
+                    v = rec["weight"][list(rec["epochs"]).index(e)]
+                    c.update(w_clean=float(np.nanmean(v[~wrong])), w_wrong=float(np.nanmean(v[wrong])),
+                             w_all=float(np.nanmean(v)), w_auroc=_auroc(-v, wrong))
+                curves.setdefault(name, {}).setdefault(e, []).append(c)
+        if not done:
+            continue
+        secs = _ms(cols["s"], 1.0, 0)
+        print(f"| {name} | {CONFIGS[name][1]} | {done} | {_ms(cols['best'])} | {_ms(cols['last'])} | "
+              f"{_ms(cols['last5'])} | {_ms(cols['auroc'], 1, 3)} | {_ms(cols['wauroc'], 1, 3)} | "
+              f"{_ms(cols['conf'], 1, 3)} | {secs} |")
+    if not a.epochs_detail:
+        return
+    print("\nPer epoch, mean over the finished seeds: test accuracy (x100); weighting runs: mean weight on "
+          "clean / wrong labels, mean weight over all (the factor on the student's step), AUROC(-weight)")
+    for name, by_epoch in curves.items():
+        parts = []
+        for e in sorted(by_epoch):
+            cs = by_epoch[e]
+            t = np.mean([c["test"] for c in cs if c.get("test") is not None])
+            txt = f"{int(e)}: {100 * t:.1f}"
+            if "w_clean" in cs[0]:
+                txt += (f" (w {np.mean([c['w_clean'] for c in cs]):.2f}/{np.mean([c['w_wrong'] for c in cs]):.2f}, "
+                        f"all {np.mean([c['w_all'] for c in cs]):.2f}, AUROC {np.mean([c['w_auroc'] for c in cs]):.2f})")
+            parts.append(txt)
+        print(f"- {name}: " + "; ".join(parts))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("run", "table"))
+    p.add_argument("what", choices=("run", "table", "summary"))
     p.add_argument("--runs", default="runs/realnoise")
     p.add_argument("--only", default="")
     p.add_argument("--subset", type=int, default=4000)
     p.add_argument("--test-subset", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="", help="comma-separated seeds: runs go to RUNS/sSEED/NAME, seed-major order")
     p.add_argument("--epochs-detail", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help="train.num_threads (runs/realnoise15 before ce-9000-w0.47: 2)")
     a = p.parse_args()
-    cmd_run(a) if a.what == "run" else cmd_table(a)
+    {"run": cmd_run, "table": cmd_table, "summary": cmd_summary}[a.what](a)
 
 
 if __name__ == "__main__":

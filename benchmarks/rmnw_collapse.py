@@ -132,7 +132,7 @@ class ProbeRMNW(RMNWNet):
         return out
 
 
-# The presets' defaults are now the paper's (SGD weight net, Eq. 2 without normalisation); the
+# rmnw-net's defaults are now SGD weight net + sum normalisation (= paper-sgd; issue 20); the
 # variants below state every setting explicitly so that each reproduces its row of the study.
 _ADAM = {"method.meta_optimizer": "adam", "method.meta_weight_decay": 1e-4, "method.meta_nesterov": False}
 _SGD = {"method.meta_optimizer": "sgd", "method.meta_weight_decay": 5e-4}
@@ -146,7 +146,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mnw": {"method.name": "rmnw-net-probe", "method.meta_loss": "ce", "method.normalize": "sum", **_ADAM},
     "mnw-sgd": {"method.name": "rmnw-net-probe", "method.meta_loss": "ce", "method.normalize": "sum", **_SGD},
     "adam-slow": {"method.name": "rmnw-net-probe", "method.normalize": "sum", **_ADAM, "method.meta_lr": 1e-4},
-    "default": {"method.name": "rmnw-net-probe"},   # the preset's defaults now (= none-sgd, Nesterov)
+    "default": {"method.name": "rmnw-net-probe"},   # the preset's defaults now (= paper-sgd, Nesterov)
     "ce": {"method.name": "erm", "loss.name": "ce"},
 }
 

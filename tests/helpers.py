@@ -28,3 +28,34 @@ def tiny_problem(seed: int = 0, k: int = 3, d: int = 5, n: int = 8, m: int = 4):
     x, y = torch.randn(n, d, dtype=torch.float64), torch.randint(0, k, (n,))
     mx, my = torch.randn(m, d, dtype=torch.float64), torch.randint(0, k, (m,))
     return model, opt, x, y, mx, my
+
+
+def auroc_by_pairs(score, positive) -> float:
+    """P(score of a positive > score of a negative) + 1/2 P(tie), by counting every pair (numpy arrays)."""
+    pos, neg = score[positive], score[~positive]
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+
+
+def drive_one_epoch_by_hand(ctx, meta_batch=None):
+    """One epoch of the method's ``train_step`` on the unaugmented train batches, the model in eval
+    mode (so the logits a step trains on are the ones computed here before it); ``meta_batch(b)``,
+    if given, is the meta batch of batch ``b``'s step. Returns (dataset indices, each sample's CE
+    ``-log softmax(z)_y`` at its step, by hand, float64 numpy)."""
+    import torch
+
+    m = ctx.method
+    ctx.model.eval()
+    ctx.start_epoch(0)
+    m.start_epoch(ctx)
+    idx, ce = [], []
+    for b in ctx.loader("train", shuffle=False, augment=False):
+        with torch.no_grad():
+            z = ctx.model(b.x).double()
+        ce.append(torch.logsumexp(z, 1) - z[torch.arange(len(b.y)), b.y])
+        idx.append(b.index)
+        if meta_batch is not None:
+            ctx.next_meta_batch = lambda bs=None, b=b: meta_batch(b)
+        m.train_step(ctx, b.x, b.y, b.index)
+        ctx.step += 1
+    return torch.cat(idx), torch.cat(ce).numpy()

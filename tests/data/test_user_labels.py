@@ -114,7 +114,7 @@ def test_suspects_score_column_says_what_the_score_is(tmp_path):
     fit(run_cfg(tmp_path, "mw", epochs=1, **{"data.train_subset": 200, "method.name": "mwnet",
                                               "method.meta_interval": 5}))
     head = (tmp_path / "mw" / "suspects.csv").read_text().splitlines()[0]
-    assert head.endswith(",score_neg_weight")
+    assert head.endswith(",score_loss")  # MW-Net: the weight net's input (issue 20)
 
 
 @pytest.mark.parametrize("method", ["emlc", "mlc"])

@@ -103,6 +103,42 @@ def test_export_then_retrain_reads_back_exactly_the_labels_written(photos_run, m
     assert back == written
 
 
+def test_export_unsupported_flagged_samples_keep_their_given_label_or_are_left_out(photos_run, capsys):
+    """Issue 20: ``--unsupported keep`` (the default) writes a flagged sample whose suggestion is not
+    supported under its given label (action ``keep_flagged``), ``drop`` leaves it out; the relabels
+    are the same either way, and which rows are unsupported follows the printed rule."""
+    tmp, folder, labels, truth = photos_run
+    given = {r["path"]: r["label"] for r in _rows(labels)}
+    out = {}
+    for how in ("keep", "drop", None):
+        dest = tmp / f"clean-{how}.csv"
+        code, o, err = run(["export", "--run", tmp / "run", "--relabel", "--min-confidence", "0.6", "--out", dest,
+                            *(["--unsupported", how] if how else [])], capsys)
+        assert code == 0, err
+        out[how] = {r["path"]: r for r in _rows(dest)}
+    issues = {r["path"]: r for r in _rows(tmp / "run" / "label_issues.csv")}  # the detection export ran
+    flagged = {q for q, r in issues.items() if r["is_label_issue"] == "1"}
+    keep, drop = out["keep"], out["drop"]
+    assert {q: r["label"] for q, r in out[None].items()} == {q: r["label"] for q, r in keep.items()}  # the default
+    relabelled = {q for q, r in keep.items() if r["action"] == "relabel"}
+    unsupported = {q for q, r in keep.items() if r["action"] == "keep_flagged"}
+    assert relabelled and unsupported and relabelled | unsupported == flagged
+    assert set(keep) == set(truth)  # nothing left out
+    assert all(keep[q]["label"] == given[q] for q in unsupported)
+    assert all(keep[q]["label"] == issues[q]["suggested_name"] != given[q] for q in relabelled)
+    assert set(drop) == set(truth) - unsupported
+    assert {q: r["label"] for q, r in drop.items()} == {q: keep[q]["label"] for q in drop}
+    probs = np.load(tmp / "run" / "pred_probs.npy")
+    row = {r["path"]: k for k, r in enumerate(_rows(tmp / "run" / "labels.csv"))}
+    classes = json.loads((tmp / "run" / "pred_probs.json").read_text())["classes"]
+    for q in unsupported:  # below 0.6, or a class the models get wrong at least as often as right
+        p = probs[row[q]]
+        assert p.max() < 0.6 or "refused" in o and classes[int(p.argmax())] in o.split("(precision <= 1/2): ")[1]
+    code, _, err = run(["export", "--run", tmp / "run", "--drop-issues", "--unsupported", "keep",
+                        "--out", tmp / "x.csv"], capsys)
+    assert code == 2 and "--unsupported goes with --relabel" in err
+
+
 def test_detect_from_labels_and_pred_probs_files(photos_run, capsys):
     tmp, *_ = photos_run
     probs = tmp / "run" / "pred_probs.npy"

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from noisylabels.detect.relabel import (RELIABLE_ACCURACY, calibrated_threshold, class_precision, reference_rows,
+from noisylabels.detect.relabel import (RELIABLE_ACCURACY, UNSUPPORTED_DEFAULT, calibrated_threshold, class_precision,
+                                        reference_rows,
                                         relabel_decisions, relabel_rule)
 from noisylabels.detect.report import DetectInputs, format_summary, run_detection
 from noisylabels.errors import UserError
@@ -78,8 +79,12 @@ def test_relabel_rule_never_to_a_class_wrong_at_least_as_often_as_right():
     assert list(rule.allowed) == [True, False, False, True]
     assert rule.accuracy == pytest.approx(11 / 18) and not rule.calibrated and rule.threshold == 0.5
     flagged = np.array([1, 1, 1, 1, 1, 0], bool)
-    acts = relabel_decisions(p_tr, flagged, rule)
+    acts = relabel_decisions(p_tr, flagged, rule, unsupported="drop")
     assert list(acts) == ["relabel", "drop", "drop", "relabel", "drop", "keep"]
+    acts = relabel_decisions(p_tr, flagged, rule, unsupported="keep")  # unsupported: the given label stays
+    assert list(acts) == ["relabel", "keep_flagged", "keep_flagged", "relabel", "keep_flagged", "keep"]
+    with pytest.raises(UserError, match="unsupported must be one of keep, drop"):
+        relabel_decisions(p_tr, flagged, rule, unsupported="ignore")
 
 
 def test_default_threshold_is_the_calibrated_one():
@@ -89,8 +94,11 @@ def test_default_threshold_is_the_calibrated_one():
     rule = relabel_rule(y, p, split=None, held_out=np.ones(len(y), bool))
     assert rule.calibrated and rule.threshold == pytest.approx(0.6)
     assert rule.threshold == calibrated_threshold(y, p)
-    acts = relabel_decisions(np.stack([_row(1, 0.55), _row(1, 0.62)]), np.ones(2, bool), rule)
+    acts = relabel_decisions(np.stack([_row(1, 0.55), _row(1, 0.62)]), np.ones(2, bool), rule, unsupported="drop")
     assert list(acts) == ["drop", "relabel"]
+    assert UNSUPPORTED_DEFAULT == "keep"
+    assert list(relabel_decisions(np.stack([_row(1, 0.55), _row(1, 0.62)]), np.ones(2, bool), rule)) == \
+        ["keep_flagged", "relabel"]
 
 
 def _inputs(acc: float, n: int = 400, seed: int = 0, trusted: bool = True) -> DetectInputs:

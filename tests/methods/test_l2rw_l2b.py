@@ -13,9 +13,10 @@ from noisylabels.errors import UserError
 from noisylabels.losses.functional import bootstrap_hard_loss
 from noisylabels.meta import per_example_weights
 from noisylabels.methods import L2B, create_method, meta_loss_fn, normalize_weights
+from noisylabels.methods.context import MetaBatch
 from noisylabels.train import build_context, fit
 
-from tests.helpers import run_cfg, tiny_problem
+from tests.helpers import auroc_by_pairs, drive_one_epoch_by_hand, run_cfg, tiny_problem
 
 # -- L2B identities --------------------------------------------------------------------------------
 def test_l2b_alpha_plus_beta_one_is_hard_bootstrapping():
@@ -136,18 +137,22 @@ def test_corrupted_samples_get_lower_weight_on_their_observed_label(tmp_path, na
     row = _last_row(tmp_path / name)
     key = "weight" if name == "l2rw" else "alpha"
     assert row[f"mean_{key}_noisy"] < 0.8 * row[f"mean_{key}_clean"]
-    assert s["detection_auroc"] > 0.6  # suspects ranked by -weight / -alpha at the selected epoch
+    assert s[f"{key}_detection_auroc"] > 0.6  # -weight / -alpha at the selected epoch (clean meta set)
+    assert s["detection_auroc"] > 0.6  # suspects ranked by the per-sample CE
     if name == "l2b":
         assert row["mean_alpha_noisy"] / row["mean_beta_noisy"] < row["mean_alpha_clean"] / row["mean_beta_clean"]
 
 
-@pytest.mark.parametrize("method,records", [("mwnet", ["weight"]), ("l2rw", ["weight"]), ("l2b", ["alpha", "beta"])])
+@pytest.mark.parametrize("method,records", [("mwnet", ["weight", "loss"]), ("l2rw", ["weight", "loss"]),
+                                            ("l2b", ["alpha", "beta", "loss"])])
 def test_named_records_file_plots_and_detection(tmp_path, method, records):
     s = fit(run_cfg(tmp_path, epochs=2, **{"method.name": method, "data.train_subset": 600}))
     out = tmp_path / "run"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all("detection_auroc" in r and "detection_ap" in r for r in rows)
     assert s["detection_auroc"] == pytest.approx(rows[s["best_epoch"]]["detection_auroc"], abs=1e-9)
+    paper = f"{records[0]}_detection_auroc"  # the weight's own AUROC, per epoch and at the selected one
+    assert all(paper in r for r in rows) and s[paper] == pytest.approx(rows[s["best_epoch"]][paper], abs=1e-9)
     with np.load(out / "sample_records.npz", allow_pickle=False) as z:
         assert sorted(set(z.files) - {"epochs", "index"}) == sorted(records)
         assert z["epochs"].tolist() == [0, 1]
@@ -157,7 +162,7 @@ def test_named_records_file_plots_and_detection(tmp_path, method, records):
             assert z[r].shape == (2, s["num_train"])
             assert (out / f"{r}_hist.png").is_file()
     header = (out / "suspects.csv").read_text().splitlines()[0]
-    assert "score" in header
+    assert header.endswith(",score_loss")
     if method == "l2b":
         assert (out / "alpha_beta.png").is_file()
     if method == "mwnet":
@@ -176,3 +181,35 @@ def test_bad_options():
         create_method("l2b", ablation="gamma=0")
     with pytest.raises(UserError, match="meta_gradient"):
         create_method("l2rw", meta_gradient="reverse")
+
+
+# -- detection: by each sample's loss, whichever samples the meta set favours (issue 20) --------------
+@pytest.mark.parametrize("method", ["l2rw", "l2b"])
+@pytest.mark.parametrize("meta_of", ["clean", "corrupted"])
+def test_detection_ranks_by_the_loss_whichever_samples_the_meta_set_favours(tmp_path, method, meta_of):
+    """The weights follow the meta set: a meta batch made of the batch's corrupted samples (with
+    their wrong labels) up-weights exactly those, and -weight ranks them *last* (with a noisy meta
+    set L2B's -alpha ranked digits' wrong labels at 0.42-0.52). The score is each sample's CE at its
+    step, computed here by hand; the weight's own AUROC is reported apart and flips."""
+    ctx = build_context(run_cfg(tmp_path, **{"method.name": method, "data.train_subset": 300,
+                                             "method.warmup_epochs": 0}))
+    m = ctx.method
+    noisy_of = ctx.data.is_noisy
+
+    def meta_batch(b):
+        sel = noisy_of[b.index] if meta_of == "corrupted" else ~noisy_of[b.index]
+        return MetaBatch(x=b.x[sel], y=b.y[sel], index=b.index[sel])
+
+    idx, ce = drive_one_epoch_by_hand(ctx, meta_batch)
+    out = m.end_epoch(ctx)
+    pos = {int(i): k for k, i in enumerate(ctx.data.splits["train"])}
+    rows = [pos[int(i)] for i in idx]
+    scores = m.sample_scores(ctx, torch.zeros(len(pos), 10), ctx.data.labels[ctx.data.splits["train"]]).numpy()
+    np.testing.assert_allclose(scores[rows], ce, rtol=1e-5, atol=1e-6)
+    assert m.score_column == "score_loss"
+    name = "weight" if method == "l2rw" else "alpha"
+    noisy = noisy_of[idx].numpy()
+    weight_auroc = auroc_by_pairs(-m.selected_record(name)[rows].astype(np.float64), noisy)
+    assert out[f"{name}_detection_auroc"] == pytest.approx(weight_auroc, abs=1e-6)
+    assert (weight_auroc > 0.5) == (meta_of == "clean")  # the weights' direction follows the meta set
+    assert out["detection_auroc"] == pytest.approx(auroc_by_pairs(ce, noisy), abs=1e-6)

@@ -109,8 +109,8 @@ def test_methods_never_import_the_loop_and_train_imports_methods_one_way():
 @register_method("test-tiny-mwnet", help="(tests) the README's 20-line meta method")
 class _TinyMWNet(MetaNetMethod):
     own_loss = "ce"
-    records = (Record("weight", plain_value=1.0),)
-    detection = ("weight", -1.0)
+    records = (Record("weight", plain_value=1.0), Record("loss"))
+    detection = ("loss", 1.0)
 
     def build_meta_net(self):
         return WeightNet(16)
@@ -118,7 +118,7 @@ class _TinyMWNet(MetaNetMethod):
     def loss_layer(self, z, y, *, x, index):
         ce = F.cross_entropy(z, y, reduction="none")
         w = self.meta_net(ce.detach())
-        self.note(weight=w)
+        self.note(weight=w, loss=ce)
         return w * ce
 
 

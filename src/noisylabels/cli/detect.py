@@ -4,7 +4,7 @@
   and flag every sample; write ``label_issues.csv``, ``joint.png`` and
   ``detect_summary.json`` (into ``--out``, default the run directory or the labels file's
   folder) and print a summary.
-* ``noisylabels export --run DIR --drop-issues | --relabel [--min-confidence P] --out clean.csv``:
+* ``noisylabels export --run DIR --drop-issues | --relabel [--min-confidence P] [--unsupported keep|drop] --out clean.csv``:
   the ``path,label`` CSV that ``data.options.labels_csv`` reads, so train -> detect -> export
   -> retrain is four commands.
 """
@@ -18,6 +18,7 @@ from typing import Any
 
 from ..detect.export import DETECT_OUTPUTS, RUN_INPUTS, check_output, export_labels
 from ..detect.filter import FILTER_METHODS
+from ..detect.relabel import UNSUPPORTED, UNSUPPORTED_DEFAULT
 from ..detect.report import RANK_CHOICES
 from ..errors import UserError
 
@@ -48,11 +49,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     how = e.add_mutually_exclusive_group(required=True)
     how.add_argument("--drop-issues", action="store_true", help="leave out the samples flagged is_label_issue")
     how.add_argument("--relabel", action="store_true",
-                     help="give flagged samples their suggested label where the evidence supports it (the others are "
-                          "left out)")
+                     help="give flagged samples their suggested label where the evidence supports it (the others: "
+                          "--unsupported)")
     e.add_argument("--min-confidence", type=float, default=None, metavar="P",
                    help="with --relabel: relabel only when p(suggested) >= P (default: the threshold calibrated on the "
-                        "out-of-sample probabilities); other flagged samples are left out")
+                        "out-of-sample probabilities)")
+    e.add_argument("--unsupported", choices=UNSUPPORTED, default=None,
+                   help=f"with --relabel: a flagged sample whose suggestion is not supported keeps its given label "
+                        f"(keep) or is left out (drop); default: {UNSUPPORTED_DEFAULT}")
     e.add_argument("--out", required=True, help="the CSV to write (an existing file is refused unless --overwrite)")
     e.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out (never an input: the run's files, the labels CSV it trained on)")
@@ -112,16 +116,19 @@ RUN_INPUTS = ("labels.csv", "pred_probs.npy", "pred_probs.json", "held_out.npy",
 
 def cmd_export(args: argparse.Namespace) -> int:
     counts = export_labels(args.run, args.out, mode="drop" if args.drop_issues else "relabel",
-                           min_confidence=args.min_confidence, overwrite=args.overwrite)
+                           min_confidence=args.min_confidence, unsupported=args.unsupported, overwrite=args.overwrite)
     if args.relabel:
         how = "calibrated: right more often than wrong above it" if counts["calibrated"] else "--min-confidence"
         refused = ", ".join(counts["refused_classes"]) or "none"
+        fate = "kept under their given label" if counts["unsupported"] == "keep" else "left out"
         print(f"relabel rule: p(suggested) >= {counts['threshold']:.3f} ({how}); scoring models' out-of-sample "
               f"accuracy {100 * counts['accuracy']:.1f}% on {counts['reference']}; classes never relabelled to "
-              f"(precision <= 1/2): {refused}; left out: {counts['below_threshold']} below the threshold, "
-              f"{counts['unsupported_class']} to a refused class")
+              f"(precision <= 1/2): {refused}; unsupported ({fate}, --unsupported): {counts['below_threshold']} "
+              f"below the threshold, {counts['unsupported_class']} to a refused class")
+    flagged_kept = f"{counts['kept_flagged']} flagged kept as given, " if counts["kept_flagged"] else ""
     print(f"wrote {args.out}: {counts['written']} rows ({counts['kept']} kept, {counts['relabelled']} relabelled, "
-          f"{counts['dropped']} left out); retrain with --set data.options.labels_csv={args.out} --noise none")
+          f"{flagged_kept}{counts['dropped']} left out); retrain with --set data.options.labels_csv={args.out} "
+          f"--noise none")
     return 0
 
 

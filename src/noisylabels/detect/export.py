@@ -20,7 +20,7 @@ import yaml
 
 from ..errors import UserError
 from ..io import csv_cell
-from .relabel import relabel_rule
+from .relabel import UNSUPPORTED, UNSUPPORTED_DEFAULT, relabel_rule
 from .report import load_run_inputs, run_detection, write_issues_csv
 
 __all__ = ["export_labels", "check_output", "DETECT_OUTPUTS", "RUN_INPUTS"]
@@ -88,13 +88,13 @@ def _read_issues(run: Path) -> list[dict[str, str]]:
 
 
 def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence: float | None = None,
-                  overwrite: bool = False) -> dict[str, int]:
+                  unsupported: str | None = None, overwrite: bool = False) -> dict[str, int]:
     """Write the ``path,label`` CSV of a run's samples after dropping or relabelling its flagged ones.
 
     Rows: every sample with a source file whose labels came from the user's training images
     (train / validation / meta splits, and the test split when it was carved out of them),
     in ``labels.csv`` order; ``label`` is a class name. Extra columns ``given_label`` and
-    ``action`` (``keep`` / ``relabel``) are ignored by the reader. Uses the run's
+    ``action`` (``keep`` / ``relabel`` / ``keep_flagged``) are ignored by the reader. Uses the run's
     ``label_issues.csv`` (``noisylabels detect`` or ``train --folds``), running detection with
     the defaults when there is none. An existing ``out`` is refused unless ``overwrite``; an
     input (the run's files, the labels CSV it trained from) never, with or without it.
@@ -103,13 +103,16 @@ def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence
     (:func:`noisylabels.detect.relabel.relabel_decisions`): ``p(suggested)`` at least
     ``min_confidence``, by default the threshold calibrated on the out-of-sample probabilities
     (above it the suggestion is right more often than wrong), and never a class the scoring
-    models get wrong more often than right out of sample; the other flagged samples are left out.
+    models get wrong more often than right out of sample. The other flagged samples keep their
+    given label (``unsupported='keep'``, action ``keep_flagged``) or are left out (``'drop'``);
+    ``None``: :data:`noisylabels.detect.relabel.UNSUPPORTED_DEFAULT`.
 
     Returns
     -------
     dict
-        Counts: ``kept``, ``relabelled``, ``dropped`` (of which ``below_threshold`` and
-        ``unsupported_class``), ``written``; with ``relabel`` also the ``threshold`` used,
+        Counts: ``kept``, ``relabelled``, ``kept_flagged``, ``dropped``, ``written``; the
+        unsupported flagged samples (kept or dropped) split into ``below_threshold`` and
+        ``unsupported_class``; ``unsupported``: the choice applied; with ``relabel`` also the ``threshold`` used,
         whether it was ``calibrated``, the models' out-of-sample ``accuracy``, its ``reference``
         rows and the ``refused_classes``.
     """
@@ -123,6 +126,11 @@ def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence
             raise UserError("--min-confidence goes with --relabel")
         if not 0.0 <= float(min_confidence) <= 1.0:
             raise UserError(f"--min-confidence must be in [0, 1], got {min_confidence}")
+    if unsupported is not None and mode != "relabel":
+        raise UserError("--unsupported goes with --relabel")
+    unsupported = UNSUPPORTED_DEFAULT if unsupported is None else unsupported
+    if unsupported not in UNSUPPORTED:
+        raise UserError(f"--unsupported must be one of {', '.join(UNSUPPORTED)}, got {unsupported!r}")
     out = Path(out)
     check_output(out, inputs=[run / n for n in (*RUN_INPUTS, "label_issues.csv")] + _run_label_files(run),
                   overwrite=overwrite)
@@ -140,8 +148,8 @@ def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence
     by_index = {int(r["index"]): r for r in rows}
     info = json.loads((run / "pred_probs.json").read_text()) if (run / "pred_probs.json").is_file() else {}
     test_from_training = bool(info.get("test_from_training_images", False))
-    counts: dict[str, Any] = {"kept": 0, "relabelled": 0, "dropped": 0, "written": 0, "below_threshold": 0,
-                              "unsupported_class": 0}
+    counts: dict[str, Any] = {"kept": 0, "relabelled": 0, "kept_flagged": 0, "dropped": 0, "written": 0,
+                              "below_threshold": 0, "unsupported_class": 0, "unsupported": unsupported}
     rule = None
     if mode == "relabel":
         rule = relabel_rule(inputs.labels, inputs.pred_probs, split=inputs.split, held_out=inputs.held_out,
@@ -165,11 +173,15 @@ def export_labels(run: str | Path, out: str | Path, *, mode: str, min_confidence
             sug = int(r["suggested_label"])
             assert rule is not None
             if not rule.allowed[sug] or float(inputs.pred_probs[i, sug]) < rule.threshold:
-                counts["dropped"] += 1
                 counts["unsupported_class" if not rule.allowed[sug] else "below_threshold"] += 1
-                continue
-            label, action = inputs.classes[sug], "relabel"
-            counts["relabelled"] += 1
+                if unsupported == "drop":
+                    counts["dropped"] += 1
+                    continue
+                action = "keep_flagged"
+                counts["kept_flagged"] += 1
+            else:
+                label, action = inputs.classes[sug], "relabel"
+                counts["relabelled"] += 1
         else:
             counts["kept"] += 1
         lines.append(f"{csv_cell(path)},{csv_cell(label)},{csv_cell(given)},{action}")

@@ -4,6 +4,10 @@ Per sample, ``alpha_i`` weighs ``CE(z_i, y_i)`` (observed label) and ``beta_i`` 
 ``CE(z_i, yhat_i)`` with the current model's pseudo-label ``yhat_i = argmax z_i``; both are the
 rectified meta-gradients at zero of one L2RW-style look-ahead with two perturbation columns
 (:func:`noisylabels.meta.per_example_weights`), normalised jointly.
+
+Detection ranks by each sample's cross-entropy against its given label at its step (record
+``loss``), not by minus ``alpha``, whose direction depends on the run (see
+:mod:`noisylabels.methods.l2rw`); ``alpha``'s AUROC is ``alpha_detection_auroc``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from ..eval.plots import Curve
 from .base import register_method
 from .context import MethodContext
 from .l2rw import NORMALIZATIONS, normalize_weights
+from .loss_rank import LossRanked
 from .meta import ExampleWeightingMethod
 from .records import Record
 
@@ -27,7 +32,7 @@ ABLATIONS = ("none", "alpha=0", "beta=0", "alpha+beta=1")
 
 
 @register_method("l2b", help="learning to bootstrap (L2B): meta-learned weights on observed and pseudo-labels")
-class L2B(ExampleWeightingMethod):
+class L2B(LossRanked, ExampleWeightingMethod):
     """L2B: the real loss is ``sum_i alpha_i CE(z_i, y_i) + beta_i CE(z_i, yhat_i)`` (Eq. 8).
 
     ``alpha, beta`` are the rectified meta-gradients at zero, normalised jointly (``'sum'``, Eq. 9;
@@ -53,8 +58,10 @@ class L2B(ExampleWeightingMethod):
     """
 
     own_loss = "ce"
-    records = (Record("alpha", plain_value=1.0), Record("beta", plain_value=0.0))
-    detection = ("alpha", -1.0)
+    records = (Record("alpha", plain_value=1.0), Record("beta", plain_value=0.0), Record("loss"))
+    #: suspicion = the sample's CE (given label) at its step; -alpha: ``alpha_detection_auroc``
+    detection = ("loss", 1.0)
+    weight_record = "alpha"
 
     def __init__(self, *, normalize: str = "sum", temperature: float = 10.0, ablation: str = "none",
                  warmup_epochs: int = 1, **options: Any) -> None:

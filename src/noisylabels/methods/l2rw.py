@@ -9,6 +9,13 @@ Scale: the paper (and official code) defines the weights from ``sum_i eps_i l_i`
 the batch mean, so its weights are ``1/n`` of theirs. The sum normalisation removes the factor; the
 sigmoid and softmax normalisations of L2B are not scale-free, so raw weights are multiplied by
 ``n`` first to match the official code.
+
+Detection (``suspects.csv``, ``method_scores.npy``, ``detection_auroc``) ranks by each sample's
+cross-entropy at its step (record ``loss``, :class:`~noisylabels.methods.loss_rank.LossRanked`), not
+by minus the weight: the weight measures how well a sample's gradient agrees with the meta set's,
+and with a noisy meta set it ranked the wrong labels at chance or inversely (digits, 3 epochs:
+L2RW 0.49-0.59, L2B 0.42-0.52; ``benchmarks/weight_score_direction.py``). The weight's AUROC stays
+reported as ``weight_detection_auroc`` (L2B: ``alpha_detection_auroc``).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from .base import register_method
+from .loss_rank import LossRanked
 from .meta import ExampleWeightingMethod
 from .records import Record
 
@@ -45,7 +53,7 @@ def normalize_weights(raw: torch.Tensor, *, mode: str = "sum", temperature: floa
 
 
 @register_method("l2rw", help="learning to reweight examples (Ren et al. 2018): per-step meta-gradient weights")
-class L2RW(ExampleWeightingMethod):
+class L2RW(LossRanked, ExampleWeightingMethod):
     """L2RW: ``w_i = max(-dL_meta/d eps_i, 0)`` normalised by the batch sum (Ren et al. 2018, Eqs. 12-13).
 
     Parameters
@@ -58,8 +66,9 @@ class L2RW(ExampleWeightingMethod):
     """
 
     own_loss = "ce"
-    records = (Record("weight", plain_value=1.0),)
-    detection = ("weight", -1.0)
+    records = (Record("weight", plain_value=1.0), Record("loss"))
+    #: suspicion = the sample's CE at its step (module docstring); -weight: ``weight_detection_auroc``
+    detection = ("loss", 1.0)
 
     def example_losses(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(z, y, reduction="none")

@@ -13,8 +13,8 @@ meta-gradient by one JVP, meta update, real step). A subclass states its paper's
     @register_method("my-mwnet")
     class MyMWNet(MetaNetMethod):
         own_loss = "ce"
-        records = (Record("weight", plain_value=1.0),)
-        detection = ("weight", -1.0)          # suspicion = -weight
+        records = (Record("weight", plain_value=1.0), Record("loss"))
+        detection = ("loss", 1.0)             # suspicion = W's input (never -weight: DESIGN.md)
 
         def build_meta_net(self):             # phi
             return WeightNet(100)
@@ -22,7 +22,7 @@ meta-gradient by one JVP, meta update, real step). A subclass states its paper's
         def loss_layer(self, z, y, *, x, index):   # l_i(z; phi): phi acts only here
             ce = F.cross_entropy(z, y, reduction="none")
             w = self.meta_net(ce.detach())
-            self.note(weight=w)               # what the real step trained with
+            self.note(weight=w, loss=ce)      # what the real step trained with
             return w * ce
 
 :class:`ExampleWeightingMethod` is the per-step variant without a meta-network (L2RW, L2B): the

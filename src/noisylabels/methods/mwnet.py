@@ -2,9 +2,25 @@
 
 Presets: ``mwnet`` (MW-Net*: clean meta set, CE meta loss), ``mnw-net`` (noisy meta set, CE) and
 ``rmnw-net`` (noisy meta set, MAE meta loss: the WACV paper's robust meta loss, whose expected
-meta-gradient under uniform meta-label noise is (1 - eta) times the clean one, Theorem 1). The
+meta-gradient under uniform meta-label noise is (1 - eta) times the clean one, Theorem 1; weights
+sum-normalised as the authors' code), ``rmnw-net-paper`` (the same with Eq. 2 unnormalised). The
 bilevel step is :class:`~noisylabels.methods.meta.MetaNetMethod`'s; this module states the paper's
 part: the weight net, its normalisation and the loss layer.
+
+Detection (``suspects.csv``, ``method_scores.npy``, ``detection_auroc``): the score is the weight
+net's *input*, each sample's cross-entropy under the training model (record ``loss``: the mean over
+the selected epoch's visits), not minus the weight. The weight is a learned function of that loss
+whose direction the method does not fix: unnormalised (Eq. 2 as written), or with the CE meta loss
+on a noisy meta set, the learned function can come out *increasing*, and minus the weight then
+ranks the corrupted labels last, and which way it comes out can change with the seed alone
+(digits, 40% uniform, 3 epochs: RMNW-Net as the paper writes it 0.988 with seed 0, 0.009 and 0.005
+with seeds 1 and 2; MW-Net ``normalize='none'`` 0.010-0.019; MW-Net* under 30% flip noise
+0.12-0.17, ``benchmarks/weight_score_direction.py``; CIFAR-10N human labels, RMNW-Net with Adam and
+no normalisation: 0.387, ``benchmarks/realnoise_findings.md``). The loss
+ranks high-loss samples first whatever the weight net learned. The paper's own detection metric
+(Ghosh & Lan 2021, Table 3: AUROC of the weight as P(clean)) is reported beside it as
+``weight_detection_auroc`` / ``weight_detection_ap`` (``metrics.jsonl`` per epoch, ``summary.json``
+at the selected epoch), and the weights stay in the ``weight`` record.
 """
 
 from __future__ import annotations
@@ -19,10 +35,11 @@ from ..errors import UserError
 from ..eval.plots import Curve, sample_function
 from .base import register_method
 from .context import MethodContext
+from .loss_rank import LossRanked
 from .meta import MetaNetMethod
 from .records import Record
 
-__all__ = ["WeightNet", "MetaWeightNet", "MNWNet", "RMNWNet"]
+__all__ = ["WeightNet", "MetaWeightNet", "MNWNet", "RMNWNet", "RMNWNetPaper"]
 
 
 class WeightNet(nn.Module):
@@ -38,7 +55,7 @@ class WeightNet(nn.Module):
 
 
 @register_method("mwnet", help="Meta-Weight-Net (MW-Net*: clean meta set, CE meta loss; Shu et al. 2019)")
-class MetaWeightNet(MetaNetMethod):
+class MetaWeightNet(LossRanked, MetaNetMethod):
     """Meta-Weight-Net: per-sample weights ``W(l_i; phi)`` of the detached CE loss, learned bilevel.
 
     The loss layer (Shu et al. 2019, Eq. 2; the WACV paper's Eq. 4) is ``W(l_i; phi) l_i`` with
@@ -68,11 +85,20 @@ class MetaWeightNet(MetaNetMethod):
         ``'ce'`` (MW-Net, MNW-Net) or ``'mae'`` (RMNW-Net), or any registered loss; ``None``: the preset's.
     meta_interval, delayed, meta_batch_size, meta_gradient, warmup_epochs:
         As :class:`~noisylabels.methods.meta.MetaNetMethod`.
+
+    Notes
+    -----
+    Records: ``weight`` (what each sample was trained with; 1 in warm-up) and ``loss`` (the weight
+    net's input, the sample's CE; also in warm-up: :class:`~noisylabels.methods.loss_rank.LossRanked`).
+    Detection ranks by ``loss`` (see the module docstring: minus the weight inverts when the learned
+    function increases); the weight's own AUROC, the paper's Table 3 metric, is
+    ``weight_detection_auroc``.
     """
 
     own_loss = "ce"
-    records = (Record("weight", plain_value=1.0),)
-    detection = ("weight", -1.0)
+    records = (Record("weight", plain_value=1.0), Record("loss"))
+    #: suspicion = the weight net's input (the per-sample CE), whose direction no run can flip
+    detection = ("loss", 1.0)
 
     #: ``normalize`` when the options leave it unset
     default_normalize = "sum"
@@ -122,7 +148,9 @@ class MNWNet(MetaWeightNet):
     needs both: SGD + sum and Adam + unnormalised collapsed in 0 of 4 seeds each. On CIFAR-10N
     human labels (3 epochs, ``benchmarks/realnoise_findings.md``) the four combinations were within
     1.4 points of each other and of CE on the same images; unnormalised, the weights average about
-    0.4, which scales the student's gradient (its effective lr) by that factor.
+    0.4, which scales the student's gradient (its effective lr) by that factor. At 15 epochs that
+    cost RMNW-Net 3.3 points, and ``rmnw-net`` defaults to ``'sum'`` (:class:`RMNWNet`); MNW-Net's
+    default was not measured there and stays as written.
     """
 
     meta_set_kind = "noisy"
@@ -130,9 +158,37 @@ class MNWNet(MetaWeightNet):
     default_meta_optimizer = {"name": "sgd", "weight_decay": 5e-4, "momentum": 0.9, "nesterov": True}
 
 
-@register_method("rmnw-net", help="robust MW-Net: noisy meta set, MAE meta loss (Ghosh & Lan, WACV 2021)")
+@register_method("rmnw-net", help="robust MW-Net: noisy meta set, MAE meta loss, SGD weight net, sum-normalised weights "
+                 "(Ghosh & Lan, WACV 2021, as their code)")
 class RMNWNet(MNWNet):
     """RMNW-Net (Ghosh & Lan 2021): noisy meta set, MAE meta loss (Theorem 1: robust to uniform noise);
-    the paper's optimiser and Eq. 2 as :class:`MNWNet`."""
+    the paper's weight-net optimiser (SGD lr 1e-3, wd 5e-4, momentum 0.9, Nesterov) and the weights
+    normalised by their batch sum (``normalize='sum'``, the authors' code). ``rmnw-net-paper`` is
+    Eq. 2 as written (unnormalised).
+
+    Why ``'sum'`` by default (issue 20; ``benchmarks/realnoise_investigation.py``, ``rmnw_collapse.py``):
+    on CIFAR-10N human labels (10k images, ResNet-8, 15 epochs, 3 seeds) unnormalised with SGD the
+    weight net's output stayed at its initial value, about 0.47 for clean and wrong labels alike
+    (AUROC of -weight 0.40-0.50 in every epoch), so the run was CE with the student's step scaled by
+    0.47, and it ended 3.3 points below SGD + sum (55.5 vs 58.8 %; CE on the same 9000 images
+    57.6 %; CE on them with every weight 0.47, seeds 0 / 1: 55.3 / 54.5 %, RMNW-Net as written
+    55.5 / 56.9 %). Each
+    of Adam (58.9 %) and the sum normalisation (58.8 %) alone removes the deficit;
+    the noisy meta set does not cause it (Adam + sum on the same noisy meta set: 58.6 %). On MNIST
+    at 60% uniform noise Adam + sum collapsed to a constant predictor in 7 of 8 seeds, SGD + sum in
+    0 of 4 (test accuracy 94.9-96.5 %), Adam + unnormalised in 0 of 4. SGD + sum and Adam +
+    unnormalised are good on both; SGD + sum keeps the paper's optimiser and is the authors' code.
+    """
 
     default_meta_loss = "mae"
+    default_normalize = "sum"
+
+
+@register_method("rmnw-net-paper", help="RMNW-Net as the WACV 2021 paper writes it: Eq. 2 unnormalised, SGD weight net")
+class RMNWNetPaper(RMNWNet):
+    """RMNW-Net with the paper's Eq. 2 as written: ``W(l_i; phi) l_i`` without normalisation (the
+    weight net by SGD, Sec. 4, as :class:`RMNWNet`). Not the default: with the weight net's SGD at
+    lr 1e-3 its output barely moves from its initial ~0.47, which scales the student's step by that
+    factor and cost 3.3 points on CIFAR-10N human labels (see :class:`RMNWNet`)."""
+
+    default_normalize = "none"
