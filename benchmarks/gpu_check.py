@@ -551,11 +551,14 @@ def method_setup(name: str, tmp: Path) -> dict[str, Any]:
     """What a method needs beyond the shared settings. ``t-narl`` reads a meta-trained adjuster
     (``noisylabels narl-train``): an untrained, seeded one exercises the same transfer run;
     ``dividemix`` warms up for one epoch, so the second divides and trains by MixMatch; so does
-    ``promix``, whose second epoch selects and trains both heads (its ramps over one epoch)."""
+    ``promix``, whose second epoch selects and trains both heads (its ramps over one epoch); ``simclr``
+    runs with what ``noisylabels pretrain`` changes (``PRETRAIN_DEFAULTS``: its views, no noise)."""
     if name == "dividemix":
         return {"method.warmup_epochs": 1}
     if name == "promix":
         return {"method.warmup_epochs": 1, "method.rampup_epochs": 1}
+    if name == "simclr":
+        return {"data.augment": "none", "data.strong_augment": "simclr", "noise.type": "none", "noise.rate": 0.0}
     if name != "t-narl":
         return {}
     import torch

@@ -71,6 +71,8 @@ def _small(argv: list[str]) -> list[str]:
             argv[argv.index("--meta-size") + 1] = "50"
         epochs = "3" if cmd == "narl-train" else "1"
         return [*argv, "--epochs", epochs, "--set", "data.train_subset=300", "--quiet"]
+    if cmd == "pretrain":
+        return [*argv, "--epochs", "1", "--batch-size", "64", "--quiet"]
     if cmd == "bench":
         return [*argv, "--seeds", "1", "--set", "train.epochs=1", "--set", "data.train_subset=300",
                 "--executor", "inline"]

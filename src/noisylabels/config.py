@@ -20,7 +20,7 @@ import yaml
 
 from .errors import UserError
 
-__all__ = ["DEFAULTS", "FREE_SECTIONS", "default_config", "merge", "set_value", "parse_assignment",
+__all__ = ["DEFAULTS", "PRETRAIN_DEFAULTS", "FREE_SECTIONS", "default_config", "merge", "set_value", "parse_assignment",
            "read_yaml_mapping", "load_config", "save_config", "resolve_config"]
 
 DEFAULTS: dict[str, Any] = {
@@ -124,6 +124,11 @@ def merge(base: dict[str, Any], override: Mapping[str, Any], *, _path: tuple[str
         path = [*_path, key]
         _check_key(path, defaults if isinstance(defaults, Mapping) else None)
         _check_section(path, defaults.get(key) if isinstance(defaults, Mapping) else None, value)
+        if ".".join(path) == "data.strong_augment" and isinstance(value, Mapping) and "name" not in value \
+                and isinstance(out.get(key), str) and out[key].strip().lower() not in ("none", defaults[key]):
+            # options of a policy named over the default (pretrain's simclr): --set data.strong_augment.x=
+            # tunes that policy, not the default's (a dict without a name means the default's)
+            value = {"name": out[key], **value}
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and ".".join(path) not in {"data.augment"}:
             out[key] = merge(out[key], value, _path=tuple(path))
         else:
@@ -215,16 +220,33 @@ def _explicit_noise_keys(config_file: str | Path | None, overrides: Mapping[str,
     return keys
 
 
+#: what ``noisylabels pretrain`` changes in :data:`DEFAULTS`: SimCLR on two ``simclr`` views with no
+#: pad-and-crop before them, no simulated noise (the labels, if any, only feed the kNN monitor), and
+#: SupContrast's SGD settings (the SimCLR code C2D pretrained with: momentum 0.9, weight decay 1e-4,
+#: cosine; lr 0.5) at the batch of SimCLR's CIFAR-10 command (512)
+PRETRAIN_DEFAULTS: dict[str, Any] = {
+    "out": "runs/pretrain",
+    "method": {"name": "simclr"},
+    "noise": {"type": "none", "rate": 0.0},
+    "data": {"augment": "none", "strong_augment": "simclr"},
+    "optim": {"name": "sgd", "lr": 0.5, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine"},
+    "train": {"batch_size": 512},
+}
+
+
 def resolve_config(*, config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-                   assignments: Iterable[str] = ()) -> dict[str, Any]:
+                   assignments: Iterable[str] = (), base: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Defaults, then a YAML file, then dotted ``overrides``, then ``key=value`` assignments.
 
-    Real labels are never corrupted by default: when the labels are the user's
-    (:func:`labels_from_user`) and ``noise.type`` is not given, it is ``none``; a ``noise.type:
-    none`` without a given ``noise.rate`` has rate 0.
+    ``base`` is merged over :data:`DEFAULTS` first (a command's own defaults, e.g.
+    :data:`PRETRAIN_DEFAULTS`). Real labels are never corrupted by default: when the labels are the
+    user's (:func:`labels_from_user`) and ``noise.type`` is not given, it is ``none``; a
+    ``noise.type: none`` without a given ``noise.rate`` has rate 0.
     """
     assignments = list(assignments)
-    cfg = load_config(config_file) if config_file else default_config()
+    cfg = default_config() if base is None else merge(default_config(), base)
+    if config_file:
+        cfg = merge(cfg, read_yaml_mapping(config_file))
     for key, value in (overrides or {}).items():
         cfg = set_value(cfg, key, value)
     for text in assignments:

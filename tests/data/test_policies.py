@@ -210,7 +210,7 @@ def test_the_same_generator_state_gives_the_same_batch(name):
 
 
 def test_registry_compositions_and_options():
-    assert list_augment_policies() == ["autoaugment-cifar10", "cutout", "randaugment", "trivialaugment"]
+    assert list_augment_policies() == ["autoaugment-cifar10", "cutout", "randaugment", "simclr", "trivialaugment"]
     p = create_augment_policy("randaugment+cutout", num_ops=1, size=8, fill=5)
     assert isinstance(p, Compose) and p.name == "randaugment+cutout"
     assert [q.config for q in p.parts] == [{"name": "randaugment", "num_ops": 1, "magnitude": 10, "fill": 5},

@@ -1,4 +1,4 @@
-"""Command-line interface: ``noisylabels train | noise | narl-train | bench | detect | export | datasets | methods | models | losses | config``.
+"""Command-line interface: ``noisylabels train | pretrain | noise | narl-train | bench | detect | export | datasets | methods | models | losses | config``.
 
 User errors (:class:`~noisylabels.errors.UserError`) print one line on stderr and exit with 2.
 """
@@ -13,6 +13,7 @@ from ..errors import UserError
 from .bench import _add_bench, cmd_bench
 from .listing import _add_noise, cmd_config, cmd_list, cmd_noise
 from .narl import _add_narl_train, cmd_narl_train
+from .pretrain import _add_pretrain, cmd_pretrain
 from .train import _add_train, cmd_train
 
 __all__ = ["main", "build_parser"]
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"noisylabels {__version__}")
     sub = parser.add_subparsers(dest="command")
     _add_train(sub)
+    _add_pretrain(sub)
     _add_noise(sub)
     _add_narl_train(sub)
     _add_bench(sub)
@@ -48,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "pretrain":
+            return cmd_pretrain(args)
         if args.command == "noise":
             return cmd_noise(args)
         if args.command == "narl-train":

@@ -96,7 +96,7 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
-def _interrupted_message(cfg: dict[str, Any], exc: BaseException) -> str:
+def _interrupted_message(cfg: dict[str, Any], exc: BaseException, *, command: str = "train") -> str:
     import json
 
     out = Path(cfg["out"])
@@ -109,7 +109,7 @@ def _interrupted_message(cfg: dict[str, Any], exc: BaseException) -> str:
     total = int(cfg["train"]["epochs"])
     if (out / "checkpoint.pt").is_file():
         return (f"noisylabels: interrupted ({what}) after {done} of {total} epochs; records kept in {out}; continue "
-                f"with: noisylabels train --out {out} --resume")
+                f"with: noisylabels {command} --out {out} --resume")
     if done and not cfg["train"]["checkpoint"]:
         return (f"noisylabels: interrupted ({what}) after {done} of {total} epochs; records kept in {out}, but "
                 f"train.checkpoint=false left no checkpoint: the run cannot be resumed")
@@ -141,6 +141,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError(f"--meta-size {meta}: method {cfg['method']['name']!r} uses no meta set, so it would "
                             f"only take {meta} samples away from training; leave data.meta_size at auto")
     run = check_names(cfg)  # every name and the device, before any data are loaded
+    if METHODS.get(str(run["method"]["name"])).self_supervised:
+        raise UserError(f"method {run['method']['name']!r} is self-supervised pretraining and trains no classifier: "
+                        f"use noisylabels pretrain --method {run['method']['name']} (it writes OUT/backbone.pt for "
+                        f"--set model.init_checkpoint=...)")
     if args.folds is not None:
         from ..config import load_config
         from .detect import cmd_crossfit

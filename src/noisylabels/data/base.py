@@ -16,7 +16,10 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["RawDataset", "validate_labels", "split_off_test", "stratified_take"]
+__all__ = ["RawDataset", "validate_labels", "split_off_test", "stratified_take", "UNLABELED_CLASS"]
+
+#: the one placeholder class of images without labels (:attr:`RawDataset.has_labels` False)
+UNLABELED_CLASS = "(unlabeled)"
 
 
 @dataclass(eq=False)  # arrays make field-wise == ambiguous: compare by identity
@@ -46,6 +49,10 @@ class RawDataset:
     test_carved:
         True when the test split was carved out of the training images
         (:func:`split_off_test`): its images are the user's too, with the same kind of labels.
+    has_labels:
+        False for images without labels (an image folder read with ``unlabeled=True``, for
+        self-supervised pretraining): ``y_train`` is all 0 under the one placeholder class
+        :data:`UNLABELED_CLASS`, and there is no test set.
     """
 
     name: str
@@ -58,6 +65,7 @@ class RawDataset:
     paths_test: list[str] | None = None
     y_train_clean: np.ndarray | None = None
     test_carved: bool = False
+    has_labels: bool = True
 
     @property
     def num_classes(self) -> int:

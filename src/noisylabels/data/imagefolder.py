@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .base import RawDataset, split_off_test
+from .base import UNLABELED_CLASS, RawDataset, split_off_test
 from .cache import cache_key, cached_array, file_fingerprint
 from .decode import close_zip, decode_chunk, decode_images, open_image
 from .labels_csv import read_labels_csv
@@ -161,7 +161,8 @@ def scan_image_tree(path: str | os.PathLike[str]) -> ImageTree:
     elif names:  # images, but none inside a class folder: the labels must come from a file
         raise UserError(f"{src} holds {len(names)} image(s) but no class folders ([prefix/]<class>/<image>), so "
                         f"nothing says their labels: give a labels CSV of path,label rows with --set "
-                        f"data.options.labels_csv=FILE (see `noisylabels noise --csv` for the format)")
+                        f"data.options.labels_csv=FILE (see `noisylabels noise --csv` for the format), or, to "
+                        f"pretrain without labels, --set data.options.unlabeled=true with noisylabels pretrain")
     else:
         raise UserError(f"no images found in {src} (expected [prefix/]train/<class>/<image>, or any images with "
                         f"a labels CSV: --set data.options.labels_csv=FILE)")
@@ -276,6 +277,30 @@ def _decoded_bytes(tree: ImageTree, files: list[tuple[str, str]], image_size: in
     return len(files) * w * h * 3
 
 
+def _load_unlabeled(src: Path, *, image_size: int | None, workers: int | None, cache_dir: Path | None, cache: bool,
+                    stream: bool | str, memory_budget_gb: float | None) -> RawDataset:
+    """Every image under ``src`` as a training pool without labels (``unlabeled=True``)."""
+    names, stats, is_zip = list_image_files(src)
+    if not names:
+        raise UserError(f"no images found in {src}")
+    files = [(n, UNLABELED_CLASS) for n in names]
+    tree = ImageTree(source=src, is_zip=is_zip, prefix="", splits={"": files}, stats=stats)
+    lazy = False
+    if stream is not False:
+        from .stream import memory_budget, should_stream
+
+        lazy = should_stream(stream, decoded_bytes=_decoded_bytes(tree, files, image_size),
+                             budget=memory_budget(memory_budget_gb))
+    if lazy:
+        x = _lazy_images(tree, files, image_size=image_size)
+    else:
+        x = decode_cached(tree, files, split="unlabeled", image_size=image_size, workers=workers, cache_dir=cache_dir,
+                          cache=cache)
+    return RawDataset(name="imagefolder", x_train=x, y_train=np.zeros(len(names), dtype=np.int64), x_test=None,
+                      y_test=None, classes=[UNLABELED_CLASS], paths_train=list(names), paths_test=None,
+                      has_labels=False)
+
+
 @DATASETS.register("imagefolder", help="class-folder images from a directory or .zip ([prefix/]split/class/file)")
 def load_imagefolder(
     *,
@@ -294,6 +319,7 @@ def load_imagefolder(
     classes_from: str = "auto",
     stream: bool | str = False,
     memory_budget_gb: float | None = None,
+    unlabeled: bool = False,
 ) -> RawDataset:
     """Load an ImageFolder-style tree (a folder or a ``.zip``), or any folder plus a labels CSV.
 
@@ -344,6 +370,10 @@ def load_imagefolder(
         everything now (the default; faster where the data fit).
     memory_budget_gb:
         The budget of ``stream="auto"`` (default: half the physical memory).
+    unlabeled:
+        Images without labels, for self-supervised pretraining (``noisylabels pretrain``): every
+        image under ``path`` (a flat folder or any tree; folder names are not read as classes) is the
+        training pool, with no test set and no labels (:attr:`RawDataset.has_labels` False).
 
     Returns
     -------
@@ -371,6 +401,16 @@ def load_imagefolder(
             raise UserError(f"{opt} must be one of train, test, val; got {value!r}")
         splits_[opt] = _SPLITS[str(value).lower()]
     tr_split, te_split = splits_["train_split"], splits_["test_split"]
+    if not isinstance(unlabeled, bool):
+        raise UserError(f"unlabeled must be true or false, got {unlabeled!r}")
+    if unlabeled:
+        given = [k for k, v in (("labels_csv", labels_csv), ("test_path", test_path), ("classes", classes),
+                                ("test_fraction", test_fraction)) if v is not None]
+        if given:
+            raise UserError(f"imagefolder unlabeled=true reads images without labels; {', '.join(given)} would be "
+                            f"ignored: remove it, or drop unlabeled to train on labels")
+        return _load_unlabeled(src, image_size=image_size, workers=workers, cache_dir=cache_dir, cache=cache,
+                               stream=stream, memory_budget_gb=memory_budget_gb)
     if classes_from not in ("auto", "folders", "csv"):
         raise UserError(f"classes_from must be auto, folders or csv; got {classes_from!r}")
     if classes_from != "folders" and labels_csv is not None:

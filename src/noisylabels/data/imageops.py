@@ -29,6 +29,15 @@ operation                 Pillow call reproduced, and how
                           ``[[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13``, border pixels kept, float32 sums
                           in Pillow's order, ``+ 0.5`` and truncation)
 ``cutout``                DeVries & Taylor (2017), no Pillow counterpart: see :func:`cutout`
+``resized_crop``          ``im.crop(box).resize(size, BILINEAR or BICUBIC)`` (torchvision's
+                          ``RandomResizedCrop`` on a PIL image): Pillow's two-pass convolution
+                          (``libImaging/Resample.c``: its antialiasing support, coefficients
+                          normalised in float64 then rounded to 22-bit fixed point, horizontal pass
+                          first, each pass rounded and clipped to uint8)
+``hue``                   torchvision's ``adjust_hue`` on a PIL image: ``im.convert('HSV')``, the H
+                          byte shifted modulo 256, ``convert('RGB')`` (Pillow's ``rgb2hsv`` /
+                          ``hsv2rgb`` of ``libImaging/Convert.c``, float32 / float64 as in C)
+``grayscale``             ``im.convert('L')`` repeated over the channels (``RandomGrayscale``)
 ========================  ===========================================================================
 
 Rounding is Pillow's: ``Image.blend`` computes ``in1 + alpha * (in2 - in1)`` in float32 and
@@ -46,6 +55,7 @@ Every function returns a new uint8 tensor of the input's shape and leaves the in
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
@@ -53,7 +63,8 @@ from ..errors import UserError
 
 __all__ = ["affine", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "rotation_matrix",
            "autocontrast", "equalize", "invert", "solarize", "posterize", "blend", "grey_level",
-           "brightness", "color", "contrast", "sharpness", "smooth", "cutout"]
+           "brightness", "color", "contrast", "sharpness", "smooth", "cutout", "resample_coefficients",
+           "resized_crop", "rgb_to_hsv", "hsv_to_rgb", "hue", "grayscale", "hflip"]
 
 
 def _check(x: torch.Tensor) -> tuple[int, int, int, int]:
@@ -380,3 +391,224 @@ def cutout(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, *, size: int
     xs = torch.arange(w, device=x.device)[None, None, :]
     hole = (ys >= r - half) & (ys < r + half) & (xs >= q - half) & (xs < q + half)
     return torch.where(hole[:, None], torch.full((), fill, dtype=x.dtype, device=x.device), x)
+
+
+# -- resized crop (RandomResizedCrop) -------------------------------------------------------------------
+#: Pillow's fixed-point precision of the resampling coefficients (``32 - 8 - 2``)
+PRECISION_BITS = 22
+
+
+def _bilinear(t: float) -> float:
+    t = -t if t < 0.0 else t
+    return 1.0 - t if t < 1.0 else 0.0
+
+
+def _bicubic(t: float) -> float:  # Keys' cubic convolution, a = -0.5 (Pillow's BICUBIC)
+    a = -0.5
+    t = -t if t < 0.0 else t
+    if t < 1.0:
+        return ((a + 2.0) * t - (a + 3.0)) * t * t + 1
+    if t < 2.0:
+        return (((t - 5) * t + 8) * t - 4) * a
+    return 0.0
+
+
+#: resampling filters: (function, support), as ``Resample.c`` defines them
+RESAMPLE_FILTERS = {"bilinear": (_bilinear, 1.0), "bicubic": (_bicubic, 2.0)}
+
+
+@lru_cache(maxsize=4096)
+def _coefficients(in_size: int, out_size: int, interpolation: str) -> tuple[tuple[int, ...], ...]:
+    filt, filter_support = RESAMPLE_FILTERS[interpolation]
+    scale = float(in_size) / out_size          # (double)(in1 - in0) / outSize, box (0, in_size)
+    filterscale = max(scale, 1.0)
+    support = filter_support * filterscale
+    ss = 1.0 / filterscale
+    rows = []
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)   # C casts truncate toward zero, as int() does
+        xmax = min(int(center + support + 0.5), in_size) - xmin
+        k = [filt((x + xmin - center + 0.5) * ss) for x in range(xmax)]
+        ww = 0.0
+        for w in k:
+            ww += w
+        if ww != 0.0:
+            k = [w / ww for w in k]
+        full = [0] * in_size
+        for x, w in enumerate(k):
+            full[xmin + x] = int((-0.5 if w < 0 else 0.5) + w * (1 << PRECISION_BITS))
+        rows.append(tuple(full))
+    return tuple(rows)
+
+
+def resample_coefficients(in_size: int, out_size: int, *, interpolation: str = "bilinear") -> torch.Tensor:
+    """The ``(out_size, in_size)`` int64 fixed-point coefficients with which Pillow resamples one
+    axis of ``in_size`` pixels to ``out_size`` (``precompute_coeffs`` then ``normalize_coeffs_8bpc``
+    of ``libImaging/Resample.c``: filter support scaled by the reduction factor, weights normalised
+    in float64, rounded half away from zero to ``PRECISION_BITS`` bits)."""
+    if interpolation not in RESAMPLE_FILTERS:
+        raise UserError(f"interpolation must be one of {', '.join(RESAMPLE_FILTERS)}, got {interpolation!r}")
+    if int(in_size) < 1 or int(out_size) < 1:
+        raise UserError(f"resample sizes must be positive, got {in_size} -> {out_size}")
+    return torch.tensor(_coefficients(int(in_size), int(out_size), interpolation), dtype=torch.int64)
+
+
+def _axis_matrix(start: torch.Tensor, length: torch.Tensor, full: int, out: int, interpolation: str,
+                 device: torch.device) -> torch.Tensor:
+    """``(B, full, out)`` float64: sample b's coefficients of a crop ``[start, start + length)`` of an
+    axis of ``full`` pixels resampled to ``out`` (zero outside the crop)."""
+    b = start.shape[0]
+    m = torch.zeros(b, full, out, dtype=torch.float64, device=device)
+    for n in torch.unique(length).tolist():
+        idx = (length == n).nonzero().flatten()
+        coef = resample_coefficients(int(n), out, interpolation=interpolation).to(device, torch.float64).T  # (n, out)
+        pos = start[idx, None] + torch.arange(int(n), device=device)  # (k, n)
+        m[idx[:, None], pos] = coef
+    return m
+
+
+def _fixed_to_uint8(s: torch.Tensor) -> torch.Tensor:
+    """Pillow's ``clip8(ss)`` of a sum already holding the coefficients: ``(ss + 2**21) >> 22``
+    clipped to ``[0, 255]`` (exact: the float64 sums are integers below 2**53)."""
+    return torch.floor((s + float(1 << (PRECISION_BITS - 1))) / float(1 << PRECISION_BITS)).clamp_(0, 255)
+
+
+def resized_crop(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor,
+                 width: torch.Tensor, *, size: tuple[int, int] | None = None,
+                 interpolation: str = "bilinear") -> torch.Tensor:
+    """``im.crop((left, top, left + width, top + height)).resize((W, H), filter)`` per sample
+    (torchvision's ``resized_crop`` on a PIL image; ``RandomResizedCrop`` draws the boxes).
+
+    Parameters
+    ----------
+    x:
+        uint8 images ``(B, C, H_in, W_in)``.
+    top, left, height, width:
+        ``(B,)`` integer crop boxes inside the image.
+    size:
+        ``(H, W)`` of the output (default: the input's).
+    interpolation:
+        ``'bilinear'`` (torchvision's default) or ``'bicubic'`` (the SimCLR authors' TensorFlow code
+        resizes bicubically).
+
+    Returns
+    -------
+    torch.Tensor
+        uint8 ``(B, C, H, W)``: Pillow's pixels exactly (two passes, each in 22-bit fixed point,
+        rounded and clipped to uint8; :func:`resample_coefficients`). The passes run horizontal first,
+        except where the height shrinks by more than twice as many pixels as the width: Pillow 13
+        then runs the vertical pass first (python-pillow/Pillow#9549), and so does this function;
+        earlier Pillow versions differ from it by a level on some pixels of such downscales only. A
+        crop resized back to at least its own size (every crop of ``RandomResizedCrop`` and of the
+        ``simclr`` policy) is computed the same way by every Pillow version.
+    """
+    b, c, h, w = _check(x)
+    oh, ow = (h, w) if size is None else (int(size[0]), int(size[1]))
+    dev = x.device
+    t, l_, hh, ww = (_per_sample(v, b, device=dev, dtype=torch.int64) for v in (top, left, height, width))
+    if b == 0:
+        return torch.zeros(0, c, oh, ow, dtype=torch.uint8, device=dev)
+    if bool(((t < 0) | (l_ < 0) | (hh < 1) | (ww < 1) | (t + hh > h) | (l_ + ww > w)).any()):
+        raise UserError(f"resized_crop: a crop box lies outside the {w}x{h} image")
+    kh = _axis_matrix(l_, ww, w, ow, interpolation, dev)[:, None]                  # (B, 1, W_in, W)
+    kv = _axis_matrix(t, hh, h, oh, interpolation, dev).transpose(1, 2)[:, None]   # (B, 1, H, H_in)
+    xf = x.to(torch.float64)
+    # Pillow >= 13 runs the vertical pass first when the height shrinks by more than twice as many
+    # pixels as the width (python-pillow/Pillow#9549); horizontal first otherwise (and always before)
+    vfirst = (hh > oh) & ((hh - oh) > 2 * (ww - ow))
+    out = torch.empty(b, c, oh, ow, dtype=torch.uint8, device=dev)
+    for first_v in (False, True):
+        idx = (vfirst == first_v).nonzero().flatten()
+        if len(idx) == 0:
+            continue
+        xi, khi, kvi = xf[idx], kh[idx], kv[idx]
+        if first_v:
+            res = _fixed_to_uint8(torch.matmul(_fixed_to_uint8(torch.matmul(kvi, xi)), khi))
+        else:
+            res = _fixed_to_uint8(torch.matmul(kvi, _fixed_to_uint8(torch.matmul(xi, khi))))
+        out[idx] = res.to(torch.uint8)
+    return out
+
+
+# -- colour: hue, grayscale ----------------------------------------------------------------------------
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """``im.convert('HSV')`` of RGB images: uint8 ``(B, 3, H, W)`` of H, S, V bytes (Pillow's
+    ``rgb2hsv_row``: float32 ratios, the hue sum in float64 where C promotes, ``fmod(h / 6 + 1, 1)``,
+    bytes by truncation)."""
+    _check(x)
+    if x.shape[1] != 3:
+        raise UserError("rgb_to_hsv needs RGB images")
+    f32, f64 = torch.float32, torch.float64
+    r, g, bl = (x[:, i].to(torch.int32) for i in range(3))
+    maxc = torch.maximum(r, torch.maximum(g, bl))
+    minc = torch.minimum(r, torch.minimum(g, bl))
+    grey = maxc == minc
+    cr = (maxc - minc).to(f32)
+    crs = torch.where(grey, torch.ones_like(cr), cr)
+    s = cr / torch.where(maxc == 0, torch.ones_like(cr), maxc.to(f32))
+    rc, gc, bc = ((maxc - v).to(f32) / crs for v in (r, g, bl))
+    h = torch.where(r == maxc, bc - gc,
+                    torch.where(g == maxc, ((2.0 + rc.to(f64)) - bc.to(f64)).to(f32),
+                                ((4.0 + gc.to(f64)) - rc.to(f64)).to(f32)))
+    h = torch.fmod(h.to(f64) / 6.0 + 1.0, 1.0).to(f32)
+    uh = torch.trunc(h.to(f64) * 255.0).clamp_(0, 255)
+    us = torch.trunc(s.to(f64) * 255.0).clamp_(0, 255)
+    uh = torch.where(grey, torch.zeros_like(uh), uh)
+    us = torch.where(grey, torch.zeros_like(us), us)
+    return torch.stack([uh, us, maxc.to(f64)], dim=1).to(torch.uint8)
+
+
+def _round_half_away(y: torch.Tensor) -> torch.Tensor:
+    """C's ``round`` of non-negative float64 values (halves away from zero; exact below 2**52)."""
+    fl = torch.floor(y)
+    return fl + ((y - fl) >= 0.5).to(y.dtype)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """``Image.merge('HSV', ...).convert('RGB')``: Pillow's ``hsv2rgb`` on uint8 ``(B, 3, H, W)``
+    H, S, V bytes (sector ``floor(6 h / 255)``, float32 remainder and saturation, float64 products,
+    C rounding)."""
+    _check(x)
+    f32, f64 = torch.float32, torch.float64
+    h, s, v = (x[:, i].to(f64) for i in range(3))
+    i = torch.floor(h * 6.0 / 255.0)
+    f = (h * 6.0 / 255.0 - i).to(f32)
+    fs = (s / 255.0).to(f32)
+    p = _round_half_away(v * (1.0 - fs.to(f64))).clamp_(0, 255)
+    q = _round_half_away(v * (1.0 - (fs * f).to(f64))).clamp_(0, 255)
+    t = _round_half_away(v * (1.0 - fs.to(f64) * (1.0 - f.to(f64)))).clamp_(0, 255)
+    sector = torch.remainder(i.to(torch.int64), 6)
+    table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
+    out = torch.zeros(x.shape[0], 3, *x.shape[2:], dtype=f64, device=x.device)
+    for k, rgb in enumerate(table):
+        out = torch.where((sector == k)[:, None], torch.stack(rgb, dim=1), out)
+    out = torch.where((s == 0)[:, None], v[:, None].expand_as(out), out)
+    return out.to(torch.uint8)
+
+
+def hue(x: torch.Tensor, shift: torch.Tensor | int) -> torch.Tensor:
+    """torchvision's ``adjust_hue`` on a PIL image: the hue byte of ``im.convert('HSV')`` plus
+    ``shift`` modulo 256 (torchvision adds ``int(hue_factor * 255)``), converted back to RGB; a grey
+    image is returned unchanged (as torchvision returns mode ``L``)."""
+    b = _check(x)[0]
+    if x.shape[1] == 1:
+        return x.clone()
+    k = _per_sample(shift, b, device=x.device, dtype=torch.int64)[:, None, None]
+    hsv = rgb_to_hsv(x)
+    hh = torch.remainder(hsv[:, 0].to(torch.int64) + k, 256).to(torch.uint8)
+    return hsv_to_rgb(torch.cat([hh[:, None], hsv[:, 1:]], dim=1))
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``rgb_to_grayscale(im, num_output_channels=C)`` on a PIL image:
+    ``im.convert('L')`` (:func:`grey_level`) repeated over the image's channels."""
+    _check(x)
+    return grey_level(x).expand_as(x).clone()
+
+
+def hflip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """``im.transpose(FLIP_LEFT_RIGHT)`` where ``flip`` (``(B,)`` booleans) is true."""
+    b = _check(x)[0]
+    sel = _per_sample(flip, b, device=x.device, dtype=torch.bool)[:, None, None, None]
+    return torch.where(sel, x.flip(3), x)

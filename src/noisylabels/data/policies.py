@@ -56,6 +56,21 @@ Policies (``create_augment_policy(name, **options)``; ``list_augment_policies()`
     dataset's mean colour (about (125, 123, 114) on CIFAR-10). 16 is their CIFAR-10 size (8 for
     CIFAR-100).
 
+``simclr`` (``min_scale`` 0.08, ``strength`` 0.5, ``interpolation`` bilinear)
+    SimCLR's augmentation (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual
+    Representations", ICML, Sec. 3 and App. A; the CIFAR-10 setting of App. B.9: colour distortion
+    strength ``s = 0.5``, no Gaussian blur), as the PyTorch ports compose it from torchvision on PIL
+    images (``RandomResizedCrop``, ``RandomHorizontalFlip``, ``RandomApply(ColorJitter, 0.8)``,
+    ``RandomGrayscale(0.2)``; the SimCLR code SupContrast, which C2D pretrained with): per image a
+    crop of area ``U(min_scale, 1)`` of the image and aspect ratio log-uniform in ``[3/4, 4/3]``
+    (ten tries, else the whole image, as torchvision), resized back to the image size (Pillow's
+    bilinear; ``interpolation: bicubic`` as the authors' TensorFlow code); a horizontal flip with
+    probability 1/2 (``hflip: false`` for digits); with probability ``jitter_p`` = 0.8 brightness,
+    contrast, saturation (factors ``U(max(0, 1 - 0.8 s), 1 + 0.8 s)``) and hue (``U(-0.2 s, 0.2 s)``,
+    the hue byte shifted by ``int(255 h)``) in a random order; grey with probability
+    ``grayscale_p`` = 0.2. The views need no pad-and-crop before it (``noisylabels pretrain`` sets
+    ``data.augment: none``). C2D's SupContrast crops with ``min_scale`` 0.2 (an option).
+
 Compositions join names with ``+`` and apply the parts in order: ``randaugment+cutout`` is
 FixMatch's strong augmentation (RandAugment then Cutout 16; the default ``data.strong_augment``),
 ``autoaugment-cifar10+cutout`` the AutoAugment paper's CIFAR recipe, ``trivialaugment+cutout``
@@ -67,6 +82,7 @@ is not implemented. Grey images are supported (colour is then the identity, as i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -79,7 +95,7 @@ from . import imageops as ops
 
 __all__ = ["OPS", "AugmentPolicy", "AutoAugmentCIFAR10", "RandAugment", "TrivialAugment", "Cutout", "Compose",
            "apply_ops", "AUGMENT_POLICIES", "create_augment_policy", "list_augment_policies", "strong_augment_policy",
-           "DEFAULT_STRONG_AUGMENT", "AUTOAUGMENT_CIFAR10"]
+           "DEFAULT_STRONG_AUGMENT", "AUTOAUGMENT_CIFAR10", "SimCLRAugment", "draw_resized_crops"]
 
 #: operation codes of a plan (index into this tuple; -1: nothing applied)
 OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "AutoContrast", "Invert",
@@ -442,12 +458,150 @@ class Compose(AugmentPolicy):
         return "+".join(repr(p) for p in self.parts)
 
 
+def draw_resized_crops(n: int, *, size: tuple[int, int], min_scale: float = 0.08, max_scale: float = 1.0,
+                       ratio: tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10,
+                       generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Crop boxes of torchvision's ``RandomResizedCrop.get_params`` for ``n`` images of ``size =
+    (height, width)``, drawn for the whole batch: per image ``attempts`` tries of an area fraction
+    ``U(min_scale, max_scale)`` and a log-uniform aspect ratio in ``ratio``, ``w = round(sqrt(A r))``,
+    ``h = round(sqrt(A / r))``; the first try that fits wins, at an offset uniform over the positions
+    where it fits; none fits: the central crop of the image clamped to ``ratio``.
+
+    Draws, in this order: the area fractions ``(n, attempts)``, the log-ratios ``(n, attempts)``, the
+    offset uniforms ``(n, 2)`` (rows, columns). Returns int64 ``top``, ``left``, ``height``, ``width``.
+    """
+    dev = _device(generator)
+    h, w = size
+    area = float(h * w)
+    k = (n, int(attempts))
+    frac = min_scale + (max_scale - min_scale) * torch.rand(k, generator=generator, device=dev, dtype=torch.float64).cpu()
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    logr = lo + (hi - lo) * torch.rand(k, generator=generator, device=dev, dtype=torch.float64).cpu()
+    u = torch.rand(n, 2, generator=generator, device=dev, dtype=torch.float64).cpu()
+    ar = torch.exp(logr)
+    cw = torch.round(torch.sqrt(area * frac * ar))   # round half to even, as Python's round()
+    ch = torch.round(torch.sqrt(area * frac / ar))
+    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = torch.argmax(fits.to(torch.int64), dim=1, keepdim=True)
+    ok = fits.any(dim=1)
+    in_ratio = w / h
+    if in_ratio < min(ratio):
+        fw, fh = w, int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        fw, fh = int(round(h * max(ratio))), h
+    else:
+        fw, fh = w, h
+    cw = torch.where(ok, cw.gather(1, first).squeeze(1), torch.full((n,), float(fw), dtype=torch.float64))
+    ch = torch.where(ok, ch.gather(1, first).squeeze(1), torch.full((n,), float(fh), dtype=torch.float64))
+    top = torch.where(ok, torch.floor(u[:, 0] * (h - ch + 1)).clamp(max=h - ch), torch.full_like(ch, float((h - fh) // 2)))
+    left = torch.where(ok, torch.floor(u[:, 1] * (w - cw + 1)).clamp(max=w - cw), torch.full_like(cw, float((w - fw) // 2)))
+    return {"top": top.to(torch.int64), "left": left.to(torch.int64), "height": ch.to(torch.int64),
+            "width": cw.to(torch.int64)}
+
+
+#: the colour-jitter operations of the ``simclr`` policy, by their code in its plan's ``order``
+JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+
+
+class SimCLRAugment(AugmentPolicy):
+    """SimCLR's augmentation (Chen et al. 2020); see the module docstring.
+
+    Parameters
+    ----------
+    min_scale:
+        Smallest crop area as a fraction of the image (0.08, the paper's Inception crop; SupContrast,
+        C2D's SimCLR code: 0.2).
+    hflip:
+        Flip horizontally with probability 1/2 (turn off for digits).
+    strength:
+        Colour distortion strength ``s`` (0.5: the paper's CIFAR-10 setting; 1.0: ImageNet):
+        brightness, contrast and saturation ``0.8 s``, hue ``0.2 s``.
+    jitter_p, grayscale_p:
+        Probabilities of the colour jitter (0.8) and of the grey conversion (0.2).
+    interpolation:
+        ``bilinear`` (torchvision's default) or ``bicubic`` (the authors' TensorFlow code).
+
+    Draws, in this order: the crops (:func:`draw_resized_crops`), the flips ``(n,)``, the jitter coins
+    ``(n,)``, the jitter order ``(n, 4)`` (argsort of uniforms), the four factors ``(n, 4)``, the grey
+    coins ``(n,)`` (each ``u < p``).
+    """
+
+    name = "simclr"
+
+    def __init__(self, *, min_scale: float = 0.08, hflip: bool = True, strength: float = 0.5,
+                 jitter_p: float = 0.8, grayscale_p: float = 0.2, interpolation: str = "bilinear") -> None:
+        def prob(key: str, v: Any) -> float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+                raise UserError(f"simclr {key} must be a probability in [0, 1], got {v!r}")
+            return float(v)
+
+        if isinstance(min_scale, bool) or not isinstance(min_scale, (int, float)) or not 0.0 < float(min_scale) <= 1.0:
+            raise UserError(f"simclr min_scale must be a number in (0, 1], got {min_scale!r}")
+        if not isinstance(hflip, bool):
+            raise UserError(f"simclr hflip must be true or false, got {hflip!r}")
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= float(strength) <= 2.5:
+            raise UserError(f"simclr strength must be a number in [0, 2.5] (hue 0.2 s at most 0.5), got {strength!r}")
+        if interpolation not in ops.RESAMPLE_FILTERS:
+            raise UserError(f"simclr interpolation must be one of {', '.join(ops.RESAMPLE_FILTERS)}, got {interpolation!r}")
+        self.min_scale, self.hflip, self.strength = float(min_scale), hflip, float(strength)
+        self.jitter_p, self.grayscale_p = prob("jitter_p", jitter_p), prob("grayscale_p", grayscale_p)
+        self.interpolation = interpolation
+        super().__init__(min_scale=self.min_scale, hflip=hflip, strength=self.strength, jitter_p=self.jitter_p,
+                         grayscale_p=self.grayscale_p, interpolation=interpolation)
+
+    def draw(self, n: int, *, size: tuple[int, int], generator: torch.Generator) -> dict[str, Any]:
+        dev = _device(generator)
+        plan: dict[str, Any] = draw_resized_crops(n, size=size, min_scale=self.min_scale, generator=generator)
+
+        def uniform(*shape: int) -> torch.Tensor:
+            return torch.rand(*shape, generator=generator, device=dev, dtype=torch.float64).cpu()
+
+        flip = uniform(n) < 0.5
+        plan["flip"] = flip & self.hflip
+        plan["jitter"] = uniform(n) < self.jitter_p
+        plan["order"] = torch.argsort(uniform(n, 4), dim=1)
+        f = uniform(n, 4)
+        b = 0.8 * self.strength
+        lo = max(0.0, 1.0 - b)
+        plan["factors"] = torch.cat([lo + (1.0 + b - lo) * f[:, :3], 0.2 * self.strength * (2.0 * f[:, 3:] - 1.0)], dim=1)
+        plan["hue_shift"] = torch.trunc(plan["factors"][:, 3] * 255.0).to(torch.int64)
+        plan["grey"] = uniform(n) < self.grayscale_p
+        return plan
+
+    def apply(self, x: torch.Tensor, plan: dict[str, Any]) -> torch.Tensor:
+        _check_images(x)
+        if plan["top"].shape[0] != x.shape[0]:
+            raise UserError(f"{self.name}: a plan of {plan['top'].shape[0]} images for a batch of {x.shape[0]}")
+        x = ops.resized_crop(x, plan["top"], plan["left"], plan["height"], plan["width"],
+                             interpolation=self.interpolation)
+        x = ops.hflip(x, plan["flip"])  # new tensors: the jitter below writes into x in place
+        jitter, order, factors = plan["jitter"].to(x.device), plan["order"].to(x.device), plan["factors"]
+        for step in range(4):
+            for code, name in enumerate(JITTER_OPS):
+                idx = (jitter & (order[:, step] == code)).nonzero().flatten()
+                if len(idx) == 0:
+                    continue
+                xi = x.index_select(0, idx)
+                if name == "hue":
+                    res = ops.hue(xi, plan["hue_shift"].to(x.device).index_select(0, idx))
+                else:
+                    fn = {"brightness": ops.brightness, "contrast": ops.contrast, "saturation": ops.color}[name]
+                    res = fn(xi, factors[:, code].to(x.device).index_select(0, idx))
+                x.index_copy_(0, idx, res)
+        grey = plan["grey"].to(x.device)
+        if bool(grey.any()):
+            x = torch.where(grey[:, None, None, None], ops.grayscale(x), x)
+        return x
+
+
 AUGMENT_POLICIES: Registry = Registry("augment policy")
 AUGMENT_POLICIES.register("autoaugment-cifar10", help="AutoAugment's CIFAR-10 policy (Cubuk et al. 2019), fill 128")(
     AutoAugmentCIFAR10)
 AUGMENT_POLICIES.register("randaugment", help="RandAugment, FixMatch's variant (N=2, M=10; fill 0)")(RandAugment)
 AUGMENT_POLICIES.register("trivialaugment", help="TrivialAugment Wide (Müller & Hutter 2021), fill 0")(TrivialAugment)
 AUGMENT_POLICIES.register("cutout", help="Cutout (DeVries & Taylor 2017), size 16, fill 127")(Cutout)
+AUGMENT_POLICIES.register("simclr", help="SimCLR's crop-resize, flip, colour jitter (p 0.8, s 0.5) and grey (p 0.2), "
+                          "no blur (Chen et al. 2020, CIFAR setting)")(SimCLRAugment)
 
 
 def list_augment_policies() -> list[str]:

@@ -8,7 +8,8 @@ Functional form: ``get_loss_fn(name)(logits, target, *, reduction='mean', **hp)`
 module form: ``create_loss(name, **hp)`` (a :class:`Loss`). Every hyperparameter accepts a
 float or a per-sample tensor of shape (B,) and is differentiable where the maths allows.
 Helpers for the truncated-Lq method (``truncated_lq_weighted``, ``prune_mask``) and the
-forward-correction transition estimator (``estimate_transition``) are exported too.
+forward-correction transition estimator (``estimate_transition``) are exported too, and SimCLR's
+contrastive loss ``nt_xent`` (two views' projections, not a classification loss: not registered).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .functional import (
     truncated_lq_loss,
     truncated_lq_weighted,
 )
+from .contrastive import contrastive_logits, nt_xent
 from .module import Loss, create_loss, get_loss_fn, list_losses
 from .transition import estimate_transition
 
@@ -54,4 +56,6 @@ __all__ = [
     "forward_loss",
     "focal_loss",
     "estimate_transition",
+    "contrastive_logits",
+    "nt_xent",
 ]

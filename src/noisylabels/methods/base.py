@@ -42,6 +42,12 @@ get from the base instead of writing it themselves:
   SOP's u and v), on the device, checkpointed and restored in place by the loop.
 * :meth:`Method.epoch_batches` -- a method that draws its epoch's batches itself (DivideMix's
   labelled and unlabelled sets) returns them here; default: the loop's shuffled training batches.
+
+Self-supervised methods (:attr:`Method.self_supervised`, e.g. SimCLR; ``noisylabels pretrain``)
+train no classifier: the loop monitors a weighted kNN classifier on :meth:`Method.eval_model`'s
+features instead of its logits (:attr:`Method.knn_k`, :attr:`Method.knn_temperature`), keeps the last
+epoch (selection-free), scores no sample, writes ``backbone.pt`` (the model without its classifier)
+and runs on data without labels; their steps return ``StepOutput(logits=None, ...)``.
 """
 
 from __future__ import annotations
@@ -95,6 +101,13 @@ class Method:
     views: ClassVar[tuple[str, ...]] = ("weak",)
     #: networks trained beside ``ctx.model`` (a name: a trainable :class:`NetworkSpec`)
     networks: ClassVar[tuple[NetworkSpec | str, ...]] = ()
+    #: the method learns features without labels and trains no classifier (``noisylabels pretrain``):
+    #: kNN monitor, no selection (the last epoch), no sample scores, ``backbone.pt``; data may lack labels
+    self_supervised: ClassVar[bool] = False
+    #: the kNN monitor of a self-supervised method (Wu et al. 2018): neighbours (0: no monitor) and
+    #: temperature of the similarity weights
+    knn_k: int = 200
+    knn_temperature: float = 0.1
 
     def __init__(self) -> None:
         self.ctx: MethodContext | None = None

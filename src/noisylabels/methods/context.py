@@ -27,12 +27,14 @@ class StepOutput:
     Attributes
     ----------
     logits:
-        The training batch's logits the step trained on (``(B, K)``; detached or not).
+        The training batch's logits the step trained on (``(B, K)``; detached or not); ``None`` for
+        a step that trains no classifier (self-supervised pretraining): the epoch's
+        ``train_accuracy`` is then ``None``.
     loss:
         The 0-dim training loss of the step (what was minimised; checked for finiteness).
     """
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     loss: torch.Tensor
 
 
@@ -156,10 +158,6 @@ class MethodContext(Protocol):
     def clip_and_step(self, *, net: Network | None = None, also: Sequence[torch.optim.Optimizer] = ()) -> None:
         """Optional gradient clipping, then ``optimizer.step`` (gradients already in ``.grad``), and
         ``step`` of each optimiser in ``also``."""
-
-    def add_network(self, spec: NetworkSpec) -> Network:
-        """Build a network like the run's model (its own seed) with, if trainable, its own optimiser
-        and schedule; the loop steps, checkpoints and restores it (:attr:`Method.networks` calls this)."""
 
     def add_module(self, name: str, module: torch.nn.Module, *, net: Network | None = None) -> torch.nn.Module:
         """A module trained beside the run's model (``net=None``) or the trainable network ``net`` (e.g. a

@@ -41,7 +41,7 @@ from torch import nn
 from ..errors import UserError
 from ..registry import call_with_options
 from .base import MODELS, Classifier, check_int, count_parameters
-from .checkpoint import load_init_checkpoint, read_state_dict
+from .checkpoint import backbone_state_dict, load_init_checkpoint, read_state_dict
 from .ensemble import Ensemble
 from .penultimate import FeatureTap, check_features, feature_dim, features, logits_and_features
 # importing the family modules registers their models
@@ -70,6 +70,7 @@ __all__ = [
     "Ensemble",
     "load_init_checkpoint",
     "read_state_dict",
+    "backbone_state_dict",
     "FeatureTap",
     "check_features",
     "feature_dim",

@@ -12,6 +12,11 @@ architecture is never half-loaded silently. ``exclude`` lists key prefixes left 
 initialisation and ignored in the file: a pretrained backbone with another number of classes
 loads with ``model.init_exclude: [classifier]`` (``[fc]`` for a timm ResNet, whose head is
 ``fc``).
+
+A *backbone* file, one that holds every key of the model but none of its classifier's (this
+library's ``backbone.pt`` from ``noisylabels pretrain``, :func:`backbone_state_dict`), loads as it is:
+the classifier keeps its fresh initialisation (as if ``init_exclude`` named it). A file with some
+but not all of the classifier's keys is still refused.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from torch import nn
 
 from ..errors import UserError
 
-__all__ = ["read_state_dict", "load_init_checkpoint"]
+__all__ = ["read_state_dict", "load_init_checkpoint", "backbone_state_dict", "classifier_prefix"]
 
 _WRAPPERS = ("state_dict", "model", "model_state_dict")
 
@@ -77,6 +82,9 @@ def load_init_checkpoint(model: nn.Module, path: str | os.PathLike[str], *,
 
     target = getattr(model, "checkpoint_module", model)
     sd = {k: v for k, v in read_state_dict(path, what=what).items() if kept(k)}
+    head = classifier_prefix(model)
+    if head is not None and kept(head) and not any(k == head or k.startswith(head + ".") for k in sd):
+        prefixes.append(head)  # a backbone file: the classifier stays at its fresh initialisation
     own = {k: v for k, v in target.state_dict().items() if kept(k)}
     where = f"{what} {Path(path)}"
     unexpected = [k for k in sd if k not in own]
@@ -96,3 +104,28 @@ def load_init_checkpoint(model: nn.Module, path: str | os.PathLike[str], *,
     with torch.no_grad():
         target.load_state_dict(sd, strict=not prefixes)
     return model
+
+
+def classifier_prefix(model: nn.Module) -> str | None:
+    """The key prefix of ``model.classifier`` in the state dict that :func:`load_init_checkpoint`
+    reads (``'classifier'`` for this library's models; timm's head name, e.g. ``'fc'``, inside a
+    :class:`~noisylabels.models.TimmClassifier`); ``None`` when the model has no classifier module."""
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, nn.Module):
+        return None
+    target = getattr(model, "checkpoint_module", model)
+    for name, module in target.named_modules():
+        if module is head and name:
+            return name
+    return None
+
+
+def backbone_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of ``model`` without its classifier (``backbone.pt``): CPU tensors with the keys
+    :func:`load_init_checkpoint` (``model.init_checkpoint``, EMLC's ``method.teacher_init``) reads,
+    which loads it into the same architecture with any number of classes (the classifier at its
+    fresh initialisation)."""
+    target = getattr(model, "checkpoint_module", model)
+    head = classifier_prefix(model)
+    return {k: v.detach().cpu().clone() for k, v in target.state_dict().items()
+            if head is None or not (k == head or k.startswith(head + "."))}

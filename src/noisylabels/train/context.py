@@ -27,7 +27,7 @@ from .optim import build_optimizer
 from .prepare import RunData
 from .records import RunRecorder
 
-__all__ = ["TrainContext", "make_context", "predict_proba", "evaluate"]
+__all__ = ["TrainContext", "make_context", "predict_proba", "evaluate", "embed", "knn_monitor"]
 
 
 @dataclass
@@ -311,6 +311,50 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
         return {"accuracy": float("nan"), "loss": float("nan")}
     p_y = probs.gather(1, y[:, None]).clamp_min(1e-12)
     return {"accuracy": float((probs.argmax(1) == y).float().mean()), "loss": float(-p_y.log().mean())}
+
+
+@torch.no_grad()
+def embed(model: torch.nn.Module, images: torch.Tensor, indices: torch.Tensor | None, *,
+          mean: tuple[float, ...], std: tuple[float, ...], batch_size: int, device: torch.device) -> torch.Tensor:
+    """``model.features`` (eval mode, no augmentation) of ``images[indices]``: ``(n, num_features)``
+    float32 on the CPU."""
+    features = getattr(model, "features", None)
+    if not callable(features):
+        raise UserError(f"{type(model).__name__} has no features(): a kNN monitor needs a model of the form "
+                        f"classifier(features(x))")
+    idx = torch.arange(len(images)) if indices is None else indices
+    dummy = torch.zeros(len(images), dtype=torch.long)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    out = []
+    for batch in batch_loader(images, dummy, idx, batch_size=batch_size, shuffle=False, mean=mean, std=std):
+        out.append(features(batch.x.to(device)).float().flatten(1).cpu())
+    for m, mode in modes:
+        m.training = mode
+    return torch.cat(out) if out else torch.zeros(0, 1)
+
+
+def knn_monitor(model: torch.nn.Module, data: RunData, images: torch.Tensor, labels: torch.Tensor, *, k: int,
+                temperature: float, batch_size: int, device: torch.device) -> dict[str, float | None]:
+    """The accuracy of a weighted kNN classifier (:func:`noisylabels.eval.knn_predict`) on ``model``'s
+    features: the training split with the labels training sees is the memory; the validation split
+    (its given labels) and the test set (its labels) are the queries. ``None`` where the data have
+    no labels or ``k`` is 0 (no monitor)."""
+    from ..eval.knn import knn_accuracy
+
+    if not k or not getattr(data, "has_labels", True) or len(data.splits["train"]) == 0:
+        return {"val_accuracy": None, "test_accuracy": None}
+    kw = dict(mean=data.mean, std=data.std, batch_size=batch_size, device=device)
+    train = data.splits["train"]
+    memory = embed(model, images, train.to(images.device), **kw)
+    mem_labels = labels[train.to(labels.device)].cpu()
+    knn = dict(num_classes=data.num_classes, k=int(k), temperature=float(temperature))
+    val = data.splits["val"]
+    val_acc = knn_accuracy(memory, mem_labels, embed(model, images, val.to(images.device), **kw),
+                           labels[val.to(labels.device)], **knn) if len(val) else None
+    test_acc = knn_accuracy(memory, mem_labels, embed(model, data.test_images, None, **kw), data.test_labels,
+                            **knn) if len(data.test_labels) else None
+    return {"val_accuracy": val_acc, "test_accuracy": test_acc}
 
 
 def make_context(cfg: dict[str, Any], data: RunData, device: torch.device, recorder: RunRecorder,

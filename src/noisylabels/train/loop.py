@@ -28,7 +28,7 @@ from ..eval.metrics import detection_metrics
 from ..methods import StepOutput
 from ..seeding import derive_seed, seed_everything
 from .build import build_method, check_device, check_names, resolve_method_defaults
-from .context import TrainContext, evaluate, make_context, predict_proba
+from .context import TrainContext, evaluate, knn_monitor, make_context, predict_proba
 from .prepare import RunData, prepare_data
 from .records import RunRecorder
 from .resume import _kept_text, check_checkpoint, check_more_epochs, data_fingerprint, resume_hash
@@ -53,6 +53,9 @@ def build_context(cfg: dict[str, Any], *, data: RunData | None = None) -> TrainC
     method = build_method(cfg)
     if data is None:
         data = prepare_data(cfg, needs_meta_set=method.needs_meta_set)
+    if not getattr(data, "has_labels", True) and not method.self_supervised:
+        raise UserError(f"the data have no labels (data.options.unlabeled): method {cfg['method']['name']!r} learns "
+                        f"from labels; only self-supervised pretraining runs on them (noisylabels pretrain)")
     ctx = make_context(cfg, data, check_device(cfg["device"]), RunRecorder(cfg["out"]), method)
     ctx.method.setup(ctx)
     return ctx
@@ -88,7 +91,15 @@ def _summary(cfg: Mapping[str, Any], data: RunData, history: list[dict[str, Any]
         "seconds": seconds,
         "seconds_total": seconds if seconds_total is None else seconds_total,
         "version": __version__,
+        **({"monitor": "knn" if data.has_labels and cfg["method"].get("knn_k", 1) else "none",
+            "selection": "last epoch"} if _self_supervised(cfg) else {}),
     }
+
+
+def _self_supervised(cfg: Mapping[str, Any]) -> bool:
+    from ..methods import METHODS
+
+    return bool(METHODS.get(str(cfg["method"]["name"])).self_supervised)
 
 
 class Run:
@@ -208,7 +219,7 @@ class Run:
             module.train()
         method.start_epoch(ctx)
         gen = torch.Generator().manual_seed(derive_seed(ctx.seed, f"epoch-{epoch}"))
-        tot_loss = tot_correct = tot_count = 0.0
+        tot_loss = tot_correct = tot_count = tot_scored = 0.0
         batches = method.epoch_batches(ctx, gen)
         # a method's own batches may be more or fewer than steps_per_epoch: the schedules then advance
         # by the epoch's fraction, so they end each epoch where the loop's own batches would
@@ -230,13 +241,15 @@ class Run:
                                          f"{_kept_text(ctx.recorder.path('checkpoint.pt'), epoch)}")
             n = float(y.numel())
             tot_loss += loss * n
-            tot_correct += float((out.logits.detach().argmax(1) == y).sum())
+            if out.logits is not None:  # None: the step trained no classifier (self-supervised)
+                tot_correct += float((out.logits.detach().argmax(1) == y).sum())
+                tot_scored += n
             tot_count += n
             ctx.step_schedules(to=None if n_own is None else first + ((j + 1) * spe) // max(n_own, 1))
             ctx.step += 1
             yield
         self._row = {"epoch": epoch, "lr": ctx.lr, "train_loss": tot_loss / max(tot_count, 1),
-                     "train_accuracy": tot_correct / max(tot_count, 1)}
+                     "train_accuracy": tot_correct / tot_scored if tot_scored else None}
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
         """The method's epoch records, validation and test accuracy, model selection (validation
@@ -246,24 +259,36 @@ class Run:
         row = dict(self._row)
         row.update(ctx.method.end_epoch(ctx))
         model = ctx.method.eval_model(ctx)
-        val = evaluate(model, ctx.images, ctx.labels, data.splits["val"], **eval_kw)
-        test = evaluate(model, data.test_images, data.test_labels, None, **eval_kw)
-        row.update(val_accuracy=val["accuracy"], val_loss=val["loss"], test_accuracy=test["accuracy"],
-                   test_loss=test["loss"])
-        for name, other in ctx.method.report_models(ctx).items():  # e.g. each network of a pair on its own
-            v = evaluate(other, ctx.images, ctx.labels, data.splits["val"], **eval_kw)
-            t = evaluate(other, data.test_images, data.test_labels, None, **eval_kw)
-            row.update({f"val_accuracy_{name}": v["accuracy"], f"val_loss_{name}": v["loss"],
-                        f"test_accuracy_{name}": t["accuracy"], f"test_loss_{name}": t["loss"]})
-        self.history.append(row)
         best = ctx.best
-        # Model selection on the (noisy) validation split only; ties keep the earlier epoch.
-        val_acc = val["accuracy"] if math.isfinite(val["accuracy"]) else -1.0
-        if not best or val_acc > best["val_accuracy"]:
+        if ctx.method.self_supervised:
+            # no classifier was trained: a weighted kNN classifier on the features is the accuracy, and
+            # nothing is selected (the last epoch is the result; backbone.pt is written at the end)
+            knn = knn_monitor(model, data, ctx.images, ctx.labels, k=int(ctx.method.knn_k),
+                              temperature=float(ctx.method.knn_temperature),
+                              batch_size=int(tcfg["eval_batch_size"]), device=ctx.device)
+            row.update(val_accuracy=knn["val_accuracy"], val_loss=None, test_accuracy=knn["test_accuracy"],
+                       test_loss=None)
+            self.history.append(row)
             best.clear()
-            best.update(epoch=epoch, val_accuracy=val_acc, test_accuracy=test["accuracy"],
-                        **{k: v for k, v in row.items() if k.startswith("detection_")})
-            recorder.save_best_model(model.state_dict())
+            best.update(epoch=epoch, val_accuracy=knn["val_accuracy"], test_accuracy=knn["test_accuracy"])
+        else:
+            val = evaluate(model, ctx.images, ctx.labels, data.splits["val"], **eval_kw)
+            test = evaluate(model, data.test_images, data.test_labels, None, **eval_kw)
+            row.update(val_accuracy=val["accuracy"], val_loss=val["loss"], test_accuracy=test["accuracy"],
+                       test_loss=test["loss"])
+            for name, other in ctx.method.report_models(ctx).items():  # e.g. each network of a pair on its own
+                v = evaluate(other, ctx.images, ctx.labels, data.splits["val"], **eval_kw)
+                t = evaluate(other, data.test_images, data.test_labels, None, **eval_kw)
+                row.update({f"val_accuracy_{name}": v["accuracy"], f"val_loss_{name}": v["loss"],
+                            f"test_accuracy_{name}": t["accuracy"], f"test_loss_{name}": t["loss"]})
+            self.history.append(row)
+            # Model selection on the (noisy) validation split only; ties keep the earlier epoch.
+            val_acc = val["accuracy"] if math.isfinite(val["accuracy"]) else -1.0
+            if not best or val_acc > best["val_accuracy"]:
+                best.clear()
+                best.update(epoch=epoch, val_accuracy=val_acc, test_accuracy=test["accuracy"],
+                            **{k: v for k, v in row.items() if k.startswith("detection_")})
+                recorder.save_best_model(model.state_dict())
         if tcfg["checkpoint"]:
             recorder.save_checkpoint({
                 "epoch": epoch, "step": ctx.step, "model": ctx.model.state_dict(),
@@ -444,10 +469,11 @@ def _train(run: Run, *, resume: bool, stop_after: int | None, progress: bool | s
             for _ in run.steps(epoch):
                 pass
             row = run.end_epoch(epoch)
-            bar.set_postfix(val=f"{row['val_accuracy']:.3f}", test=f"{row['test_accuracy']:.3f}")
+            bar.set_postfix(val=_num(row["val_accuracy"], 3), test=_num(row["test_accuracy"], 3))
             if lines:
-                print(f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f}, val accuracy "
-                      f"{row['val_accuracy']:.4f}, test accuracy {row['test_accuracy']:.4f} "
+                what = "kNN " if run.ctx.method.self_supervised else ""
+                print(f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f}, {what}val accuracy "
+                      f"{_num(row['val_accuracy'], 4)}, {what}test accuracy {_num(row['test_accuracy'], 4)} "
                       f"({run.seconds:.1f} s)", flush=True)
     except BaseException as exc:
         error = exc
@@ -458,10 +484,22 @@ def _train(run: Run, *, resume: bool, stop_after: int | None, progress: bool | s
     return summary
 
 
+def _num(v: Any, digits: int) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
 def _finalize(ctx: TrainContext, recorder: RunRecorder) -> dict[str, Any]:
-    """Score every training sample with the selected model; write ``suspects.csv``."""
+    """Score every training sample with the selected model; write ``suspects.csv``. A self-supervised
+    run scores nothing (no classifier was trained) and writes ``backbone.pt`` instead."""
     data = ctx.data
     model = ctx.method.eval_model(ctx)
+    if ctx.method.self_supervised:
+        from ..models.checkpoint import backbone_state_dict
+        from .records import atomic_torch_save
+
+        path = recorder.path("backbone.pt")
+        atomic_torch_save(backbone_state_dict(model), path)
+        return {"backbone": str(path), **ctx.method.finish(ctx)}
     best_path = recorder.path("best_model.pt")
     if best_path.is_file():
         model.load_state_dict(torch.load(best_path, map_location=ctx.device, weights_only=True))

@@ -67,3 +67,11 @@ def check_inputs(run: Mapping[str, Any]) -> None:
     teacher = getattr(method, "teacher_init", None)
     if teacher is not None:
         read_state_dict(str(teacher), what="method.teacher_init")
+    if (run["data"].get("options") or {}).get("unlabeled") is True:
+        if not method.self_supervised:
+            raise UserError(f"data.options.unlabeled: the images have no labels, and method {run['method']['name']!r} "
+                            f"learns from labels; only self-supervised pretraining runs on them (noisylabels pretrain "
+                            f"--method simclr)")
+        if noise.lower() != "none":
+            raise UserError(f"data.options.unlabeled: the images have no labels: --noise {noise} has nothing to "
+                            f"corrupt; use --noise none")

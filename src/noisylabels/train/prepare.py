@@ -46,6 +46,8 @@ class RunData:
     has_ground_truth: bool = True        # False: the labels are the user's and none is known to be right
     strong: AugmentSpec | None = None    # the strong view: data.augment's crop + flip, then data.strong_augment's
                                          # policy (None: data.strong_augment none); a method asks for it as a view
+    has_labels: bool = True              # False: images without labels (self-supervised pretraining only):
+                                         # labels all 0, one placeholder class, no validation or test split
 
     @property
     def num_classes(self) -> int:
@@ -152,7 +154,10 @@ def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> Run
                         "verified samples)")
     raw = create_dataset(dcfg["name"], data_dir=dcfg["dir"], cache_dir=dcfg["cache_dir"], **options,
                          **stream_options(dcfg))
-    truth = raw.y_train_clean is not None or not labels_from_user(cfg)
+    labeled = bool(getattr(raw, "has_labels", True))
+    if not labeled:
+        _check_unlabeled(cfg, needs_meta_set=needs_meta_set, trusted_csv=trusted_csv)
+    truth = labeled and (raw.y_train_clean is not None or not labels_from_user(cfg))
     meta_kind = str(dcfg["meta_set"])
     if meta_kind == "auto":  # unresolved (resolve_method_defaults): the method's preset, else clean
         from ..methods import METHODS
@@ -174,6 +179,11 @@ def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> Run
             f"to be right: give a CSV of labels you verified (--set data.options.trusted_csv=FILE, path,label rows; "
             f"they become the meta set), or use --meta-set noisy with a robust meta loss (e.g. --method rmnw-net, "
             f"MAE meta loss)")
+    if raw.x_test is None and not labeled:  # nothing to score a test set against: every image trains
+        import dataclasses
+
+        raw = dataclasses.replace(raw, x_test=raw.x_train[np.zeros(0, dtype=np.int64)], y_test=np.zeros(0, np.int64),
+                                  paths_test=None)
     if raw.x_test is None:
         raw = split_off_test(raw, test_fraction=0.2, keep=None if trusted is None else trusted[0])
         if trusted is not None:
@@ -209,6 +219,8 @@ def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> Run
                                       seed=derive_seed(seed, "noise"), **options)
         transition = np.eye(num_classes)
         open_mask = torch.from_numpy(np.asarray(replaced, dtype=bool))
+    elif not labeled:  # no labels: nothing to corrupt (the noise type is none, checked above)
+        noisy, transition = given.copy(), np.eye(num_classes)
     else:
         features = x.reshape(len(x), -1).astype(np.float32) / 255.0 if noise_type == "instance" else None
         result = apply_noise(noise_type, given, num_classes=num_classes, rate=rate,
@@ -219,7 +231,7 @@ def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> Run
     if trusted is not None:  # the verified labels are the truth of their samples and the meta set
         clean = clean.copy()
         clean[trusted[0]] = trusted[1]
-    splits = make_splits(clean if meta_clean else noisy, val_fraction=float(dcfg["val_fraction"]),
+    splits = make_splits(clean if meta_clean else noisy, val_fraction=float(dcfg["val_fraction"]) if labeled else 0.0,
                          meta_size=resolve_meta_size(dcfg["meta_size"], len(clean), needs_meta_set=needs_meta_set),
                          seed=derive_seed(seed, "splits"),
                          num_classes=num_classes, meta=None if trusted is None else trusted[0])
@@ -248,7 +260,17 @@ def prepare_data(cfg: Mapping[str, Any], *, needs_meta_set: bool = False) -> Run
         test_paths=None if test_paths is None else list(test_paths),
         has_ground_truth=bool(truth),
         strong=strong_view_spec(dcfg.get("strong_augment", "randaugment+cutout"), weak),
+        has_labels=labeled,
     )
+
+
+def _check_unlabeled(cfg: Mapping[str, Any], *, needs_meta_set: bool, trusted_csv: Any) -> None:
+    """Images without labels: nothing that needs labels may be asked for."""
+    if str(cfg["noise"]["type"]).lower() != "none":
+        raise UserError(f"the images have no labels (data.options.unlabeled): --noise {cfg['noise']['type']} has "
+                        f"nothing to corrupt; use --noise none")
+    if needs_meta_set or trusted_csv is not None:
+        raise UserError("the images have no labels (data.options.unlabeled): a meta set needs labels")
 
 
 def _read_trusted(path: Any, raw: Any, *, data_dir: Any) -> tuple[np.ndarray, np.ndarray]:
