@@ -22,6 +22,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="cross-fit: train K models on K-1 folds of the training split each and write "
                         "out-of-sample pred_probs.npy, label_issues.csv and the count of wrong labels "
                         "(default: one model, no cross-fit)")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="data-parallel on this machine: start N processes through torchrun (python -m "
+                        "torch.distributed.run); --batch-size is the global batch, divisible by N (default: one process)")
+    p.add_argument("--allow-other-world-size", action="store_true",
+                   help="--resume a run written by another number of processes (same global batches; other "
+                        "random draws inside the steps; default: refused)")
 
 
 
@@ -119,9 +125,40 @@ def _interrupted_message(cfg: dict[str, Any], exc: BaseException) -> str:
     return f"noisylabels: interrupted ({what}) before the run started (while loading data): nothing was written"
 
 
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """``noisylabels train --nproc N ...`` = ``python -m torch.distributed.run --standalone
+    --nproc-per-node N -m noisylabels train ...`` (the same arguments without ``--nproc``)."""
+    import os
+    import subprocess
+
+    if args.nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.folds is not None:
+        raise UserError("--nproc with --folds is not supported: cross-fit folds run one after another in one process")
+    argv, skip = [], False
+    for a in args.argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "noisylabels", *argv]
+    return subprocess.call(cmd, env=dict(os.environ))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
     import signal
     import threading
+
+    if getattr(args, "nproc", None) is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_torchrun(args)
+    main_rank = os.environ.get("RANK", "0") == "0"
 
     from ..config import resolve_config
     from ..methods import METHODS
@@ -154,20 +191,23 @@ def cmd_train(args: argparse.Namespace) -> int:
             check_run_dir(out, resume=same, overwrite=args.overwrite)
         return cmd_crossfit(cfg, args)
     check_run_dir(cfg["out"], resume=args.resume, overwrite=args.overwrite)  # refusals only: nothing is removed yet
-    print(_header(cfg), flush=True)
-    print(f"loading data ({run['data']['name']}) ...", flush=True)
+    if main_rank:
+        print(_header(cfg), flush=True)
+        print(f"loading data ({run['data']['name']}) ...", flush=True)
     progress = not args.quiet  # a bar on a terminal, one line per epoch elsewhere
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
     try:
-        summary = fit(cfg, resume=args.resume, overwrite=args.overwrite, progress=progress)
+        summary = fit(cfg, resume=args.resume, overwrite=args.overwrite, progress=progress,
+                      allow_other_world_size=args.allow_other_world_size)
     except KeyboardInterrupt as exc:
         print(_interrupted_message(cfg, exc), file=sys.stderr)
         return 128 + (15 if isinstance(exc, _Terminated) else 2)
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, old)
-    _print_table(_result_rows(summary, cfg))
+    if main_rank:
+        _print_table(_result_rows(summary, cfg))
     return 0
 
 

@@ -53,7 +53,7 @@ import torch
 from ..errors import UserError
 from ..eval.plots import Curve
 from ..registry import Registry, call_with_options
-from .context import MethodContext, Network, NetworkSpec, StepOutput, is_noisy_train
+from .context import MethodContext, Network, NetworkSpec, StepOutput, data_parallel, is_noisy_train
 from .records import RECORDS_FILE, Record, SampleRecords
 
 #: the view kinds a method may ask for (``Method.views``, ``data.views``)
@@ -223,6 +223,9 @@ class Method:
         detection AUROC/AP of the declared score), then :meth:`on_epoch_end`."""
         out: dict[str, Any] = {}
         if self.sample_records is not None:
+            dp = data_parallel(ctx)
+            if dp is not None:  # each process recorded its slices: the sums and counts of all of them
+                dp.all_reduce_sum_(self.sample_records.sums_and_counts())
             means = self.sample_records.end_epoch(ctx.epoch)
             if means:
                 self.sample_records.save_npz(ctx.recorder.path(RECORDS_FILE))

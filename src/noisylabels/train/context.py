@@ -20,6 +20,7 @@ from ..methods.context import Network, NetworkSpec
 from ..models import create_model
 from ..seeding import derive_seed
 from .build import build_model, build_run_schedule, check_meta_settings
+from .distributed import SINGLE, Distributed
 from .optim import build_optimizer
 from .prepare import RunData
 from .records import RunRecorder
@@ -47,6 +48,7 @@ class TrainContext:
     best: dict[str, Any] = field(default_factory=dict)  # the validation-selected epoch so far
     extra: dict[str, Any] = field(default_factory=dict)
     networks: dict[str, Network] = field(default_factory=dict)  # the method's networks beside the model
+    dist: Distributed = SINGLE  # the process group (data-parallel runs; :mod:`.distributed`)
     _meta_streams: dict[int, Iterator[Batch]] = field(default_factory=dict, repr=False)
 
     @property
@@ -202,12 +204,16 @@ class TrainContext:
         (loss if scaler is None else scaler.scale(loss)).backward()
         self.clip_and_step(net=net)
 
-    def clip_and_step(self, *, net: Network | None = None) -> None:
+    def clip_and_step(self, *, net: Network | None = None, reduced: bool = False) -> None:
         """Optional gradient-norm clipping (``train.clip_grad_norm``), then ``optimizer.step`` (of
-        ``net``'s optimiser if given)."""
+        ``net``'s optimiser if given). In a data-parallel run the gradients are first all-reduced to
+        the global batch's mean (:meth:`Distributed.reduce_param_grads_`) unless ``reduced`` (they
+        already are, e.g. a meta step's virtual-step gradient)."""
         clip = self.cfg["train"]["clip_grad_norm"]
         scaler = self.extra.get("scaler")
         model, opt = (self.model, self.optimizer) if net is None else (net.model, net.optimizer)
+        if not reduced:
+            self.dist.reduce_param_grads_(list(model.parameters()))
         if scaler is not None:
             scaler.unscale_(opt)
         if clip:
