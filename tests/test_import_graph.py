@@ -131,7 +131,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "methods": _GROUND | {"registry", "io", "eval", "losses", "meta", "models"},
     "train": _GROUND | {"registry", "io", "eval", "config", "losses", "meta", "models", "noise", "data", "methods"},
     "detect": _GROUND | {"io", "eval", "train"},            # reads run records through train/, never cli/
-    "bench": _GROUND | {"io", "config", "train"},
+    "bench": _GROUND | {"io", "config", "train", "detect"},  # detect: resolve_forget_rate for a cell
     "config_doc": _GROUND | {"config", "methods", "train"},
     "estimator": _GROUND | {"config", "data", "detect", "train", "models", "methods"},
 }

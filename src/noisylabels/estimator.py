@@ -189,6 +189,8 @@ class NoisyLabelClassifier(ClassifierMixin, BaseEstimator):
     # --------------------------------------------------------------------------- the API
     def fit(self, X: Any, y: Any) -> NoisyLabelClassifier:
         """Train on ``X`` (n_samples, n_features) with the (noisy) labels ``y``."""
+        from .config import load_config
+        from .detect import resolve_forget_rate
         from .train import build_context
         from .train import fit as train_fit
 
@@ -198,9 +200,10 @@ class NoisyLabelClassifier(ClassifierMixin, BaseEstimator):
             data = self._run_data(X, y_enc, cfg)
             old = torch.get_num_threads()
             try:
-                summary = train_fit(cfg, data=data, progress=False)
+                summary = train_fit(cfg, data=data, progress=False, resolve=resolve_forget_rate)
             finally:
                 torch.set_num_threads(old)
+            cfg = load_config(f"{out}/config.yaml")  # the run's config (e.g. an estimated forget rate)
             with torch.random.fork_rng(devices=[]):  # the method's prediction module (e.g. an ensemble), unseeded
                 ctx = build_context(cfg, data=data)
             model = ctx.method.eval_model(ctx).cpu()

@@ -168,6 +168,41 @@ def test_fp16_is_refused_for_several_networks_before_any_data(tmp_path):
         check_names(_cfg(tmp_path, **{"train.amp": "fp16"}))
 
 
+@register_method("test-per-sample-bias", help="(tests) a per-sample logit bias with its own optimiser")
+class PerSampleBias(Method):
+    def setup(self, ctx):
+        super().setup(ctx)
+        self.bias = self.per_sample("bias", shape=(ctx.data.num_classes,), requires_grad=True)
+        self.bias_opt = torch.optim.SGD([self.bias], lr=0.5)
+
+    def train_step(self, ctx, x, y, index):
+        z = ctx.model(x).float() + self.bias[index]
+        loss = F.cross_entropy(z, y)
+        ctx.backward_and_step(loss, also=(self.bias_opt,))
+        return StepOutput(logits=z.detach(), loss=loss.detach())
+
+
+@pytest.mark.parametrize("amp", ["none", "fp16"])
+def test_a_methods_own_optimiser_steps_with_the_model_on_fresh_unscaled_gradients(tmp_path, amp):
+    """``backward_and_step(also=...)``: per-sample parameters move by -lr * their gradient of this
+    step's loss (zeroed first, not accumulated; unscaled under fp16's gradient scaler), only at the
+    batch's rows."""
+    ctx = build_context(run_cfg(tmp_path, **{"method.name": "test-per-sample-bias", "train.amp": amp,
+                                             "data.train_subset": 200}))
+    m = ctx.method
+    b = next(iter(ctx.loader("train", shuffle=False, augment=False, batch_size=16)))
+    ctx.model.train()
+    for _ in range(2):  # the second step's gradient must not include the first's
+        before = m.bias.detach().clone()
+        with ctx.autocast():
+            out = m.train_step(ctx, b.x, b.y, b.index)
+        grad = (torch.softmax(out.logits, 1) - F.one_hot(b.y, ctx.data.num_classes)) / len(b.y)
+        torch.testing.assert_close(m.bias.detach()[b.index], before[b.index] - 0.5 * grad, rtol=2e-3, atol=2e-5)
+        rows = torch.ones(len(before), dtype=torch.bool)
+        rows[b.index] = False
+        assert torch.equal(m.bias.detach()[rows], before[rows])
+
+
 @register_method("test-own-batches", help="(tests) draws its epoch's batches itself: the first third, twice")
 class OwnBatches(Method):
     def epoch_batches(self, ctx, generator):

@@ -310,6 +310,7 @@ def _run_cell(cfg: dict[str, Any], threads: int | None) -> dict[str, Any]:
     ``threads``: torch threads (``None`` leaves the process's setting). Errors propagate (the
     executor turns them into ``{'status': 'error', ...}`` results).
     """
+    from ..detect import resolve_forget_rate
     from ..train import fit
 
     if threads is not None:
@@ -319,7 +320,7 @@ def _run_cell(cfg: dict[str, Any], threads: int | None) -> dict[str, Any]:
         cfg["train"]["num_threads"] = threads
     resume = (Path(cfg["out"]) / "checkpoint.pt").is_file()
     # the cell's folder is its own (keyed by the config hash): a run that left no checkpoint starts over there
-    return fit(cfg, resume=resume, overwrite=not resume, progress=False)
+    return fit(cfg, resume=resume, overwrite=not resume, progress=False, resolve=resolve_forget_rate)
 
 
 def _finished(out: Path) -> dict[str, Any] | None:

@@ -198,7 +198,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
     try:
-        summary = fit(cfg, resume=args.resume, overwrite=args.overwrite, progress=progress,
+        from ..detect import resolve_forget_rate  # method.forget_rate=estimate: a cross-fitted warm-up first
+
+        summary = fit(cfg, resume=args.resume, overwrite=args.overwrite, progress=progress, resolve=resolve_forget_rate,
                       allow_other_world_size=args.allow_other_world_size)
     except KeyboardInterrupt as exc:
         print(_interrupted_message(cfg, exc), file=sys.stderr)

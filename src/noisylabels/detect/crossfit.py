@@ -21,10 +21,13 @@ def crossfit(cfg: dict[str, Any], *, folds: int = 5, progress: bool = False,
              data: RunData | None = None, detect: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """:func:`~noisylabels.train.crossfit.crossfit_pred_probs`, then (with ``detect``) write
     ``label_issues.csv`` / ``joint.png`` and the count estimate into its summary
-    (:func:`detection_report`). The other arguments and the return value are those of
-    ``crossfit_pred_probs``."""
+    (:func:`detection_report`). Each fold's run resolves ``method.forget_rate: estimate`` on its
+    own training part (:func:`~noisylabels.detect.forget_rate.resolve_forget_rate`). The other
+    arguments and the return value are those of ``crossfit_pred_probs``."""
+    from .forget_rate import resolve_forget_rate
+
     return crossfit_pred_probs(cfg, folds=folds, progress=progress, data=data, overwrite=overwrite,
-                               report=detection_report if detect else None)
+                               report=detection_report if detect else None, resolve=resolve_forget_rate)
 
 
 def detection_report(out: Path, data: RunData, probs: np.ndarray, summary: dict[str, Any]) -> dict[str, Any]:

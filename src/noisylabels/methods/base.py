@@ -32,7 +32,9 @@ get from the base instead of writing it themselves:
   their own optimiser and learning-rate schedule; the loop steps the schedules, checkpoints and
   restores them. ``self.net(name)`` is the :class:`~noisylabels.methods.context.Network`.
 * :meth:`Method.eval_model` -- the module the loop validates, tests, selects (``best_model.pt``) and
-  scores with (default ``ctx.model``; e.g. an :class:`~noisylabels.models.Ensemble` of both networks).
+  scores with (default ``ctx.model``; e.g. an :class:`~noisylabels.models.Ensemble` of both networks);
+  :meth:`Method.report_models` -- further modules whose validation and test accuracy the loop writes
+  beside it each epoch (e.g. each network of a pair on its own, as Co-teaching's papers evaluate).
 * :attr:`Method.views` -- the augmented views of each training batch (``'weak'``: the run's crop and
   flip; ``'strong'``: weak then ``data.strong_augment``); with more than one, ``train_step`` receives
   a tuple of tensors, one per view, in this order (``data.views`` may change their kinds).
@@ -93,6 +95,9 @@ class Method:
     views: ClassVar[tuple[str, ...]] = ("weak",)
     #: networks trained beside ``ctx.model`` (a name: a trainable :class:`NetworkSpec`)
     networks: ClassVar[tuple[NetworkSpec | str, ...]] = ()
+    #: why the method refuses a data-parallel run (one line), or ``None``: it equals one process there
+    #: (the loop also refuses any method with ``per_sample`` state that is not a parameter)
+    data_parallel_refusal: ClassVar[str | None] = None
 
     def __init__(self) -> None:
         self.ctx: MethodContext | None = None
@@ -129,6 +134,18 @@ class Method:
         """The module the loop validates, tests, selects (``best_model.pt``) and scores every sample
         with; its softmax is the prediction (default: ``ctx.model``)."""
         return ctx.model
+
+    def report_models(self, ctx: MethodContext) -> dict[str, torch.nn.Module]:
+        """Further modules the loop evaluates each epoch beside :meth:`eval_model`, by name: their
+        accuracy and loss go into ``metrics.jsonl`` as ``val_accuracy_<name>``, ``test_accuracy_<name>``
+        (and ``val_loss_<name>``, ``test_loss_<name>``); nothing is selected or scored with them
+        (default: none)."""
+        return {}
+
+    def check_config(self, cfg: Mapping[str, Any]) -> None:
+        """Check the method's options against the rest of a resolved run config (e.g. an option that
+        needs simulated noise); called before any data are loaded (:func:`noisylabels.train.check_names`).
+        Raise a one-line :class:`~noisylabels.errors.UserError`; default: nothing to check."""
 
     def per_sample(self, name: str, *, shape: tuple[int, ...] = (), fill: float = 0.0,
                    dtype: torch.dtype = torch.float32, requires_grad: bool = False) -> torch.Tensor:
@@ -258,6 +275,10 @@ class Method:
     def load_records_state_dict(self, state: Mapping[str, Any]) -> None:
         if self.sample_records is not None:
             self.sample_records.load_state_dict(state)
+
+    def per_sample_tensors(self) -> dict[str, torch.Tensor]:
+        """The :meth:`per_sample` tensors themselves, by name (not copies)."""
+        return dict(self._per_sample)
 
     def per_sample_state_dict(self) -> dict[str, torch.Tensor]:
         """Checkpoint state of :meth:`per_sample` tensors (detached copies)."""

@@ -8,7 +8,7 @@ attributes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -147,13 +147,16 @@ class MethodContext(Protocol):
         """The next meta batch (shuffled and augmented like training; the stream restarts each
         epoch from a generator seeded by ``(seed, epoch)``, so resume is exact)."""
 
-    def backward_and_step(self, loss: torch.Tensor, *, net: Network | None = None) -> None:
+    def backward_and_step(self, loss: torch.Tensor, *, net: Network | None = None,
+                          also: Sequence[torch.optim.Optimizer] = ()) -> None:
         """``zero_grad``, ``backward``, optional gradient clipping, ``optimizer.step`` of the run's
-        model, or of the trainable network ``net``."""
+        model, or of the trainable network ``net``; ``also``: optimisers of the method's own
+        parameters (per-sample ``u``, ``v`` of SOP), zeroed and stepped with it (never clipped)."""
 
-    def clip_and_step(self, *, net: Network | None = None, reduced: bool = False) -> None:
-        """Optional gradient clipping, then ``optimizer.step`` (gradients already in ``.grad``; in a
-        data-parallel run all-reduced first unless ``reduced``)."""
+    def clip_and_step(self, *, net: Network | None = None, also: Sequence[torch.optim.Optimizer] = (),
+                      reduced: bool = False) -> None:
+        """Optional gradient clipping, then ``optimizer.step`` (gradients already in ``.grad``), and
+        ``step`` of each optimiser in ``also`` (in a data-parallel run all-reduced first unless ``reduced``)."""
 
     def add_network(self, spec: NetworkSpec) -> Network:
         """Build a network like the run's model (its own seed) with, if trainable, its own optimiser
@@ -165,6 +168,11 @@ class MethodContext(Protocol):
         """Batches (``x``, ``y``, ``index``, and ``views`` when several) of a split or index tensor of the
         pool; ``views`` names the augmentation of each view (``'weak'``, ``'strong'``, ``'none'``;
         default: the run's weak augmentation if ``augment``, one view)."""
+
+    def mixup(self, x: torch.Tensor, targets: torch.Tensor, *, alpha: float, generator: torch.Generator,
+              num_classes: int | None = None, per_sample: bool = False, max_lambda: bool = False) -> Any:
+        """:func:`noisylabels.data.mixup` (Zhang et al. 2018): the batch mixed with a permutation of itself,
+        drawn from ``generator`` only; returns ``x``, ``targets`` ``(B, K)``, ``lam`` ``(B,)``, ``perm`` ``(B,)``."""
 
     def predict(self, split: str | torch.Tensor = "train", *, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Softmax outputs (eval mode, no augmentation) of ``model`` (default: the one being

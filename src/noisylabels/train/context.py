@@ -5,13 +5,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import re
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
 from ..data import Batch, BatchLoader
+from ..data.mix import mixup
 from ..data.stream import batch_loader
 from ..errors import UserError
 from ..losses import create_loss
@@ -50,6 +53,8 @@ class TrainContext:
     networks: dict[str, Network] = field(default_factory=dict)  # the method's networks beside the model
     dist: Distributed = SINGLE  # the process group (data-parallel runs; :mod:`.distributed`)
     _meta_streams: dict[int, Iterator[Batch]] = field(default_factory=dict, repr=False)
+    #: :func:`noisylabels.data.mixup`, for methods (they never import the data layer)
+    mixup = staticmethod(mixup)
 
     @property
     def seed(self) -> int:
@@ -166,11 +171,19 @@ class TrainContext:
 
     def step_schedules(self, *, to: int | None = None) -> None:
         """One step of the run's learning-rate schedule and of every trainable network's; ``to``: move
-        them to that position instead (the schedules count ``steps_per_epoch`` steps per epoch)."""
+        them to that position instead (the schedules count ``steps_per_epoch`` steps per epoch). A network
+        a method has not stepped yet (DivideMix trains network B after network A) does not warn that its
+        schedule stepped before its optimiser: the schedule follows the loop, not the network."""
         for sched in [self.scheduler] + [n.scheduler for n in self.networks.values() if n.scheduler is not None]:
             if to is not None:
                 sched.last_epoch = int(to) - 1
-            sched.step()
+            if getattr(sched, "_step_count", 0) == 1:  # torch checks the order on the first step only
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"),
+                                            category=UserWarning)
+                    sched.step()
+            else:
+                sched.step()
 
     def reinit_model(self) -> None:
         """Re-initialise the model's weights in place (deterministic from the run seed)."""
@@ -192,36 +205,48 @@ class TrainContext:
         return create_model(name, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
                             image_size=self.data.image_size, **options)
 
-    def backward_and_step(self, loss: torch.Tensor, *, net: Network | None = None) -> None:
+    def backward_and_step(self, loss: torch.Tensor, *, net: Network | None = None,
+                          also: Sequence[torch.optim.Optimizer] = ()) -> None:
         """``zero_grad``, ``backward``, optional gradient-norm clipping, ``optimizer.step`` of the run's
         model or of the trainable network ``net`` (through the fp16 gradient scaler when
-        ``train.amp: fp16``, which several networks do not use)."""
+        ``train.amp: fp16``, which several networks do not use).
+
+        ``also``: optimisers of parameters the method owns (e.g. SOP's per-sample ``u``, ``v``), zeroed
+        before and stepped after the same backward (unscaled by the same scaler, never clipped)."""
         opt = self.optimizer if net is None else net.optimizer
         if opt is None:
             raise ValueError(f"network {net.name!r} is not trainable (it has no optimiser)")  # type: ignore[union-attr]
         opt.zero_grad(set_to_none=True)
+        for o in also:
+            o.zero_grad(set_to_none=True)
         scaler = self.extra.get("scaler")
         (loss if scaler is None else scaler.scale(loss)).backward()
-        self.clip_and_step(net=net)
+        self.clip_and_step(net=net, also=also)
 
-    def clip_and_step(self, *, net: Network | None = None, reduced: bool = False) -> None:
-        """Optional gradient-norm clipping (``train.clip_grad_norm``), then ``optimizer.step`` (of
-        ``net``'s optimiser if given). In a data-parallel run the gradients are first all-reduced to
-        the global batch's mean (:meth:`Distributed.reduce_param_grads_`) unless ``reduced`` (they
-        already are, e.g. a meta step's virtual-step gradient)."""
+    def clip_and_step(self, *, net: Network | None = None, also: Sequence[torch.optim.Optimizer] = (),
+                      reduced: bool = False) -> None:
+        """Optional gradient-norm clipping (``train.clip_grad_norm``, of the model's parameters), then
+        ``optimizer.step`` (of ``net``'s optimiser if given) and of each optimiser in ``also``. In a
+        data-parallel run the gradients (the model's and those of ``also``'s parameters) are first
+        all-reduced to the global batch's mean (:meth:`Distributed.reduce_param_grads_`) unless
+        ``reduced`` (they already are, e.g. a meta step's virtual-step gradient)."""
         clip = self.cfg["train"]["clip_grad_norm"]
         scaler = self.extra.get("scaler")
         model, opt = (self.model, self.optimizer) if net is None else (net.model, net.optimizer)
         if not reduced:
-            self.dist.reduce_param_grads_(list(model.parameters()))
+            self.dist.reduce_param_grads_(list(model.parameters()) + [p for o in also for g in o.param_groups
+                                                                     for p in g["params"]])
         if scaler is not None:
-            scaler.unscale_(opt)
+            for o in (opt, *also):
+                scaler.unscale_(o)
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
         if scaler is None:
-            opt.step()
+            for o in (opt, *also):
+                o.step()
         else:
-            scaler.step(opt)
+            for o in (opt, *also):
+                scaler.step(o)
             scaler.update()
 
     def autocast(self) -> Any:

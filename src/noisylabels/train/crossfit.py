@@ -86,8 +86,8 @@ def _fold_is_done(out: Path, cfg: dict[str, Any]) -> bool:
 
 
 def crossfit_pred_probs(cfg: dict[str, Any], *, folds: int = 5, progress: bool = False,
-             data: RunData | None = None, overwrite: bool = False,
-                        report: Report | None = None) -> dict[str, Any]:
+                        data: RunData | None = None, overwrite: bool = False,
+                        report: Report | None = None, resolve: Any = None) -> dict[str, Any]:
     """Train ``folds`` models on ``folds - 1`` folds of the training split each; write
     out-of-sample ``pred_probs.npy`` for every sample (see the module docstring).
 
@@ -110,6 +110,9 @@ def crossfit_pred_probs(cfg: dict[str, Any], *, folds: int = 5, progress: bool =
         ``report(out, data, probs, summary) -> dict``, called with the cross-fitted probabilities
         before ``summary.json`` is written; its fields join the summary
         (:func:`noisylabels.detect.crossfit.crossfit` runs detection here).
+    resolve:
+        Handed to each fold's :func:`~noisylabels.train.fit` (e.g. a forget rate estimated on the
+        fold's own training part, into ``fold-<k>/``).
 
     Returns
     -------
@@ -133,10 +136,11 @@ def crossfit_pred_probs(cfg: dict[str, Any], *, folds: int = 5, progress: bool =
         if data is None:
             data = prepare_data(cfg, needs_meta_set=build_method(cfg).needs_meta_set)
         claim.start()
-        return _crossfit(cfg, folds=folds, progress=progress, data=data, report=report)
+        return _crossfit(cfg, folds=folds, progress=progress, data=data, report=report, resolve=resolve)
 
 
-def _crossfit(cfg: dict[str, Any], *, folds: int, progress: bool, data: RunData, report: Report | None) -> dict[str, Any]:
+def _crossfit(cfg: dict[str, Any], *, folds: int, progress: bool, data: RunData, report: Report | None,
+              resolve: Any = None) -> dict[str, Any]:
     from ..config import save_config
     from .loop import fit
 
@@ -168,7 +172,8 @@ def _crossfit(cfg: dict[str, Any], *, folds: int, progress: bool, data: RunData,
         if _fold_is_done(Path(cfg_k["out"]), cfg_k):
             summary_k = json.loads((Path(cfg_k["out"]) / "summary.json").read_text())
         else:
-            summary_k = fit(cfg_k, data=sub, progress=progress, overwrite=True)  # the fold's own folder
+            summary_k = fit(cfg_k, data=sub, progress=progress, overwrite=True,  # the fold's own folder
+                            resolve=resolve)
             if summary_k.get("status") != "finished":
                 raise UserError(f"cross-fitting fold {k} ended with status {summary_k.get('status')!r}")
         p_k = np.load(Path(cfg_k["out"]) / "pred_probs.npy", allow_pickle=False).astype(np.float64)

@@ -29,14 +29,15 @@ What each rank does (:class:`Distributed`; the loop and the meta base call it):
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from ..errors import UserError
 
-__all__ = ["Distributed", "SINGLE", "init_distributed", "shard_bounds", "world_size_from_env"]
+__all__ = ["Distributed", "SINGLE", "init_distributed", "shard_bounds", "single_process", "world_size_from_env"]
 
 
 def world_size_from_env() -> int:
@@ -210,12 +211,27 @@ class _GlobalSum(torch.autograd.Function):
 SINGLE = Distributed()
 
 
+_FORCED_SINGLE = [False]
+
+
+@contextmanager
+def single_process() -> Iterator[None]:
+    """Inside the block :func:`init_distributed` answers :data:`SINGLE` (work rank 0 does alone, e.g.
+    the nested runs of a cross-fitted warm-up, never joins the group's collectives)."""
+    before = _FORCED_SINGLE[0]
+    _FORCED_SINGLE[0] = True
+    try:
+        yield
+    finally:
+        _FORCED_SINGLE[0] = before
+
+
 def init_distributed(device: torch.device) -> Distributed:
     """Join torchrun's process group (gloo on CPU, NCCL on CUDA) when ``WORLD_SIZE > 1``; else :data:`SINGLE`.
 
     Under CUDA each rank takes the GPU of its ``LOCAL_RANK``."""
     world = world_size_from_env()
-    if world == 1:
+    if world == 1 or _FORCED_SINGLE[0]:
         return SINGLE
     import torch.distributed as dist
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -29,7 +29,7 @@ from ..methods import StepOutput
 from ..seeding import derive_seed, seed_everything
 from .build import build_method, check_device, check_names, resolve_method_defaults
 from .context import TrainContext, evaluate, make_context, predict_proba
-from .distributed import SINGLE, Distributed, init_distributed
+from .distributed import SINGLE, Distributed, init_distributed, single_process
 from .prepare import RunData, prepare_data
 from .records import RunRecorder
 from .resume import _kept_text, check_checkpoint, check_more_epochs, data_fingerprint, resume_hash
@@ -67,9 +67,9 @@ def build_context(cfg: dict[str, Any], *, data: RunData | None = None, dist: Dis
     recorder = RunRecorder(cfg["out"]) if dist.is_main else ScratchRecorder(cfg["out"])
     ctx = make_context(cfg, data, device, recorder, method)
     ctx.dist = dist
+    ctx.method.setup(ctx)
     if dist.active:
         check_data_parallel(ctx)
-    ctx.method.setup(ctx)
     if dist.rank > 0:
         torch.manual_seed(derive_seed(int(cfg["seed"]), f"rank-{dist.rank}"))
     return ctx
@@ -102,10 +102,20 @@ class ScratchRecorder(RunRecorder):
 
 
 def check_data_parallel(ctx: TrainContext) -> None:
-    """What a data-parallel run refuses: BatchNorm with a meta method (each process's batch
-    statistics would differ from the global batch's, in the virtual step and the JVP rules)."""
+    """What a data-parallel run refuses: a method that says why (``Method.data_parallel_refusal``),
+    one with ``per_sample`` state that is not a parameter (each process would update only its slices'
+    rows), BatchNorm with a meta method (each process's batch statistics would differ from the global
+    batch's, in the virtual step and the JVP rules)."""
     from ..methods.meta import MetaMethod
 
+    name = ctx.cfg["method"]["name"]
+    why = type(ctx.method).data_parallel_refusal
+    if why:
+        raise UserError(f"method {name!r} does not run on several processes: {why}; use one process")
+    plain = [k for k, t in ctx.method.per_sample_tensors().items() if not t.requires_grad]
+    if plain:
+        raise UserError(f"method {name!r} does not run on several processes: its per-sample state "
+                        f"({', '.join(sorted(plain))}) would be updated by each process on its own slices; use one process")
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in ctx.model.modules())
     if has_bn and isinstance(ctx.method, MetaMethod):
         raise UserError(f"model {ctx.cfg['model']['name']!r} has BatchNorm: meta method {ctx.cfg['method']['name']!r} "
@@ -345,6 +355,11 @@ class Run:
         test = evaluate(model, data.test_images, data.test_labels, None, **eval_kw)
         row.update(val_accuracy=val["accuracy"], val_loss=val["loss"], test_accuracy=test["accuracy"],
                    test_loss=test["loss"])
+        for name, other in ctx.method.report_models(ctx).items():  # e.g. each network of a pair on its own
+            v = evaluate(other, ctx.images, ctx.labels, data.splits["val"], **eval_kw)
+            t = evaluate(other, data.test_images, data.test_labels, None, **eval_kw)
+            row.update({f"val_accuracy_{name}": v["accuracy"], f"val_loss_{name}": v["loss"],
+                        f"test_accuracy_{name}": t["accuracy"], f"test_loss_{name}": t["loss"]})
         self.history.append(row)
         best = ctx.best
         # Model selection on the (noisy) validation split only; ties keep the earlier epoch.
@@ -450,9 +465,13 @@ def status_of(exc: BaseException | None, finished: bool) -> str:
     return "failed"
 
 
+#: ``resolve(cfg, data, progress) -> cfg``: settles config values that need a computation of their own
+Resolve = Callable[[dict[str, Any], RunData, Any], dict[str, Any]]
+
+
 def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, stop_after: int | None = None,
         progress: bool | str | None = None, data: RunData | None = None,
-        allow_other_world_size: bool = False) -> dict[str, Any]:
+        resolve: Resolve | None = None, allow_other_world_size: bool = False) -> dict[str, Any]:
     """Train one run described by a resolved config; write its records to ``cfg['out']``.
 
     Launched by ``torchrun`` (``WORLD_SIZE > 1``), the run is data-parallel over the process group
@@ -479,6 +498,17 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
         (:func:`noisylabels.progress.progress_mode`).
     data:
         Pre-built :class:`RunData` (otherwise built from the config).
+    resolve:
+        ``resolve(cfg, data, progress) -> cfg`` for a new run: settles config values a higher layer
+        computes (``method.forget_rate: estimate`` from a cross-fitted warm-up:
+        :func:`noisylabels.detect.resolve_forget_rate`, which ``noisylabels train`` passes). It runs
+        once the folder is claimed and the data are read, and may write nested runs into
+        ``cfg['out']`` (they belong to this run); the config it returns is the run's (``config.yaml``).
+        A resumed run calls it again on the same config: it must return the same values without
+        redoing its work (``resolve_forget_rate`` reuses its finished warm-up), so that a caller
+        resuming with the unresolved config (a suite cell) continues the run it started. In a
+        data-parallel run rank 0 calls it alone, its nested runs on one process, and the others
+        wait for the config it returns.
     allow_other_world_size:
         Resume a checkpoint written by another number of processes (see :meth:`Run._restore_rng`).
 
@@ -490,6 +520,12 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
     dist = init_distributed(check_device(cfg["device"]))
     if not dist.active:
         with RunDir(cfg["out"], resume=resume, overwrite=overwrite) as claim:  # refusals and the lock; nothing removed
+            if resolve is not None:
+                if data is None:  # the data as Run(cfg) builds them (the values resolved do not change them)
+                    run_cfg = check_names(cfg)
+                    data = prepare_data(run_cfg, needs_meta_set=build_method(run_cfg).needs_meta_set)
+                claim.start()  # a new run: what resolve writes into the folder is this run's (a resumed one keeps all)
+                cfg = resolve(cfg, data, progress)
             run = Run(cfg, data=data, allow_other_world_size=allow_other_world_size)  # reads everything the run needs
             claim.start()  # only now does a new run replace the previous one's records
             return _train(run, resume=resume, stop_after=stop_after, progress=progress)
@@ -505,6 +541,23 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
         refusal = dist.broadcast_object(refusal)
         if refusal is not None:
             raise UserError(refusal)
+        if resolve is not None:  # rank 0 settles the config on one process; the others wait for it
+            answer: tuple[str, Any] = ("ok", cfg)
+            if claim is not None:
+                try:
+                    if data is None:
+                        run_cfg = check_names(cfg)
+                        data = prepare_data(run_cfg, needs_meta_set=build_method(run_cfg).needs_meta_set)
+                    claim.start()
+                    with single_process():
+                        answer = ("ok", resolve(cfg, data, progress))
+                except BaseException as exc:
+                    dist.broadcast_object(("error", f"rank 0 failed before training: {exc}"))
+                    raise
+            kind, value = dist.broadcast_object(answer)
+            if kind == "error":
+                raise UserError(value)
+            cfg = value
         run = Run(cfg, data=data, dist=dist, allow_other_world_size=allow_other_world_size)
         dist.broadcast_object(None)  # every rank has read the checkpoint before rank 0 replaces anything
         if claim is not None:

@@ -51,6 +51,7 @@ def check_inputs(run: Mapping[str, Any]) -> None:
 
     mcfg = {k: v for k, v in run["method"].items() if k != "name"}
     method = create_method(str(run["method"]["name"]), **mcfg)  # option names and values; t-narl's adjuster
+    method.check_config(run)  # options against the rest of the config (e.g. a forget rate from simulated noise)
     model = {k: v for k, v in run["model"].items() if k != "name"}
     name = str(run["model"]["name"])
     if not name.lower().startswith(TIMM_PREFIX):

@@ -267,12 +267,14 @@ class RunDir:
 
     def start(self) -> None:
         """Make the folder this run's: a new run removes the previous run's records (its manifest
-        only) and writes a fresh marker; a resumed run keeps everything."""
-        if self.resume and self.state in ("run", "legacy"):
+        only) and writes a fresh marker; a resumed run keeps everything. Once started, a second
+        call changes nothing (what the run wrote in between stays)."""
+        if self.state == "started" or (self.resume and self.state in ("run", "legacy")):
             return
         if self.state == "run":
             _clear(self.path)
         mark_run_dir(self.path)
+        self.state = "started"
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
