@@ -241,9 +241,14 @@ def test_another_world_size_is_refused_unless_allowed(tmp_path):
 
 
 @pytest.mark.slow
-def test_odd_global_batch_and_batchnorm_meta_methods_are_refused(tmp_path):
+def test_odd_global_batch_unsynchronised_methods_and_batchnorm_meta_methods_are_refused(tmp_path):
     with pytest.raises(Exception, match="divisible"):
         _fit_parallel(run_cfg(tmp_path, "odd", epochs=1, **{**QUICK, "train.batch_size": 63}))
+    with pytest.raises(Exception, match="per-sample state"):
+        _fit_parallel(run_cfg(tmp_path, "elr", epochs=1, **{**QUICK, "method.name": "elr"}))
+    with pytest.raises(Exception, match="small-loss"):
+        _fit_parallel(run_cfg(tmp_path, "cot", epochs=1, **{**QUICK, "method.name": "coteaching",
+                                                             "method.forget_rate": 0.4}))
     with pytest.raises(Exception, match="BatchNorm"):
         _fit_parallel(run_cfg(tmp_path, "bn", epochs=1, **{**QUICK, "method.name": "mwnet", "model.name": "resnet8"}))
 
