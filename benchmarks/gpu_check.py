@@ -22,6 +22,8 @@ device command and its ``carry`` list (:mod:`gpu_prepare`).
    nodes of a WRN (dropout) training forward, then two epochs of every registered method
    (ResNet-32): seconds, accuracy, which JVP path the engine took and every autograd node that
    had no rule.
+4. **ddp_scaling** (only with more than one GPU): ``benchmarks/ddp_scaling.py --device cuda``,
+   training images/s on 1, 2, 4, ... GPUs for ERM (ResNet-32) and MW-Net (LeNet), ratios printed.
 
 Every phase runs in its own ``try`` and has a share of ``--budget`` seconds (default 450); a
 phase that runs out says so. Each check adds one line to the summary (PASS / FAIL / SKIP with its

@@ -252,3 +252,16 @@ def test_odd_global_batch_unsynchronised_methods_and_batchnorm_meta_methods_are_
     with pytest.raises(Exception, match="BatchNorm"):
         _fit_parallel(run_cfg(tmp_path, "bn", epochs=1, **{**QUICK, "method.name": "mwnet", "model.name": "resnet8"}))
 
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--nproc", "2", "--batch-size", "63"], "must be divisible by --nproc 2"),
+    (["--nproc", "2", "--folds", "3"], "--folds on several processes"),
+    (["--nproc", "0"], "--nproc must be >= 1"),
+])
+def test_nproc_refusals_come_before_any_process_starts(tmp_path, capsys, flags, message):
+    from noisylabels.cli import main
+
+    assert main(["train", "--out", str(tmp_path / "run"), "--epochs", "1", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

@@ -131,10 +131,6 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
     import os
     import subprocess
 
-    if args.nproc < 1:
-        raise UserError(f"--nproc must be >= 1, got {args.nproc}")
-    if args.folds is not None:
-        raise UserError("--nproc with --folds is not supported: cross-fit folds run one after another in one process")
     argv, skip = [], False
     for a in args.argv:
         if skip:
@@ -156,8 +152,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    if getattr(args, "nproc", None) is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return _launch_torchrun(args)
+    launch = getattr(args, "nproc", None) is not None and "WORLD_SIZE" not in os.environ
+    if launch and args.nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {args.nproc}")
     main_rank = os.environ.get("RANK", "0") == "0"
 
     from ..config import resolve_config
@@ -178,6 +175,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError(f"--meta-size {meta}: method {cfg['method']['name']!r} uses no meta set, so it would "
                             f"only take {meta} samples away from training; leave data.meta_size at auto")
     run = check_names(cfg)  # every name and the device, before any data are loaded
+    if args.folds is not None and (os.environ.get("WORLD_SIZE", "1") != "1" or (launch and args.nproc > 1)):
+        raise UserError("--folds on several processes (--nproc, torchrun) is not supported: cross-fit folds run one "
+                        "after another in one process")
     if args.folds is not None:
         from ..config import load_config
         from .detect import cmd_crossfit
@@ -191,6 +191,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             check_run_dir(out, resume=same, overwrite=args.overwrite)
         return cmd_crossfit(cfg, args)
     check_run_dir(cfg["out"], resume=args.resume, overwrite=args.overwrite)  # refusals only: nothing is removed yet
+    if launch and args.nproc > 1:  # the refusals above (and the batch's) before any process starts
+        if int(run["train"]["batch_size"]) % args.nproc:
+            raise UserError(f"--batch-size {run['train']['batch_size']} is the global batch and must be divisible by "
+                            f"--nproc {args.nproc}")
+        return _launch_torchrun(args)
     if main_rank:
         print(_header(cfg), flush=True)
         print(f"loading data ({run['data']['name']}) ...", flush=True)
