@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def find_data() -> str | None:
-    for c in (ROOT / "shared" / "data", ROOT.parent / "shared" / "data", ROOT / ".gpu" / "data",
+    for c in (ROOT / "shared" / "data", ROOT.parent / "shared" / "data", ROOT.parents[1] / "shared" / "data",
+              ROOT / ".gpu" / "data",
               Path(os.environ.get("NOISYLABELS_DATA_DIR", "/nonexistent"))):
         if (c / "cifar10-train-jpeg.zip").is_file():
             return str(c)
