@@ -574,9 +574,12 @@ def probe_wrn(args: argparse.Namespace, data_dir: str, subset: bool, out: str, s
 def method_setup(name: str, tmp: Path) -> dict[str, Any]:
     """What a method needs beyond the shared settings. ``t-narl`` reads a meta-trained adjuster
     (``noisylabels narl-train``): an untrained, seeded one exercises the same transfer run;
-    ``dividemix`` warms up for one epoch, so the second divides and trains by MixMatch."""
+    ``dividemix`` warms up for one epoch, so the second divides and trains by MixMatch; so does
+    ``promix``, whose second epoch selects and trains both heads (its ramps over one epoch)."""
     if name == "dividemix":
         return {"method.warmup_epochs": 1}
+    if name == "promix":
+        return {"method.warmup_epochs": 1, "method.rampup_epochs": 1}
     if name != "t-narl":
         return {}
     import torch

@@ -21,6 +21,7 @@ from .meta import ExampleWeightingMethod, MetaMethod, MetaNetMethod, meta_loss_f
 from .mlc import MLC, LabelCorrectionNet
 from .mwnet import MetaWeightNet, MNWNet, RMNWNet, WeightNet
 from .narl import NARL, Adjuster, margin
+from .promix import ProMix
 from .narl_transfer import TransferNARL, load_adjuster, save_adjuster
 from .records import Record, SampleRecords
 from .sop import SOP, SOPPlus
@@ -32,4 +33,4 @@ __all__ = ["ERM", "METHODS", "Method", "check_loss_section", "create_method", "l
            "LabelCorrectionMethod", "gate_mix", "soft_cross_entropy", "MLC", "LabelCorrectionNet",
            "ExampleWeightingMethod", "MetaMethod", "MetaNetMethod", "meta_loss_fn", "MetaWeightNet", "MNWNet",
            "RMNWNet", "WeightNet", "NARL", "Adjuster", "TransferNARL", "load_adjuster", "margin",
-           "save_adjuster", "Record", "SampleRecords", "SOP", "SOPPlus", "TruncatedLq"]
+           "save_adjuster", "ProMix", "Record", "SampleRecords", "SOP", "SOPPlus", "TruncatedLq"]

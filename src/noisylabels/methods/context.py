@@ -162,6 +162,11 @@ class MethodContext(Protocol):
         """Build a network like the run's model (its own seed) with, if trainable, its own optimiser
         and schedule; the loop steps, checkpoints and restores it (:attr:`Method.networks` calls this)."""
 
+    def add_module(self, name: str, module: torch.nn.Module, *, net: Network | None = None) -> torch.nn.Module:
+        """A module trained beside the run's model (``net=None``) or the trainable network ``net`` (e.g. a
+        second head on its features): its parameters join that optimiser and schedule, it is clipped with
+        the network and checkpointed and restored by the loop (call in ``setup``); returns it on the device."""
+
     def loader(self, split: str | torch.Tensor, *, shuffle: bool, augment: bool, batch_size: int | None = None,
                generator: torch.Generator | None = None, drop_last: bool = False,
                views: tuple[str, ...] | None = None) -> Any:

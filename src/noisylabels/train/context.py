@@ -52,6 +52,8 @@ class TrainContext:
     extra: dict[str, Any] = field(default_factory=dict)
     networks: dict[str, Network] = field(default_factory=dict)  # the method's networks beside the model
     dist: Distributed = SINGLE  # the process group (data-parallel runs; :mod:`.distributed`)
+    #: modules a method trains beside a network (:meth:`add_module`): name -> (module, owner network or "")
+    modules: dict[str, tuple[torch.nn.Module, str]] = field(default_factory=dict)
     _meta_streams: dict[int, Iterator[Batch]] = field(default_factory=dict, repr=False)
     #: :func:`noisylabels.data.mixup`, for methods (they never import the data layer)
     mixup = staticmethod(mixup)
@@ -169,6 +171,33 @@ class TrainContext:
         self.networks[spec.name] = net
         return net
 
+    def add_module(self, name: str, module: torch.nn.Module, *, net: Network | None = None) -> torch.nn.Module:
+        """A module the method trains beside the run's model (``net=None``) or a trainable network
+        ``net`` (e.g. a second head on its features, ProMix's pseudo-label head): moved to the device;
+        its parameters join that optimiser as a new parameter group (the optimiser's defaults) and that
+        schedule is rebuilt to cover it (call in ``setup``, before any step); gradient clipping covers
+        it with the network; the loop checkpoints and restores it (``modules``) and puts it in train
+        mode with the network each epoch. Returns the module on the device."""
+        if name in self.modules:
+            raise UserError(f"method {self.cfg['method']['name']!r} adds module {name!r} twice")
+        opt = self.optimizer if net is None else net.optimizer
+        if opt is None:
+            raise ValueError(f"network {net.name!r} is not trainable (it has no optimiser)")  # type: ignore[union-attr]
+        module = module.to(self.device)
+        opt.add_param_group({"params": list(module.parameters())})
+        sched = build_run_schedule(opt, self.cfg, self.steps_per_epoch, self.schedule_start_epoch)
+        if net is None:
+            self.scheduler = sched
+        else:
+            net.scheduler = sched
+        self.modules[name] = (module, "" if net is None else net.name)
+        return module
+
+    def owned_modules(self, net: Network | None = None) -> list[torch.nn.Module]:
+        """The modules :meth:`add_module` added beside ``net`` (``None``: the run's model)."""
+        owner = "" if net is None else net.name
+        return [m for m, o in self.modules.values() if o == owner]
+
     def step_schedules(self, *, to: int | None = None) -> None:
         """One step of the run's learning-rate schedule and of every trainable network's; ``to``: move
         them to that position instead (the schedules count ``steps_per_epoch`` steps per epoch). A network
@@ -227,20 +256,21 @@ class TrainContext:
                       reduced: bool = False) -> None:
         """Optional gradient-norm clipping (``train.clip_grad_norm``, of the model's parameters), then
         ``optimizer.step`` (of ``net``'s optimiser if given) and of each optimiser in ``also``. In a
-        data-parallel run the gradients (the model's and those of ``also``'s parameters) are first
+        data-parallel run the gradients (every parameter of the optimisers stepped: the network's, its
+        added modules', ``also``'s) are first
         all-reduced to the global batch's mean (:meth:`Distributed.reduce_param_grads_`) unless
         ``reduced`` (they already are, e.g. a meta step's virtual-step gradient)."""
         clip = self.cfg["train"]["clip_grad_norm"]
         scaler = self.extra.get("scaler")
         model, opt = (self.model, self.optimizer) if net is None else (net.model, net.optimizer)
         if not reduced:
-            self.dist.reduce_param_grads_(list(model.parameters()) + [p for o in also for g in o.param_groups
-                                                                     for p in g["params"]])
+            self.dist.reduce_param_grads_([p for o in (opt, *also) for g in o.param_groups for p in g["params"]])
         if scaler is not None:
             for o in (opt, *also):
                 scaler.unscale_(o)
         if clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
+            params = [p for m in [model, *self.owned_modules(net)] for p in m.parameters()]
+            torch.nn.utils.clip_grad_norm_(params, float(clip))
         if scaler is None:
             for o in (opt, *also):
                 o.step()

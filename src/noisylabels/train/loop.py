@@ -205,6 +205,7 @@ class Run:
             ctx.optimizer.load_state_dict(ckpt["optimizer"])
             ctx.scheduler.load_state_dict(ckpt["scheduler"])
             _load_networks(ctx, ckpt.get("networks", {}), path=recorder.path("checkpoint.pt"))
+            _load_modules(ctx, ckpt.get("modules", {}), path=recorder.path("checkpoint.pt"))
             ctx.method.load_state_dict(ckpt["method"])
             ctx.method.load_records_state_dict(ckpt.get("records", {}))
             ctx.method.load_per_sample_state_dict(ckpt.get("per_sample", {}))
@@ -292,6 +293,8 @@ class Run:
         for net in ctx.networks.values():
             if net.optimizer is not None:
                 net.model.train()
+        for module, _ in ctx.modules.values():
+            module.train()
         method.start_epoch(ctx)
         gen = torch.Generator().manual_seed(derive_seed(ctx.seed, f"epoch-{epoch}"))
         tot_loss = tot_correct = tot_count = 0.0
@@ -428,10 +431,14 @@ class Run:
 
 
 def _network_state(ctx: TrainContext) -> dict[str, Any]:
-    """Checkpoint entries of the method's networks (none: the key is left out, as before networks)."""
+    """Checkpoint entries of the method's networks and added modules (none: the keys are left out,
+    as before networks)."""
+    out: dict[str, Any] = {}
+    if ctx.modules:
+        out["modules"] = {name: module.state_dict() for name, (module, _) in ctx.modules.items()}
     if not ctx.networks:
-        return {}
-    return {"networks": {name: {"model": net.model.state_dict(),
+        return out
+    return {**out, "networks": {name: {"model": net.model.state_dict(),
                                 "optimizer": net.optimizer.state_dict() if net.optimizer is not None else {},
                                 "scheduler": net.scheduler.state_dict() if net.scheduler is not None else {}}
                          for name, net in ctx.networks.items()}}
@@ -452,6 +459,15 @@ def _load_networks(ctx: TrainContext, state: Mapping[str, Any], *, path: Any) ->
         if net.optimizer is not None:
             net.optimizer.load_state_dict(state[name]["optimizer"])
             net.scheduler.load_state_dict(state[name]["scheduler"])
+
+
+def _load_modules(ctx: TrainContext, state: Mapping[str, Any], *, path: Any) -> None:
+    missing = sorted(set(ctx.modules) - set(state))
+    if missing:
+        raise UserError(f"cannot resume from {path}: it holds no module {', '.join(missing)} of method "
+                        f"{ctx.cfg['method']['name']!r}")
+    for name, (module, _) in ctx.modules.items():
+        module.load_state_dict(state[name])
 
 
 def status_of(exc: BaseException | None, finished: bool) -> str:
