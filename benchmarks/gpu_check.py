@@ -22,6 +22,8 @@ device command and its ``carry`` list (:mod:`gpu_prepare`).
    nodes of a WRN (dropout) training forward, then two epochs of every registered method
    (ResNet-32): seconds, accuracy, which JVP path the engine took and every autograd node that
    had no rule.
+4. **ddp_scaling** (only with more than one GPU): ``benchmarks/ddp_scaling.py --device cuda``,
+   training images/s on 1, 2, 4, ... GPUs for ERM (ResNet-32) and MW-Net (LeNet), ratios printed.
 
 Every phase runs in its own ``try`` and has a share of ``--budget`` seconds (default 450); a
 phase that runs out says so. Each check adds one line to the summary (PASS / FAIL / SKIP with its
@@ -383,6 +385,28 @@ def phase_speed(args: argparse.Namespace, clock: Clock, limit: float, summary: S
             summary.add(check, ok, f"erm {erm:.1f} ms/step; {short}; JVP {jvp_path(fell, walks[0])}")
 
 
+# -- 4 (only with more than one GPU) -----------------------------------------------------------------
+def phase_ddp(args: argparse.Namespace, clock: Clock, summary: Summary) -> None:
+    """``benchmarks/ddp_scaling.py --device cuda``: images/s on 1, 2, 4, ... GPUs (ERM, MW-Net)."""
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n < 2:
+        summary.add("ddp_scaling", None, f"{n} GPU(s): needs more than one")
+        return
+    data_dir, _ = find_data(args)
+    if data_dir is None:
+        summary.add("ddp_scaling", None, "no CIFAR-10 data")
+        return
+    header(f"4. ddp_scaling on {n} GPUs (ERM resnet32, MW-Net lenet, global batch 256)", clock)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "ddp_scaling.py"), "--device", "cuda", "--data-dir", data_dir,
+           "--steps", "4" if args.quick else "10"]
+    code, secs = _tee(cmd, args.out / "ddp_scaling.log", limit=max(30.0, clock.left() - 5),
+                      env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    ratios = [ln.strip() for ln in (args.out / "ddp_scaling.log").read_text().splitlines() if "ratio to" in ln]
+    summary.add("ddp_scaling", code == 0, "; ".join(ratios) or f"exit {code} after {secs:.0f} s")
+
+
 # -- 3 ---------------------------------------------------------------------------------------------------
 def find_data(args: argparse.Namespace) -> tuple[str | None, bool]:
     """``(folder with cifar10-train-jpeg.zip, whether it is the prepared subset)``: ``--data-dir``,
@@ -721,6 +745,8 @@ def main(argv: list[str] | None = None) -> int:
         if "3" in phases:
             guarded(summary, "phase 3 (training runs)",
                     lambda: phase_methods(args, clock, max(30.0, clock.left() - 5), summary))
+        if torch.cuda.device_count() > 1:  # more than one GPU: the data-parallel scaling too
+            guarded(summary, "phase 4 (ddp_scaling)", lambda: phase_ddp(args, clock, summary))
     except Terminated:
         summary.note = (f"stopped by SIGTERM after {time.monotonic() - clock.t0:.0f} s during {summary.running}: "
                         "the checks above finished")

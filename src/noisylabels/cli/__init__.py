@@ -47,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command line (train --nproc relaunches it through torchrun)
     try:
         if args.command == "train":
             return cmd_train(args)

@@ -22,6 +22,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="cross-fit: train K models on K-1 folds of the training split each and write "
                         "out-of-sample pred_probs.npy, label_issues.csv and the count of wrong labels "
                         "(default: one model, no cross-fit)")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="data-parallel on this machine: start N processes through torchrun (python -m "
+                        "torch.distributed.run); --batch-size is the global batch, divisible by N (default: one process)")
+    p.add_argument("--allow-other-world-size", action="store_true",
+                   help="--resume a run written by another number of processes (same global batches; other "
+                        "random draws inside the steps; default: refused)")
 
 
 
@@ -119,9 +125,37 @@ def _interrupted_message(cfg: dict[str, Any], exc: BaseException, *, command: st
     return f"noisylabels: interrupted ({what}) before the run started (while loading data): nothing was written"
 
 
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """``noisylabels train --nproc N ...`` = ``python -m torch.distributed.run --standalone
+    --nproc-per-node N -m noisylabels train ...`` (the same arguments without ``--nproc``)."""
+    import os
+    import subprocess
+
+    argv, skip = [], False
+    for a in args.argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "noisylabels", *argv]
+    return subprocess.call(cmd, env=dict(os.environ))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
     import signal
     import threading
+
+    launch = getattr(args, "nproc", None) is not None and "WORLD_SIZE" not in os.environ
+    if launch and args.nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {args.nproc}")
+    main_rank = os.environ.get("RANK", "0") == "0"
 
     from ..config import resolve_config
     from ..methods import METHODS
@@ -145,6 +179,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"method {run['method']['name']!r} is self-supervised pretraining and trains no classifier: "
                         f"use noisylabels pretrain --method {run['method']['name']} (it writes OUT/backbone.pt for "
                         f"--set model.init_checkpoint=...)")
+    if args.folds is not None and (os.environ.get("WORLD_SIZE", "1") != "1" or (launch and args.nproc > 1)):
+        raise UserError("--folds on several processes (--nproc, torchrun) is not supported: cross-fit folds run one "
+                        "after another in one process")
     if args.folds is not None:
         from ..config import load_config
         from .detect import cmd_crossfit
@@ -158,22 +195,30 @@ def cmd_train(args: argparse.Namespace) -> int:
             check_run_dir(out, resume=same, overwrite=args.overwrite)
         return cmd_crossfit(cfg, args)
     check_run_dir(cfg["out"], resume=args.resume, overwrite=args.overwrite)  # refusals only: nothing is removed yet
-    print(_header(cfg), flush=True)
-    print(f"loading data ({run['data']['name']}) ...", flush=True)
+    if launch and args.nproc > 1:  # the refusals above (and the batch's) before any process starts
+        if int(run["train"]["batch_size"]) % args.nproc:
+            raise UserError(f"--batch-size {run['train']['batch_size']} is the global batch and must be divisible by "
+                            f"--nproc {args.nproc}")
+        return _launch_torchrun(args)
+    if main_rank:
+        print(_header(cfg), flush=True)
+        print(f"loading data ({run['data']['name']}) ...", flush=True)
     progress = not args.quiet  # a bar on a terminal, one line per epoch elsewhere
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
     try:
         from ..detect import resolve_forget_rate  # method.forget_rate=estimate: a cross-fitted warm-up first
 
-        summary = fit(cfg, resume=args.resume, overwrite=args.overwrite, progress=progress, resolve=resolve_forget_rate)
+        summary = fit(cfg, resume=args.resume, overwrite=args.overwrite, progress=progress, resolve=resolve_forget_rate,
+                      allow_other_world_size=args.allow_other_world_size)
     except KeyboardInterrupt as exc:
         print(_interrupted_message(cfg, exc), file=sys.stderr)
         return 128 + (15 if isinstance(exc, _Terminated) else 2)
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, old)
-    _print_table(_result_rows(summary, cfg))
+    if main_rank:
+        _print_table(_result_rows(summary, cfg))
     return 0
 
 

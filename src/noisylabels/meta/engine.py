@@ -108,6 +108,8 @@ __all__ = [
 
 Tensor = torch.Tensor
 LossLayer = Callable[[Tensor, Tensor], Tensor]
+#: data-parallel runs: per-process mean gradients -> the global batch's mean (``None`` entries stay)
+GradReduce = Callable[[list], list]
 
 #: how ``u = J z . t`` is computed: graph walk with fallback, graph walk only, torch.func only
 JVP_BACKENDS = ("auto", "graph", "func")
@@ -474,7 +476,7 @@ def functional_jvp(model: torch.nn.Module, *, params: Mapping[str, Tensor], buff
 def meta_gradient_jvp(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, x: Tensor, y: Tensor,
                       loss_layer: LossLayer, meta_x: Tensor, meta_y: Tensor, meta_loss_fn: LossLayer,
                       phi: Sequence[Tensor], reuse_forward: bool = True,
-                      jvp_backend: str = "auto") -> JVPMetaGradientStep:
+                      jvp_backend: str = "auto", grad_reduce: GradReduce | None = None) -> JVPMetaGradientStep:
     """``dL_meta(theta_hat(phi))/dphi`` through one virtual SGD step, with one JVP pass.
 
     Meta-Weight-Net's meta step (Shu et al. 2019, Eqs. 4-5) with the real optimiser's step, via the
@@ -505,6 +507,11 @@ def meta_gradient_jvp(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
         for the real step (default); ``False``: a functional forward that changes nothing.
     jvp_backend:
         See :func:`logits_jvp`.
+    grad_reduce:
+        Data-parallel runs: maps this process's training gradient (the mean over its slice of the
+        global batch) to the real step's, the mean over the global batch (an all-reduce); the
+        virtual step and ``train_grads`` use it. ``meta_grads`` stay this process's contribution
+        (mean-based over its slice, like the gradient): the caller reduces them the same way.
     """
     s = _setup(model, optimizer, x, jvp_backend)
     phi = _check_phi(phi)
@@ -515,6 +522,8 @@ def meta_gradient_jvp(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
         gz, = torch.autograd.grad(losses.mean(), zd, create_graph=True)  # (1/n) dl_i/dz_i (phi)
         g = torch.autograd.grad(z, list(s.trainable.values()), grad_outputs=gz.detach(),
                                 retain_graph=reuse_forward or jvp_backend != "func", allow_unused=True)
+    if grad_reduce is not None:
+        g = tuple(grad_reduce(list(g)))
     train_grads = dict(zip(s.trainable, g))
     with torch.no_grad():
         vs = optimizer_virtual_step(optimizer, s.params, train_grads,
@@ -531,7 +540,7 @@ def meta_gradient_jvp(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
 def meta_gradient_double_backward(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, x: Tensor,
                                   y: Tensor, loss_layer: LossLayer, meta_x: Tensor, meta_y: Tensor,
                                   meta_loss_fn: LossLayer, phi: Sequence[Tensor],
-                                  reuse_forward: bool = True) -> MetaGradientStep:
+                                  reuse_forward: bool = True, grad_reduce: GradReduce | None = None) -> MetaGradientStep:
     """Reference path: ``theta_hat(phi)`` built with ``create_graph=True``, then ``L_meta`` backward.
 
     What the official Meta-Weight-Net / L2RW code does (a differentiable copy of the step, then
@@ -545,6 +554,8 @@ def meta_gradient_double_backward(model: torch.nn.Module, optimizer: torch.optim
         z = _train_forward(model, s, x, reuse_forward)
         losses = _per_sample(loss_layer(z, y), len(z), "loss_layer")
         g = torch.autograd.grad(losses.mean(), list(s.trainable.values()), create_graph=True, allow_unused=True)
+        if grad_reduce is not None:  # the global value; the graph (hence the meta-gradient) this process's part
+            g = tuple(gi if r is None else gi + (r - gi).detach() for gi, r in zip(g, grad_reduce(list(g))))
         vs = optimizer_virtual_step(optimizer, s.params, dict(zip(s.trainable, g)))
         meta_loss = _mean(meta_loss_fn(functional_logits(model, vs.params, s.buffers, meta_x), meta_y))
         mg = (torch.autograd.grad(meta_loss, phi, allow_unused=True, retain_graph=reuse_forward)
@@ -557,11 +568,12 @@ def meta_gradient_double_backward(model: torch.nn.Module, optimizer: torch.optim
 
 def meta_gradient(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, x: Tensor, y: Tensor,
                   loss_layer: LossLayer, meta_x: Tensor, meta_y: Tensor, meta_loss_fn: LossLayer,
-                  phi: Sequence[Tensor], how: str = "jvp", reuse_forward: bool = True) -> MetaGradientStep:
+                  phi: Sequence[Tensor], how: str = "jvp", reuse_forward: bool = True,
+                  grad_reduce: GradReduce | None = None) -> MetaGradientStep:
     """:func:`meta_gradient_jvp` (``how='jvp'``: graph walk; ``'jvp-func'``: :func:`torch.func.jvp`) or
     :func:`meta_gradient_double_backward` (``'double-backward'``); the other arguments as those."""
     kwargs = dict(x=x, y=y, loss_layer=loss_layer, meta_x=meta_x, meta_y=meta_y, meta_loss_fn=meta_loss_fn,
-                  phi=phi, reuse_forward=reuse_forward)
+                  phi=phi, reuse_forward=reuse_forward, grad_reduce=grad_reduce)
     if how == "double-backward":
         return meta_gradient_double_backward(model, optimizer, **kwargs)
     if how in ("jvp", "jvp-func"):

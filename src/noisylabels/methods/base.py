@@ -61,7 +61,7 @@ import torch
 from ..errors import UserError
 from ..eval.plots import Curve
 from ..registry import Registry, call_with_options
-from .context import MethodContext, Network, NetworkSpec, StepOutput, is_noisy_train
+from .context import MethodContext, Network, NetworkSpec, StepOutput, data_parallel, is_noisy_train
 from .records import RECORDS_FILE, Record, SampleRecords
 
 #: the view kinds a method may ask for (``Method.views``, ``data.views``)
@@ -108,6 +108,9 @@ class Method:
     #: temperature of the similarity weights
     knn_k: int = 200
     knn_temperature: float = 0.1
+    #: why the method refuses a data-parallel run (one line), or ``None``: it equals one process there
+    #: (the loop also refuses any method with ``per_sample`` state that is not a parameter)
+    data_parallel_refusal: ClassVar[str | None] = None
 
     def __init__(self) -> None:
         self.ctx: MethodContext | None = None
@@ -250,6 +253,9 @@ class Method:
         detection AUROC/AP of the declared score), then :meth:`on_epoch_end`."""
         out: dict[str, Any] = {}
         if self.sample_records is not None:
+            dp = data_parallel(ctx)
+            if dp is not None:  # each process recorded its slices: the sums and counts of all of them
+                dp.all_reduce_sum_(self.sample_records.sums_and_counts())
             means = self.sample_records.end_epoch(ctx.epoch)
             if means:
                 self.sample_records.save_npz(ctx.recorder.path(RECORDS_FILE))
@@ -282,6 +288,10 @@ class Method:
     def load_records_state_dict(self, state: Mapping[str, Any]) -> None:
         if self.sample_records is not None:
             self.sample_records.load_state_dict(state)
+
+    def per_sample_tensors(self) -> dict[str, torch.Tensor]:
+        """The :meth:`per_sample` tensors themselves, by name (not copies)."""
+        return dict(self._per_sample)
 
     def per_sample_state_dict(self) -> dict[str, torch.Tensor]:
         """Checkpoint state of :meth:`per_sample` tensors (detached copies)."""

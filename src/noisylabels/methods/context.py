@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 __all__ = ["MethodContext", "RunDataView", "RecorderView", "MetaBatch", "StepOutput", "Network", "NetworkSpec",
-           "is_noisy_train"]
+           "is_noisy_train", "DistributedView", "data_parallel", "batch_total"]
 
 
 @dataclass
@@ -155,9 +155,10 @@ class MethodContext(Protocol):
         model, or of the trainable network ``net``; ``also``: optimisers of the method's own
         parameters (per-sample ``u``, ``v`` of SOP), zeroed and stepped with it (never clipped)."""
 
-    def clip_and_step(self, *, net: Network | None = None, also: Sequence[torch.optim.Optimizer] = ()) -> None:
+    def clip_and_step(self, *, net: Network | None = None, also: Sequence[torch.optim.Optimizer] = (),
+                      reduced: bool = False) -> None:
         """Optional gradient clipping, then ``optimizer.step`` (gradients already in ``.grad``), and
-        ``step`` of each optimiser in ``also``."""
+        ``step`` of each optimiser in ``also`` (in a data-parallel run all-reduced first unless ``reduced``)."""
 
     def add_module(self, name: str, module: torch.nn.Module, *, net: Network | None = None) -> torch.nn.Module:
         """A module trained beside the run's model (``net=None``) or the trainable network ``net`` (e.g. a
@@ -194,6 +195,49 @@ class MethodContext(Protocol):
         from the global RNG (a method seeds it); ``name=None`` or the student's name: the student's
         architecture with its options (not its ``init_checkpoint``); ``options`` add to or replace
         those (e.g. EMLC's teacher, Taraday & Baskin 2023, Sec. 3.3)."""
+
+
+class DistributedView(Protocol):
+    """A data-parallel run's process group as the meta base sees it (``ctx.dist``,
+    :class:`noisylabels.train.distributed.Distributed`): the step's slice ``n_local`` of the global
+    batch ``n_global``; ``reduce_grads`` (``sum_r (n_r / n) t_r``: per-rank means to the global
+    mean), ``gather_batch`` (a per-sample tensor of the global batch, rank order), ``all_reduce_sum_``."""
+
+    rank: int
+    world_size: int
+    n_local: int
+    n_global: int
+
+    @property
+    def active(self) -> bool: ...
+
+    @property
+    def local_slice(self) -> slice: ...
+
+    def reduce_grads(self, tensors: Any) -> list[Any]: ...
+
+    def gather_batch(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def batch_sum(self, partial: torch.Tensor) -> torch.Tensor: ...
+
+    def all_reduce_sum_(self, tensors: Any) -> None: ...
+
+
+def data_parallel(ctx: Any) -> DistributedView | None:
+    """``ctx.dist`` when the run is data-parallel (more than one process), else ``None`` (a context
+    without ``dist``, e.g. one built by hand, is a single process)."""
+    dist = getattr(ctx, "dist", None)
+    return dist if dist is not None and getattr(dist, "active", False) else None
+
+
+def batch_total(ctx: Any, values: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(sum of values, count)`` over the training batch, for a method's in-batch normalisation
+    (MW-Net's ``sum`` weights): in a data-parallel training step the global batch's (every process's
+    slice; differentiable), so the normalisation is the 1-process run's."""
+    dp = data_parallel(ctx)
+    if dp is None or not getattr(dp, "in_step", False) or len(values) != dp.n_local:
+        return values.sum(), len(values)
+    return dp.batch_sum(values.sum()), dp.n_global
 
 
 def is_noisy_train(data: RunDataView) -> np.ndarray | None:

@@ -201,6 +201,7 @@ class CoTeaching(Method):
     """
 
     networks = ("peer",)
+    data_parallel_refusal = "it selects the small-loss samples within each batch (per process, another selection)"
     records = (Record("loss"), Record("selected"))
     detection = ("loss", 1.0)
 

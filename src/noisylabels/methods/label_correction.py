@@ -52,7 +52,7 @@ from ..errors import UserError
 from ..eval.plots import Curve
 from ..io import atomic_write_text
 from ..meta.schedule import DiscountedAccumulation
-from .context import MethodContext
+from .context import MethodContext, data_parallel
 from .meta import MetaNetMethod
 from .options import int_option
 from .records import Record
@@ -156,6 +156,9 @@ class LabelCorrectionMethod(MetaNetMethod):
                        mb: Any) -> tuple[Tensor, Tensor, Tensor, Any]:
         if not self.clean_in_student or len(mb.y) < 2:
             return x, y, index, mb
+        if data_parallel(ctx) is not None:
+            raise UserError(f"{type(self).__name__}: clean_in_student is not supported in a data-parallel run "
+                            f"(every process draws the whole meta batch); set clean_in_student=false or use one process")
         h = len(mb.y) // 2
         xs = torch.cat([x, mb.x[:h].to(x.dtype)])
         self._mixed = (xs, len(y))
@@ -218,6 +221,13 @@ class LabelCorrectionMethod(MetaNetMethod):
 
     def on_epoch_end(self, ctx: MethodContext) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        dp = data_parallel(ctx)
+        if dp is not None:  # each sample was seen by one process this epoch: take its row from there
+            seen = self.q_seen.float()
+            part = self.q_table * seen[:, None]
+            dp.all_reduce_sum_([seen, part])
+            self.q_table.copy_(torch.where(seen[:, None] > 0, part / seen.clamp_min(1)[:, None], self.q_table))
+            self.q_seen.copy_(seen > 0)
         if self._epoch_meta:
             losses = torch.stack(self._epoch_meta).cpu().tolist()
             self.meta_loss_history.extend(float(v) for v in losses)

@@ -44,7 +44,7 @@ from ..meta import META_GRADIENTS, assign_grads, meta_gradient, per_example_weig
 from ..meta.schedule import EveryK, LookaheadWindow, MetaSchedule
 from ..meta.virtual_step import check_sgd
 from .base import Method
-from .context import MethodContext, StepOutput
+from .context import MethodContext, StepOutput, data_parallel
 from .options import choice_option, int_option, positive_option
 
 __all__ = ["MetaMethod", "MetaNetMethod", "ExampleWeightingMethod", "meta_loss_fn"]
@@ -279,20 +279,29 @@ class MetaNetMethod(MetaMethod):
             def layer(z: Tensor, t: Tensor) -> Tensor:
                 return self.loss_layer(z, t, x=xs, index=idxs)
 
+            # data-parallel: the virtual step is the real one (the all-reduced mean gradient); each
+            # process's meta-gradient is its slice's contribution, all-reduced once below
+            dp = data_parallel(ctx)
             res = meta_gradient(ctx.model, ctx.optimizer, how=self.meta_gradient, x=xs, y=ys, loss_layer=layer,
-                                meta_x=mb.x, meta_y=mb.y, meta_loss_fn=self.meta_loss, phi=self.phi)
+                                meta_x=mb.x, meta_y=mb.y, meta_loss_fn=self.meta_loss, phi=self.phi,
+                                grad_reduce=None if dp is None else dp.reduce_grads)
             notes = self._notes  # the schedule's stored steps re-run the loss layer: keep this step's notes
             grads = self.schedule.accumulate(
                 ctx.step, list(res.meta_grads), res, model=ctx.model, optimizer=ctx.optimizer, phi=self.phi,
                 loss_layer=lambda z, st: self.loss_layer(z, st.y, x=st.x, index=st.index))
             self._notes = notes
+            if dp is not None and grads is not None:
+                grads = dp.reduce_grads(grads)
             if self.delayed:  # the real step is the virtual step (pre-update phi)
                 ctx.optimizer.zero_grad(set_to_none=True)
                 for name, p in ctx.model.named_parameters():
                     g = res.train_grads.get(name)
                     if g is not None:
                         p.grad = g
-                ctx.clip_and_step()
+                if dp is None:
+                    ctx.clip_and_step()
+                else:
+                    ctx.clip_and_step(reduced=True)  # train_grads are the all-reduced ones
                 self.record(index, **self._notes)
             if grads is not None:  # None: the schedule accumulates (MLC's k-step)
                 self.apply_meta_gradient(ctx, grads, res, mb)
@@ -373,10 +382,23 @@ class ExampleWeightingMethod(MetaMethod):
         res = per_example_weights(ctx.model, ctx.optimizer, x=x, y=y, meta_x=mb.x, meta_y=mb.y,
                                   meta_loss_fn=self.meta_loss, per_sample_loss=self.example_losses,
                                   how=self.meta_gradient)
-        w = self.normalize(res.weights)
+        dp = data_parallel(ctx)
+        if dp is None:
+            w = self.normalize(res.weights)
+        else:  # normalised over the global batch: gather the raw weights (each rank's 1/n_r made 1/n)
+            frac = dp.n_local / dp.n_global
+            w_all = self.normalize(dp.gather_batch(res.weights * frac))
+            w = w_all[dp.local_slice]
         losses = self.example_losses(res.train_logits, y)
         loss = (w * losses).sum(1).sum() if losses.ndim == 2 else (w * losses).sum()
+        if dp is not None:  # a partial sum: as a per-rank mean, so that the all-reduce gives the global loss
+            loss = loss * (dp.n_global / dp.n_local)
         ctx.backward_and_step(loss)
-        self.record_weights(index, w)
+        if dp is None:
+            self.record_weights(index, w)
+        else:  # the weights' scale is the global batch's: rank 0 records the whole batch
+            index_all = dp.gather_batch(index)
+            if dp.rank == 0:
+                self.record_weights(index_all, w_all)
         return StepOutput(logits=res.train_logits.detach(), loss=loss.detach())
 

@@ -34,7 +34,7 @@ from torch import nn
 from ..errors import UserError
 from ..eval.plots import Curve, sample_function
 from .base import register_method
-from .context import MethodContext
+from .context import MethodContext, batch_total
 from .loss_rank import LossRanked
 from .meta import MetaNetMethod
 from .records import Record
@@ -116,8 +116,9 @@ class MetaWeightNet(LossRanked, MetaNetMethod):
     def batch_weights(self, ce: torch.Tensor) -> torch.Tensor:
         """``W(l_i; phi)`` of the detached losses, normalised as configured (mean 1 for ``'sum'``)."""
         w = self.meta_net(ce.detach())
-        if self.normalize == "sum":
-            w = w * (len(w) / w.sum().clamp_min(1e-12))
+        if self.normalize == "sum":  # over the global batch in a data-parallel run
+            total, n = batch_total(self.ctx, w)
+            w = w * (n / total.clamp_min(1e-12))
         return w
 
     def loss_layer(self, z: torch.Tensor, y: torch.Tensor, *, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -78,6 +78,10 @@ class SampleRecords:
             s.index_add_(0, index, t.expand(len(index)) if t.ndim == 0 else t)
             self._cnt[name].index_add_(0, index, torch.ones_like(s[index]))
 
+    def sums_and_counts(self) -> list[torch.Tensor]:
+        """The running sums and counts of the epoch (a data-parallel run all-reduces them in place)."""
+        return [self._sum[n] for n in self.names] + [self._cnt[n] for n in self.names]
+
     def end_epoch(self, epoch: int) -> dict[str, np.ndarray]:
         """Store and return the epoch's per-training-sample means of every record that was visited."""
         out = {}

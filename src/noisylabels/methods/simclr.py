@@ -82,6 +82,8 @@ class SimCLR(Method):
     """
 
     self_supervised = True
+    #: NT-Xent's negatives are the whole batch: per-process slices would change the loss
+    data_parallel_refusal = "NT-Xent's negatives are the whole batch (per process, another loss)"
     views = ("strong", "strong")
     own_loss = "nt-xent"
 

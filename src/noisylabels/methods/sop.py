@@ -141,6 +141,8 @@ class SOP(Method):
         Sep 2022: [E4] and [E5]) or ``'mse'`` ([E5] only); see the module docstring.
     """
 
+    data_parallel_refusal = "not yet checked against one process (its class-balance and consistency terms)"
+
     own_loss = "sop"
     #: the registered name (in messages)
     method_name = "sop"

@@ -23,6 +23,7 @@ from ..methods.context import Network, NetworkSpec
 from ..models import create_model
 from ..seeding import derive_seed
 from .build import build_model, build_run_schedule, check_meta_settings
+from .distributed import SINGLE, Distributed
 from .optim import build_optimizer
 from .prepare import RunData
 from .records import RunRecorder
@@ -50,6 +51,7 @@ class TrainContext:
     best: dict[str, Any] = field(default_factory=dict)  # the validation-selected epoch so far
     extra: dict[str, Any] = field(default_factory=dict)
     networks: dict[str, Network] = field(default_factory=dict)  # the method's networks beside the model
+    dist: Distributed = SINGLE  # the process group (data-parallel runs; :mod:`.distributed`)
     #: modules a method trains beside a network (:meth:`add_module`): name -> (module, owner network or "")
     modules: dict[str, tuple[torch.nn.Module, str]] = field(default_factory=dict)
     _meta_streams: dict[int, Iterator[Batch]] = field(default_factory=dict, repr=False)
@@ -250,12 +252,19 @@ class TrainContext:
         (loss if scaler is None else scaler.scale(loss)).backward()
         self.clip_and_step(net=net, also=also)
 
-    def clip_and_step(self, *, net: Network | None = None, also: Sequence[torch.optim.Optimizer] = ()) -> None:
+    def clip_and_step(self, *, net: Network | None = None, also: Sequence[torch.optim.Optimizer] = (),
+                      reduced: bool = False) -> None:
         """Optional gradient-norm clipping (``train.clip_grad_norm``, of the model's parameters), then
-        ``optimizer.step`` (of ``net``'s optimiser if given) and of each optimiser in ``also``."""
+        ``optimizer.step`` (of ``net``'s optimiser if given) and of each optimiser in ``also``. In a
+        data-parallel run the gradients (every parameter of the optimisers stepped: the network's, its
+        added modules', ``also``'s) are first
+        all-reduced to the global batch's mean (:meth:`Distributed.reduce_param_grads_`) unless
+        ``reduced`` (they already are, e.g. a meta step's virtual-step gradient)."""
         clip = self.cfg["train"]["clip_grad_norm"]
         scaler = self.extra.get("scaler")
         model, opt = (self.model, self.optimizer) if net is None else (net.model, net.optimizer)
+        if not reduced:
+            self.dist.reduce_param_grads_([p for o in (opt, *also) for g in o.param_groups for p in g["params"]])
         if scaler is not None:
             for o in (opt, *also):
                 scaler.unscale_(o)

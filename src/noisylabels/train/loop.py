@@ -29,6 +29,7 @@ from ..methods import StepOutput
 from ..seeding import derive_seed, seed_everything
 from .build import build_method, check_device, check_names, resolve_method_defaults
 from .context import TrainContext, evaluate, knn_monitor, make_context, predict_proba
+from .distributed import SINGLE, Distributed, init_distributed, single_process
 from .prepare import RunData, prepare_data
 from .records import RunRecorder
 from .resume import _kept_text, check_checkpoint, check_more_epochs, data_fingerprint, resume_hash
@@ -42,11 +43,14 @@ __all__ = ["TrainContext", "Run", "build_context", "fit", "evaluate", "predict_p
 LAST_K = 5
 
 
-def build_context(cfg: dict[str, Any], *, data: RunData | None = None) -> TrainContext:
+def build_context(cfg: dict[str, Any], *, data: RunData | None = None, dist: Distributed = SINGLE) -> TrainContext:
     """Build a run's :class:`TrainContext` (data, model, loss, method set up) without training.
 
     :func:`fit` starts from it; notebooks and tests use it to drive ``method.train_step`` by hand.
     The context's ``cfg`` is ``cfg`` with the method's defaults resolved (:func:`resolve_method_defaults`).
+    ``dist``: this process's place in a data-parallel run (:mod:`.distributed`); every rank builds the
+    same model, method and data from the seed, then ranks other than 0 reseed their global RNG
+    (their own dropout masks) and write nothing into ``out`` (:class:`ScratchRecorder`).
     """
     cfg = check_names(cfg)
     seed_everything(int(cfg["seed"]))
@@ -56,9 +60,70 @@ def build_context(cfg: dict[str, Any], *, data: RunData | None = None) -> TrainC
     if not getattr(data, "has_labels", True) and not method.self_supervised:
         raise UserError(f"the data have no labels (data.options.unlabeled): method {cfg['method']['name']!r} learns "
                         f"from labels; only self-supervised pretraining runs on them (noisylabels pretrain)")
-    ctx = make_context(cfg, data, check_device(cfg["device"]), RunRecorder(cfg["out"]), method)
+    device = check_device(cfg["device"])
+    if dist.active:
+        if int(cfg["train"]["batch_size"]) % dist.world_size:
+            raise UserError(f"train.batch_size {cfg['train']['batch_size']} is the global batch and must be divisible "
+                            f"by the {dist.world_size} processes")
+        if device.type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+    recorder = RunRecorder(cfg["out"]) if dist.is_main else ScratchRecorder(cfg["out"])
+    ctx = make_context(cfg, data, device, recorder, method)
+    ctx.dist = dist
     ctx.method.setup(ctx)
+    if dist.active:
+        check_data_parallel(ctx)
+    if dist.rank > 0:
+        torch.manual_seed(derive_seed(int(cfg["seed"]), f"rank-{dist.rank}"))
     return ctx
+
+
+class ScratchRecorder(RunRecorder):
+    """The recorder of ranks other than 0: reads the run directory (a checkpoint to resume), writes
+    what a method writes into a private temporary folder (removed at exit), never into ``out``."""
+
+    def __init__(self, out_dir: Any) -> None:
+        import atexit
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        self.out = Path(out_dir)
+        self.scratch = Path(tempfile.mkdtemp(prefix="noisylabels-rank-"))
+        atexit.register(shutil.rmtree, self.scratch, True)
+
+    def path(self, name: str) -> Any:
+        return self.scratch / name
+
+    def load_checkpoint(self) -> Any:
+        scratch = self.scratch
+        try:
+            self.scratch = self.out  # read the real one
+            return super().load_checkpoint()
+        finally:
+            self.scratch = scratch
+
+
+def check_data_parallel(ctx: TrainContext) -> None:
+    """What a data-parallel run refuses: a method that says why (``Method.data_parallel_refusal``),
+    one with ``per_sample`` state that is not a parameter (each process would update only its slices'
+    rows), BatchNorm with a meta method (each process's batch statistics would differ from the global
+    batch's, in the virtual step and the JVP rules)."""
+    from ..methods.meta import MetaMethod
+
+    name = ctx.cfg["method"]["name"]
+    why = type(ctx.method).data_parallel_refusal
+    if why:
+        raise UserError(f"method {name!r} does not run on several processes: {why}; use one process")
+    plain = [k for k, t in ctx.method.per_sample_tensors().items() if not t.requires_grad]
+    if plain:
+        raise UserError(f"method {name!r} does not run on several processes: its per-sample state "
+                        f"({', '.join(sorted(plain))}) would be updated by each process on its own slices; use one process")
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in ctx.model.modules())
+    if has_bn and isinstance(ctx.method, MetaMethod):
+        raise UserError(f"model {ctx.cfg['model']['name']!r} has BatchNorm: meta method {ctx.cfg['method']['name']!r} "
+                        f"is not supported on several processes with it (each process would normalise its own "
+                        f"slice); use a model without BatchNorm or one process")
 
 
 def _summary(cfg: Mapping[str, Any], data: RunData, history: list[dict[str, Any]], best: Mapping[str, Any],
@@ -112,11 +177,13 @@ class Run:
     writes the summary (and, for a finished run, scores every sample).
     """
 
-    def __init__(self, cfg: dict[str, Any], *, data: RunData | None = None) -> None:
+    def __init__(self, cfg: dict[str, Any], *, data: RunData | None = None, dist: Distributed = SINGLE,
+                 allow_other_world_size: bool = False) -> None:
         self.t0 = time.perf_counter()
         if cfg["train"]["num_threads"]:
             torch.set_num_threads(int(cfg["train"]["num_threads"]))
-        self.ctx = build_context(cfg, data=data)
+        self.dist, self.allow_other_world_size = dist, bool(allow_other_world_size)
+        self.ctx = build_context(cfg, data=data, dist=dist)
         self.cfg = self.ctx.cfg
         self.history: list[dict[str, Any]] = []
         self.start_epoch, self.seconds_before = 0, 0.0
@@ -153,16 +220,17 @@ class Run:
             ctx.method.load_state_dict(ckpt["method"])
             ctx.method.load_records_state_dict(ckpt.get("records", {}))
             ctx.method.load_per_sample_state_dict(ckpt.get("per_sample", {}))
-            torch.set_rng_state(ckpt["torch_rng"])
-            if ckpt.get("cuda_rng") and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(list(ckpt["cuda_rng"]))
+            self._restore_rng(ckpt)
             if ckpt.get("scaler") and ctx.extra.get("scaler") is not None:
                 ctx.extra["scaler"].load_state_dict(ckpt["scaler"])
             self.history = ckpt["history"]
             ctx.best.update(ckpt["best"])
             self.start_epoch, self.seconds_before = int(ckpt["epoch"]) + 1, self._seconds_so_far(ckpt)
             ctx.step = int(ckpt["step"])
-            recorder.write_config(self.cfg)  # where this run now lives (--out), and any added epochs
+            if self.dist.is_main:
+                recorder.write_config(self.cfg)  # where this run now lives (--out), and any added epochs
+        elif not self.dist.is_main:
+            pass
         else:
             recorder.write_config(self.cfg)
             recorder.write_labels(clean=data.clean_labels.numpy(), observed=data.labels.numpy(),
@@ -170,6 +238,26 @@ class Run:
                                   ood=None if data.open_set_mask is None else data.open_set_mask.numpy(),
                                   paths=data.paths, test_labels=data.test_labels.numpy(), test_paths=data.test_paths)
         self.write_running_summary()
+
+    def _restore_rng(self, ckpt: Mapping[str, Any]) -> None:
+        """This rank's RNG states from the checkpoint (``rank_rng``: one entry per rank of the run that
+        wrote it). Another number of processes is refused unless ``allow_other_world_size``: then rank
+        ``r`` takes the saved rank ``r``'s state where there is one and a fresh seeded stream otherwise
+        (the global batches and the gradients are those of the same global batch either way; what
+        changes is the draws inside a step, e.g. dropout masks, and the reductions' round-off)."""
+        saved_world = int(ckpt.get("world_size", 1))
+        world, rank = self.dist.world_size, self.dist.rank
+        if saved_world != world and not self.allow_other_world_size:
+            raise UserError(f"cannot resume from {self.ctx.recorder.path('checkpoint.pt')} on {world} process(es): it was "
+                            f"written by {saved_world}; resume with --nproc {saved_world}, or pass "
+                            f"--allow-other-world-size (the same global batches; other random draws inside the steps)")
+        states = list(ckpt.get("rank_rng") or [{"torch": ckpt["torch_rng"], "cuda": ckpt.get("cuda_rng") or []}])
+        if rank < len(states):
+            torch.set_rng_state(states[rank]["torch"])
+            if states[rank].get("cuda") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(list(states[rank]["cuda"]))
+        else:
+            torch.manual_seed(derive_seed(self.ctx.seed, f"rank-{rank}-epoch-{int(ckpt['epoch']) + 1}"))
 
     def _seconds_so_far(self, ckpt: Mapping[str, Any]) -> float:
         """The run's wall time before this process: the running total the last summary persisted
@@ -199,8 +287,9 @@ class Run:
         return self._data_fingerprint
 
     def write_running_summary(self) -> None:
-        """``summary.json`` with ``status: running`` and the epochs so far."""
-        self.ctx.recorder.write_summary(self._summary("running"))
+        """``summary.json`` with ``status: running`` and the epochs so far (rank 0 only)."""
+        if self.dist.is_main:
+            self.ctx.recorder.write_summary(self._summary("running"))
 
     def _summary(self, status: str) -> dict[str, Any]:
         seconds = self.seconds  # read once: the total is the earlier processes' total plus exactly this
@@ -227,12 +316,22 @@ class Run:
         if batches is None:
             batches = ctx.loader("train", shuffle=True, augment=True, generator=gen, views=ctx.views)
         spe, first = ctx.steps_per_epoch, epoch * ctx.steps_per_epoch
+        dist = ctx.dist
         for j, batch in enumerate(batches):
-            y = batch.y.to(device)
             views = getattr(batch, "views", ())
-            x = tuple(ctx.to_device(v) for v in views) if len(views) > 1 else ctx.to_device(batch.x)
-            with ctx.autocast():
-                out = method.train_step(ctx, x, y, batch.index.to(device))
+            xs = tuple(views) if len(views) > 1 else (batch.x,)
+            yb, ib = batch.y, batch.index
+            if dist.active:  # every rank drew the global batch; each trains on its slice
+                sl = dist.shard(len(yb))
+                xs, yb, ib = tuple(v[sl] for v in xs), yb[sl], ib[sl]
+            y = yb.to(device)
+            x = tuple(ctx.to_device(v) for v in xs) if len(xs) > 1 else ctx.to_device(xs[0])
+            dist.in_step = True
+            try:
+                with ctx.autocast():
+                    out = method.train_step(ctx, x, y, ib.to(device))
+            finally:
+                dist.in_step = False
             if not isinstance(out, StepOutput):
                 raise TypeError(f"{type(method).__name__}.train_step must return a StepOutput, got {type(out).__name__}")
             loss = float(out.loss)
@@ -248,6 +347,10 @@ class Run:
             ctx.step_schedules(to=None if n_own is None else first + ((j + 1) * spe) // max(n_own, 1))
             ctx.step += 1
             yield
+        if dist.active:  # the epoch's sums over every rank's slices
+            totals = torch.tensor([tot_loss, tot_correct, tot_count, tot_scored], dtype=torch.float64, device=device)
+            dist.all_reduce_sum_([totals])
+            tot_loss, tot_correct, tot_count, tot_scored = (float(v) for v in totals.tolist())
         self._row = {"epoch": epoch, "lr": ctx.lr, "train_loss": tot_loss / max(tot_count, 1),
                      "train_accuracy": tot_correct / tot_scored if tot_scored else None}
 
@@ -258,6 +361,11 @@ class Run:
         eval_kw = dict(mean=data.mean, std=data.std, batch_size=int(tcfg["eval_batch_size"]), device=ctx.device)
         row = dict(self._row)
         row.update(ctx.method.end_epoch(ctx))
+        rank_rng = self.dist.gather_objects({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all()
+                                             if torch.cuda.is_available() else []}) if tcfg["checkpoint"] else []
+        if not self.dist.is_main:  # rank 0 alone evaluates (the models are equal) and writes
+            self.history.append(row)
+            return row
         model = ctx.method.eval_model(ctx)
         best = ctx.best
         if ctx.method.self_supervised:
@@ -302,6 +410,7 @@ class Run:
                 "seconds": self.seconds_total, "schedule_start_epoch": ctx.schedule_start_epoch,
                 "config_hash": resume_hash(self.cfg), "epochs": self.epochs,
                 "data_fingerprint": self.data_fingerprint,
+                "world_size": self.dist.world_size, "rank_rng": rank_rng,
             })
         recorder.write_metrics(self.history)
         self.write_running_summary()
@@ -326,6 +435,8 @@ class Run:
         and the curves; returns the summary."""
         cfg, recorder = self.cfg, self.ctx.recorder
         summary = self._summary(status)
+        if not self.dist.is_main:
+            return summary
         if status == "finished":
             summary.update(_finalize(self.ctx, recorder))
         recorder.write_metrics(self.history)
@@ -401,8 +512,12 @@ Resolve = Callable[[dict[str, Any], RunData, Any], dict[str, Any]]
 
 def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, stop_after: int | None = None,
         progress: bool | str | None = None, data: RunData | None = None,
-        resolve: Resolve | None = None) -> dict[str, Any]:
+        resolve: Resolve | None = None, allow_other_world_size: bool = False) -> dict[str, Any]:
     """Train one run described by a resolved config; write its records to ``cfg['out']``.
+
+    Launched by ``torchrun`` (``WORLD_SIZE > 1``), the run is data-parallel over the process group
+    (:mod:`noisylabels.train.distributed`): the same numbers as one process with the same global
+    ``train.batch_size``; rank 0 claims the run directory and writes every record.
 
     Parameters
     ----------
@@ -432,23 +547,63 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
         ``cfg['out']`` (they belong to this run); the config it returns is the run's (``config.yaml``).
         A resumed run calls it again on the same config: it must return the same values without
         redoing its work (``resolve_forget_rate`` reuses its finished warm-up), so that a caller
-        resuming with the unresolved config (a suite cell) continues the run it started.
+        resuming with the unresolved config (a suite cell) continues the run it started. In a
+        data-parallel run rank 0 calls it alone, its nested runs on one process, and the others
+        wait for the config it returns.
+    allow_other_world_size:
+        Resume a checkpoint written by another number of processes (see :meth:`Run._restore_rng`).
 
     Returns
     -------
     dict
         The summary written to ``summary.json``.
     """
-    with RunDir(cfg["out"], resume=resume, overwrite=overwrite) as claim:  # refusals and the lock; nothing removed
-        if resolve is not None:
-            if data is None:  # the data as Run(cfg) builds them (the values resolved do not change them)
-                run_cfg = check_names(cfg)
-                data = prepare_data(run_cfg, needs_meta_set=build_method(run_cfg).needs_meta_set)
-            claim.start()  # a new run: what resolve writes into the folder is this run's (a resumed one keeps all)
-            cfg = resolve(cfg, data, progress)
-        run = Run(cfg, data=data)  # reads everything the run needs: data, label CSVs, checkpoints, adjusters
-        claim.start()  # only now does a new run replace the previous one's records
-        return _train(run, resume=resume, stop_after=stop_after, progress=progress)
+    dist = init_distributed(check_device(cfg["device"]))
+    if not dist.active:
+        with RunDir(cfg["out"], resume=resume, overwrite=overwrite) as claim:  # refusals and the lock; nothing removed
+            if resolve is not None:
+                if data is None:  # the data as Run(cfg) builds them (the values resolved do not change them)
+                    run_cfg = check_names(cfg)
+                    data = prepare_data(run_cfg, needs_meta_set=build_method(run_cfg).needs_meta_set)
+                claim.start()  # a new run: what resolve writes into the folder is this run's (a resumed one keeps all)
+                cfg = resolve(cfg, data, progress)
+            run = Run(cfg, data=data, allow_other_world_size=allow_other_world_size)  # reads everything the run needs
+            claim.start()  # only now does a new run replace the previous one's records
+            return _train(run, resume=resume, stop_after=stop_after, progress=progress)
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:  # rank 0 claims the folder; its refusal stops every rank
+        claim, refusal = None, None
+        if dist.is_main:
+            try:
+                claim = stack.enter_context(RunDir(cfg["out"], resume=resume, overwrite=overwrite))
+            except UserError as exc:
+                refusal = str(exc)
+        refusal = dist.broadcast_object(refusal)
+        if refusal is not None:
+            raise UserError(refusal)
+        if resolve is not None:  # rank 0 settles the config on one process; the others wait for it
+            answer: tuple[str, Any] = ("ok", cfg)
+            if claim is not None:
+                try:
+                    if data is None:
+                        run_cfg = check_names(cfg)
+                        data = prepare_data(run_cfg, needs_meta_set=build_method(run_cfg).needs_meta_set)
+                    claim.start()
+                    with single_process():
+                        answer = ("ok", resolve(cfg, data, progress))
+                except BaseException as exc:
+                    dist.broadcast_object(("error", f"rank 0 failed before training: {exc}"))
+                    raise
+            kind, value = dist.broadcast_object(answer)
+            if kind == "error":
+                raise UserError(value)
+            cfg = value
+        run = Run(cfg, data=data, dist=dist, allow_other_world_size=allow_other_world_size)
+        dist.broadcast_object(None)  # every rank has read the checkpoint before rank 0 replaces anything
+        if claim is not None:
+            claim.start()
+        return _train(run, resume=resume, stop_after=stop_after, progress=progress if dist.is_main else False)
 
 
 def _train(run: Run, *, resume: bool, stop_after: int | None, progress: bool | str | None) -> dict[str, Any]:
@@ -469,6 +624,8 @@ def _train(run: Run, *, resume: bool, stop_after: int | None, progress: bool | s
             for _ in run.steps(epoch):
                 pass
             row = run.end_epoch(epoch)
+            if "val_accuracy" not in row:  # a data-parallel rank other than 0: no evaluation
+                continue
             bar.set_postfix(val=_num(row["val_accuracy"], 3), test=_num(row["test_accuracy"], 3))
             if lines:
                 what = "kNN " if run.ctx.method.self_supervised else ""

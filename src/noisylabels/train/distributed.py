@@ -1,0 +1,245 @@
+"""Data-parallel training over ``torch.distributed`` (one run, several processes).
+
+Launch: ``torchrun --nproc-per-node N -m noisylabels train ...`` (or ``noisylabels train --nproc N``,
+which starts exactly that through ``python -m torch.distributed.run``). The process group is
+PyTorch's own, from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...): gloo on
+CPU, NCCL on CUDA.
+
+What each rank does (:class:`Distributed`; the loop and the meta base call it):
+
+* Batches. Every rank draws the epoch's *global* batches from the same ``(seed, epoch)``
+  generator (permutation and augmentation) and keeps its contiguous slice (:meth:`Distributed.shard`:
+  ``torch.tensor_split``, sizes differ by at most one in an epoch's last batch). So an N-process run
+  sees the global batches of a 1-process run; ``train.batch_size`` is the global batch. Meta
+  batches are *not* split: every rank draws the same global meta batch (the meta loss and its
+  gradient at the virtual step are then equal on every rank without communication).
+* Gradients: an explicit all-reduce of the weighted mean, not a ``DistributedDataParallel`` wrapper.
+  Each rank's loss is the mean over its slice of ``n_r`` samples; :meth:`Distributed.reduce_grads`
+  scales its gradient by ``n_r / n`` and sums over ranks, which is the gradient of the mean over the
+  global batch of ``n`` samples. Why not DDP: the meta engine differentiates the model functionally
+  (virtual steps, forward-mode JVPs on the recorded graph, double backward), which DDP's backward
+  hooks neither see nor support; one reduction in ``ctx.clip_and_step`` covers every method and
+  every network; checkpoints keep the model's own parameter names. The price: communication does
+  not overlap the backward pass (``benchmarks/ddp_scaling.py`` measures it).
+* Records: per-sample records are summed over ranks at the end of each epoch; rank 0 alone
+  evaluates (validation, test, the final scoring: the models are equal on every rank), writes
+  records and checkpoints. The checkpoint holds every rank's RNG state (``rank_rng``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+
+__all__ = ["Distributed", "SINGLE", "init_distributed", "shard_bounds", "single_process", "world_size_from_env"]
+
+
+def world_size_from_env() -> int:
+    """``WORLD_SIZE`` as torchrun sets it (1 when not launched by torchrun)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """``[start, stop)`` of ``rank``'s contiguous slice of ``n`` items (``torch.tensor_split``: the
+    first ``n % world`` ranks take one more)."""
+    base, extra = divmod(int(n), int(world))
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+class Distributed:
+    """The run's place in its process group; with ``world_size == 1`` every operation is the identity.
+
+    Attributes
+    ----------
+    rank, world_size:
+        This process's rank and the number of processes.
+    n_local, n_global:
+        The current step's slice and global batch sizes (:meth:`set_step`).
+    """
+
+    def __init__(self, *, rank: int = 0, world_size: int = 1) -> None:
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.n_local = self.n_global = 1
+        self.in_step = False  # inside a training step (every rank runs the same collectives)
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # -- batches ---------------------------------------------------------------------------------------
+    def shard(self, n: int) -> slice:
+        """This rank's slice of a global batch of ``n`` samples; sets the step's sizes."""
+        start, stop = shard_bounds(n, self.rank, self.world_size)
+        self.set_step(n_local=stop - start, n_global=n)
+        return slice(start, stop)
+
+    def set_step(self, *, n_local: int, n_global: int) -> None:
+        self.n_local, self.n_global = int(n_local), int(n_global)
+
+    @property
+    def local_slice(self) -> slice:
+        """This rank's rows of the current step's global batch."""
+        start, stop = shard_bounds(self.n_global, self.rank, self.world_size)
+        return slice(start, stop)
+
+    @property
+    def local_fraction(self) -> float:
+        """``n_r / n`` of the current step: the weight of this rank's mean in the global mean."""
+        return self.n_local / max(self.n_global, 1)
+
+    # -- collectives -------------------------------------------------------------------------------------
+    def all_reduce_sum_(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Sum ``tensors`` over ranks in place (one flat all-reduce per dtype)."""
+        if not self.active or not tensors:
+            return
+        import torch.distributed as dist
+
+        by_dtype: dict[Any, list[torch.Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault((t.dtype, t.device), []).append(t)
+        for group in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            dist.all_reduce(flat)
+            offset = 0
+            for t in group:
+                t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+    def reduce_grads(self, tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """The global-batch mean of per-rank means: ``sum_r (n_r / n) t_r`` (new tensors; ``None`` stays)."""
+        if not self.active:
+            return list(tensors)
+        out = [None if t is None else t.detach() * self.local_fraction for t in tensors]
+        self.all_reduce_sum_([t for t in out if t is not None])
+        return out
+
+    def reduce_param_grads_(self, params: Sequence[torch.nn.Parameter]) -> None:
+        """:meth:`reduce_grads` of the parameters' ``.grad`` in place (the real step's all-reduce)."""
+        if not self.active:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        for g in grads:
+            g.mul_(self.local_fraction)
+        self.all_reduce_sum_(grads)
+
+    def batch_sum(self, partial: torch.Tensor) -> torch.Tensor:
+        """The sum over the global batch of this rank's partial sum, differentiable (a batch
+        normalisation, e.g. MW-Net's ``sum`` weights). Its backward gives each rank's partial sum
+        ``(sum_r (n_r/n) g_r) / (n_r/n)``, so that :meth:`reduce_grads`' weighting of the per-rank
+        gradients yields the global batch's gradient (and it is itself differentiable: double backward)."""
+        if not self.active:
+            return partial
+        return _GlobalSum.apply(partial, self.local_fraction)
+
+    def gather_batch(self, t: torch.Tensor) -> torch.Tensor:
+        """The global batch of a per-sample tensor (rank order: the global batch's order)."""
+        if not self.active:
+            return t
+        import torch.distributed as dist
+
+        sizes = [shard_bounds(self.n_global, r, self.world_size) for r in range(self.world_size)]
+        width = max(b - a for a, b in sizes)
+        pad = torch.zeros((width, *t.shape[1:]), dtype=t.dtype, device=t.device)
+        pad[:len(t)] = t.detach()
+        parts = [torch.empty_like(pad) for _ in range(self.world_size)]
+        dist.all_gather(parts, pad)
+        return torch.cat([p[:b - a] for p, (a, b) in zip(parts, sizes)])
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (in-process state such as RNG tensors; never user files), rank order."""
+        if not self.active:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.active:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class _GlobalSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, partial: torch.Tensor, frac: float) -> torch.Tensor:  # type: ignore[override]
+        import torch.distributed as dist
+
+        out = partial.detach().clone()
+        dist.all_reduce(out)
+        ctx.frac = frac
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        import warnings
+
+        with warnings.catch_warnings():  # the autograd-aware all-reduce (a second derivative works), deprecated in name only
+            warnings.simplefilter("ignore", FutureWarning)
+            from torch.distributed.nn.functional import all_reduce
+
+            return all_reduce(grad * ctx.frac) / ctx.frac, None
+
+
+#: the single-process default (every operation the identity)
+SINGLE = Distributed()
+
+
+_FORCED_SINGLE = [False]
+
+
+@contextmanager
+def single_process() -> Iterator[None]:
+    """Inside the block :func:`init_distributed` answers :data:`SINGLE` (work rank 0 does alone, e.g.
+    the nested runs of a cross-fitted warm-up, never joins the group's collectives)."""
+    before = _FORCED_SINGLE[0]
+    _FORCED_SINGLE[0] = True
+    try:
+        yield
+    finally:
+        _FORCED_SINGLE[0] = before
+
+
+def init_distributed(device: torch.device) -> Distributed:
+    """Join torchrun's process group (gloo on CPU, NCCL on CUDA) when ``WORLD_SIZE > 1``; else :data:`SINGLE`.
+
+    Under CUDA each rank takes the GPU of its ``LOCAL_RANK``."""
+    world = world_size_from_env()
+    if world == 1 or _FORCED_SINGLE[0]:
+        return SINGLE
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise UserError("this torch build has no torch.distributed: run without torchrun / --nproc")
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size())
