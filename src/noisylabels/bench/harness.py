@@ -402,7 +402,8 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
         Ray executor: the cluster (``None``: an already initialised Ray, else a local one started
         for the call) and each task's resources (default 1 CPU, 0 GPUs).
     dry_run:
-        Resolve and validate every run's config (creating each cell's method), print the plan (each cell's overrides, each run's
+        Resolve every run's config and make the checks a run makes before loading data (names,
+        method, model and noise options, weight files), print the plan (each cell's overrides, each run's
         folder and whether it is finished, resumable or new) and return without training or
         writing anything.
 
@@ -494,17 +495,17 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
 
 def _dry_run(suite: Suite, out_dir: Path, jobs: Sequence[tuple[Cell, int, dict[str, Any]]], *,
              verbose: bool) -> dict[str, Any]:
-    """The plan of :func:`run_suite` (``dry_run=True``): each distinct method section is created
-    (an unknown method or option is the one-line error a run would give); nothing is trained or written."""
-    from ..methods import create_method
+    """The plan of :func:`run_suite` (``dry_run=True``): each cell's config goes through the checks
+    a run makes before it loads data (:func:`noisylabels.train.build.check_names`: names, method,
+    model and noise options, weight files, device), so a wrong option is the one-line error the run
+    would give; nothing is trained or written."""
+    from ..train.build import check_names
 
-    seen = set()
-    for _, _, cfg in jobs:
-        opts = dict(cfg["method"])
-        key = repr(sorted(opts.items()))
-        if key not in seen:
-            seen.add(key)
-            create_method(opts.pop("name"), **opts)
+    checked = set()
+    for cell, _, cfg in jobs:
+        if cell.key not in checked:  # the seeds of a cell differ only in the seed
+            checked.add(cell.key)
+            check_names(cfg)
     plan = []
     for cell, seed, cfg in jobs:
         run_dir = Path(cfg["out"])
