@@ -57,6 +57,29 @@ def test_changed_settings_rerun_instead_of_reusing_old_runs(tmp_path, capsys):
     assert (out / "table.md").read_text() == table
 
 
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    """--dry-run resolves every run's config and reports each run's state; nothing is trained or written."""
+    import json
+
+    out = tmp_path / "tiny"
+    assert main(["bench", TINY, "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "2 cells x 2 seed(s) = 4 runs" in text and "4 new" in text and "0___CE:" in text
+    assert not out.exists()
+    plan = run_suite(TINY, out=out, dry_run=True, verbose=False)["plan"]
+    assert [(key, seed, state) for key, seed, _, state in plan][:2] == [("0___CE", s, "new") for s in (0, 1)]
+    # a finished run and one that left a checkpoint, in the folders the plan names
+    Path(plan[0][2]).mkdir(parents=True)
+    Path(plan[0][2], "summary.json").write_text(json.dumps({"status": "finished"}))
+    Path(plan[1][2]).mkdir(parents=True)
+    Path(plan[1][2], "checkpoint.pt").write_bytes(b"")
+    again = run_suite(TINY, out=out, dry_run=True, verbose=False)["plan"]
+    assert [state for *_, state in again] == ["finished", "resume", "new", "new"]
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["checkpoint.pt", "summary.json"]
+    with pytest.raises(UserError, match="unknown method"):
+        run_suite(TINY, out=out, dry_run=True, assignments=["method.name=nope"], verbose=False)
+
+
 def test_config_hash_covers_results_not_bookkeeping():
     base = resolve_config(overrides={"out": "a"})
     same = resolve_config(overrides={"out": "b", "train.progress": False, "train.num_threads": 3,

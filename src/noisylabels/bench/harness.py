@@ -374,7 +374,8 @@ def _check_options(executor: str, *, workers: int | None, runs_per_gpu: int | No
 def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, workers: int | None = None,
               max_seeds: int | None = None, assignments: Sequence[str] = (), verbose: bool = True,
               executor: str = "local", runs_per_gpu: int | None = None, address: str | None = None,
-              gpus_per_run: float | None = None, cpus_per_run: float | None = None) -> dict[str, Any]:
+              gpus_per_run: float | None = None, cpus_per_run: float | None = None,
+              dry_run: bool = False) -> dict[str, Any]:
     """Run (or resume) a suite; print and write ``table.md`` / ``table.csv``; return the results.
 
     Parameters
@@ -400,12 +401,19 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
     address, gpus_per_run, cpus_per_run:
         Ray executor: the cluster (``None``: an already initialised Ray, else a local one started
         for the call) and each task's resources (default 1 CPU, 0 GPUs).
+    dry_run:
+        Resolve every run's config and make the checks a run makes before loading data (names,
+        method, model and noise options, weight files), print the plan (each cell's overrides, each run's
+        folder and whether it is finished, resumable or new) and return without training or
+        writing anything.
 
     Returns
     -------
     dict
         ``suite``, ``out``, ``results`` (``(cell key, seed) -> summary``), ``rows``, ``markdown``
         and ``failed``: ``[(cell key, seed, first error line), ...]`` (empty when every run finished).
+        With ``dry_run``: ``suite``, ``out``, ``failed`` (empty) and ``plan``: ``[(cell key, seed,
+        run folder, 'finished' | 'resume' | 'new'), ...]``.
 
     Raises
     ------
@@ -432,6 +440,8 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
                                 "device cpu: add --set device=cuda")
             cfg["out"] = str(out_dir / cell.key / f"seed-{seed}-{config_hash(cfg)}")
             jobs.append((cell, seed, cfg))
+    if dry_run:
+        return _dry_run(suite, out_dir, jobs, verbose=verbose)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     results: dict[tuple[str, int], dict[str, Any]] = {}
@@ -481,6 +491,42 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
                 print(f"  {key} (seed {seed}): {err}")
     return {"suite": suite.name, "out": str(out_dir), "results": results, "rows": rows, "markdown": md,
             "failed": failed}
+
+
+def _dry_run(suite: Suite, out_dir: Path, jobs: Sequence[tuple[Cell, int, dict[str, Any]]], *,
+             verbose: bool) -> dict[str, Any]:
+    """The plan of :func:`run_suite` (``dry_run=True``): each cell's config goes through the checks
+    a run makes before it loads data (:func:`noisylabels.train.build.check_names`: names, method,
+    model and noise options, weight files, device), so a wrong option is the one-line error the run
+    would give; nothing is trained or written."""
+    from ..train.build import check_names
+
+    checked = set()
+    for cell, _, cfg in jobs:
+        if cell.key not in checked:  # the seeds of a cell differ only in the seed
+            checked.add(cell.key)
+            check_names(cfg)
+    plan = []
+    for cell, seed, cfg in jobs:
+        run_dir = Path(cfg["out"])
+        state = ("finished" if _finished(run_dir) is not None
+                 else "resume" if (run_dir / "checkpoint.pt").is_file() else "new")
+        plan.append((cell.key, seed, str(run_dir), state))
+    if verbose:
+        counts = {s: sum(p[3] == s for p in plan) for s in ("finished", "resume", "new")}
+        print(f"suite {suite.name} (dry run): {len(suite.cells())} cells x {len(plan) // max(len(suite.cells()), 1)} "
+              f"seed(s) = {len(plan)} runs in {out_dir}: {counts['finished']} finished, "
+              f"{counts['resume']} to resume, {counts['new']} new; nothing trained")
+        base = ", ".join(f"{k}={v}" for k, v in suite.base.items())
+        print(f"  base: {base}")
+        by_cell: dict[str, list[tuple[int, str]]] = {}
+        for key, seed, _, state in plan:
+            by_cell.setdefault(key, []).append((seed, state))
+        for cell in suite.cells():
+            over = ", ".join(f"{k}={v}" for k, v in cell.overrides)
+            runs = " ".join(f"seed {s}: {st}" for s, st in by_cell.get(cell.key, []))
+            print(f"  {cell.key}: {over or '(base)'} [{runs}]")
+    return {"suite": suite.name, "out": str(out_dir), "failed": [], "plan": plan}
 
 
 def _write_error(run_dir: Path, res: Mapping[str, Any]) -> None:

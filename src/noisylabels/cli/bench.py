@@ -22,6 +22,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field in every cell")
     p.add_argument("--list", action="store_true", help="list the shipped suites and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="resolve and check every run's config, print the plan and exit (nothing is trained)")
 
 
 
@@ -37,7 +39,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         res = run_suite(args.suite, out=args.out, workers=args.workers, max_seeds=args.seeds,
                         assignments=args.set, executor=args.executor, runs_per_gpu=args.runs_per_gpu,
-                        address=args.address, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run)
+                        address=args.address, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
+                        dry_run=args.dry_run)
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, BenchInterrupted) else 2
         print(f"noisylabels: bench interrupted ({'SIGTERM' if signum == 15 else 'Ctrl-C'}); queued runs "
