@@ -259,3 +259,15 @@ def test_folds_detect_and_export_work_for_coteaching_on_a_users_labels(tmp_path,
     assert main(["export", "--run", str(run), "--drop-issues", "--out", str(tmp_path / "clean.csv")]) == 0
     assert (tmp_path / "clean.csv").read_text().startswith("path,label")
     capsys.readouterr()
+
+
+def test_selection_quality_counts_by_hand():
+    from noisylabels.methods.context import selection_quality
+
+    mask = np.array([True, True, False, False, True, False])
+    noisy = np.array([False, True, False, True, False, False])  # clean: 0, 2, 4, 5; selected clean: 0, 4
+    assert selection_quality(mask, noisy, prefix="s") == {"s_fraction": 3 / 6, "s_precision": 2 / 3,
+                                                          "s_recall": 2 / 4}
+    assert selection_quality(mask, None, prefix="d", fraction="labelled_fraction") == {"d_labelled_fraction": 0.5}
+    none = selection_quality(np.zeros(2, bool), np.array([True, True]), prefix="x")
+    assert none == {"x_fraction": 0.0, "x_precision": None, "x_recall": None}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 __all__ = ["MethodContext", "RunDataView", "RecorderView", "MetaBatch", "StepOutput", "Network", "NetworkSpec",
-           "is_noisy_train", "DistributedView", "data_parallel", "batch_total"]
+           "is_noisy_train", "selection_quality", "DistributedView", "data_parallel", "batch_total"]
 
 
 @dataclass
@@ -246,3 +246,16 @@ def is_noisy_train(data: RunDataView) -> np.ndarray | None:
     if not getattr(data, "has_ground_truth", True):
         return None
     return data.is_noisy[data.splits["train"]].numpy()
+
+
+def selection_quality(mask: np.ndarray, noisy: np.ndarray | None, *, prefix: str,
+                      fraction: str = "fraction") -> dict[str, float | None]:
+    """A sample selection's epoch metrics: ``<prefix>_<fraction>`` (the share selected) and, with
+    ground truth (``noisy``, :func:`is_noisy_train`), ``<prefix>_precision`` (clean among the
+    selected) and ``<prefix>_recall`` (selected among the clean); ``None`` where undefined."""
+    out: dict[str, float | None] = {f"{prefix}_{fraction}": float(mask.mean()) if len(mask) else None}
+    if noisy is not None:
+        clean = ~noisy
+        out[f"{prefix}_precision"] = float(clean[mask].mean()) if mask.any() else None
+        out[f"{prefix}_recall"] = float(mask[clean].mean()) if clean.any() else None
+    return out

@@ -34,7 +34,7 @@ from ..models import Ensemble
 from ..models.ensemble import ENSEMBLE_COMBINE
 from ..seeding import derive_seed
 from .base import Method, register_method
-from .context import MethodContext, StepOutput, is_noisy_train
+from .context import MethodContext, StepOutput, is_noisy_train, selection_quality
 from .options import choice_option, int_option
 from .records import Record
 
@@ -504,12 +504,8 @@ class DivideMix(Method):
         noisy = is_noisy_train(ctx.data)
         out: dict[str, Any] = {}
         for col, name in enumerate("ab"):
-            keep = (w[:, col] >= self.p_threshold).numpy()
-            out[f"division_{name}_labelled_fraction"] = float(keep.mean()) if len(keep) else None
-            if noisy is not None:
-                clean = ~noisy
-                out[f"division_{name}_precision"] = float(clean[keep].mean()) if keep.any() else None
-                out[f"division_{name}_recall"] = float(keep[clean].mean()) if clean.any() else None
+            out.update(selection_quality((w[:, col] >= self.p_threshold).numpy(), noisy, prefix=f"division_{name}",
+                                         fraction="labelled_fraction"))
         return out
 
     # -- resume ----------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from ..models import Ensemble, check_features, feature_dim, logits_and_features
 from ..models.ensemble import ENSEMBLE_COMBINE
 from ..seeding import derive_seed
 from .base import Method, register_method
-from .context import MethodContext, StepOutput, is_noisy_train
+from .context import MethodContext, StepOutput, is_noisy_train, selection_quality
 from .dividemix import confidence_penalty, linear_rampup, sharpen
 from .label_correction import soft_cross_entropy
 from .options import choice_option, int_option
@@ -510,11 +510,7 @@ class ProMix(Method):
         for col, name in enumerate("ab"):
             for what, mask in (("css", (self.css[dev_idx, col] > 0.5).cpu().numpy()),
                                ("selection", (self.used[dev_idx, col] > 0.5).cpu().numpy())):
-                out[f"{what}_{name}_fraction"] = float(mask.mean()) if len(mask) else None
-                if noisy is not None:
-                    clean = ~noisy
-                    out[f"{what}_{name}_precision"] = float(clean[mask].mean()) if mask.any() else None
-                    out[f"{what}_{name}_recall"] = float(mask[clean].mean()) if clean.any() else None
+                out.update(selection_quality(mask, noisy, prefix=f"{what}_{name}"))
         return out
 
     # -- resume ----------------------------------------------------------------------------------------------
