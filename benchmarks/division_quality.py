@@ -8,7 +8,11 @@ A pure reader: it trains nothing. For every run directory given it prints
     its labelled fraction, and its precision and recall against the truly clean samples
     (``division_{a,b}_{labelled_fraction,precision,recall}`` in ``metrics.jsonl``, written by
     :class:`noisylabels.methods.DivideMix` when the labels have ground truth; ``-`` in warm-up epochs
-    and for methods without a division);
+    and for methods without a division), and the AUROC of the epoch's ``1 - w`` (mean of both
+    networks) for the wrong labels (``detection_auroc``): the ranking quality the division thresholds;
+    with ``--top F``, also the precision of the ``F`` fraction of training samples of highest ``w``
+    (``sample_records.npz`` ``clean_prob`` against ``labels.csv`` ``is_noisy``): what a stricter
+    threshold than ``p_threshold`` would have kept;
 (b) one summary row per run: test accuracy at the best noisy-validation epoch (the first epoch of
     highest ``val_accuracy``: the loop's rule), last-epoch and last-5 mean test accuracy (computed
     from ``metrics.jsonl``, so a run stopped early is summarised at the epochs it reached), the
@@ -21,7 +25,7 @@ A pure reader: it trains nothing. For every run directory given it prints
 
 Usage::
 
-    python3 benchmarks/division_quality.py RUN_DIR [RUN_DIR ...] [--mean] [--no-epochs]
+    python3 benchmarks/division_quality.py RUN_DIR [RUN_DIR ...] [--mean] [--no-epochs] [--top 0.5]
 
 The measurements of issue 23 (2 shared CPU cores, ``nice -n 15``, ``train.num_threads=1``, one run
 at a time) and their tables are in ``benchmarks/realnoise_findings.md``, section "DivideMix division
@@ -31,6 +35,7 @@ quality".
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import sys
@@ -39,10 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from noisylabels.errors import UserError
 from noisylabels.io.jsonable import read_metrics
 
-__all__ = ["RunSummary", "NETWORKS", "DIVISION_FIELDS", "read_run", "epoch_rows", "summarize", "mean_rows",
+__all__ = ["RunSummary", "NETWORKS", "DIVISION_FIELDS", "read_run", "epoch_rows", "top_precision", "summarize", "mean_rows",
            "format_epochs", "format_summaries", "main"]
 
 NETWORKS = ("a", "b")
@@ -84,12 +91,34 @@ def epoch_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     (``None`` where the epoch has no division)."""
     out = []
     for r in rows:
-        row = {"epoch": r.get("epoch"), "test_accuracy": r.get("test_accuracy")}
+        row = {"epoch": r.get("epoch"), "test_accuracy": r.get("test_accuracy"), "w_auroc": r.get("detection_auroc")}
         for net in NETWORKS:
             for f in DIVISION_FIELDS:
                 row[f"{net}_{f}"] = r.get(f"division_{net}_{f}")
         out.append(row)
     return out
+
+
+def top_precision(run_dir: str | Path, fraction: float) -> dict[int, float]:
+    """Per recorded epoch: the fraction of truly clean samples among the ``ceil(fraction * N)``
+    training samples of highest ``clean_prob`` (ties: the lower index first); ``{}`` for a run
+    without ``clean_prob`` records or ground truth."""
+    path = Path(run_dir)
+    if not 0.0 < fraction <= 1.0:
+        raise UserError(f"--top must lie in (0, 1], got {fraction}")
+    if not (path / "sample_records.npz").is_file() or not (path / "labels.csv").is_file():
+        return {}
+    with np.load(path / "sample_records.npz", allow_pickle=False) as rec:
+        if "clean_prob" not in rec.files:
+            return {}
+        epochs, index, w = rec["epochs"], rec["index"], rec["clean_prob"]
+    with open(path / "labels.csv", newline="") as fh:
+        noisy = {int(r["index"]): r["is_noisy"] for r in csv.DictReader(fh)}
+    if any(noisy.get(int(i), "") not in ("0", "1") for i in index):
+        return {}                                         # no ground truth for these samples
+    clean = np.array([noisy[int(i)] == "0" for i in index])
+    k = max(1, math.ceil(fraction * len(index)))
+    return {int(e): float(clean[np.argsort(-w[j], kind="stable")[:k]].mean()) for j, e in enumerate(epochs)}
 
 
 def summarize(run_dir: str | Path) -> RunSummary:
@@ -143,13 +172,17 @@ def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
-def format_epochs(name: str, rows: Sequence[dict[str, Any]]) -> str:
-    """The per-epoch table of one run, markdown (percentages)."""
+def format_epochs(name: str, rows: Sequence[dict[str, Any]], *, top: dict[int, float] | None = None,
+                  fraction: float | None = None) -> str:
+    """The per-epoch table of one run, markdown (percentages; AUROC as a fraction); ``top``: the
+    :func:`top_precision` column at ``fraction``."""
     head = ["epoch", "test acc"] + [f"{net}: {lab}" for net in NETWORKS for lab in ("labelled", "prec", "recall")]
+    head += ["w AUROC"] + ([f"prec top {100 * fraction:g}%"] if top is not None else [])
     lines = [f"{name}", "", "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for r in epoch_rows(rows):
         cells = [str(r["epoch"]), _pct(r["test_accuracy"])]
         cells += [_pct(r[f"{net}_{f}"]) for net in NETWORKS for f in DIVISION_FIELDS]
+        cells += [_num(r["w_auroc"])] + ([_pct(top.get(r["epoch"]))] if top is not None else [])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -179,11 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", help="run directories (noisylabels train --out)")
     parser.add_argument("--mean", action="store_true", help="add the mean over runs of the same dataset and method")
     parser.add_argument("--no-epochs", action="store_true", help="print the summary table only")
+    parser.add_argument("--top", type=float, default=None, metavar="F",
+                        help="add the precision of the F fraction of samples of highest clean_prob per epoch")
     args = parser.parse_args(argv)
     try:
         if not args.no_epochs:
             for run in args.runs:
-                print(format_epochs(Path(run).name, read_run(run)[0]))
+                top = None if args.top is None else top_precision(run, args.top)
+                print(format_epochs(Path(run).name, read_run(run)[0], top=top, fraction=args.top))
                 print()
         print(format_summaries([summarize(r) for r in args.runs], mean=args.mean))
     except UserError as exc:

@@ -97,7 +97,8 @@ def test_epoch_rows_carry_each_networks_division(tmp_path):
     line = next(ln for ln in table.splitlines() if ln.startswith("| 3 |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[1] == "72.0"
-    assert cells[2:] == [f"{100 * planted[3][f'{n}_{f}']:.1f}" for n in ("a", "b") for f in dq.DIVISION_FIELDS]
+    assert cells[2:8] == [f"{100 * planted[3][f'{n}_{f}']:.1f}" for n in ("a", "b") for f in dq.DIVISION_FIELDS]
+    assert cells[8] == "0.830"                            # the epoch's AUROC of 1 - w
 
 
 def test_mean_over_seeds(tmp_path):
@@ -115,3 +116,27 @@ def test_not_a_run_directory(tmp_path):
     with pytest.raises(UserError, match="metrics.jsonl"):
         dq.read_run(tmp_path)
     assert dq.main([str(tmp_path)]) == 2
+
+
+def test_top_precision_from_sample_records(tmp_path):
+    run = tmp_path / "run"
+    _write_run(run, status="finished")
+    # labels.csv: the val sample (index 2) is not in the records; train samples 0, 1, 3, 4, 5, 6
+    lines = ["index,split,clean_label,observed_label,is_noisy,path"]
+    noisy = {0: 0, 1: 1, 2: 0, 3: 0, 4: 1, 5: 0, 6: 1}
+    lines += [f"{i},{'val' if i == 2 else 'train'},0,{n},{n}," for i, n in noisy.items()]
+    (run / "labels.csv").write_text("\n".join(lines) + "\n")
+    index = np.array([0, 1, 3, 4, 5, 6])
+    w = np.array([[0.9, 0.8, 0.7, 0.6, 0.2, 0.1],     # epoch 2: top 3 = 0, 1, 3 -> clean 0, 3: 2/3
+                  [0.1, 0.9, 0.5, 0.5, 0.4, 0.95]])   # epoch 3: top 3 = 6, 1, then 3 (tie with 4: lower index) -> 1/3
+    np.savez(run / "sample_records.npz", epochs=np.array([2, 3]), index=index, clean_prob=w)
+    top = dq.top_precision(run, 0.5)
+    assert top == pytest.approx({2: 2 / 3, 3: 1 / 3})
+    assert dq.top_precision(run, 1.0) == pytest.approx({2: 0.5, 3: 0.5})   # all six: 3 clean
+    table = dq.format_epochs("run", dq.read_run(run)[0], top=top, fraction=0.5)
+    line = next(ln for ln in table.splitlines() if ln.startswith("| 2 |"))
+    assert line.rstrip(" |").endswith("0.820 | 66.7")  # the epoch's w AUROC, then the top-50% precision
+    with pytest.raises(UserError, match="--top"):
+        dq.top_precision(run, 0.0)
+    (run / "sample_records.npz").unlink()
+    assert dq.top_precision(run, 0.5) == {}
