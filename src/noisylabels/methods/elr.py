@@ -138,7 +138,7 @@ class ELR(Method):
         early-learning phase: a model that is right on most samples early. With a model that still
         under-fits (ResNet-8, 40 epochs, CIFAR-10N human labels: 47% test accuracy at epoch 10) the
         targets carry its early mistakes and ``lam=3`` lost 7 points to CE, while ``lam=0.5``
-        matched CE (``benchmarks/realnoise_protocols.md``, the issue-22 closing note).
+        matched CE (``benchmarks/realnoise_findings.md``, "realnoise-cpu at its budget").
     clamp:
         0 (default): the paper's regulariser, computed exactly. The official code clamps ``p`` to
         ``[1e-4, 1 - 1e-4]`` in the regulariser and in the target update (then renormalises): set
