@@ -78,6 +78,125 @@ def test_single_process_is_the_identity():
     assert not d.active and d.reduce_grads([t])[0] is t and d.gather_batch(t) is t
 
 
+class _ThreadRank(Distributed):
+    """Rank ``rank`` of a world of threads: ``all_reduce_sum_`` sums every rank's tensors (a barrier
+    stands in for the process group), so the merge rule runs as written, without processes."""
+
+    def __init__(self, rank, world, shared):
+        super().__init__(rank=rank, world_size=world)
+        self.shared = shared
+
+    def all_reduce_sum_(self, tensors):
+        box, barrier = self.shared
+        box[self.rank] = [t.clone() for t in tensors]
+        barrier.wait()
+        for i, t in enumerate(tensors):
+            t.copy_(sum(box[r][i] for r in range(self.world_size)))
+        barrier.wait()
+
+
+    def gather_batch(self, t):
+        box, barrier = self.shared
+        box[self.rank] = t.detach().clone()
+        barrier.wait()
+        out = torch.cat([box[r] for r in range(self.world_size)])
+        barrier.wait()
+        return out
+
+
+def _in_threads(fns):
+    import threading
+
+    out = [None] * len(fns)
+
+    def call(r):
+        out[r] = fns[r]()
+
+    threads = [threading.Thread(target=call, args=(r,)) for r in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+@pytest.mark.parametrize("n", [8, 7])
+def test_mixup_in_a_data_parallel_step_is_the_global_batch_mixup_sliced(n):
+    """Each rank's mixed rows are the 1-process batch's rows (partners from any rank, the same lam)."""
+    from types import SimpleNamespace
+
+    from noisylabels.data.mix import mixup
+    from noisylabels.train.context import TrainContext
+
+    x, y = torch.randn(n, 3), torch.randint(0, 4, (n,))
+    kw = dict(alpha=4.0, num_classes=4, max_lambda=True)
+    one = mixup(x, y, generator=torch.Generator().manual_seed(5), **kw)
+    world, shared = 2, ({}, __import__("threading").Barrier(2))
+    ranks = [_ThreadRank(r, world, shared) for r in range(world)]
+    sls = [d.shard(n) for d in ranks]
+    for d in ranks:
+        d.in_step = True
+    parts = _in_threads([lambda d=d, sl=sl: TrainContext.mixup(SimpleNamespace(dist=d), x[sl], y[sl],
+                                                               generator=torch.Generator().manual_seed(5), **kw)
+                         for d, sl in zip(ranks, sls)])
+    torch.testing.assert_close(torch.cat([p.x for p in parts]), one.x, rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat([p.targets for p in parts]), one.targets, rtol=0, atol=0)
+    assert torch.equal(torch.cat([p.perm for p in parts]), one.perm)
+    assert any(bool((p.perm < sl.start).any() or (p.perm >= sl.stop).any()) for p, sl in zip(parts, sls))  # partners cross ranks
+
+
+def _merge_in_threads(tables, masks):
+    import threading
+
+    world = len(tables)
+    shared = ({}, threading.Barrier(world))
+    threads = [threading.Thread(target=_ThreadRank(r, world, shared).merge_rows_, args=(tables[r], masks[r]))
+               for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def test_per_sample_rows_are_merged_from_the_rank_that_wrote_them():
+    """Each rank wrote its own rows (an EMA update of its slices, as ELR's targets); a row written by
+    no rank keeps the common value, even where another rank holds a stale ``inf`` / ``nan`` there."""
+    n, k = 6, 3
+    start = torch.arange(n * k, dtype=torch.float32).reshape(n, k)
+    rows = [torch.tensor([0, 3]), torch.tensor([1, 4])]  # rows 2 and 5: no rank's slices
+    tables, masks = [], []
+    expected = start.clone()
+    for r, idx in enumerate(rows):
+        t = start.clone()
+        t[idx] = 0.7 * t[idx] + 0.3 * (r + 1)  # what rank r's steps wrote
+        expected[idx] = t[idx]
+        stale = torch.tensor([5]) if r == 0 else torch.tensor([2])
+        t[stale] = float("inf") if r == 0 else float("nan")  # garbage where nobody wrote (must not spread)
+        if r == 0:
+            t[2] = start[2]
+        else:
+            t[5] = start[5]
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[idx] = True
+        tables.append([t]), masks.append(mask)
+    # unwritten rows 2 and 5 differ between the ranks here only to show that each rank keeps its own
+    _merge_in_threads(tables, masks)
+    for r in range(2):
+        got = tables[r][0]
+        written = torch.cat(rows)
+        torch.testing.assert_close(got[written], expected[written], rtol=0, atol=0)
+    assert torch.isinf(tables[0][0][5]).all() and torch.isnan(tables[1][0][2]).all()
+    assert torch.equal(tables[0][0][2], start[2]) and torch.equal(tables[1][0][5], start[5])
+
+
+def test_a_row_written_alike_by_every_rank_stays_exact():
+    """State every rank computes identically (DivideMix's division at epoch start) merges to itself."""
+    t = torch.rand(4, 2) * 1e3
+    tables = [[t.clone()], [t.clone()]]
+    _merge_in_threads(tables, [torch.ones(4, dtype=torch.bool)] * 2)
+    assert torch.equal(tables[0][0], t) and torch.equal(tables[1][0], t)
+
+
 # -- slow: real process groups ------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -121,12 +240,13 @@ def _flat_tensors(obj, prefix=""):
 
 
 def max_abs_difference(a: Path, b: Path) -> float:
-    """Largest difference between two runs: the model, the method's state (meta-network), the
-    per-sample records and every metric."""
+    """Largest difference between two runs: the model, the method's state (meta-network), its
+    per-sample state (e.g. ELR's targets), the per-sample records and every metric."""
     fa, fb = _final(a), _final(b)
     diffs = [0.0]
-    for key in ("model", "method", "records"):
-        ta, tb = dict(_flat_tensors(fa["ckpt"][key])), dict(_flat_tensors(fb["ckpt"][key]))
+    assert ("per_sample" in fa["ckpt"]) == ("per_sample" in fb["ckpt"])
+    for key in ("model", "method", "records", "per_sample"):
+        ta, tb = dict(_flat_tensors(fa["ckpt"].get(key, {}))), dict(_flat_tensors(fb["ckpt"].get(key, {})))
         assert ta.keys() == tb.keys(), key
         for k in ta:
             if ta[k].is_floating_point():
@@ -155,6 +275,8 @@ EQUALITY = {
     "l2rw": {"method.name": "l2rw"},
     "narl": {"method.name": "narl", "method.meta_interval": 2},
     "emlc": {"method.name": "emlc", "method.k": 1},
+    "elr": {"method.name": "elr"},  # per-sample targets: merged by the loop after each epoch's steps
+    "elr-plus": {"method.name": "elr-plus"},  # two tables merged; mixup over the gathered global batch
 }
 TOL = 2e-5  # float32 round-off of a different summation order, over two epochs
 
@@ -245,8 +367,8 @@ def test_another_world_size_is_refused_unless_allowed(tmp_path):
 def test_odd_global_batch_unsynchronised_methods_and_batchnorm_meta_methods_are_refused(tmp_path):
     with pytest.raises(Exception, match="divisible"):
         _fit_parallel(run_cfg(tmp_path, "odd", epochs=1, **{**QUICK, "train.batch_size": 63}))
-    with pytest.raises(Exception, match="per-sample state"):
-        _fit_parallel(run_cfg(tmp_path, "elr", epochs=1, **{**QUICK, "method.name": "elr"}))
+    with pytest.raises(Exception, match="MixMatch"):
+        _fit_parallel(run_cfg(tmp_path, "dmx", epochs=1, **{**QUICK, "method.name": "dividemix"}))
     with pytest.raises(Exception, match="small-loss"):
         _fit_parallel(run_cfg(tmp_path, "cot", epochs=1, **{**QUICK, "method.name": "coteaching",
                                                              "method.forget_rate": 0.4}))

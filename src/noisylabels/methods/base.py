@@ -109,7 +109,8 @@ class Method:
     knn_k: int = 200
     knn_temperature: float = 0.1
     #: why the method refuses a data-parallel run (one line), or ``None``: it equals one process there
-    #: (the loop also refuses any method with ``per_sample`` state that is not a parameter)
+    #: (the loop also refuses ``per_sample`` parameters; plain ``per_sample`` tables it merges over
+    #: processes after each epoch's steps, each row from the process whose batch slice held it)
     data_parallel_refusal: ClassVar[str | None] = None
 
     def __init__(self) -> None:
@@ -164,7 +165,9 @@ class Method:
                    dtype: torch.dtype = torch.float32, requires_grad: bool = False) -> torch.Tensor:
         """A per-sample state tensor ``(N_pool, *shape)`` filled with ``fill`` on the run's device (call in
         :meth:`setup`); rows are dataset indices. The loop checkpoints it and restores it in place, so an
-        optimiser over it (``requires_grad=True``: per-sample parameters, e.g. SOP's u and v) stays valid."""
+        optimiser over it (``requires_grad=True``: per-sample parameters, e.g. SOP's u and v) stays valid.
+        On several processes a step may write only its batch's rows: the loop merges a table (not a
+        parameter) after each epoch's steps, each row from the process whose slice held it."""
         assert self.ctx is not None, "per_sample is called in setup"
         if name in self._per_sample:
             raise ValueError(f"per-sample state {name!r} declared twice")

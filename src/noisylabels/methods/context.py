@@ -175,7 +175,9 @@ class MethodContext(Protocol):
     def mixup(self, x: torch.Tensor, targets: torch.Tensor, *, alpha: float, generator: torch.Generator,
               num_classes: int | None = None, per_sample: bool = False, max_lambda: bool = False) -> Any:
         """:func:`noisylabels.data.mixup` (Zhang et al. 2018): the batch mixed with a permutation of itself,
-        drawn from ``generator`` only; returns ``x``, ``targets`` ``(B, K)``, ``lam`` ``(B,)``, ``perm`` ``(B,)``."""
+        drawn from ``generator`` only; returns ``x``, ``targets`` ``(B, K)``, ``lam`` ``(B,)``, ``perm`` ``(B,)``.
+        In a data-parallel step called on this process's whole slice, the global batch is mixed (the
+        1-process pairs) and this slice's rows come back; every process must then call it alike."""
 
     def predict(self, split: str | torch.Tensor = "train", *, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Softmax outputs (eval mode, no augmentation) of ``model`` (default: the one being

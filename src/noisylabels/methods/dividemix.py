@@ -356,6 +356,9 @@ class DivideMix(Method):
     views = ("weak", "weak")
     records = (Record("clean_prob"), Record("clean_prob_a"), Record("clean_prob_b"))
     detection = ("clean_prob", -1.0)
+    #: the division (w, loss_history) is computed alike on every process at epoch start, but the steps differ
+    data_parallel_refusal = ("MixMatch mixes within each process's slice and the unlabelled batches are not "
+                             "split like the labelled ones (per process, another step)")
     LU_REDUCTIONS = ("sum", "mean")
 
     def __init__(self, *, warmup_epochs: int = 10, lambda_u: float = 25.0, p_threshold: float = 0.5,

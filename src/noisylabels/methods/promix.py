@@ -320,6 +320,9 @@ class ProMix(Method):
     views = ("weak", "strong")
     records = (Record("label_prob"), Record("selected_a"), Record("selected_b"))
     detection = ("label_prob", -1.0)
+    #: the selections are merged by the loop, but the steps use in-batch statistics
+    data_parallel_refusal = ("its class priors are updated from each batch and its losses are means over the "
+                             "batch's selected samples, mixed up within the batch (per process, other values)")
     EVAL_HEADS = ("primary", "pseudo")
 
     def __init__(self, *, warmup_epochs: int = 10, rho_start: float = 0.5, rho_end: float = 0.5, tau: float = 0.99,

@@ -21,6 +21,10 @@ What each rank does (:class:`Distributed`; the loop and the meta base call it):
   hooks neither see nor support; one reduction in ``ctx.clip_and_step`` covers every method and
   every network; checkpoints keep the model's own parameter names. The price: communication does
   not overlap the backward pass (``benchmarks/ddp_scaling.py`` measures it).
+* Per-sample state (``Method.per_sample`` tables that are not parameters): each rank writes the
+  rows of its batch slices; at the end of each epoch's steps (before the method's epoch-end hook,
+  the checkpoint and the next epoch's start) the loop merges them (:meth:`Distributed.merge_rows_`),
+  each row from the rank that wrote it, so every rank holds the 1-process table.
 * Records: per-sample records are summed over ranks at the end of each epoch; rank 0 alone
   evaluates (validation, test, the final scoring: the models are equal on every rank), writes
   records and checkpoints. The checkpoint holds every rank's RNG state (``rank_rng``).
@@ -118,6 +122,31 @@ class Distributed:
             for t in group:
                 t.copy_(flat[offset:offset + t.numel()].view_as(t))
                 offset += t.numel()
+
+    def merge_rows_(self, tensors: Sequence[torch.Tensor], written: torch.Tensor) -> None:
+        """Merge per-sample state over ranks in place: each row takes the value of the rank that wrote it.
+
+        ``tensors`` are ``(N, ...)`` tables whose rows are dataset indices (``Method.per_sample``);
+        ``written`` is this rank's ``(N,)`` boolean mask of the rows it wrote since the last merge (the
+        loop: the rows of its batch slices). A row that one rank wrote takes that rank's value; a row
+        that several wrote, their mean (identical values stay exact: ``(v + v) / 2 == v``); a row that no
+        rank wrote keeps its value (every rank holds the same one). Values of unwritten rows never
+        enter the sums (``inf`` / ``nan`` there cannot spread). Two all-reduces: the counts, the values.
+        """
+        if not self.active or not tensors:
+            return
+        mask = written.to(device=tensors[0].device, dtype=torch.bool)
+        counts = mask.to(torch.float64)
+        self.all_reduce_sum_([counts])
+        parts = [torch.where(mask.view(-1, *([1] * (t.dim() - 1))), t.detach(), torch.zeros((), dtype=t.dtype,
+                             device=t.device)) for t in tensors]
+        self.all_reduce_sum_(parts)
+        rows = counts > 0
+        with torch.no_grad():
+            for t, part in zip(tensors, parts):
+                c = counts[rows].to(part.dtype).view(-1, *([1] * (t.dim() - 1))) if part.is_floating_point() else None
+                t[rows] = (part[rows] / c).to(t.dtype) if c is not None else part[rows] // counts[rows].long().view(
+                    -1, *([1] * (t.dim() - 1)))
 
     def reduce_grads(self, tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
         """The global-batch mean of per-rank means: ``sum_r (n_r / n) t_r`` (new tensors; ``None`` stays)."""

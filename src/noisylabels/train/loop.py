@@ -104,21 +104,29 @@ class ScratchRecorder(RunRecorder):
             self.scratch = scratch
 
 
+def _merged_per_sample(method: Any) -> list[torch.Tensor]:
+    """The ``per_sample`` tables the loop merges over ranks after each epoch's steps (those that are
+    not parameters: per-sample parameters, e.g. SOP's u and v, have optimiser state too)."""
+    return [t for t in method.per_sample_tensors().values() if not t.requires_grad]
+
+
 def check_data_parallel(ctx: TrainContext) -> None:
     """What a data-parallel run refuses: a method that says why (``Method.data_parallel_refusal``),
-    one with ``per_sample`` state that is not a parameter (each process would update only its slices'
-    rows), BatchNorm with a meta method (each process's batch statistics would differ from the global
-    batch's, in the virtual step and the JVP rules)."""
+    one with ``per_sample`` parameters (their rows and optimiser state are not merged), BatchNorm with
+    a meta method (each process's batch statistics would differ from the global batch's, in the
+    virtual step and the JVP rules). Plain ``per_sample`` tables run: the loop merges them after each
+    epoch's steps (each row from the rank whose slice held it, :meth:`Distributed.merge_rows_`)."""
     from ..methods.meta import MetaMethod
 
     name = ctx.cfg["method"]["name"]
     why = type(ctx.method).data_parallel_refusal
     if why:
         raise UserError(f"method {name!r} does not run on several processes: {why}; use one process")
-    plain = [k for k, t in ctx.method.per_sample_tensors().items() if not t.requires_grad]
-    if plain:
-        raise UserError(f"method {name!r} does not run on several processes: its per-sample state "
-                        f"({', '.join(sorted(plain))}) would be updated by each process on its own slices; use one process")
+    params = [k for k, t in ctx.method.per_sample_tensors().items() if t.requires_grad]
+    if params:
+        raise UserError(f"method {name!r} does not run on several processes: its per-sample parameters "
+                        f"({', '.join(sorted(params))}) and their optimiser state are not merged over processes; "
+                        f"use one process")
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in ctx.model.modules())
     if has_bn and isinstance(ctx.method, MetaMethod):
         raise UserError(f"model {ctx.cfg['model']['name']!r} has BatchNorm: meta method {ctx.cfg['method']['name']!r} "
@@ -317,6 +325,8 @@ class Run:
             batches = ctx.loader("train", shuffle=True, augment=True, generator=gen, views=ctx.views)
         spe, first = ctx.steps_per_epoch, epoch * ctx.steps_per_epoch
         dist = ctx.dist
+        tables = _merged_per_sample(method) if dist.active else []
+        written = torch.zeros(len(ctx.data.labels), dtype=torch.bool) if tables else None
         for j, batch in enumerate(batches):
             views = getattr(batch, "views", ())
             xs = tuple(views) if len(views) > 1 else (batch.x,)
@@ -324,6 +334,8 @@ class Run:
             if dist.active:  # every rank drew the global batch; each trains on its slice
                 sl = dist.shard(len(yb))
                 xs, yb, ib = tuple(v[sl] for v in xs), yb[sl], ib[sl]
+                if written is not None:
+                    written[ib] = True
             y = yb.to(device)
             x = tuple(ctx.to_device(v) for v in xs) if len(xs) > 1 else ctx.to_device(xs[0])
             dist.in_step = True
@@ -347,6 +359,8 @@ class Run:
             ctx.step_schedules(to=None if n_own is None else first + ((j + 1) * spe) // max(n_own, 1))
             ctx.step += 1
             yield
+        if written is not None:  # each row of the per-sample state from the rank that wrote it
+            dist.merge_rows_(tables, written)
         if dist.active:  # the epoch's sums over every rank's slices
             totals = torch.tensor([tot_loss, tot_correct, tot_count, tot_scored], dtype=torch.float64, device=device)
             dist.all_reduce_sum_([totals])
