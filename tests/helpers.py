@@ -59,3 +59,18 @@ def drive_one_epoch_by_hand(ctx, meta_batch=None):
         m.train_step(ctx, b.x, b.y, b.index)
         ctx.step += 1
     return torch.cat(idx), torch.cat(ce).numpy()
+
+
+def to_pil(a):
+    """An (H, W, C) uint8 array as a Pillow image (``L`` for one channel)."""
+    from PIL import Image
+
+    return Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
+
+
+def from_pil(im):
+    """A Pillow image as an (H, W, C) uint8 array."""
+    import numpy as np
+
+    r = np.asarray(im)
+    return r[..., None] if r.ndim == 2 else r

@@ -155,3 +155,12 @@ def test_jvp_path_tells_no_jvp_from_a_graph_walk_and_names_fallback_nodes():
 def test_readme_shows_the_device_command_the_script_prints():
     readme = (BENCH.parent / "README.md").read_text()
     assert prep.device_command() in readme
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("dividemix", {"method.warmup_epochs": 1}),  # epoch 2 divides and trains by MixMatch
+    ("promix", {"method.warmup_epochs": 1, "method.rampup_epochs": 1}),  # epoch 2 selects, trains both heads
+    ("erm", {}),
+])
+def test_two_epoch_methods_run_past_their_warm_up(name, extra, tmp_path):
+    assert gc.method_setup(name, tmp_path) == extra

@@ -21,6 +21,8 @@ from noisylabels.data import imageops as O
 from noisylabels.data.policies import AUTOAUGMENT_CIFAR10
 from noisylabels.errors import UserError
 
+from ..helpers import from_pil as _np, to_pil as _pil
+
 SHEARS = [0.0, 0.0333, -0.1, 0.3, -0.3, 0.99, -0.5]
 TRANSLATIONS = [0, 1, -3, 9, 14.501510574018129, -14.501510574018129, 6.44, -0.5, 0.5, 32, -40]
 ANGLES = [0, 3.3333333333333335, -30, 27, -4.5, 90, -90, 180, 135, -133, 13.5]
@@ -40,13 +42,6 @@ def _images(c: int, *, h: int = 32, w: int = 32, seed: int = 0) -> np.ndarray:
     return a
 
 
-def _pil(a: np.ndarray) -> Image.Image:
-    return Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
-
-
-def _np(im: Image.Image) -> np.ndarray:
-    r = np.asarray(im)
-    return r[..., None] if r.ndim == 2 else r
 
 
 def agreement(ours, reference, values, *, c: int, h: int = 32, w: int = 32) -> tuple[int, float]:

@@ -18,6 +18,8 @@ from noisylabels.data.policies import (
 )
 from noisylabels.errors import UserError
 
+from ..helpers import from_pil as _np, to_pil as _pil
+
 
 def _batch(n: int, c: int = 3, h: int = 32, w: int = 32, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -26,13 +28,6 @@ def _batch(n: int, c: int = 3, h: int = 32, w: int = 32, seed: int = 0) -> np.nd
     return a
 
 
-def _pil(a):
-    return Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
-
-
-def _np(im):
-    r = np.asarray(im)
-    return r[..., None] if r.ndim == 2 else r
 
 
 def _fc(im, fill):

@@ -13,6 +13,8 @@ from noisylabels.data import imageops as O
 from noisylabels.data.policies import SimCLRAugment, create_augment_policy, draw_resized_crops
 from noisylabels.errors import UserError
 
+from ..helpers import from_pil as _np, to_pil as _pil
+
 
 def _images(n: int, c: int = 3, h: int = 32, w: int = 32, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -22,13 +24,6 @@ def _images(n: int, c: int = 3, h: int = 32, w: int = 32, seed: int = 0) -> np.n
     return a
 
 
-def _pil(a):
-    return Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
-
-
-def _np(im):
-    r = np.asarray(im)
-    return r[..., None] if r.ndim == 2 else r
 
 
 def _t(a):

@@ -280,14 +280,3 @@ def test_folds_cross_fit_promix(tmp_path, capsys):
 def test_bad_options_are_one_line_errors(opts):
     with pytest.raises(UserError):
         create_method("promix", **opts)
-
-
-def test_gpu_check_runs_past_the_warm_up():
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).resolve().parents[2] / "benchmarks" /
-                                                  "gpu_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    assert mod.method_setup("promix", Path(".")) == {"method.warmup_epochs": 1, "method.rampup_epochs": 1}
