@@ -199,7 +199,7 @@ def test_a_mixmatch_step_minimises_eqs_3_to_12_with_the_other_networks_clean_pro
     changed = lambda m1, m0: any(not torch.equal(u, v) for u, v in zip(m1.state_dict().values(),  # noqa: E731
                                                                        m0.state_dict().values()))
     assert changed(own, own0) and not changed(other, other0)  # only the network of the pass steps
-    assert m.last_lambda == 1.0
+    assert float(m.last_lambda) == 1.0
 
 
 def test_the_mixup_weight_is_at_least_one_half(tmp_path):
@@ -209,7 +209,7 @@ def test_the_mixup_weight_is_at_least_one_half(tmp_path):
     for step in range(24):
         ctx.step = step
         m.train_step(ctx, x, y, lab)
-        lams.append(m.last_lambda)
+        lams.append(float(m.last_lambda))
     assert min(lams) >= 0.5 and max(lams) < 1.0 and len(set(lams)) == len(lams)
 
 

@@ -374,6 +374,8 @@ def test_odd_global_batch_unsynchronised_methods_and_batchnorm_meta_methods_are_
                                                              "method.forget_rate": 0.4}))
     with pytest.raises(Exception, match="BatchNorm"):
         _fit_parallel(run_cfg(tmp_path, "bn", epochs=1, **{**QUICK, "method.name": "mwnet", "model.name": "resnet8"}))
+    with pytest.raises(Exception, match="multi-step look-ahead"):
+        _fit_parallel(run_cfg(tmp_path, "emlc3", epochs=1, **{**QUICK, "method.name": "emlc", "method.k": 3}))
 
 
 

@@ -18,8 +18,7 @@ __all__ = ["knn_predict", "knn_accuracy"]
 
 @torch.no_grad()
 def knn_predict(memory: torch.Tensor, memory_labels: torch.Tensor, queries: torch.Tensor, *, num_classes: int,
-                k: int = 200, temperature: float = 0.1, batch_size: int = 1024,
-                exclude_self: bool = False) -> torch.Tensor:
+                k: int = 200, temperature: float = 0.1, batch_size: int = 1024) -> torch.Tensor:
     """The weighted kNN class of each query (Wu et al. 2018, Sec. 3.4).
 
     Parameters
@@ -30,8 +29,6 @@ def knn_predict(memory: torch.Tensor, memory_labels: torch.Tensor, queries: torc
         ``(Q, d)`` features to classify (normalised here, like the memory).
     k, temperature:
         Neighbours (at most ``M``) and ``tau`` of the weights ``exp(s / tau)``.
-    exclude_self:
-        The queries are the memory (same rows): each query's own row does not vote.
 
     Returns
     -------
@@ -44,20 +41,15 @@ def knn_predict(memory: torch.Tensor, memory_labels: torch.Tensor, queries: torc
         raise ValueError(f"knn: {len(memory)} memory features but {len(memory_labels)} labels")
     if not float(temperature) > 0 or int(k) < 1:
         raise ValueError(f"knn: k must be >= 1 and temperature > 0, got k={k}, temperature={temperature}")
-    if exclude_self and len(queries) != len(memory):
-        raise ValueError("knn: exclude_self needs the queries to be the memory")
     mem = F.normalize(memory.float(), dim=1)
     labels = memory_labels.to(mem.device).long()
-    kk = min(int(k), len(mem) - (1 if exclude_self else 0))
+    kk = min(int(k), len(mem))
     if kk < 1:
         raise ValueError("knn: the memory has no sample to vote")
     out = []
     for start in range(0, len(queries), int(batch_size)):
         q = F.normalize(queries[start:start + int(batch_size)].float().to(mem.device), dim=1)
         sim = q @ mem.T
-        if exclude_self:
-            rows = torch.arange(len(q), device=mem.device)
-            sim[rows, rows + start] = float("-inf")
         s, idx = sim.topk(kk, dim=1)
         w = torch.exp(s / float(temperature))
         votes = torch.zeros(len(q), int(num_classes), device=mem.device, dtype=w.dtype)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 
-__all__ = ["contrastive_logits", "nt_xent"]
+__all__ = ["contrastive_logits", "nt_xent", "nt_xent_from_logits"]
 
 
 def contrastive_logits(z1: torch.Tensor, z2: torch.Tensor, *, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,7 +73,12 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, *, temperature: float = 0.5) -> 
     torch.Tensor
         The 0-dim mean loss (differentiable; computed in float32 at least).
     """
-    logits, targets = contrastive_logits(z1, z2, temperature=temperature)
+    return nt_xent_from_logits(*contrastive_logits(z1, z2, temperature=temperature))
+
+
+def nt_xent_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Eq. 1's mean over the ``2N`` anchors from :func:`contrastive_logits`' output (in float32 at
+    least), for a caller that also reads the logits (SimCLR's contrastive accuracy)."""
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     return F.cross_entropy(logits, targets)

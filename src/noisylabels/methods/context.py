@@ -224,6 +224,8 @@ class DistributedView(Protocol):
 
     def all_reduce_sum_(self, tensors: Any) -> None: ...
 
+    def merge_rows_(self, tensors: Any, written: torch.Tensor) -> torch.Tensor: ...
+
 
 def data_parallel(ctx: Any) -> DistributedView | None:
     """``ctx.dist`` when the run is data-parallel (more than one process), else ``None`` (a context

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserError
-from ..models import Ensemble
+from ..models import Ensemble, eval_mode
 from ..models.ensemble import ENSEMBLE_COMBINE
 from ..seeding import derive_seed
 from .base import Method, register_method
@@ -39,7 +38,7 @@ from .options import choice_option, int_option
 from .records import Record
 
 __all__ = ["DivideMix", "per_sample_ce", "normalize_losses", "gmm_clean_probability", "confidence_penalty",
-           "co_refine", "co_guess", "sharpen", "mixmatch_losses", "linear_rampup", "GMM_SETTINGS"]
+           "co_refine", "co_guess", "sharpen", "mixmatch_losses", "linear_rampup", "warmup_step", "GMM_SETTINGS"]
 
 #: the official code's GaussianMixture settings (``Train_cifar.py``: ``eval_train``)
 GMM_SETTINGS = {"n_components": 2, "max_iter": 10, "tol": 1e-2, "reg_covar": 5e-4}
@@ -109,6 +108,19 @@ def confidence_penalty(logits: Tensor) -> Tensor:
     asymmetric noise, it penalises confident predictions."""
     logp = F.log_softmax(logits.float(), dim=1)
     return (logp.exp() * logp).sum(1).mean()
+
+
+def warmup_step(ctx: MethodContext, model: torch.nn.Module, handle: Any, x: Tensor, y: Tensor, *,
+                conf_penalty: bool) -> StepOutput:
+    """One warm-up step of one network (Sec. 3.1, and ProMix's): CE on the given labels, plus
+    :func:`confidence_penalty` (Eq. 2) with ``conf_penalty``; ``handle`` is the network's
+    :class:`~noisylabels.methods.context.Network` (``None``: the run's own model)."""
+    z = model(x)
+    loss = F.cross_entropy(z.float(), y)
+    if conf_penalty:
+        loss = loss + confidence_penalty(z)
+    ctx.backward_and_step(loss, net=handle)
+    return StepOutput(logits=z.detach(), loss=loss.detach())
 
 
 def sharpen(p: Tensor, temperature: float) -> Tensor:
@@ -252,17 +264,6 @@ class _EpochBatches:
             yield from loader
 
 
-@contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    modes = [(mod, mod.training) for mod in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for mod, mode in modes:
-            mod.training = mode
-
-
 @register_method("dividemix", help="DivideMix: two networks, per-epoch GMM co-division of the losses, MixMatch with "
                                    "co-refinement and co-guessing (Li et al., ICLR 2020)")
 class DivideMix(Method):
@@ -388,7 +389,7 @@ class DivideMix(Method):
         #: seconds of the last division pass (two evaluation passes and two fits; not checkpointed)
         self.division_seconds = 0.0
         #: the last step's mixup weight ``lam'`` (for tests; not checkpointed)
-        self.last_lambda: float | None = None
+        self.last_lambda: torch.Tensor | None = None  # the last step's mixup lambda' (tests; no host sync)
 
     # -- set-up ----------------------------------------------------------------------------------------------
     def setup(self, ctx: MethodContext) -> None:
@@ -460,12 +461,7 @@ class DivideMix(Method):
         net, other = (ctx.model, peer.model) if a.net == "model" else (peer.model, ctx.model)
         handle = None if a.net == "model" else peer
         if a.kind == "warmup":
-            z = net(x)
-            loss = F.cross_entropy(z.float(), y)
-            if self.conf_penalty:
-                loss = loss + confidence_penalty(z)
-            ctx.backward_and_step(loss, net=handle)
-            return StepOutput(logits=z.detach(), loss=loss.detach())
+            return warmup_step(ctx, net, handle, x, y, conf_penalty=self.conf_penalty)
         return self._mixmatch_step(ctx, a, net, other, handle, x, y, index)
 
     def _mixmatch_step(self, ctx: MethodContext, a: _Active, net: torch.nn.Module, other: torch.nn.Module,
@@ -479,7 +475,7 @@ class DivideMix(Method):
             targets_u = None
             if u:  # co-guessing (the code's order: this network's two views, then the other's, fixed)
                 own = [torch.softmax(net(v).float(), 1) for v in u]
-                with _eval_mode(other):
+                with eval_mode(other):
                     fixed = [torch.softmax(other(v).float(), 1) for v in u]
                 targets_u = sharpen(co_guess(own + fixed), self.temperature)
             z1 = net(x1)
@@ -489,7 +485,7 @@ class DivideMix(Method):
         targets = torch.cat([targets_x, targets_x] + ([targets_u, targets_u] if u else []))
         gen = torch.Generator().manual_seed(derive_seed(ctx.seed, f"dividemix-mix-{ctx.step}"))
         mixed = ctx.mixup(inputs, targets, alpha=self.alpha, generator=gen, max_lambda=True)
-        self.last_lambda = float(mixed.lam[0])
+        self.last_lambda = mixed.lam[0].detach()
         logits = net(mixed.x)
         lx, lu, lreg = mixmatch_losses(logits, mixed.targets, num_labelled=2 * len(y), lu_reduction=self.lu_reduction)
         lam_u = self.lambda_u * linear_rampup(ctx.epoch + a.j / a.n_iter, start=self.warmup_epochs,

@@ -31,7 +31,7 @@ from ..models import Ensemble
 from ..seeding import derive_seed
 from .base import Method, register_method
 from .context import MethodContext, NetworkSpec, StepOutput
-from .elr import check_elr_options, elr_regularizer, target_probs, temporal_ensemble
+from .elr import _float, check_elr_options, elr_regularizer, target_probs, temporal_ensemble
 from .label_correction import soft_cross_entropy
 from .options import choice_option, int_option
 from .records import Record
@@ -171,7 +171,7 @@ class ELRPlus(Method):
         z = model(mixed.x)
         step = ctx.step + 1  # steps so far, this one included (the official code's counter)
         weight = self.lam * sigmoid_rampup(step, self.lambda_rampup_steps)
-        zf = z if z.dtype in (torch.float32, torch.float64) else z.float()
+        zf = _float(z)
         loss = (soft_cross_entropy(zf, y_mix.to(zf.dtype)) + weight * elr_regularizer(zf, q, clamp=self.clamp)).mean()
         ctx.backward_and_step(loss, net=net)
         a = ema_decay(step, decay=self.ema_decay, schedule=self.ema_schedule, rampup_steps=self.ema_rampup_steps)

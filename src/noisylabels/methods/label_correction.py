@@ -223,11 +223,7 @@ class LabelCorrectionMethod(MetaNetMethod):
         out: dict[str, Any] = {}
         dp = data_parallel(ctx)
         if dp is not None:  # each sample was seen by one process this epoch: take its row from there
-            seen = self.q_seen.float()
-            part = self.q_table * seen[:, None]
-            dp.all_reduce_sum_([seen, part])
-            self.q_table.copy_(torch.where(seen[:, None] > 0, part / seen.clamp_min(1)[:, None], self.q_table))
-            self.q_seen.copy_(seen > 0)
+            self.q_seen.copy_(dp.merge_rows_([self.q_table], self.q_seen))
         if self._epoch_meta:
             losses = torch.stack(self._epoch_meta).cpu().tolist()
             self.meta_loss_history.extend(float(v) for v in losses)

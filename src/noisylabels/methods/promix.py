@@ -42,7 +42,7 @@ from ..models.ensemble import ENSEMBLE_COMBINE
 from ..seeding import derive_seed
 from .base import Method, register_method
 from .context import MethodContext, StepOutput, is_noisy_train, selection_quality
-from .dividemix import confidence_penalty, linear_rampup, sharpen
+from .dividemix import confidence_penalty, linear_rampup, per_sample_ce, sharpen, warmup_step
 from .label_correction import soft_cross_entropy
 from .options import choice_option, int_option
 from .records import Record
@@ -363,7 +363,7 @@ class ProMix(Method):
         self.priors: dict[str, Tensor] = {}
         self.heads: dict[str, nn.Module] = {}
         #: the last step's loss terms of network A (for tests; not checkpointed)
-        self.last_terms: dict[str, float] = {}
+        self.last_terms: dict[str, torch.Tensor] = {}  # the last step's loss terms (tests; no host sync)
 
     # -- set-up ----------------------------------------------------------------------------------------------
     def setup(self, ctx: MethodContext) -> None:
@@ -372,12 +372,9 @@ class ProMix(Method):
         for net, handle in (("a", None), ("b", self.net("peer"))):
             model = ctx.model if handle is None else handle.model
             check_features(model, what="promix (its pseudo-label head sits on the penultimate features)")
-            gen = torch.Generator().manual_seed(derive_seed(ctx.seed, f"promix-head-{net}"))
-            head = nn.Linear(feature_dim(model), k)
-            with torch.no_grad():  # nn.Linear's own initialisation, drawn from this generator
-                bound = 1.0 / math.sqrt(head.in_features)
-                head.weight.uniform_(-bound, bound, generator=gen)
-                head.bias.uniform_(-bound, bound, generator=gen)
+            with torch.random.fork_rng(devices=[]):  # nn.Linear's own initialisation, from the head's seed
+                torch.manual_seed(derive_seed(ctx.seed, f"promix-head-{net}"))
+                head = nn.Linear(feature_dim(model), k)
             self.heads[net] = ctx.add_module(f"pseudo_head_{net}", head, net=handle)
             for s in ("S", "U"):
                 self.priors[f"{net}{s}"] = torch.full((k,), 1.0 / k, device=ctx.device)
@@ -411,9 +408,9 @@ class ProMix(Method):
         p_label = []
         for col, model in enumerate((ctx.model, self.net("peer").model)):
             probs = ctx.predict(idx, model=model)
-            p_y = probs.gather(1, labels.reshape(-1, 1).to(probs.device)).squeeze(1)
-            p_label.append(p_y)
-            keep = class_wise_small_loss(-p_y.clamp_min(_TINY).log(), labels, num_classes=ctx.data.num_classes, rho=rho)
+            loss = per_sample_ce(probs, labels)
+            p_label.append(torch.exp(-loss))
+            keep = class_wise_small_loss(loss, labels, num_classes=ctx.data.num_classes, rho=rho)
             self.css[dev_idx, col] = keep.to(self.css)
         self.record(dev_idx, label_prob=torch.stack(p_label).mean(0).to(self.css.device))
 
@@ -422,15 +419,8 @@ class ProMix(Method):
         xw, xs = (x[0], x[1]) if isinstance(x, (tuple, list)) else (x, x)
         peer = self.net("peer")
         if self.is_warmup(ctx.epoch):
-            out = None
-            for model, handle in ((ctx.model, None), (peer.model, peer)):
-                z = model(xw)
-                loss = F.cross_entropy(z.float(), y)
-                if self.conf_penalty:
-                    loss = loss + confidence_penalty(z)
-                ctx.backward_and_step(loss, net=handle)
-                out = out or StepOutput(logits=z.detach(), loss=loss.detach())
-            assert out is not None
+            out = warmup_step(ctx, ctx.model, None, xw, y, conf_penalty=self.conf_penalty)
+            warmup_step(ctx, peer.model, peer, xw, y, conf_penalty=self.conf_penalty)
             return out
         # forwards of both networks, both heads, both views
         fw = {}
@@ -481,7 +471,7 @@ class ProMix(Method):
             self.used[dev_index, "ab".index(n)] = s.to(self.used)
             if n == "a":
                 out_loss = loss.detach()
-                self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
+                self.last_terms = {k: v.detach() for k, v in terms.items()}
         self.record(dev_index, selected_a=sel["a"].float().to(self.css.device),
                     selected_b=sel["b"].float().to(self.css.device))
         assert out_loss is not None

@@ -35,11 +35,12 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..losses.contrastive import contrastive_logits
+from ..losses.contrastive import contrastive_logits, nt_xent_from_logits
 from ..models.penultimate import check_features, feature_dim
 from ..seeding import derive_seed
 from .base import Method, register_method
 from .context import MethodContext, StepOutput
+from .options import int_option
 
 __all__ = ["SimCLR", "ProjectionHead"]
 
@@ -91,11 +92,6 @@ class SimCLR(Method):
                  head_bn: bool = False, knn_k: int = 200, knn_temperature: float = 0.1) -> None:
         super().__init__()
 
-        def positive_int(name: str, v: Any, low: int = 1) -> int:
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise UserError(f"simclr: {name} must be an integer >= {low}, got {v!r}")
-            return int(v)
-
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
                 or not 0.0 < float(temperature) < float("inf"):
             raise UserError(f"simclr: temperature must be a positive number, got {temperature!r}")
@@ -105,13 +101,14 @@ class SimCLR(Method):
         if not isinstance(head_bn, bool):
             raise UserError(f"simclr: head_bn must be true or false, got {head_bn!r}")
         self.temperature = float(temperature)
-        self.projection_dim = positive_int("projection_dim", projection_dim)
-        self.projection_hidden = None if projection_hidden is None else positive_int("projection_hidden",
-                                                                                     projection_hidden)
+        self.projection_dim = int_option("simclr", "projection_dim", projection_dim, 1)
+        self.projection_hidden = None if projection_hidden is None else int_option("simclr", "projection_hidden",
+                                                                                         projection_hidden, 1)
         self.head_bn = head_bn
-        self.knn_k = positive_int("knn_k", knn_k, 0)
+        self.knn_k = int_option("simclr", "knn_k", knn_k, 0)
         self.knn_temperature = float(knn_temperature)
-        self._correct = self._count = 0
+        self._correct: torch.Tensor | int = 0
+        self._count = 0
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
@@ -130,15 +127,14 @@ class SimCLR(Method):
         n = x1.shape[0]
         z = self.head(ctx.model.features(torch.cat([x1, x2])))
         logits, targets = contrastive_logits(z[:n], z[n:], temperature=self.temperature)
-        logits = logits.float()
-        loss = nn.functional.cross_entropy(logits, targets)
+        loss = nt_xent_from_logits(logits, targets)
         ctx.backward_and_step(loss)
-        with torch.no_grad():
-            self._correct += int((logits.argmax(1) == targets).sum())
+        with torch.no_grad():  # counted on the device: no host sync per step
+            self._correct = self._correct + (logits.argmax(1) == targets).sum()
             self._count += 2 * n
         return StepOutput(logits=None, loss=loss.detach())
 
     def on_epoch_end(self, ctx: MethodContext) -> dict[str, Any]:
         """``contrastive_accuracy``: the fraction of the epoch's anchors whose nearest other view (in
         the projection space) is their positive."""
-        return {"contrastive_accuracy": self._correct / self._count if self._count else None}
+        return {"contrastive_accuracy": int(self._correct) / self._count if self._count else None}

@@ -40,7 +40,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..registry import call_with_options
-from .base import MODELS, Classifier, check_int, count_parameters
+from .base import MODELS, Classifier, check_int, count_parameters, eval_mode
 from .checkpoint import backbone_state_dict, load_init_checkpoint, read_state_dict
 from .ensemble import Ensemble
 from .penultimate import FeatureTap, check_features, feature_dim, features, logits_and_features
@@ -68,6 +68,7 @@ __all__ = [
     "WideResNet",
     "TimmClassifier",
     "Ensemble",
+    "eval_mode",
     "load_init_checkpoint",
     "read_state_dict",
     "backbone_state_dict",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from torch import Tensor, nn
@@ -18,6 +20,7 @@ from ..errors import UserError
 from ..registry import Registry
 
 __all__ = [
+    "eval_mode",
     "MODELS",
     "Classifier",
     "count_parameters",
@@ -114,3 +117,16 @@ def check_choice(model: str, name: str, value: Any, choices: tuple[str, ...]) ->
     raise UserError(
         f"model {model!r}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
     )
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode inside the block; afterwards every submodule gets back its own mode (an
+    ensemble's members, a frozen part, may differ from the whole)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode

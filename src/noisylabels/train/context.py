@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..losses import create_loss
 from ..methods import MetaBatch, Method
 from ..methods.context import Network, NetworkSpec
-from ..models import create_model
+from ..models import create_model, eval_mode
 from ..seeding import derive_seed
 from .build import build_model, build_run_schedule, check_meta_settings
 from .distributed import SINGLE, Distributed
@@ -313,15 +313,21 @@ def predict_proba(model: torch.nn.Module, images: torch.Tensor, indices: torch.T
                   mean: tuple[float, ...], std: tuple[float, ...], batch_size: int,
                   device: torch.device) -> torch.Tensor:
     """Softmax outputs of ``model`` (eval mode, no augmentation) on ``images[indices]``."""
+    return _map_images(lambda x: torch.softmax(model(x).float(), dim=1), model, images, indices, mean=mean, std=std,
+                       batch_size=batch_size, device=device)
+
+
+@torch.no_grad()
+def _map_images(fn: Any, model: torch.nn.Module, images: torch.Tensor, indices: torch.Tensor | None, *,
+                mean: tuple[float, ...], std: tuple[float, ...], batch_size: int, device: torch.device) -> torch.Tensor:
+    """``fn`` of the normalised, unaugmented ``images[indices]`` batch by batch, ``model`` in eval mode
+    (each submodule's mode restored after), as an ``(n, d)`` float32 tensor on the CPU."""
     idx = torch.arange(len(images)) if indices is None else indices
     dummy = torch.zeros(len(images), dtype=torch.long)
-    modes = [(m, m.training) for m in model.modules()]  # each its own: an ensemble's members may differ
-    model.eval()
     out = []
-    for batch in batch_loader(images, dummy, idx, batch_size=batch_size, shuffle=False, mean=mean, std=std):
-        out.append(torch.softmax(model(batch.x.to(device)).float(), dim=1).cpu())
-    for m, mode in modes:
-        m.training = mode
+    with eval_mode(model):
+        for batch in batch_loader(images, dummy, idx, batch_size=batch_size, shuffle=False, mean=mean, std=std):
+            out.append(fn(batch.x.to(device)).float().flatten(1).cpu())
     return torch.cat(out) if out else torch.zeros(0, 1)
 
 
@@ -346,16 +352,7 @@ def embed(model: torch.nn.Module, images: torch.Tensor, indices: torch.Tensor | 
     if not callable(features):
         raise UserError(f"{type(model).__name__} has no features(): a kNN monitor needs a model of the form "
                         f"classifier(features(x))")
-    idx = torch.arange(len(images)) if indices is None else indices
-    dummy = torch.zeros(len(images), dtype=torch.long)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    out = []
-    for batch in batch_loader(images, dummy, idx, batch_size=batch_size, shuffle=False, mean=mean, std=std):
-        out.append(features(batch.x.to(device)).float().flatten(1).cpu())
-    for m, mode in modes:
-        m.training = mode
-    return torch.cat(out) if out else torch.zeros(0, 1)
+    return _map_images(features, model, images, indices, mean=mean, std=std, batch_size=batch_size, device=device)
 
 
 def knn_monitor(model: torch.nn.Module, data: RunData, images: torch.Tensor, labels: torch.Tensor, *, k: int,

@@ -123,7 +123,7 @@ class Distributed:
                 t.copy_(flat[offset:offset + t.numel()].view_as(t))
                 offset += t.numel()
 
-    def merge_rows_(self, tensors: Sequence[torch.Tensor], written: torch.Tensor) -> None:
+    def merge_rows_(self, tensors: Sequence[torch.Tensor], written: torch.Tensor) -> torch.Tensor:
         """Merge per-sample state over ranks in place: each row takes the value of the rank that wrote it.
 
         ``tensors`` are ``(N, ...)`` tables whose rows are dataset indices (``Method.per_sample``);
@@ -132,9 +132,10 @@ class Distributed:
         that several wrote, their mean (identical values stay exact: ``(v + v) / 2 == v``); a row that no
         rank wrote keeps its value (every rank holds the same one). Values of unwritten rows never
         enter the sums (``inf`` / ``nan`` there cannot spread). Two all-reduces: the counts, the values.
+        Returns the ``(N,)`` boolean mask of the rows some rank wrote (``written`` on one process).
         """
         if not self.active or not tensors:
-            return
+            return written.to(torch.bool)
         mask = written.to(device=tensors[0].device, dtype=torch.bool)
         counts = mask.to(torch.float64)
         self.all_reduce_sum_([counts])
@@ -147,6 +148,7 @@ class Distributed:
                 c = counts[rows].to(part.dtype).view(-1, *([1] * (t.dim() - 1))) if part.is_floating_point() else None
                 t[rows] = (part[rows] / c).to(t.dtype) if c is not None else part[rows] // counts[rows].long().view(
                     -1, *([1] * (t.dim() - 1)))
+        return rows.to(written.device)
 
     def reduce_grads(self, tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
         """The global-batch mean of per-rank means: ``sum_r (n_r / n) t_r`` (new tensors; ``None`` stays)."""

@@ -114,7 +114,8 @@ def check_data_parallel(ctx: TrainContext) -> None:
     """What a data-parallel run refuses: a method that says why (``Method.data_parallel_refusal``),
     one with ``per_sample`` parameters (their rows and optimiser state are not merged), BatchNorm with
     a meta method (each process's batch statistics would differ from the global batch's, in the
-    virtual step and the JVP rules). Plain ``per_sample`` tables run: the loop merges them after each
+    virtual step and the JVP rules), a multi-step meta look-ahead (its per-process window is not
+    checkpointed per process). Plain ``per_sample`` tables run: the loop merges them after each
     epoch's steps (each row from the rank whose slice held it, :meth:`Distributed.merge_rows_`)."""
     from ..methods.meta import MetaMethod
 
@@ -127,6 +128,14 @@ def check_data_parallel(ctx: TrainContext) -> None:
         raise UserError(f"method {name!r} does not run on several processes: its per-sample parameters "
                         f"({', '.join(sorted(params))}) and their optimiser state are not merged over processes; "
                         f"use one process")
+    from ..meta.schedule import EveryK
+
+    schedule = getattr(ctx.method, "schedule", None)
+    if schedule is not None and not isinstance(schedule, EveryK):
+        # a look-ahead window / k-step accumulator holds each process's own slices and partial sums,
+        # but only rank 0's checkpoint is written: a resume would replay rank 0's on every rank
+        raise UserError(f"method {name!r} with a multi-step look-ahead (lookahead / k > 1) does not run on several "
+                        f"processes yet (each process's window is not checkpointed); use one process or k = 1")
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in ctx.model.modules())
     if has_bn and isinstance(ctx.method, MetaMethod):
         raise UserError(f"model {ctx.cfg['model']['name']!r} has BatchNorm: meta method {ctx.cfg['method']['name']!r} "
@@ -573,25 +582,18 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
         The summary written to ``summary.json``.
     """
     dist = init_distributed(check_device(cfg["device"]))
-    if not dist.active:
-        with RunDir(cfg["out"], resume=resume, overwrite=overwrite) as claim:  # refusals and the lock; nothing removed
-            if resolve is not None:
-                if data is None:  # the data as Run(cfg) builds them (the values resolved do not change them)
-                    run_cfg = check_names(cfg)
-                    data = prepare_data(run_cfg, needs_meta_set=build_method(run_cfg).needs_meta_set)
-                claim.start()  # a new run: what resolve writes into the folder is this run's (a resumed one keeps all)
-                cfg = resolve(cfg, data, progress)
-            run = Run(cfg, data=data, allow_other_world_size=allow_other_world_size)  # reads everything the run needs
-            claim.start()  # only now does a new run replace the previous one's records
-            return _train(run, resume=resume, stop_after=stop_after, progress=progress)
     from contextlib import ExitStack
 
-    with ExitStack() as stack:  # rank 0 claims the folder; its refusal stops every rank
+    # one path for one process and for several: rank 0 claims the folder and settles the config; the
+    # collectives below are the identity on one process, where every error is raised as it is
+    with ExitStack() as stack:
         claim, refusal = None, None
         if dist.is_main:
-            try:
+            try:  # refusals and the lock; nothing removed
                 claim = stack.enter_context(RunDir(cfg["out"], resume=resume, overwrite=overwrite))
             except UserError as exc:
+                if not dist.active:
+                    raise
                 refusal = str(exc)
         refusal = dist.broadcast_object(refusal)
         if refusal is not None:
@@ -600,23 +602,33 @@ def fit(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False, s
             answer: tuple[str, Any] = ("ok", cfg)
             if claim is not None:
                 try:
-                    if data is None:
+                    if data is None:  # the data as Run(cfg) builds them (the values resolved do not change them)
                         run_cfg = check_names(cfg)
                         data = prepare_data(run_cfg, needs_meta_set=build_method(run_cfg).needs_meta_set)
-                    claim.start()
+                    claim.start()  # a new run: what resolve writes into the folder is this run's
                     with single_process():
                         answer = ("ok", resolve(cfg, data, progress))
                 except BaseException as exc:
-                    dist.broadcast_object(("error", f"rank 0 failed before training: {exc}"))
+                    if dist.active:
+                        dist.broadcast_object(("error", f"rank 0 failed before training: {exc}"))
                     raise
             kind, value = dist.broadcast_object(answer)
             if kind == "error":
                 raise UserError(value)
             cfg = value
-        run = Run(cfg, data=data, dist=dist, allow_other_world_size=allow_other_world_size)
-        dist.broadcast_object(None)  # every rank has read the checkpoint before rank 0 replaces anything
+        try:  # reads everything the run needs (every rank reads the checkpoint before rank 0 replaces anything)
+            run, failed = Run(cfg, data=data, dist=dist, allow_other_world_size=allow_other_world_size), None
+        except BaseException as exc:
+            if not dist.active:
+                raise
+            run, failed = None, exc
+        errors = [e for e in dist.gather_objects(None if failed is None else str(failed)) if e is not None]
+        if failed is not None:
+            raise failed
+        if errors:  # another rank failed: stop here rather than wait for it in a collective
+            raise UserError(f"another process failed before training: {errors[0]}")
         if claim is not None:
-            claim.start()
+            claim.start()  # only now does a new run replace the previous one's records
         return _train(run, resume=resume, stop_after=stop_after, progress=progress if dist.is_main else False)
 
 
