@@ -191,7 +191,7 @@ def test_a_mixmatch_step_minimises_eqs_3_to_12_with_the_other_networks_clean_pro
         zm = own0(torch.cat(x))  # alpha = 0: lam = 1, nothing mixed
         pm = torch.softmax(zm, 1)
         lx = -(t[:12] * torch.log_softmax(zm[:12], 1)).sum(1).mean()
-        lu = ((pm[12:] - t[12:]) ** 2).sum(1).mean()
+        lu = ((pm[12:] - t[12:]) ** 2).mean()  # the default lu_reduction: mean over samples and classes
         lreg = (0.1 * torch.log(0.1 / pm.mean(0))).sum()
     ramp = (2 + 3 / 10 - 1) / 4  # epoch 2, batch 3 of the code's num_iter 10, warm-up 1, ramp over 4 epochs
     out = m.train_step(ctx, x, y, lab)

@@ -106,7 +106,7 @@ def small_loss_selection(losses: torch.Tensor, rate: float, *, candidates: torch
         ``(B,)`` bool mask of the samples to choose from (default: all).
     """
     mask = torch.ones_like(losses, dtype=torch.bool) if candidates is None else candidates
-    n = int(mask.sum())
+    n = losses.numel() if candidates is None else int(mask.sum())  # no host sync for plain Co-teaching
     k = math.ceil(rate * n - 1e-9) if schedule == "paper" else int(rate * n + 1e-9)
     out = torch.zeros_like(mask)
     if k <= 0:

@@ -342,9 +342,11 @@ class DivideMix(Method):
         Add the confidence penalty ``-H`` to the warm-up CE (the paper for asymmetric noise; the
         CIFAR-N benchmark runs the code with ``noise_mode='asym'``).
     lu_reduction:
-        ``'sum'`` (Eq. 10: squared error summed over classes) or ``'mean'`` (the code: also divided by
-        the number of classes, the scale at which the paper's ``lambda_u`` values were tuned; with
-        ``'sum'`` the same ``lambda_u`` weighs ``L_U`` C times as much).
+        ``'mean'`` (default: the code's, also divided by the number of classes, the scale at which the
+        paper's ``lambda_u`` values, the default 25 included, were tuned and its tables produced) or
+        ``'sum'`` (Eq. 10 as printed: squared error summed over classes, where the same ``lambda_u``
+        weighs ``L_U`` C times as much). A choice against the printed equation, for the paper's
+        numbers: the equation and its ``lambda_u`` values disagree by the factor C.
     ensemble:
         ``'probs'`` (mean probabilities of both networks) or ``'logits'`` (mean logits: the code's sum).
     loss_window:
@@ -364,7 +366,7 @@ class DivideMix(Method):
 
     def __init__(self, *, warmup_epochs: int = 10, lambda_u: float = 25.0, p_threshold: float = 0.5,
                  temperature: float = 0.5, alpha: float = 4.0, lambda_r: float = 1.0, rampup_epochs: int = 16,
-                 conf_penalty: bool = False, lu_reduction: str = "sum", ensemble: str = "probs",
+                 conf_penalty: bool = False, lu_reduction: str = "mean", ensemble: str = "probs",
                  loss_window: int = 1) -> None:
         super().__init__()
         for name, v in (("warmup_epochs", warmup_epochs), ("rampup_epochs", rampup_epochs)):
