@@ -79,7 +79,6 @@ def test_the_labelled_set_of_network_a_comes_from_network_bs_division_and_vice_v
     m.w[idx, 1] = (torch.arange(n) % 2 == 0).float() * 0.8  # B's division: the even positions are clean
     ctx.epoch = 1
     seen: dict[str, list[int]] = {"model": [], "peer": []}
-    unlabelled: dict[str, set[int]] = {"model": set(), "peer": set()}
     for batch in m.epoch_batches(ctx, torch.Generator().manual_seed(0)):
         assert len(batch.views) == 4  # x1, x2, u1, u2
         a = m._active

@@ -11,12 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from noisylabels.errors import UserError
 from noisylabels.train.distributed import Distributed, shard_bounds
 
 from tests.helpers import run_cfg

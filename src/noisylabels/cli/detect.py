@@ -108,11 +108,6 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
-#: what ``detect`` writes into its ``--out``
-DETECT_OUTPUTS = ("label_issues.csv", "detect_summary.json", "joint.png")
-#: the files of a run that ``detect --run`` and ``export`` read
-RUN_INPUTS = ("labels.csv", "pred_probs.npy", "pred_probs.json", "held_out.npy", "method_scores.npy", "config.yaml")
-
 
 def cmd_export(args: argparse.Namespace) -> int:
     counts = export_labels(args.run, args.out, mode="drop" if args.drop_issues else "relabel",

@@ -9,12 +9,12 @@ under the given flags; it writes ``OUT/backbone.pt``, the model without its clas
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from .common import _LISTS, TRAIN_FLAGS, _add_run_options, _fmt, _print_table
+from .train import seconds_row
 
 __all__ = ["cmd_pretrain"]
 
@@ -34,15 +34,11 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
     from ..config import PRETRAIN_DEFAULTS, resolve_config
     from ..methods import METHODS, list_methods
-    from ..train import fit
     from ..train.build import check_names
     from ..train.rundir import check_run_dir
-    from .train import _interrupted_message, _raise_terminated, _resume_config, _Terminated
+    from .train import _resume_config, run_fit
 
     if args.resume and args.overwrite:
         raise UserError("give --resume or --overwrite, not both")
@@ -65,16 +61,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     print(f"noisylabels pretrain {name} ({run['model']['name']}) on {run['data']['name']}, views "
           f"{'/'.join(run['data']['views'])} ({_policy_text(run)}), seed {run['seed']}", flush=True)
     print(f"loading data ({run['data']['name']}) ...", flush=True)
-    in_main = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
-    try:
-        summary = fit(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
-    except KeyboardInterrupt as exc:
-        print(_interrupted_message(cfg, exc, command="pretrain"), file=sys.stderr)
-        return 128 + (15 if isinstance(exc, _Terminated) else 2)
-    finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, old)
+    summary = run_fit(cfg, args, command="pretrain")
+    if isinstance(summary, int):
+        return summary
     _print_table(_result_rows(summary, cfg))
     return 0
 
@@ -95,10 +84,7 @@ def _result_rows(summary: dict[str, Any], cfg: dict[str, Any]) -> list[tuple[str
     else:
         rows.append(("kNN monitor", "none (no labels, or method.knn_k=0)"))
     rows.append(("train / val / test samples", f"{summary['num_train']} / {summary['num_val']} / {summary['num_test']}"))
-    seconds = f"{summary['seconds']:.1f}"
-    if summary.get("seconds_total") is not None and abs(summary["seconds_total"] - summary["seconds"]) > 0.05:
-        seconds += f" (this process; {summary['seconds_total']:.1f} in all)"
-    rows.append(("seconds", seconds))
+    rows.append(seconds_row(summary))
     if summary.get("backbone"):
         rows += [("backbone", f"{summary['backbone']} (last epoch; use: --set model.init_checkpoint="
                               f"{summary['backbone']})")]

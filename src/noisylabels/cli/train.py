@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +151,6 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import os
-    import signal
-    import threading
 
     launch = getattr(args, "nproc", None) is not None and "WORLD_SIZE" not in os.environ
     if launch and args.nproc < 1:
@@ -159,7 +159,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from ..config import resolve_config
     from ..methods import METHODS
-    from ..train import fit
     from ..train.build import check_names
     from ..train.rundir import check_run_dir
 
@@ -203,20 +202,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if main_rank:
         print(_header(cfg), flush=True)
         print(f"loading data ({run['data']['name']}) ...", flush=True)
-    progress = not args.quiet  # a bar on a terminal, one line per epoch elsewhere
-    in_main = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
-    try:
-        from ..detect import resolve_forget_rate  # method.forget_rate=estimate: a cross-fitted warm-up first
+    from ..detect import resolve_forget_rate  # method.forget_rate=estimate: a cross-fitted warm-up first
 
-        summary = fit(cfg, resume=args.resume, overwrite=args.overwrite, progress=progress, resolve=resolve_forget_rate,
+    summary = run_fit(cfg, args, command="train", resolve=resolve_forget_rate,
                       allow_other_world_size=args.allow_other_world_size)
-    except KeyboardInterrupt as exc:
-        print(_interrupted_message(cfg, exc), file=sys.stderr)
-        return 128 + (15 if isinstance(exc, _Terminated) else 2)
-    finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, old)
+    if isinstance(summary, int):
+        return summary
     if main_rank:
         _print_table(_result_rows(summary, cfg))
     return 0
@@ -241,10 +232,32 @@ def _result_rows(summary: dict[str, Any], cfg: dict[str, Any]) -> list[tuple[str
                              "noise rate and detection AUROC unknown"))
     elif not truth:
         rows.append(("note", "no ground truth for the training labels: noise rate and detection AUROC unknown"))
+    rows += [seconds_row(summary), ("records", str(cfg["out"]))]
+    return rows
+
+
+def run_fit(cfg: dict[str, Any], args: argparse.Namespace, *, command: str, **fit_options: Any) -> dict[str, Any] | int:
+    """``fit`` as a command runs it: SIGTERM stops it like Ctrl-C (the last checkpoint is kept), and an
+    interruption prints how to resume and returns the exit status (128 + signal) instead of a summary."""
+    from ..train import fit
+
+    in_main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
+    try:  # progress: a bar on a terminal, one line per epoch elsewhere
+        return fit(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, **fit_options)
+    except KeyboardInterrupt as exc:
+        print(_interrupted_message(cfg, exc, command=command), file=sys.stderr)
+        return 128 + (15 if isinstance(exc, _Terminated) else 2)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, old)
+
+
+def seconds_row(summary: dict[str, Any]) -> tuple[str, str]:
+    """The result table's seconds: this process's, and the total over resumed processes when it differs."""
     seconds = f"{summary['seconds']:.1f}"
     if summary.get("seconds_total") is not None and abs(summary["seconds_total"] - summary["seconds"]) > 0.05:
         seconds += f" (this process; {summary['seconds_total']:.1f} in all)"
-    rows += [("seconds", seconds), ("records", str(cfg["out"]))]
-    return rows
+    return "seconds", seconds
 
 

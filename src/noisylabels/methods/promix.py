@@ -42,7 +42,7 @@ from ..models.ensemble import ENSEMBLE_COMBINE
 from ..seeding import derive_seed
 from .base import Method, register_method
 from .context import MethodContext, StepOutput, is_noisy_train, selection_quality
-from .dividemix import confidence_penalty, linear_rampup, per_sample_ce, sharpen, warmup_step
+from .dividemix import linear_rampup, per_sample_ce, sharpen, warmup_step
 from .label_correction import soft_cross_entropy
 from .options import choice_option, int_option
 from .records import Record
