@@ -321,6 +321,19 @@ def test_sync_batchnorm_two_processes_equal_one(tmp_path, name):
 
 
 @pytest.mark.slow
+def test_a_resumed_sync_batchnorm_run_equals_an_uninterrupted_one(tmp_path):
+    """The running buffers (the global statistics') go through rank 0's checkpoint under BatchNorm's keys."""
+    over = {**QUICK, **SYNC_BN, "method.name": "mwnet"}
+    full, part = run_cfg(tmp_path, "full", epochs=2, **over), run_cfg(tmp_path, "part", epochs=2, **over)
+    _fit_parallel(full)
+    _fit_parallel(part, stop_after=1)
+    _fit_parallel(part, resume=True)
+    assert max_abs_difference(tmp_path / "full", tmp_path / "part") == 0.0
+    keys = set(_final(tmp_path / "full")["ckpt"]["model"])
+    assert {"bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked"} <= keys
+
+
+@pytest.mark.slow
 def test_without_sync_batchnorm_two_processes_differ_from_one(tmp_path):
     """The control: per-process BatchNorm statistics (the default) give another run (so the test above can fail)."""
     over = {**QUICK, **SYNC_BN, "train.sync_batchnorm": False, "method.name": "erm"}
