@@ -213,6 +213,9 @@ class CoTeaching(Method):
     on: the official code's "pure ratio") and ``selection_recall`` (the fraction of clean samples
     trained on).
 
+    Several processes (data-parallel): the selection is the 1-process selection of the global batch
+    (:func:`exchange_selection`) and each network's loss the mean over the global selection.
+
     Parameters
     ----------
     forget_rate:

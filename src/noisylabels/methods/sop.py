@@ -133,6 +133,10 @@ class SOP(Method):
     0.1 in the code); Clothing-1M ``0.1``, ``1``; always ``init_std = 1e-8``; the network: SGD lr 0.02, momentum 0.9, weight decay 5e-4,
     batch 128, 120 epochs with steps at 40 and 80 (SOP+: 300 epochs, cosine to 2e-4).
 
+    Several processes (data-parallel): each process steps its slice's rows of ``u``, ``v`` with its
+    gradient weighted by ``n_r / n`` (plain SGD: no other row moves) and the loop merges the rows after
+    each epoch's steps; SOP+'s ``pbar`` is the global batch's mean.
+
     Parameters
     ----------
     lr_u, lr_v:
