@@ -63,16 +63,17 @@ def _two_thread_ranks(monkeypatch, fn, n):
         return out
 
     monkeypatch.setattr(syncbn, "_all_reduce_sum", all_reduce)
-    out, nets = [None, None], [None, None]
-
-    def run(r):
+    out, nets = [None, None], []
+    for r in range(2):  # built here: _net seeds the global RNG, which the threads share
         d = _Rank(rank=r, world_size=2)
-        sl = d.shard(n)
         d.in_step = True
         net = _net()
         convert_global_batchnorm(net, d)
-        nets[r] = (net, d)
-        out[r] = fn(net, d, sl)
+        nets.append((net, d))
+
+    def run(r):
+        net, d = nets[r]
+        out[r] = fn(net, d, d.shard(n))
 
     threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
     for t in threads:
