@@ -275,6 +275,11 @@ EQUALITY = {
     "emlc": {"method.name": "emlc", "method.k": 1},
     "elr": {"method.name": "elr"},  # per-sample targets: merged by the loop after each epoch's steps
     "elr-plus": {"method.name": "elr-plus"},  # two tables merged; mixup over the gathered global batch
+    # NT-Xent over the gathered global batch (pretrain's fit path; the kNN monitor on rank 0)
+    "simclr": {"method.name": "simclr", "method.knn_k": 20,
+               "data.strong_augment": {"name": "simclr", "min_scale": 0.3, "hflip": False}},
+    # warm-up 1: epoch 1 co-divides and runs MixMatch (global mixup, global L_X / L_U / L_reg sums)
+    "dividemix": {"method.name": "dividemix", "method.warmup_epochs": 1},
 }
 TOL = 2e-5  # float32 round-off of a different summation order, over two epochs
 

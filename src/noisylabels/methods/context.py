@@ -203,7 +203,10 @@ class DistributedView(Protocol):
     """A data-parallel run's process group as the meta base sees it (``ctx.dist``,
     :class:`noisylabels.train.distributed.Distributed`): the step's slice ``n_local`` of the global
     batch ``n_global``; ``reduce_grads`` (``sum_r (n_r / n) t_r``: per-rank means to the global
-    mean), ``gather_batch`` (a per-sample tensor of the global batch, rank order), ``all_reduce_sum_``."""
+    mean), ``gather_batch`` (a per-sample tensor of the global batch, rank order), ``all_reduce_sum_``;
+    for a step whose loss is the global batch's on every rank (SimCLR, DivideMix's MixMatch):
+    ``gather_batch_grad`` (differentiable gather), ``rows`` (this rank's share of another batch
+    size), ``replicate_loss`` (the step's gradient all-reduce then weighs each rank ``1 / N``)."""
 
     rank: int
     world_size: int
@@ -218,7 +221,13 @@ class DistributedView(Protocol):
 
     def reduce_grads(self, tensors: Any) -> list[Any]: ...
 
-    def gather_batch(self, t: torch.Tensor) -> torch.Tensor: ...
+    def gather_batch(self, t: torch.Tensor, n: int | None = None) -> torch.Tensor: ...
+
+    def gather_batch_grad(self, t: torch.Tensor, n: int | None = None) -> torch.Tensor: ...
+
+    def rows(self, n: int) -> slice: ...
+
+    def replicate_loss(self) -> None: ...
 
     def batch_sum(self, partial: torch.Tensor) -> torch.Tensor: ...
 
