@@ -41,6 +41,7 @@ from .records import Record
 
 __all__ = ["DivideMix", "per_sample_ce", "normalize_losses", "gmm_clean_probability", "confidence_penalty",
            "co_refine", "co_guess", "sharpen", "mixmatch_losses", "mixmatch_sums", "mixmatch_losses_from_sums",
+           "mixmatch_batch", "global_mixmatch_losses",
            "linear_rampup", "warmup_step", "GMM_SETTINGS"]
 
 #: the official code's GaussianMixture settings (``Train_cifar.py``: ``eval_train``)
@@ -203,6 +204,46 @@ def mixmatch_losses_from_sums(sums: Tensor, *, num_labelled: int, num_unlabelled
     mean_p = sums[2:] / (num_labelled + num_unlabelled)
     lreg = (torch.log(torch.tensor(1.0 / c, dtype=sums.dtype, device=sums.device)) - mean_p.log()).sum() / c
     return lx, lu, lreg
+
+
+def mixmatch_batch(dp: Any, x: Sequence[Tensor], u: Sequence[Tensor], targets_x: Tensor, targets_u: Tensor | None, *,
+                   n_unlabelled: int) -> tuple[Tensor, Tensor, Tensor | slice]:
+    """MixMatch's batch before mixup, ``[X1, X2, U1, U2]`` with targets ``[t_x, t_x, t_u, t_u]``, and
+    the rows of it this process trains on.
+
+    One process (``dp`` ``None``): the step's own views, ``slice(None)``. Several (``dp`` the run's
+    ``ctx.dist`` in a step): ``x`` / ``u`` and the targets are this process's slices of the global
+    labelled batch (``dp.n_global`` rows) and unlabelled batch (``n_unlabelled`` rows); they are
+    gathered into the 1-process order, so mixup pairs across processes with the 1-process
+    permutation and ``lam``, and the returned index picks this process's rows of the result."""
+    if dp is None:
+        inputs = torch.cat([*x, *u])
+        targets = torch.cat([targets_x, targets_x] + ([targets_u, targets_u] if u else []))
+        return inputs, targets, slice(None)
+    n_x, n_u = dp.n_global, int(n_unlabelled)
+    lab, unl = dp.local_slice, dp.rows(n_u)
+    inputs = torch.cat([dp.gather_batch(v, n_x) for v in x] + [dp.gather_batch(v, n_u) for v in u])
+    tx = dp.gather_batch(targets_x, n_x)
+    targets = torch.cat([tx, tx] + ([dp.gather_batch(targets_u, n_u)] * 2 if u else []))
+    dev = inputs.device
+    starts = [(lab, 0), (lab, n_x)] + ([(unl, 2 * n_x), (unl, 2 * n_x + n_u)] if u else [])
+    mine = torch.cat([torch.arange(sl.start, sl.stop, device=dev) + start for sl, start in starts])
+    return inputs, targets, mine
+
+
+def global_mixmatch_losses(dp: Any, logits: Tensor, targets: Tensor, *, num_labelled: int, n_labelled: int,
+                           n_unlabelled: int, lu_reduction: str = "sum") -> tuple[Tensor, Tensor, Tensor]:
+    """``L_X``, ``L_U``, ``L_reg`` (Eqs. 9-11) of the whole mixed batch (``n_labelled`` + ``n_unlabelled``
+    rows) from this process's rows (``logits``, ``targets``: ``num_labelled`` mixed labelled rows
+    first). Several processes (``dp``): the sums of every process (:func:`mixmatch_sums`, a
+    differentiable gather) give the global means, ``L_reg``'s mean prediction included, the same
+    loss on every process (``dp.replicate_loss()``: the gradient all-reduce weighs each ``1 / N``)."""
+    sums = mixmatch_sums(logits, targets, num_labelled=num_labelled)
+    if dp is not None:
+        dp.replicate_loss()
+        sums = dp.gather_batch_grad(sums[None], dp.world_size).sum(0)
+    return mixmatch_losses_from_sums(sums, num_labelled=n_labelled, num_unlabelled=n_unlabelled,
+                                     lu_reduction=lu_reduction)
 
 
 def linear_rampup(current: float, *, start: float, length: float) -> float:
@@ -518,32 +559,15 @@ class DivideMix(Method):
             probs_x = [torch.softmax(z1.float(), 1), torch.softmax(net(x2).float(), 1)]
             targets_x = sharpen(co_refine(F.one_hot(y, k), probs_x, w), self.temperature)
         dp = data_parallel(ctx) if getattr(getattr(ctx, "dist", None), "in_step", False) else None
-        n_u = len(u[0]) if u else 0
-        if dp is None:
-            n_x, mine = len(y), slice(None)
-            inputs = torch.cat([x1, x2, *u])
-            targets = torch.cat([targets_x, targets_x] + ([targets_u, targets_u] if u else []))
-        else:  # the global batch, in the 1-process order, and this process's rows of it
-            n_x, n_u = dp.n_global, int(a.n_unlabelled if a.n_unlabelled is not None else n_u)
-            dp.replicate_loss()
-            lab, unl = dp.local_slice, dp.rows(n_u)
-            gx = [dp.gather_batch(v, n_x) for v in (x1, x2)]
-            gu = [dp.gather_batch(v, n_u) for v in u]
-            tx = dp.gather_batch(targets_x, n_x)
-            inputs = torch.cat(gx + gu)
-            targets = torch.cat([tx, tx] + ([dp.gather_batch(targets_u, n_u)] * 2 if u else []))
-            ar = lambda sl, start: torch.arange(sl.start, sl.stop, device=x1.device) + start  # noqa: E731
-            mine = torch.cat([ar(lab, 0), ar(lab, n_x)] + ([ar(unl, 2 * n_x), ar(unl, 2 * n_x + n_u)] if u else []))
+        n_u = int(a.n_unlabelled) if dp is not None and a.n_unlabelled is not None else (len(u[0]) if u else 0)
+        inputs, targets, mine = mixmatch_batch(dp, (x1, x2), u, targets_x, targets_u, n_unlabelled=n_u)
         gen = torch.Generator().manual_seed(derive_seed(ctx.seed, f"dividemix-mix-{ctx.step}"))
         mixed = ctx.mixup(inputs, targets, alpha=self.alpha, generator=gen, max_lambda=True)
         self.last_lambda = mixed.lam[0].detach()
-        mx, mt = mixed.x[mine], mixed.targets[mine]
-        logits = net(mx)
-        sums = mixmatch_sums(logits, mt, num_labelled=2 * len(y))
-        if dp is not None:  # every process's sums (the gather's backward hands each its rows' gradient)
-            sums = dp.gather_batch_grad(sums[None], dp.world_size).sum(0)
-        lx, lu, lreg = mixmatch_losses_from_sums(sums, num_labelled=2 * n_x, num_unlabelled=2 * n_u,
-                                                 lu_reduction=self.lu_reduction)
+        logits = net(mixed.x[mine])
+        lx, lu, lreg = global_mixmatch_losses(dp, logits, mixed.targets[mine], num_labelled=2 * len(y),
+                                              n_labelled=2 * (len(y) if dp is None else dp.n_global),
+                                              n_unlabelled=2 * n_u, lu_reduction=self.lu_reduction)
         lam_u = self.lambda_u * linear_rampup(ctx.epoch + a.j / a.n_iter, start=self.warmup_epochs,
                                               length=self.rampup_epochs)
         loss = lx + lam_u * lu + self.lambda_r * lreg
