@@ -129,7 +129,8 @@ def _interrupted_message(cfg: dict[str, Any], exc: BaseException, *, command: st
 
 def _launch_torchrun(args: argparse.Namespace) -> int:
     """``noisylabels train --nproc N ...`` = ``python -m torch.distributed.run --standalone
-    --nproc-per-node N -m noisylabels train ...`` (the same arguments without ``--nproc``)."""
+    --nproc-per-node N -m noisylabels train ...`` (the same arguments without ``--nproc``; also
+    ``pretrain``)."""
     import os
     import subprocess
 
