@@ -370,8 +370,8 @@ def test_another_world_size_is_refused_unless_allowed(tmp_path):
 def test_odd_global_batch_unsynchronised_methods_and_batchnorm_meta_methods_are_refused(tmp_path):
     with pytest.raises(Exception, match="divisible"):
         _fit_parallel(run_cfg(tmp_path, "odd", epochs=1, **{**QUICK, "train.batch_size": 63}))
-    with pytest.raises(Exception, match="MixMatch"):
-        _fit_parallel(run_cfg(tmp_path, "dmx", epochs=1, **{**QUICK, "method.name": "dividemix"}))
+    with pytest.raises(Exception, match="class priors"):
+        _fit_parallel(run_cfg(tmp_path, "pmx", epochs=1, **{**QUICK, "method.name": "promix"}))
     with pytest.raises(Exception, match="small-loss"):
         _fit_parallel(run_cfg(tmp_path, "cot", epochs=1, **{**QUICK, "method.name": "coteaching",
                                                              "method.forget_rate": 0.4}))
