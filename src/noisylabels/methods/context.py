@@ -173,11 +173,13 @@ class MethodContext(Protocol):
         default: the run's weak augmentation if ``augment``, one view)."""
 
     def mixup(self, x: torch.Tensor, targets: torch.Tensor, *, alpha: float, generator: torch.Generator,
-              num_classes: int | None = None, per_sample: bool = False, max_lambda: bool = False) -> Any:
+              num_classes: int | None = None, per_sample: bool = False, max_lambda: bool = False,
+              as_given: bool = False) -> Any:
         """:func:`noisylabels.data.mixup` (Zhang et al. 2018): the batch mixed with a permutation of itself,
         drawn from ``generator`` only; returns ``x``, ``targets`` ``(B, K)``, ``lam`` ``(B,)``, ``perm`` ``(B,)``.
         In a data-parallel step called on this process's whole slice, the global batch is mixed (the
-        1-process pairs) and this slice's rows come back; every process must then call it alike."""
+        1-process pairs) and this slice's rows come back; every process must then call it alike.
+        ``as_given``: mix ``x`` as it is (e.g. a global batch the method gathered itself)."""
 
     def predict(self, split: str | torch.Tensor = "train", *, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Softmax outputs (eval mode, no augmentation) of ``model`` (default: the one being

@@ -562,7 +562,7 @@ class DivideMix(Method):
         n_u = int(a.n_unlabelled) if dp is not None and a.n_unlabelled is not None else (len(u[0]) if u else 0)
         inputs, targets, mine = mixmatch_batch(dp, (x1, x2), u, targets_x, targets_u, n_unlabelled=n_u)
         gen = torch.Generator().manual_seed(derive_seed(ctx.seed, f"dividemix-mix-{ctx.step}"))
-        mixed = ctx.mixup(inputs, targets, alpha=self.alpha, generator=gen, max_lambda=True)
+        mixed = ctx.mixup(inputs, targets, alpha=self.alpha, generator=gen, max_lambda=True, as_given=True)
         self.last_lambda = mixed.lam[0].detach()
         logits = net(mixed.x[mine])
         lx, lu, lreg = global_mixmatch_losses(dp, logits, mixed.targets[mine], num_labelled=2 * len(y),
