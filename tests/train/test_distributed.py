@@ -280,8 +280,9 @@ EQUALITY = {
                "data.strong_augment": {"name": "simclr", "min_scale": 0.3, "hflip": False}},
     # warm-up 1: epoch 1 co-divides and runs MixMatch (global mixup, global L_X / L_U / L_reg sums)
     "dividemix": {"method.name": "dividemix", "method.warmup_epochs": 1},
-    # warm-up 1: global means over the selection, priors from the global selection, mixup over it
-    "promix": {"method.name": "promix", "method.warmup_epochs": 1},
+    # warm-up 1: global means over the selection, priors from the global selection (momentum 0.9, not
+    # the paper's 0.9999, so that a prior from the slice shows), mixup over it
+    "promix": {"method.name": "promix", "method.warmup_epochs": 1, "method.prior_momentum": 0.9},
     # label guessing by agreement fills the global batch's selection up to 60%, the most confident
     # candidates first (tau 0.5 and lr 0.5: 0-5 samples added per step here, some cut by the room)
     "promix-lga": {"method.name": "promix", "method.warmup_epochs": 1, "method.lga_start_epoch": 1,
