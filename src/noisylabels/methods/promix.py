@@ -263,6 +263,11 @@ class ProMix(Method):
        the code's "mean" accuracy averages logits: ``ensemble='logits'``); ``eval_head='pseudo'``
        evaluates the auxiliary heads instead (the code also prints network A's auxiliary head).
 
+    Several processes (``--nproc``): each trains on its slice; label guessing by agreement runs on
+    the gathered global batch, mixup on the gathered selected samples (the 1-process pairs), and
+    every mean and prior update divides sums gathered from every process by the global counts, so
+    a step equals one process's (``tests/train/test_distributed.py``).
+
     Not implemented: the code's FMix term (a second mix loss on Fourier masks, ``fmix``) and the
     unused contrastive projection head of its model.
 
