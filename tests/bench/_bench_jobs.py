@@ -46,3 +46,22 @@ def flaky_run(cfg, threads):
     from noisylabels.bench.harness import _run_cell
 
     return _run_cell(cfg, threads)
+
+
+def world(cfg, threads):
+    """A data-parallel cell's rank: its place in the process group and its threads (rank 0's answer comes back)."""
+    return {"world_size": int(os.environ["WORLD_SIZE"]), "rank": int(os.environ["RANK"]), "threads": threads}
+
+
+def user_error_on_rank_1(cfg, threads):
+    """Rank 1 fails with a user error; rank 0 waits for it in a collective (its failure is a consequence)."""
+    import torch
+    import torch.distributed as dist
+
+    from noisylabels.errors import UserError
+
+    dist.init_process_group("gloo")
+    if dist.get_rank() == 1:
+        raise UserError("rank 1 found a bad input")
+    dist.all_reduce(torch.zeros(1))  # never completes: rank 1 has left
+    return {"unreachable": True}

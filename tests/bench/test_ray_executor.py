@@ -14,7 +14,7 @@ import pytest
 
 from noisylabels.bench import run_suite
 from noisylabels.bench.pool import Job
-from noisylabels.bench.ray_executor import collect_records, write_records
+from noisylabels.bench.ray_executor import RunResources, collect_records, run_resources, write_records
 from noisylabels.config import resolve_config
 from noisylabels.errors import UserError
 
@@ -43,6 +43,49 @@ def test_records_travel_without_model_files_and_stay_inside_the_run(tmp_path):
     with pytest.raises(UserError, match="outside its run folder"):
         write_records(tmp_path / "dest", {"../evil.txt": b"x"})
     assert not (tmp_path / "evil.txt").exists()
+
+
+@pytest.mark.parametrize("given,expect", [
+    ({}, RunResources(num_cpus=1.0, num_gpus=0.0, nproc=1, threads=1)),                       # today's default
+    ({"gpus_per_run": 0.25, "cpus_per_run": 4}, RunResources(4.0, 0.25, 1, 4)),               # 4 runs share a GPU
+    ({"gpus_per_run": 1}, RunResources(1.0, 1.0, 1, 1)),
+    ({"gpus_per_run": 4}, RunResources(4.0, 4.0, 4, 1)),                                      # one run, 4 GPUs, 4 ranks
+    ({"gpus_per_run": 4.0, "cpus_per_run": 10}, RunResources(10.0, 4.0, 4, 2)),               # floor(10 / 4) threads
+    ({"gpus_per_run": 2, "nproc_per_run": 2}, RunResources(2.0, 2.0, 2, 1)),
+    ({"nproc_per_run": 2, "cpus_per_run": 2}, RunResources(2.0, 0.0, 2, 1)),                  # CPU ranks (gloo)
+    ({"nproc_per_run": 3}, RunResources(3.0, 0.0, 3, 1)),
+])
+def test_gpus_per_run_maps_to_the_tasks_resources_and_the_runs_processes(given, expect):
+    assert run_resources(**given) == expect
+
+
+@pytest.mark.parametrize("given,message", [
+    ({"gpus_per_run": 1.5}, r"--gpus-per-run 1\.5: a fraction \(at most 1\) shares one GPU .* give an integer"),
+    ({"gpus_per_run": 4, "nproc_per_run": 2}, "one whole GPU per process: give --gpus-per-run 2"),
+    ({"gpus_per_run": 4, "nproc_per_run": 1}, "one whole GPU per process: give --gpus-per-run 1"),
+    ({"gpus_per_run": 0.5, "nproc_per_run": 2}, "one whole GPU per process"),
+    ({"gpus_per_run": 4, "cpus_per_run": 2}, "fewer than the run's 4 processes: each process .* at least one CPU"),
+    ({"nproc_per_run": 0}, "--nproc-per-run must be an integer >= 1"),
+])
+def test_unusable_gpu_and_process_counts_are_one_line_errors(given, message):
+    with pytest.raises(UserError, match=message):
+        run_resources(**given)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--executor", "ray", "--gpus-per-run", "2.5", "--set", "device=cuda"], "--gpus-per-run 2.5: a fraction"),
+    (["--executor", "ray", "--nproc-per-run", "2", "--set", "train.batch_size=63"],
+     "cell 0___CE: train.batch_size 63 is the global batch of the run's 2 processes and must be divisible by 2"),
+    (["--nproc-per-run", "2"], "--nproc-per-run apply to --executor ray only"),
+])
+def test_data_parallel_cells_are_checked_before_ray_starts(tmp_path, monkeypatch, capsys, argv, message):
+    from noisylabels.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # nothing reaches Ray
+    assert main(["bench", str(SUITES / "tiny.yaml"), "--out", str(tmp_path / "b"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +177,33 @@ def test_ctrl_c_cancels_outstanding_ray_tasks(tmp_path):
     while time.monotonic() < gone and [p for p in running if Path(f"/proc/{p}").exists()]:
         time.sleep(0.2)
     assert not [p for p in running if Path(f"/proc/{p}").exists()]
+
+
+@pytest.mark.slow
+def test_a_data_parallel_cell_is_the_run_train_nproc_trains(local_ray, tmp_path, capsys):
+    """``--nproc-per-run 2`` on CPUs (the path of ``--gpus-per-run 2``, with gloo): the records Ray
+    returns are byte-for-byte those of ``noisylabels train --nproc 2`` with the same config."""
+    from noisylabels.bench.ray_executor import run_ray
+
+    got = {}
+    run_ray([Job(0, "tests.bench._bench_jobs:world", ({"out": str(tmp_path / "w")},))],
+            lambda job, s, v: got.__setitem__(job.id, (s, v)), nproc_per_run=2, cpus_per_run=2)
+    assert got[0] == ("ok", {"world_size": 2, "rank": 0, "threads": 1})  # rank 0 of 2, one thread each
+
+    res = run_suite(SUITES / "tiny.yaml", out=tmp_path / "ray", executor="ray", nproc_per_run=2, max_seeds=1)
+    assert res["failed"] == [] and "2 to run as Ray tasks (each data-parallel over 2 processes)" in capsys.readouterr().out
+    run = next((tmp_path / "ray").glob("60___CE/seed-0-*"))
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "noisylabels", "train", "--nproc", "2", "--quiet", "--config",
+                    str(run / "config.yaml"), "--out", str(tmp_path / "local")], env=env, check=True,
+                   capture_output=True)
+    for name in ("metrics.jsonl", "suspects.csv", "labels.csv", "pred_probs.npy", "splits.npz"):
+        assert (run / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+
+    got.clear()  # a rank's user error is the run's one line (retried once, like any failed run)
+    cfg = resolve_config(overrides={"train.epochs": 1, "train.progress": False, "model.name": "no-such-model",
+                                    "out": str(tmp_path / "bad")})
+    run_ray([Job(0, "noisylabels.bench.harness:_run_cell", (cfg,))],
+            lambda job, s, v: got.__setitem__(job.id, (s, v)), nproc_per_run=2, retries=0)
+    status, value = got[0]
+    assert status == "error" and value["error"].startswith("unknown model 'no-such-model'"), value

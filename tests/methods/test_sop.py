@@ -372,3 +372,48 @@ def test_folds_detect_and_export_run_on_sop_plus(tmp_path, capsys):
     with open(clean, newline="") as fh:
         kept = {r["path"] for r in csv.DictReader(fh)}
     assert kept == {r["path"] for r in issues} - flagged and kept
+
+
+def test_on_several_processes_u_v_rows_step_by_the_global_mean_without_an_all_reduce(tmp_path):
+    """Data-parallel [E3]: rank 1 of 2 steps its slice's rows of u, v by -lr times the *global* batch
+    mean's gradient (its slice mean weighted by n_r / n: the 1-process row update, closed form of
+    [E4], [E5] with the global n), moves no other row, and all-reduces only the model's gradients
+    (the rows are merged after the epoch, never a dense (N, K) all-reduce per step)."""
+    from noisylabels.train.distributed import Distributed
+
+    reduced = []
+
+    class Rank1(Distributed):
+        @property
+        def active(self):
+            return True
+
+        def all_reduce_sum_(self, tensors):
+            reduced.extend(t.shape for t in tensors)
+
+    ctx = build_context(_cfg(tmp_path, **{"method.lr_u": 3.0, "method.lr_v": 7.0}))
+    m, k, N = ctx.method, ctx.data.num_classes, len(ctx.data.labels)
+    ctx.dist = Rank1(rank=1, world_size=2)
+    u0, v0 = m.u.detach().clone().double(), m.v.detach().clone().double()
+    b = next(iter(ctx.loader("train", shuffle=True, augment=True, generator=torch.Generator().manual_seed(0))))
+    n = len(b.y)
+    sl = ctx.dist.shard(n)
+    ctx.model.train()
+    m.start_epoch(ctx)
+    out = m.train_step(ctx, b.x[sl], b.y[sl], b.index[sl])
+    z, i = out.logits.double(), b.index[sl]
+    Y = F.one_hot(b.y[sl], k).double()
+    p = torch.softmax(z, 1)
+    U, V = (u0[i] ** 2).clamp(0, 1) * Y, (v0[i] ** 2).clamp(0, 1) * (1 - Y)
+    py, Uy = (p * Y).sum(1), U.sum(1)
+    d_u = (-1 / (py + Uy) + 1 / (1 + Uy - V.sum(1))) * 2 * u0[i, 0] / n  # the global batch's mean: 1 / n
+    d_v = -2 * (F.one_hot(z.argmax(1), k).double() - V) * 2 * v0[i] * (1 - Y) / n
+    torch.testing.assert_close(m.u.detach().double()[i, 0], u0[i, 0] - 3.0 * d_u, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(m.v.detach().double()[i], v0[i] - 7.0 * d_v, rtol=1e-4, atol=1e-9)
+    rows = torch.zeros(N, dtype=torch.bool)
+    rows[i] = True
+    assert torch.equal(m.u.detach().double()[~rows], u0[~rows]) and torch.equal(m.v.detach().double()[~rows], v0[~rows])
+    assert reduced and all(s[0] != N for s in reduced)  # the model's gradients only
+    m.uv_optimizer.param_groups[1]["momentum"] = 0.9  # a row outside the slice would move: refused
+    with pytest.raises(ValueError, match="plain SGD"):
+        m.train_step(ctx, b.x[sl], b.y[sl], b.index[sl])

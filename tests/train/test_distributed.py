@@ -143,6 +143,55 @@ def test_mixup_in_a_data_parallel_step_is_the_global_batch_mixup_sliced(n):
     assert any(bool((p.perm < sl.start).any() or (p.perm >= sl.stop).any()) for p, sl in zip(parts, sls))  # partners cross ranks
 
 
+@pytest.mark.parametrize("n,plus", [(8, False), (7, False), (9, True)])
+def test_coteaching_selection_on_several_processes_is_the_one_process_selection_sliced(n, plus):
+    """Co-teaching's small-loss sets of the global batch (Han et al. 2018, Alg. 1 steps 4-5; Co-teaching+'s
+    on the disagreement set): each rank keeps its rows of the 1-process selection, by hand here (the
+    ceil(R |C|) smallest losses of the candidates, ties by batch position), whatever rank holds them."""
+    import math
+
+    from noisylabels.methods.coteaching import exchange_selection
+
+    g = torch.Generator().manual_seed(n)
+    l1 = torch.randint(0, 4, (n,), generator=g).float()  # many ties: position breaks them
+    l2 = torch.rand(n, generator=g)
+    pool = torch.rand(n, generator=g) < 0.7 if plus else None
+    rate = 0.6
+
+    def by_hand(losses):
+        cand = [i for i in range(n) if pool is None or bool(pool[i])]
+        k = math.ceil(rate * len(cand) - 1e-9)
+        keep = torch.zeros(n, dtype=torch.bool)
+        keep[sorted(cand, key=lambda i: (float(losses[i]), i))[:k]] = True
+        return keep
+
+    world, shared = 2, ({}, __import__("threading").Barrier(2))
+    ranks = [_ThreadRank(r, world, shared) for r in range(world)]
+    sls = [d.shard(n) for d in ranks]
+    parts = _in_threads([lambda d=d, sl=sl: exchange_selection(l1[sl], l2[sl], rate, dist=d, candidates=None
+                                                               if pool is None else pool[sl])
+                         for d, sl in zip(ranks, sls)])
+    assert torch.equal(torch.cat([p.keep1 for p in parts]), by_hand(l1))
+    assert torch.equal(torch.cat([p.keep2 for p in parts]), by_hand(l2))
+    for p in parts:  # the global masks (the mean's count, the epoch's sums) on every rank
+        assert torch.equal(p.all1, by_hand(l1)) and torch.equal(p.all2, by_hand(l2))
+        assert (p.pool is None) if pool is None else torch.equal(p.pool, pool)
+    local = [exchange_selection(l1[sl], l2[sl], rate) for sl in sls]  # each slice on its own: another set
+    assert not torch.equal(torch.cat([p.keep1 for p in local]), by_hand(l1)) or not torch.equal(
+        torch.cat([p.keep2 for p in local]), by_hand(l2))
+
+
+def test_per_sample_parameter_grads_are_weighted_by_the_slice_without_an_all_reduce():
+    """SOP's u, v: a rank's gradient rows are its slice's (mean over n_r); weighted by n_r / n they are
+    the global batch's (mean over n) rows, which the epoch's row merge then spreads."""
+    d = _OneRankOf(rank=0, world_size=2)
+    d.shard(7)  # rank 0 takes 4 of 7
+    u = torch.nn.Parameter(torch.zeros(5, 1))
+    u.grad = torch.tensor([[7.0], [0.0], [14.0], [0.0], [0.0]])
+    d.scale_param_grads_([u])
+    torch.testing.assert_close(u.grad, torch.tensor([[4.0], [0.0], [8.0], [0.0], [0.0]]))
+
+
 def _merge_in_threads(tables, masks):
     import threading
 
@@ -275,6 +324,12 @@ EQUALITY = {
     "emlc": {"method.name": "emlc", "method.k": 1},
     "elr": {"method.name": "elr"},  # per-sample targets: merged by the loop after each epoch's steps
     "elr-plus": {"method.name": "elr-plus"},  # two tables merged; mixup over the gathered global batch
+    # small-loss selection over the gathered global batch (num_gradual 1: epoch 1 forgets tau = 0.4)
+    "coteaching": {"method.name": "coteaching", "method.num_gradual": 1},
+    "coteaching-plus": {"method.name": "coteaching-plus", "method.num_gradual": 1},
+    # per-sample parameters u, v: each rank steps its rows, merged after each epoch's steps
+    "sop": {"method.name": "sop", "method.init_std": 1e-3},
+    "sop-plus": {"method.name": "sop-plus", "method.init_std": 1e-3, "data.strong_augment": "cutout"},  # global pbar
     # NT-Xent over the gathered global batch (pretrain's fit path; the kNN monitor on rank 0)
     "simclr": {"method.name": "simclr", "method.knn_k": 20,
                "data.strong_augment": {"name": "simclr", "min_scale": 0.3, "hflip": False}},
@@ -377,9 +432,6 @@ def test_another_world_size_is_refused_unless_allowed(tmp_path):
 def test_odd_global_batch_unsynchronised_methods_and_batchnorm_meta_methods_are_refused(tmp_path):
     with pytest.raises(Exception, match="divisible"):
         _fit_parallel(run_cfg(tmp_path, "odd", epochs=1, **{**QUICK, "train.batch_size": 63}))
-    with pytest.raises(Exception, match="small-loss"):
-        _fit_parallel(run_cfg(tmp_path, "cot", epochs=1, **{**QUICK, "method.name": "coteaching",
-                                                             "method.forget_rate": 0.4}))
     with pytest.raises(Exception, match="BatchNorm"):
         _fit_parallel(run_cfg(tmp_path, "bn", epochs=1, **{**QUICK, "method.name": "mwnet", "model.name": "resnet8"}))
     with pytest.raises(Exception, match="multi-step look-ahead"):

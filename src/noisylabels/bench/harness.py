@@ -346,7 +346,8 @@ def _check_int(flag: str, value: Any, lo: int) -> int | None:
 
 
 def _check_options(executor: str, *, workers: int | None, runs_per_gpu: int | None, address: str | None,
-                   gpus_per_run: float | None, cpus_per_run: float | None) -> None:
+                   gpus_per_run: float | None, cpus_per_run: float | None, nproc_per_run: int | None = None) -> int:
+    """Check the executor's options (one line naming the first wrong one); the processes per run."""
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     _check_int("--workers", workers, 1)
@@ -359,7 +360,7 @@ def _check_options(executor: str, *, workers: int | None, runs_per_gpu: int | No
             raise UserError(f"{flag} must be a number {'> 0' if flag == '--cpus-per-run' else '>= 0'}, got {v!r}")
     if executor != "ray":
         given = [f for f, v in (("--address", address), ("--gpus-per-run", gpus_per_run),
-                                ("--cpus-per-run", cpus_per_run)) if v is not None]
+                                ("--cpus-per-run", cpus_per_run), ("--nproc-per-run", nproc_per_run)) if v is not None]
         if given:
             raise UserError(f"{', '.join(given)} apply to --executor ray only")
     else:
@@ -369,13 +370,18 @@ def _check_options(executor: str, *, workers: int | None, runs_per_gpu: int | No
                             "--cpus-per-run / --gpus-per-run")
     if executor == "inline" and runs_per_gpu is not None:
         raise UserError("--runs-per-gpu applies to the local executor")
+    if executor != "ray":
+        return 1
+    from .ray_executor import run_resources  # imports no Ray
+
+    return run_resources(gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, nproc_per_run=nproc_per_run).nproc
 
 
 def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, workers: int | None = None,
               max_seeds: int | None = None, assignments: Sequence[str] = (), verbose: bool = True,
               executor: str = "local", runs_per_gpu: int | None = None, address: str | None = None,
               gpus_per_run: float | None = None, cpus_per_run: float | None = None,
-              dry_run: bool = False) -> dict[str, Any]:
+              nproc_per_run: int | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Run (or resume) a suite; print and write ``table.md`` / ``table.csv``; return the results.
 
     Parameters
@@ -400,7 +406,13 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
         ``CUDA_VISIBLE_DEVICES`` (combine with ``--set device=cuda``).
     address, gpus_per_run, cpus_per_run:
         Ray executor: the cluster (``None``: an already initialised Ray, else a local one started
-        for the call) and each task's resources (default 1 CPU, 0 GPUs).
+        for the call) and each task's resources (default 1 CPU, 0 GPUs). A fraction of a GPU shares
+        it between runs; an integer ``gpus_per_run > 1`` makes each run data-parallel over that
+        many GPUs of one node (:func:`noisylabels.bench.ray_executor.run_resources`).
+    nproc_per_run:
+        Ray executor: processes per run (default ``gpus_per_run`` when it is an integer > 1, else
+        1); > 1 trains each run data-parallel, as ``noisylabels train --nproc N`` would (on CPUs,
+        gloo, when ``gpus_per_run`` is 0). ``train.batch_size`` must divide by it.
     dry_run:
         Resolve every run's config and make the checks a run makes before loading data (names,
         method, model and noise options, weight files), print the plan (each cell's overrides, each run's
@@ -420,8 +432,8 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
     BenchInterrupted
         After Ctrl-C or SIGTERM, once every worker has stopped (finished runs are kept).
     """
-    _check_options(executor, workers=workers, runs_per_gpu=runs_per_gpu, address=address,
-                   gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run)
+    nproc = _check_options(executor, workers=workers, runs_per_gpu=runs_per_gpu, address=address,
+                           gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, nproc_per_run=nproc_per_run)
     suite = load_suite(name_or_path)
     _check_int("--seeds", max_seeds, 1)
     if max_seeds is not None and max_seeds > len(suite.seeds):
@@ -438,6 +450,9 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
             if gpus_per_run and cfg["device"] == "cpu":
                 raise UserError(f"--gpus-per-run {gpus_per_run} reserves GPUs but cell {cell.key} runs on "
                                 "device cpu: add --set device=cuda")
+            if nproc > 1 and int(cfg["train"]["batch_size"]) % nproc:
+                raise UserError(f"cell {cell.key}: train.batch_size {cfg['train']['batch_size']} is the global batch of "
+                                f"the run's {nproc} processes and must be divisible by {nproc}")
             cfg["out"] = str(out_dir / cell.key / f"seed-{seed}-{config_hash(cfg)}")
             jobs.append((cell, seed, cfg))
     if dry_run:
@@ -469,8 +484,8 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
 
     if todo:
         _execute(suite.name, todo, record, executor=executor, workers=workers, runs_per_gpu=runs_per_gpu,
-                 address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, verbose=verbose,
-                 total=len(jobs))
+                 address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
+                 nproc_per_run=nproc_per_run, verbose=verbose, total=len(jobs))
     elif verbose:
         print(f"suite {suite.name}: {len(jobs)} runs, {len(jobs)} already finished, 0 to run", flush=True)
     md, rows = tabulate(suite, results, seeds)
@@ -544,7 +559,8 @@ def _write_error(run_dir: Path, res: Mapping[str, Any]) -> None:
 
 def _execute(name: str, todo: list[tuple[Cell, int, dict[str, Any]]], record: Callable[..., None], *,
              executor: str, workers: int | None, runs_per_gpu: int | None, address: str | None,
-             gpus_per_run: float | None, cpus_per_run: float | None, verbose: bool, total: int) -> None:
+             gpus_per_run: float | None, cpus_per_run: float | None, verbose: bool, total: int,
+             nproc_per_run: int | None = None) -> None:
     from tqdm.auto import tqdm
 
     from .pool import Job, WorkerPool, error_result, gpu_groups, visible_gpus, terminating_signals
@@ -565,6 +581,11 @@ def _execute(name: str, todo: list[tuple[Cell, int, dict[str, Any]]], record: Ca
         where = "in this process"
     else:
         where = "as Ray tasks"
+        if nproc_per_run is not None or (gpus_per_run or 0) > 1:
+            from .ray_executor import run_resources
+
+            n = run_resources(gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, nproc_per_run=nproc_per_run).nproc
+            where += f" (each data-parallel over {n} processes)" if n > 1 else ""
     if verbose:
         print(f"suite {name}: {total} runs, {total - len(todo)} already finished, {len(todo)} to run {where}",
               flush=True)
@@ -608,7 +629,8 @@ def _execute(name: str, todo: list[tuple[Cell, int, dict[str, Any]]], record: Ca
             from .ray_executor import run_ray
 
             run_ray([Job(i, fn, (cfg,)) for i, (_, _, cfg) in by_id.items()], on_result, address=address,
-                    gpus_per_run=gpus_per_run or 0.0, cpus_per_run=cpus_per_run or 1.0, verbose=verbose)
+                    gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, nproc_per_run=nproc_per_run,
+                    verbose=verbose)
     finally:
         bar.close()
 

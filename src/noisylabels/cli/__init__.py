@@ -70,8 +70,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     except UserError as exc:
-        print(f"noisylabels: error: {exc}", file=sys.stderr)
+        from ..train.launch import report_rank_error
+
+        if not report_rank_error(str(exc)):  # a rank of `train --nproc`: its launcher prints the run's one line
+            print(f"noisylabels: error: {exc}", file=sys.stderr)
         return 2
+    except Exception:
+        from ..train.launch import another_rank_failed
+
+        if another_rank_failed():  # a rank of `train --nproc` whose partner failed first (that one is reported)
+            return 1
+        raise
     except KeyboardInterrupt:
         print("noisylabels: interrupted", file=sys.stderr)
         return 130

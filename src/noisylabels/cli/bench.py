@@ -17,8 +17,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs-per-gpu", type=int, default=None, metavar="N",
                    help="local: N workers per visible GPU, each group pinned with CUDA_VISIBLE_DEVICES")
     p.add_argument("--address", default=None, help="ray: cluster address (default: $RAY_ADDRESS or a local Ray)")
-    p.add_argument("--gpus-per-run", type=float, default=None, metavar="G", help="ray: GPUs per run (fractions share)")
-    p.add_argument("--cpus-per-run", type=float, default=None, metavar="C", help="ray: CPUs per run (default 1)")
+    p.add_argument("--gpus-per-run", type=float, default=None, metavar="G",
+                   help="ray: GPUs per run; a fraction shares a GPU between runs, an integer N > 1 trains each run "
+                        "data-parallel on N GPUs of one node (as train --nproc N)")
+    p.add_argument("--cpus-per-run", type=float, default=None, metavar="C",
+                   help="ray: CPUs per run (default 1, or one per process of a data-parallel run)")
+    p.add_argument("--nproc-per-run", type=int, default=None, metavar="N",
+                   help="ray: processes per run, data-parallel (default: --gpus-per-run when an integer > 1, else 1; "
+                        "with --gpus-per-run 0 on CPUs, gloo)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field in every cell")
     p.add_argument("--list", action="store_true", help="list the shipped suites and exit")
@@ -40,7 +46,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         res = run_suite(args.suite, out=args.out, workers=args.workers, max_seeds=args.seeds,
                         assignments=args.set, executor=args.executor, runs_per_gpu=args.runs_per_gpu,
                         address=args.address, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
-                        dry_run=args.dry_run)
+                        nproc_per_run=args.nproc_per_run, dry_run=args.dry_run)
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, BenchInterrupted) else 2
         print(f"noisylabels: bench interrupted ({'SIGTERM' if signum == 15 else 'Ctrl-C'}); queued runs "

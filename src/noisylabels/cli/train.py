@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import threading
@@ -130,9 +131,10 @@ def _interrupted_message(cfg: dict[str, Any], exc: BaseException, *, command: st
 def _launch_torchrun(args: argparse.Namespace) -> int:
     """``noisylabels train --nproc N ...`` = ``python -m torch.distributed.run --standalone
     --nproc-per-node N -m noisylabels train ...`` (the same arguments without ``--nproc``; also
-    ``pretrain``)."""
-    import os
-    import subprocess
+    ``pretrain``), with
+    torchrun's agent in this process (:func:`noisylabels.train.launch.launch`): a rank's error is
+    one line (``noisylabels: error: ...``, exit 2), not torchrun's traceback."""
+    from ..train.launch import launch
 
     argv, skip = [], False
     for a in args.argv:
@@ -145,13 +147,13 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
         if a.startswith("--nproc="):
             continue
         argv.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-           "-m", "noisylabels", *argv]
-    return subprocess.call(cmd, env=dict(os.environ))
+    res = launch(["noisylabels", *argv], nproc=args.nproc)
+    if res.error:
+        print(f"noisylabels: error: {res.error}", file=sys.stderr)
+    return res.returncode
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import os
 
     launch = getattr(args, "nproc", None) is not None and "WORLD_SIZE" not in os.environ
     if launch and args.nproc < 1:
@@ -247,7 +249,11 @@ def run_fit(cfg: dict[str, Any], args: argparse.Namespace, *, command: str, **fi
     try:  # progress: a bar on a terminal, one line per epoch elsewhere
         return fit(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, **fit_options)
     except KeyboardInterrupt as exc:
-        print(_interrupted_message(cfg, exc, command=command), file=sys.stderr)
+        from ..train.launch import another_rank_failed, launched_rank
+
+        # under `--nproc` rank 0 speaks for the run, and nobody when torchrun stopped it after another rank's error
+        if not (launched_rank() and (os.environ.get("RANK", "0") != "0" or another_rank_failed())):
+            print(_interrupted_message(cfg, exc, command=command), file=sys.stderr)
         return 128 + (15 if isinstance(exc, _Terminated) else 2)
     finally:
         if in_main:

@@ -245,14 +245,16 @@ def data_parallel(ctx: Any) -> DistributedView | None:
     return dist if dist is not None and getattr(dist, "active", False) else None
 
 
-def batch_total(ctx: Any, values: torch.Tensor) -> tuple[torch.Tensor, int]:
+def batch_total(ctx: Any, values: torch.Tensor, *, dim: int | None = None) -> tuple[torch.Tensor, int]:
     """``(sum of values, count)`` over the training batch, for a method's in-batch normalisation
     (MW-Net's ``sum`` weights): in a data-parallel training step the global batch's (every process's
-    slice; differentiable), so the normalisation is the 1-process run's."""
+    slice; differentiable), so the normalisation is the 1-process run's. ``dim=0``: the sum over the
+    batch's rows only (e.g. SOP+'s mean prediction per class, ``(K,)``)."""
     dp = data_parallel(ctx)
+    total = values.sum() if dim is None else values.sum(dim)
     if dp is None or not getattr(dp, "in_step", False) or len(values) != dp.n_local:
-        return values.sum(), len(values)
-    return dp.batch_sum(values.sum()), dp.n_global
+        return total, len(values)
+    return dp.batch_sum(total), dp.n_global
 
 
 def is_noisy_train(data: RunDataView) -> np.ndarray | None:

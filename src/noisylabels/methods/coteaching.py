@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -20,11 +20,12 @@ import torch
 from ..errors import UserError
 from ..models import Ensemble
 from .base import Method, register_method
-from .context import MethodContext, StepOutput, is_noisy_train
+from .context import DistributedView, MethodContext, StepOutput, batch_total, data_parallel, is_noisy_train
 from .records import Record
 
 __all__ = ["CoTeaching", "CoTeachingPlus", "coteaching_remember_rate", "coteaching_plus_remember_rate",
-           "small_loss_selection", "disagreement", "FORGET_RATE_WORDS", "SCHEDULES", "PREDICTIONS"]
+           "small_loss_selection", "disagreement", "exchange_selection", "Selection", "FORGET_RATE_WORDS", "SCHEDULES",
+           "PREDICTIONS"]
 
 #: words ``forget_rate`` takes besides a number
 FORGET_RATE_WORDS = ("noise-rate", "estimate")
@@ -122,6 +123,43 @@ def disagreement(logits_1: torch.Tensor, logits_2: torch.Tensor) -> torch.Tensor
     return logits_1.argmax(1) != logits_2.argmax(1)
 
 
+class Selection(NamedTuple):
+    """Both networks' small-loss selections of one step (:func:`exchange_selection`).
+
+    ``keep1``, ``keep2``: ``D_f``, ``D_g`` on this process's rows; ``all1``, ``all2``: on the whole
+    (global) batch; ``pool``: the global candidate mask (``None``: the whole batch)."""
+
+    keep1: torch.Tensor
+    keep2: torch.Tensor
+    all1: torch.Tensor
+    all2: torch.Tensor
+    pool: torch.Tensor | None
+
+
+def exchange_selection(l1: torch.Tensor, l2: torch.Tensor, rate: float, *, candidates: torch.Tensor | None = None,
+                       schedule: str = "paper", dist: DistributedView | None = None) -> Selection:
+    """Each network's small-loss set of the batch (:func:`small_loss_selection`), over the *global* batch
+    on several processes.
+
+    One process: the selections of ``l1`` and ``l2`` (detached ``(B,)`` losses of f and g) among
+    ``candidates``. Data-parallel (``dist``, in a step on this process's slice): the two losses and
+    the candidate mask are gathered in the global batch's order (one ``all_gather``), selected there
+    with the same rule and tie-breaking (position in the batch) as one process, and this process's
+    rows are kept: the 1-process selection, sliced.
+    """
+    if dist is None:
+        keep1 = small_loss_selection(l1, rate, candidates=candidates, schedule=schedule)
+        keep2 = small_loss_selection(l2, rate, candidates=candidates, schedule=schedule)
+        return Selection(keep1, keep2, keep1, keep2, candidates)
+    cols = [l1, l2] if candidates is None else [l1, l2, candidates.to(l1.dtype)]
+    whole = dist.gather_batch(torch.stack(cols, dim=1))
+    pool = None if candidates is None else whole[:, 2] > 0.5
+    all1 = small_loss_selection(whole[:, 0], rate, candidates=pool, schedule=schedule)
+    all2 = small_loss_selection(whole[:, 1], rate, candidates=pool, schedule=schedule)
+    sl = dist.local_slice
+    return Selection(all1[sl], all2[sl], all1, all2, pool)
+
+
 def _check_options(name: str, *, forget_rate: Any, num_gradual: Any, schedule: Any, predict: Any,
                    estimate_folds: Any, estimate_epochs: Any) -> None:
     if isinstance(forget_rate, str):
@@ -175,6 +213,9 @@ class CoTeaching(Method):
     on: the official code's "pure ratio") and ``selection_recall`` (the fraction of clean samples
     trained on).
 
+    Several processes (data-parallel): the selection is the 1-process selection of the global batch
+    (:func:`exchange_selection`) and each network's loss the mean over the global selection.
+
     Parameters
     ----------
     forget_rate:
@@ -201,7 +242,6 @@ class CoTeaching(Method):
     """
 
     networks = ("peer",)
-    data_parallel_refusal = "it selects the small-loss samples within each batch (per process, another selection)"
     records = (Record("loss"), Record("selected"))
     detection = ("loss", 1.0)
 
@@ -255,14 +295,16 @@ class CoTeaching(Method):
         peer = self.net("peer")
         z1, z2 = ctx.model(x), peer.model(x)
         l1, l2 = self.per_sample_loss(z1, y, index), self.per_sample_loss(z2, y, index)
-        pool = self.candidates(ctx, z1.detach(), z2.detach())
-        rate = self.remember_rate(ctx.epoch)
-        keep1 = small_loss_selection(l1.detach(), rate, candidates=pool, schedule=self.schedule)  # D_f
-        keep2 = small_loss_selection(l2.detach(), rate, candidates=pool, schedule=self.schedule)  # D_g
-        loss1 = self.exchange_update(ctx, l1, keep2, net=None)   # f on its peer's selection D_g
-        loss2 = self.exchange_update(ctx, l2, keep1, net=peer)   # g on D_f
-        self.record(index, loss=(l1.detach() + l2.detach()) / 2, selected=(keep1.float() + keep2.float()) / 2)
-        self._add(pool=len(y) if pool is None else pool.sum(), seen=len(y), loss_net2=loss2.detach() * len(y))
+        dp = data_parallel(ctx)  # several processes: the selection of the global batch, sliced
+        sel = exchange_selection(l1.detach(), l2.detach(), self.remember_rate(ctx.epoch),
+                                 candidates=self.candidates(ctx, z1.detach(), z2.detach()), schedule=self.schedule,
+                                 dist=dp)  # D_f (keep1), D_g (keep2)
+        loss1 = self.exchange_update(ctx, l1, sel.keep2, net=None, selected=sel.all2)  # f on its peer's selection D_g
+        loss2 = self.exchange_update(ctx, l2, sel.keep1, net=peer, selected=sel.all1)  # g on D_f
+        self.record(index, loss=(l1.detach() + l2.detach()) / 2,
+                    selected=(sel.keep1.float() + sel.keep2.float()) / 2)
+        n = len(y) if dp is None else dp.n_global  # every process adds the global batch's sums (rank 0 reports)
+        self._add(pool=n if sel.pool is None else sel.pool.sum(), seen=n, loss_net2=loss2.detach() * n)
         return StepOutput(logits=z1.detach(), loss=loss1.detach())
 
     def _add(self, **values: Any) -> None:
@@ -274,12 +316,23 @@ class CoTeaching(Method):
         return float(self._sums.get(key, 0.0))
 
     @staticmethod
-    def exchange_update(ctx: MethodContext, losses: torch.Tensor, keep: torch.Tensor, *, net: Any) -> torch.Tensor:
+    def exchange_update(ctx: MethodContext, losses: torch.Tensor, keep: torch.Tensor, *, net: Any,
+                        selected: torch.Tensor | None = None) -> torch.Tensor:
         """One network's step on the mean loss over ``keep`` (its peer's selection); no step on an
-        empty selection (nothing to learn from: the paper's update over an empty set)."""
-        if not bool(keep.any()):
+        empty selection (nothing to learn from: the paper's update over an empty set).
+
+        ``selected``: the selection on the whole global batch (``keep`` is this process's rows of it);
+        on several processes the mean is over the global selection: this slice's selected losses summed
+        over every process (:func:`~noisylabels.methods.context.batch_total`, whose backward keeps the
+        ``n_r / n`` weighting of the all-reduced gradient exact) over the global count."""
+        selected = keep if selected is None else selected
+        if not bool(selected.any()):
             return losses.new_zeros(())
-        loss = losses[keep].mean()
+        if len(selected) == len(keep):
+            loss = losses[keep].mean()
+        else:
+            total, _ = batch_total(ctx, torch.where(keep, losses, torch.zeros_like(losses)))
+            loss = total / selected.sum()
         ctx.backward_and_step(loss, net=net)
         return loss
 

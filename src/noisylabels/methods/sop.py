@@ -59,12 +59,12 @@ import torch.nn.functional as F
 from ..errors import UserError
 from ..seeding import derive_seed
 from .base import Method, register_method
-from .context import MethodContext, StepOutput
+from .context import MethodContext, StepOutput, batch_total
 from .options import choice_option
 from .records import Record
 
 __all__ = ["SOP", "SOPPlus", "noise_entries", "corrected_prediction", "sop_mse", "consistency_kl", "class_balance",
-           "U_LOSSES", "EPS"]
+           "balance_of_mean", "U_LOSSES", "EPS"]
 
 Tensor = torch.Tensor
 
@@ -105,8 +105,13 @@ def consistency_kl(weak_logits: Tensor, strong_logits: Tensor) -> Tensor:
 
 def class_balance(prediction: Tensor, eps: float = EPS) -> Tensor:
     """[E6] ``-(1/K) sum_c log clamp(mean_b prediction_bc, eps, 1)`` (a scalar)."""
-    mean = prediction.mean(dim=0).clamp(eps, 1.0)
-    return -mean.log().mean()
+    return balance_of_mean(prediction.mean(dim=0), eps)
+
+
+def balance_of_mean(mean: Tensor, eps: float = EPS) -> Tensor:
+    """[E6] ``-(1/K) sum_c log clamp(pbar_c, eps, 1)`` of the batch-mean prediction ``pbar`` (``(K,)``;
+    :func:`class_balance` of a batch, or its global mean over several processes' slices)."""
+    return -mean.clamp(eps, 1.0).log().mean()
 
 
 def _non_negative(name: str, method: str, value: float) -> float:
@@ -128,6 +133,10 @@ class SOP(Method):
     0.1 in the code); Clothing-1M ``0.1``, ``1``; always ``init_std = 1e-8``; the network: SGD lr 0.02, momentum 0.9, weight decay 5e-4,
     batch 128, 120 epochs with steps at 40 and 80 (SOP+: 300 epochs, cosine to 2e-4).
 
+    Several processes (data-parallel): each process steps its slice's rows of ``u``, ``v`` with its
+    gradient weighted by ``n_r / n`` (plain SGD: no other row moves) and the loop merges the rows after
+    each epoch's steps; SOP+'s ``pbar`` is the global batch's mean.
+
     Parameters
     ----------
     lr_u, lr_v:
@@ -140,8 +149,6 @@ class SOP(Method):
         Which loss trains ``u``: ``'ce'`` (default, [E4] only), ``'ce+mse'`` (the official code since
         Sep 2022: [E4] and [E5]) or ``'mse'`` ([E5] only); see the module docstring.
     """
-
-    data_parallel_refusal = "not yet checked against one process (its class-balance and consistency terms)"
 
     own_loss = "sop"
     #: the registered name (in messages)
@@ -251,6 +258,7 @@ class SOPPlus(SOP):
         loss = terms["ce"] + terms["mse"]
         if self.consistency > 0:
             loss = loss + self.consistency * consistency_kl(z.float(), z_strong.float()).mean()
-        if self.balance > 0:
-            loss = loss + self.balance * class_balance(terms["prediction"])
+        if self.balance > 0:  # pbar over the global batch on several processes (batch_total)
+            total, count = batch_total(ctx, terms["prediction"], dim=0)
+            loss = loss + self.balance * balance_of_mean(total / count)
         return self._step(ctx, z, loss, index, terms)

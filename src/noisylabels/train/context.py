@@ -281,7 +281,10 @@ class TrainContext:
         scaler = self.extra.get("scaler")
         model, opt = (self.model, self.optimizer) if net is None else (net.model, net.optimizer)
         if not reduced:
-            self.dist.reduce_param_grads_([p for o in (opt, *also) for g in o.param_groups for p in g["params"]])
+            rows = self._row_local(also)
+            params = [p for o in (opt, *also) for g in o.param_groups for p in g["params"]]
+            self.dist.reduce_param_grads_([p for p in params if id(p) not in rows])
+            self.dist.scale_param_grads_([p for p in params if id(p) in rows])
         if scaler is not None:
             for o in (opt, *also):
                 scaler.unscale_(o)
@@ -295,6 +298,22 @@ class TrainContext:
             for o in (opt, *also):
                 scaler.step(o)
             scaler.update()
+
+    def _row_local(self, also: Sequence[torch.optim.Optimizer]) -> set[int]:
+        """In a data-parallel run, the ids of the method's per-sample parameters (SOP's u, v) among
+        ``also``'s: each rank steps its slice's rows with its gradient weighted by ``n_r / n`` (no
+        all-reduce of the dense ``(N, ...)`` gradient) and the loop merges the rows after the epoch's
+        steps. Exact only when a row without gradient does not move: plain SGD, no momentum or weight decay."""
+        if not self.dist.active or not also:
+            return set()
+        rows = {id(t) for t in self.method.per_sample_tensors().values() if t.requires_grad}
+        for o in also:
+            for g in o.param_groups:
+                if any(id(p) in rows for p in g["params"]) and not (
+                        type(o) is torch.optim.SGD and not g.get("momentum") and not g.get("weight_decay")):
+                    raise ValueError("per-sample parameters on several processes need plain SGD (no momentum, no "
+                                     "weight decay): rows outside a process's slices must not move")
+        return rows
 
     def autocast(self) -> Any:
         """The autocast context of the training steps (``train.amp``; a no-op for ``none``)."""

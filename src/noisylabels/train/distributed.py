@@ -21,8 +21,9 @@ What each rank does (:class:`Distributed`; the loop and the meta base call it):
   hooks neither see nor support; one reduction in ``ctx.clip_and_step`` covers every method and
   every network; checkpoints keep the model's own parameter names. The price: communication does
   not overlap the backward pass (``benchmarks/ddp_scaling.py`` measures it).
-* Per-sample state (``Method.per_sample`` tables that are not parameters): each rank writes the
-  rows of its batch slices; at the end of each epoch's steps (before the method's epoch-end hook,
+* Per-sample state (``Method.per_sample`` tables, per-sample parameters such as SOP's u, v too:
+  their gradients are weighted by ``n_r / n``, not all-reduced): each rank writes the rows of its
+  batch slices; at the end of each epoch's steps (before the method's epoch-end hook,
   the checkpoint and the next epoch's start) the loop merges them (:meth:`Distributed.merge_rows_`),
   each row from the rank that wrote it, so every rank holds the 1-process table.
 * Records: per-sample records are summed over ranks at the end of each epoch; rank 0 alone
@@ -185,6 +186,16 @@ class Distributed:
         for g in grads:
             g.mul_(self.local_fraction)
         self.all_reduce_sum_(grads)
+
+    def scale_param_grads_(self, params: Sequence[torch.Tensor]) -> None:
+        """Weight the ``.grad`` of row-local per-sample parameters by ``n_r / n`` in place, without an
+        all-reduce: each rank's rows are its slice's, whose gradient is then the global batch's (the
+        rows are merged after the epoch's steps, :meth:`merge_rows_`)."""
+        if not self.active:
+            return
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(self.local_fraction)
 
     def batch_sum(self, partial: torch.Tensor) -> torch.Tensor:
         """The sum over the global batch of this rank's partial sum, differentiable (a batch

@@ -105,33 +105,30 @@ class ScratchRecorder(RunRecorder):
 
 
 def _merged_per_sample(method: Any) -> list[torch.Tensor]:
-    """The ``per_sample`` tables the loop merges over ranks after each epoch's steps (those that are
-    not parameters: per-sample parameters, e.g. SOP's u and v, have optimiser state too)."""
-    return [t for t in method.per_sample_tensors().values() if not t.requires_grad]
+    """The ``per_sample`` tables the loop merges over ranks after each epoch's steps: every one, the
+    per-sample parameters (SOP's u and v) included: each rank steps only its slices' rows
+    (:meth:`TrainContext.clip_and_step`: their gradients are weighted by ``n_r / n``, not all-reduced)."""
+    return list(method.per_sample_tensors().values())
 
 
 def check_data_parallel(ctx: TrainContext) -> None:
     """What a data-parallel run refuses: a method that says why (``Method.data_parallel_refusal``),
-    one with ``per_sample`` parameters (their rows and optimiser state are not merged), BatchNorm with
+    BatchNorm with
     a meta method (each process's batch statistics would differ from the global batch's, in the
     virtual step and the JVP rules), a multi-step meta look-ahead (its per-process window is not
-    checkpointed per process). Plain ``per_sample`` tables run: the loop merges them after each
-    epoch's steps (each row from the rank whose slice held it, :meth:`Distributed.merge_rows_`)."""
+    checkpointed per process). ``per_sample`` tables run: the loop merges them after each epoch's
+    steps (each row from the rank whose slice held it, :meth:`Distributed.merge_rows_`), per-sample
+    parameters too (their optimiser must leave a row without gradient unchanged: ``clip_and_step``)."""
     from ..methods.meta import MetaMethod
 
     name = ctx.cfg["method"]["name"]
     why = type(ctx.method).data_parallel_refusal
     if why:
         raise UserError(f"method {name!r} does not run on several processes: {why}; use one process")
-    params = [k for k, t in ctx.method.per_sample_tensors().items() if t.requires_grad]
-    if params:
-        raise UserError(f"method {name!r} does not run on several processes: its per-sample parameters "
-                        f"({', '.join(sorted(params))}) and their optimiser state are not merged over processes; "
-                        f"use one process")
-    from ..meta.schedule import EveryK
+    from ..meta.schedule import EveryK, MetaSchedule
 
-    schedule = getattr(ctx.method, "schedule", None)
-    if schedule is not None and not isinstance(schedule, EveryK):
+    schedule = getattr(ctx.method, "schedule", None)  # a meta method's (Co-teaching's is a word)
+    if isinstance(schedule, MetaSchedule) and not isinstance(schedule, EveryK):
         # a look-ahead window / k-step accumulator holds each process's own slices and partial sums,
         # but only rank 0's checkpoint is written: a resume would replay rank 0's on every rank
         raise UserError(f"method {name!r} with a multi-step look-ahead (lookahead / k > 1) does not run on several "
