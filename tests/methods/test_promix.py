@@ -103,6 +103,25 @@ def test_debiased_loss_and_pseudo_labels_are_the_prior_adjusted_softmaxes():
     assert torch.equal(update_prior(pi, probs[:0], 0.9), pi)
 
 
+def test_sum_reductions_add_over_a_batchs_parts_to_n_times_the_batch_mean():
+    """Several processes add their parts' sums and divide by the global count: the sums of two parts
+    are the per-sample terms written out (debiased CE, Sec. 3.2), and their total / n is the mean."""
+    torch.manual_seed(3)
+    z, zs, zp = torch.randn(5, 3), torch.randn(5, 3), torch.randn(5, 3)
+    t = torch.softmax(torch.randn(5, 3), 1)
+    pi = torch.tensor([0.5, 0.3, 0.2])
+    ce = lambda logits, q: -(q * torch.log_softmax(logits + 0.8 * pi.log(), 1)).sum(1)  # noqa: E731
+    parts = [slice(0, 2), slice(2, 5)]
+    total = sum(labelled_loss(z[sl], t[sl], pi, 0.8, reduction="sum") for sl in parts)
+    torch.testing.assert_close(total, ce(z, t).sum())
+    torch.testing.assert_close(total / 5, labelled_loss(z, t, pi, 0.8))
+    kw = dict(debias_output=0.8, debias_pl=0.5, temperature=0.5, strong_weight=0.3)
+    u_total = sum(unlabelled_loss(zp[sl], zs[sl], z[sl], pi, reduction="sum", **kw)[0] for sl in parts)
+    q = unlabelled_loss(zp, zs, z, pi, **kw)[1]
+    torch.testing.assert_close(u_total, ce(zp, q).sum() + 0.3 * ce(zs, q).sum())
+    torch.testing.assert_close(u_total / 5, unlabelled_loss(zp, zs, z, pi, **kw)[0])
+
+
 def test_the_auxiliary_heads_pseudo_labels_come_from_the_primary_head_and_never_train_it():
     """The U loss: targets = sharpen(softmax(z_primary - beta log pi_U)) from the primary head's weak view,
     detached; the loss trains the auxiliary head's weak and strong logits only."""

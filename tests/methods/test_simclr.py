@@ -289,3 +289,30 @@ def test_a_linear_probe_of_pretrained_features_beats_random_init_on_digits(tmp_p
                                           embed(ctx.model, ctx.data.test_images, None, **kw), ctx.data.test_labels,
                                           num_classes=10)
     assert acc["pretrained"] > acc["random"] + 0.05, acc
+
+
+# -- several processes ----------------------------------------------------------------------------------
+def test_pretrain_nproc_refusals_come_before_any_process_starts(tmp_path, capsys):
+    code, _, err = _cli(capsys, *_flags(tmp_path / "p", "--nproc", "3"))  # --batch-size 32
+    assert code == 2 and "must be divisible by --nproc 3" in _one_line(err) and not (tmp_path / "p").exists()
+
+
+@pytest.mark.slow
+def test_pretrain_nproc_2_writes_the_backbone_of_one_process(tmp_path):
+    """``noisylabels pretrain --nproc 2`` (torchrun, gloo): the global batch's NT-Xent, so the backbone
+    equals a 1-process run's to float32 round-off; a BatchNorm head is refused on several processes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-m", "noisylabels", "pretrain", "--model", "mlp"]
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        res = subprocess.run(cli + _flags(tmp_path / name, *extra), env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-2000:]
+    a, b = (torch.load(tmp_path / n / "backbone.pt", weights_only=True) for n in ("one", "two"))
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 2e-5
+    res = subprocess.run(cli + _flags(tmp_path / "bn", "--nproc", "2", "--set", "method.head_bn=true"), env=env,
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and "has BatchNorm" in res.stderr

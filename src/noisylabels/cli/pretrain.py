@@ -31,15 +31,26 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                                   "batch_size": str(PRETRAIN_DEFAULTS["train"]["batch_size"])})
     p.add_argument("--overwrite", action="store_true",
                    help="a new run into an --out that holds an earlier run clears it first (default: refused)")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="data-parallel on this machine: start N processes through torchrun; --batch-size is the "
+                        "global batch (NT-Xent's negatives are all of it), divisible by N (default: one process)")
+    p.add_argument("--allow-other-world-size", action="store_true",
+                   help="--resume a run written by another number of processes (default: refused)")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    import os
+
     from ..config import PRETRAIN_DEFAULTS, resolve_config
     from ..methods import METHODS, list_methods
     from ..train.build import check_names
     from ..train.rundir import check_run_dir
-    from .train import _resume_config, run_fit
+    from .train import _launch_torchrun, _resume_config, run_fit
 
+    launch = getattr(args, "nproc", None) is not None and "WORLD_SIZE" not in os.environ
+    if launch and args.nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {args.nproc}")
+    main_rank = os.environ.get("RANK", "0") == "0"
     if args.resume and args.overwrite:
         raise UserError("give --resume or --overwrite, not both")
     if args.resume:
@@ -58,10 +69,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         raise UserError(f"{name} contrasts two augmented views of each image: data.strong_augment none would make "
                         f"them identical (the default is simclr)")
     check_run_dir(cfg["out"], resume=args.resume, overwrite=args.overwrite)  # refusals only: nothing removed yet
+    if launch and args.nproc > 1:  # the refusals above (and the batch's) before any process starts
+        if int(run["train"]["batch_size"]) % args.nproc:
+            raise UserError(f"--batch-size {run['train']['batch_size']} is the global batch and must be divisible by "
+                            f"--nproc {args.nproc}")
+        return _launch_torchrun(args)
+    if not main_rank:
+        summary = run_fit(cfg, args, command="pretrain", allow_other_world_size=args.allow_other_world_size)
+        return summary if isinstance(summary, int) else 0
     print(f"noisylabels pretrain {name} ({run['model']['name']}) on {run['data']['name']}, views "
           f"{'/'.join(run['data']['views'])} ({_policy_text(run)}), seed {run['seed']}", flush=True)
     print(f"loading data ({run['data']['name']}) ...", flush=True)
-    summary = run_fit(cfg, args, command="pretrain")
+    summary = run_fit(cfg, args, command="pretrain", allow_other_world_size=args.allow_other_world_size)
     if isinstance(summary, int):
         return summary
     _print_table(_result_rows(summary, cfg))

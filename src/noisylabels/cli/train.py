@@ -130,7 +130,8 @@ def _interrupted_message(cfg: dict[str, Any], exc: BaseException, *, command: st
 
 def _launch_torchrun(args: argparse.Namespace) -> int:
     """``noisylabels train --nproc N ...`` = ``python -m torch.distributed.run --standalone
-    --nproc-per-node N -m noisylabels train ...`` (the same arguments without ``--nproc``), with
+    --nproc-per-node N -m noisylabels train ...`` (the same arguments without ``--nproc``; also
+    ``pretrain``), with
     torchrun's agent in this process (:func:`noisylabels.train.launch.launch`): a rank's error is
     one line (``noisylabels: error: ...``, exit 2), not torchrun's traceback."""
     from ..train.launch import launch

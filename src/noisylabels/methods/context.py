@@ -173,11 +173,13 @@ class MethodContext(Protocol):
         default: the run's weak augmentation if ``augment``, one view)."""
 
     def mixup(self, x: torch.Tensor, targets: torch.Tensor, *, alpha: float, generator: torch.Generator,
-              num_classes: int | None = None, per_sample: bool = False, max_lambda: bool = False) -> Any:
+              num_classes: int | None = None, per_sample: bool = False, max_lambda: bool = False,
+              as_given: bool = False) -> Any:
         """:func:`noisylabels.data.mixup` (Zhang et al. 2018): the batch mixed with a permutation of itself,
         drawn from ``generator`` only; returns ``x``, ``targets`` ``(B, K)``, ``lam`` ``(B,)``, ``perm`` ``(B,)``.
         In a data-parallel step called on this process's whole slice, the global batch is mixed (the
-        1-process pairs) and this slice's rows come back; every process must then call it alike."""
+        1-process pairs) and this slice's rows come back; every process must then call it alike.
+        ``as_given``: mix ``x`` as it is (e.g. a global batch the method gathered itself)."""
 
     def predict(self, split: str | torch.Tensor = "train", *, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Softmax outputs (eval mode, no augmentation) of ``model`` (default: the one being
@@ -203,7 +205,10 @@ class DistributedView(Protocol):
     """A data-parallel run's process group as the meta base sees it (``ctx.dist``,
     :class:`noisylabels.train.distributed.Distributed`): the step's slice ``n_local`` of the global
     batch ``n_global``; ``reduce_grads`` (``sum_r (n_r / n) t_r``: per-rank means to the global
-    mean), ``gather_batch`` (a per-sample tensor of the global batch, rank order), ``all_reduce_sum_``."""
+    mean), ``gather_batch`` (a per-sample tensor of the global batch, rank order), ``all_reduce_sum_``;
+    for a step whose loss is the global batch's on every rank (SimCLR, DivideMix's MixMatch):
+    ``gather_batch_grad`` (differentiable gather), ``rows`` (this rank's share of another batch
+    size), ``replicate_loss`` (the step's gradient all-reduce then weighs each rank ``1 / N``)."""
 
     rank: int
     world_size: int
@@ -218,7 +223,13 @@ class DistributedView(Protocol):
 
     def reduce_grads(self, tensors: Any) -> list[Any]: ...
 
-    def gather_batch(self, t: torch.Tensor) -> torch.Tensor: ...
+    def gather_batch(self, t: torch.Tensor, n: int | None = None) -> torch.Tensor: ...
+
+    def gather_batch_grad(self, t: torch.Tensor, n: int | None = None) -> torch.Tensor: ...
+
+    def rows(self, n: int) -> slice: ...
+
+    def replicate_loss(self) -> None: ...
 
     def batch_sum(self, partial: torch.Tensor) -> torch.Tensor: ...
 

@@ -11,7 +11,9 @@ The pieces, each a function below named after the paper's equation it computes:
 * :func:`co_refine` (Eq. 3), :func:`sharpen` (Eq. 4), :func:`co_guess` (Sec. 3.3: the mean of both
   networks over the augmentations); mixup with ``lam' = max(lam, 1 - lam)`` (Eqs. 5-8) is
   :func:`noisylabels.data.mixup` through ``ctx.mixup``;
-* :func:`mixmatch_losses` (Eqs. 9-11) and :func:`linear_rampup` (the code's ramp of ``lambda_u``).
+* :func:`mixmatch_losses` (Eqs. 9-11; from the batch's sums, :func:`mixmatch_sums` and
+  :func:`mixmatch_losses_from_sums`, so several processes add theirs) and :func:`linear_rampup` (the
+  code's ramp of ``lambda_u``).
 
 :class:`DivideMix` puts them on the shared loop (Algorithm 1).
 """
@@ -33,12 +35,14 @@ from ..models import Ensemble, eval_mode
 from ..models.ensemble import ENSEMBLE_COMBINE
 from ..seeding import derive_seed
 from .base import Method, register_method
-from .context import MethodContext, StepOutput, is_noisy_train, selection_quality
+from .context import MethodContext, StepOutput, data_parallel, is_noisy_train, selection_quality
 from .options import choice_option, int_option
 from .records import Record
 
 __all__ = ["DivideMix", "per_sample_ce", "normalize_losses", "gmm_clean_probability", "confidence_penalty",
-           "co_refine", "co_guess", "sharpen", "mixmatch_losses", "linear_rampup", "warmup_step", "GMM_SETTINGS"]
+           "co_refine", "co_guess", "sharpen", "mixmatch_losses", "mixmatch_sums", "mixmatch_losses_from_sums",
+           "mixmatch_batch", "global_mixmatch_losses",
+           "linear_rampup", "warmup_step", "GMM_SETTINGS"]
 
 #: the official code's GaussianMixture settings (``Train_cifar.py``: ``eval_train``)
 GMM_SETTINGS = {"n_components": 2, "max_iter": 10, "tol": 1e-2, "reg_covar": 5e-4}
@@ -169,19 +173,77 @@ def mixmatch_losses(logits: Tensor, targets: Tensor, *, num_labelled: int,
         inputs); ``L_reg = sum_c pi_c log(pi_c / mean_x p_model^c)`` over ``X' + U'`` with the uniform
         prior ``pi_c = 1/C`` (Eq. 11).
     """
+    sums = mixmatch_sums(logits, targets, num_labelled=num_labelled)
+    return mixmatch_losses_from_sums(sums, num_labelled=num_labelled, num_unlabelled=logits.shape[0] - num_labelled,
+                                     lu_reduction=lu_reduction)
+
+
+def mixmatch_sums(logits: Tensor, targets: Tensor, *, num_labelled: int) -> Tensor:
+    """The sums over a (part of a) mixed batch that Eqs. 9-11 divide: ``(2 + C,)`` float32 at least,
+    ``[sum_x -sum_c p_c log p_model^c, sum_u ||p - p_model||_2^2, sum_{x, u} p_model (C values)]``
+    over the ``num_labelled`` rows first (``X'``) and the rest (``U'``). Sums add over a batch's parts
+    (several processes' slices: :meth:`DivideMix._mixmatch_step`)."""
     z = logits.float()
     t = targets.to(z.dtype)
     logp = F.log_softmax(z, dim=1)
-    lx = -(t[:num_labelled] * logp[:num_labelled]).sum(1).mean()
-    if z.shape[0] > num_labelled:
-        sq = (logp[num_labelled:].exp() - t[num_labelled:]).pow(2)
-        lu = sq.sum(1).mean() if lu_reduction == "sum" else sq.mean()
+    sx = -(t[:num_labelled] * logp[:num_labelled]).sum()
+    su = (logp[num_labelled:].exp() - t[num_labelled:]).pow(2).sum()
+    return torch.cat([torch.stack([sx, su]), logp.exp().sum(0)])
+
+
+def mixmatch_losses_from_sums(sums: Tensor, *, num_labelled: int, num_unlabelled: int,
+                              lu_reduction: str = "sum") -> tuple[Tensor, Tensor, Tensor]:
+    """``L_X``, ``L_U``, ``L_reg`` (Eqs. 9-11, see :func:`mixmatch_losses`) from :func:`mixmatch_sums`
+    of the whole mixed batch of ``num_labelled + num_unlabelled`` rows."""
+    c = sums.shape[0] - 2
+    lx = sums[0] / num_labelled
+    if num_unlabelled > 0:
+        lu = sums[1] / num_unlabelled / (1 if lu_reduction == "sum" else c)
     else:
-        lu = z.new_zeros(())
-    c = z.shape[1]
-    mean_p = logp.exp().mean(0)
-    lreg = (torch.log(torch.tensor(1.0 / c, dtype=z.dtype, device=z.device)) - mean_p.log()).sum() / c
+        lu = sums.new_zeros(())
+    mean_p = sums[2:] / (num_labelled + num_unlabelled)
+    lreg = (torch.log(torch.tensor(1.0 / c, dtype=sums.dtype, device=sums.device)) - mean_p.log()).sum() / c
     return lx, lu, lreg
+
+
+def mixmatch_batch(dp: Any, x: Sequence[Tensor], u: Sequence[Tensor], targets_x: Tensor, targets_u: Tensor | None, *,
+                   n_unlabelled: int) -> tuple[Tensor, Tensor, Tensor | slice]:
+    """MixMatch's batch before mixup, ``[X1, X2, U1, U2]`` with targets ``[t_x, t_x, t_u, t_u]``, and
+    the rows of it this process trains on.
+
+    One process (``dp`` ``None``): the step's own views, ``slice(None)``. Several (``dp`` the run's
+    ``ctx.dist`` in a step): ``x`` / ``u`` and the targets are this process's slices of the global
+    labelled batch (``dp.n_global`` rows) and unlabelled batch (``n_unlabelled`` rows); they are
+    gathered into the 1-process order, so mixup pairs across processes with the 1-process
+    permutation and ``lam``, and the returned index picks this process's rows of the result."""
+    if dp is None:
+        inputs = torch.cat([*x, *u])
+        targets = torch.cat([targets_x, targets_x] + ([targets_u, targets_u] if u else []))
+        return inputs, targets, slice(None)
+    n_x, n_u = dp.n_global, int(n_unlabelled)
+    lab, unl = dp.local_slice, dp.rows(n_u)
+    inputs = torch.cat([dp.gather_batch(v, n_x) for v in x] + [dp.gather_batch(v, n_u) for v in u])
+    tx = dp.gather_batch(targets_x, n_x)
+    targets = torch.cat([tx, tx] + ([dp.gather_batch(targets_u, n_u)] * 2 if u else []))
+    dev = inputs.device
+    starts = [(lab, 0), (lab, n_x)] + ([(unl, 2 * n_x), (unl, 2 * n_x + n_u)] if u else [])
+    mine = torch.cat([torch.arange(sl.start, sl.stop, device=dev) + start for sl, start in starts])
+    return inputs, targets, mine
+
+
+def global_mixmatch_losses(dp: Any, logits: Tensor, targets: Tensor, *, num_labelled: int, n_labelled: int,
+                           n_unlabelled: int, lu_reduction: str = "sum") -> tuple[Tensor, Tensor, Tensor]:
+    """``L_X``, ``L_U``, ``L_reg`` (Eqs. 9-11) of the whole mixed batch (``n_labelled`` + ``n_unlabelled``
+    rows) from this process's rows (``logits``, ``targets``: ``num_labelled`` mixed labelled rows
+    first). Several processes (``dp``): the sums of every process (:func:`mixmatch_sums`, a
+    differentiable gather) give the global means, ``L_reg``'s mean prediction included, the same
+    loss on every process (``dp.replicate_loss()``: the gradient all-reduce weighs each ``1 / N``)."""
+    sums = mixmatch_sums(logits, targets, num_labelled=num_labelled)
+    if dp is not None:
+        dp.replicate_loss()
+        sums = dp.gather_batch_grad(sums[None], dp.world_size).sum(0)
+    return mixmatch_losses_from_sums(sums, num_labelled=n_labelled, num_unlabelled=n_unlabelled,
+                                     lu_reduction=lu_reduction)
 
 
 def linear_rampup(current: float, *, start: float, length: float) -> float:
@@ -201,6 +263,7 @@ class _Active:
     kind: str           # "warmup" or "mixmatch"
     j: int = 0          # the batch's position in its network's pass
     n_iter: int = 1     # the code's num_iter of the pass (len(labelled) // batch + 1)
+    n_unlabelled: int | None = None  # the global unlabelled batch's size (None: the step's own)
 
 
 class _Batch:
@@ -211,6 +274,14 @@ class _Batch:
 
     def __init__(self, views: tuple[Tensor, ...], y: Tensor, index: Tensor) -> None:
         self.x, self.y, self.index, self.views = views[0], y, index, views
+
+    def shard_views(self, dist: Any) -> tuple[Tensor, ...]:
+        """This process's views in a data-parallel run (the loop calls it after ``dist.shard(len(y))``):
+        its slice of the labelled views and its own slice of the unlabelled ones, whose global batch
+        may have another size (split like a global batch of that size)."""
+        lab = dist.local_slice
+        unl = dist.rows(len(self.views[2])) if len(self.views) > 2 else lab
+        return tuple(v[lab] for v in self.views[:2]) + tuple(v[unl] for v in self.views[2:])
 
 
 class _EpochBatches:
@@ -252,7 +323,7 @@ class _EpochBatches:
                 views = tuple(b.views)
                 if unl is not None:
                     views += tuple(next(unl).views)
-                m._active = _Active(net, "mixmatch", j, n_iter)
+                m._active = _Active(net, "mixmatch", j, n_iter, len(views[2]) if len(views) > 2 else 0)
                 yield _Batch(views, b.y, b.index)
         m._active = None
 
@@ -359,9 +430,6 @@ class DivideMix(Method):
     views = ("weak", "weak")
     records = (Record("clean_prob"), Record("clean_prob_a"), Record("clean_prob_b"))
     detection = ("clean_prob", -1.0)
-    #: the division (w, loss_history) is computed alike on every process at epoch start, but the steps differ
-    data_parallel_refusal = ("MixMatch mixes within each process's slice and the unlabelled batches are not "
-                             "split like the labelled ones (per process, another step)")
     LU_REDUCTIONS = ("sum", "mean")
 
     def __init__(self, *, warmup_epochs: int = 10, lambda_u: float = 25.0, p_threshold: float = 0.5,
@@ -468,6 +536,13 @@ class DivideMix(Method):
 
     def _mixmatch_step(self, ctx: MethodContext, a: _Active, net: torch.nn.Module, other: torch.nn.Module,
                        handle: Any, x: tuple[Tensor, ...], y: Tensor, index: Tensor) -> StepOutput:
+        """One MixMatch step (Eqs. 3-12). Several processes: ``x`` holds this process's slices of the
+        global labelled and unlabelled batches; co-refinement and co-guessing are per sample; the
+        inputs and targets are gathered into the 1-process batch order ``[X1, X2, U1, U2]`` and mixed
+        with the 1-process permutation and ``lam`` (the same generator on every process); each
+        process trains on its own rows of the mixed batch, and Eqs. 9-11's means (``L_reg``'s mean
+        prediction included) divide the sums over every process (a differentiable gather), so the
+        loss is the 1-process loss on every process (``replicate_loss``)."""
         x1, x2 = x[0], x[1]
         u = x[2:4] if len(x) >= 4 else ()
         col = 1 if a.net == "model" else 0  # the other network's division
@@ -483,13 +558,16 @@ class DivideMix(Method):
             z1 = net(x1)
             probs_x = [torch.softmax(z1.float(), 1), torch.softmax(net(x2).float(), 1)]
             targets_x = sharpen(co_refine(F.one_hot(y, k), probs_x, w), self.temperature)
-        inputs = torch.cat([x1, x2, *u])
-        targets = torch.cat([targets_x, targets_x] + ([targets_u, targets_u] if u else []))
+        dp = data_parallel(ctx) if getattr(getattr(ctx, "dist", None), "in_step", False) else None
+        n_u = int(a.n_unlabelled) if dp is not None and a.n_unlabelled is not None else (len(u[0]) if u else 0)
+        inputs, targets, mine = mixmatch_batch(dp, (x1, x2), u, targets_x, targets_u, n_unlabelled=n_u)
         gen = torch.Generator().manual_seed(derive_seed(ctx.seed, f"dividemix-mix-{ctx.step}"))
-        mixed = ctx.mixup(inputs, targets, alpha=self.alpha, generator=gen, max_lambda=True)
+        mixed = ctx.mixup(inputs, targets, alpha=self.alpha, generator=gen, max_lambda=True, as_given=True)
         self.last_lambda = mixed.lam[0].detach()
-        logits = net(mixed.x)
-        lx, lu, lreg = mixmatch_losses(logits, mixed.targets, num_labelled=2 * len(y), lu_reduction=self.lu_reduction)
+        logits = net(mixed.x[mine])
+        lx, lu, lreg = global_mixmatch_losses(dp, logits, mixed.targets[mine], num_labelled=2 * len(y),
+                                              n_labelled=2 * (len(y) if dp is None else dp.n_global),
+                                              n_unlabelled=2 * n_u, lu_reduction=self.lu_reduction)
         lam_u = self.lambda_u * linear_rampup(ctx.epoch + a.j / a.n_iter, start=self.warmup_epochs,
                                               length=self.rampup_epochs)
         loss = lx + lam_u * lu + self.lambda_r * lreg

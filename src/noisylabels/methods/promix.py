@@ -41,7 +41,7 @@ from ..models import Ensemble, check_features, feature_dim, logits_and_features
 from ..models.ensemble import ENSEMBLE_COMBINE
 from ..seeding import derive_seed
 from .base import Method, register_method
-from .context import MethodContext, StepOutput, is_noisy_train, selection_quality
+from .context import MethodContext, StepOutput, data_parallel, is_noisy_train, selection_quality
 from .dividemix import linear_rampup, per_sample_ce, sharpen, warmup_step
 from .label_correction import soft_cross_entropy
 from .options import choice_option, int_option
@@ -132,17 +132,20 @@ def update_prior(prior: Tensor, probs: Tensor, momentum: float) -> Tensor:
     return float(momentum) * prior + (1.0 - float(momentum)) * probs.detach().to(prior).mean(0)
 
 
-def labelled_loss(logits: Tensor, targets: Tensor, prior: Tensor, strength: float) -> Tensor:
+def labelled_loss(logits: Tensor, targets: Tensor, prior: Tensor, strength: float, *,
+                  reduction: str = "mean") -> Tensor:
     """``mean_i CE(t_i, softmax(z_i + alpha log pi))`` over the rows given (the selected samples),
-    0 without rows."""
+    0 without rows; ``reduction='sum'``: the sum (a part of a batch whose mean divides the sum of
+    every part, several processes)."""
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
-    return soft_cross_entropy(debiased_logits(logits.float(), prior, strength), targets.float()).mean()
+    ce = soft_cross_entropy(debiased_logits(logits.float(), prior, strength), targets.float())
+    return ce.sum() if reduction == "sum" else ce.mean()
 
 
 def unlabelled_loss(pseudo_weak: Tensor, pseudo_strong: Tensor, primary_weak: Tensor, prior: Tensor, *,
                     debias_output: float, debias_pl: float, temperature: float,
-                    strong_weight: float) -> tuple[Tensor, Tensor]:
+                    strong_weight: float, reduction: str = "mean") -> tuple[Tensor, Tensor]:
     """The auxiliary pseudo-label head's loss on the unselected samples (ProMix Sec. 3.2).
 
     Targets: the *primary* head's weak-view prediction, debiased (:func:`debiased_pseudo_label` with
@@ -166,6 +169,8 @@ def unlabelled_loss(pseudo_weak: Tensor, pseudo_strong: Tensor, primary_weak: Te
         Sharpening ``T``.
     strong_weight:
         ``w``, the weight of the strong view's term.
+    reduction:
+        ``'mean'`` over the rows, or ``'sum'`` (a part of a batch, several processes).
 
     Returns
     -------
@@ -175,9 +180,11 @@ def unlabelled_loss(pseudo_weak: Tensor, pseudo_strong: Tensor, primary_weak: Te
     q = sharpen(debiased_pseudo_label(primary_weak, prior, debias_pl), temperature)
     if pseudo_weak.shape[0] == 0:
         return pseudo_weak.sum() * 0.0, q
-    lw = soft_cross_entropy(debiased_logits(pseudo_weak.float(), prior, debias_output), q).mean()
-    ls = soft_cross_entropy(debiased_logits(pseudo_strong.float(), prior, debias_output), q).mean()
-    return lw + float(strong_weight) * ls, q
+    lw = soft_cross_entropy(debiased_logits(pseudo_weak.float(), prior, debias_output), q)
+    ls = soft_cross_entropy(debiased_logits(pseudo_strong.float(), prior, debias_output), q)
+    if reduction == "sum":
+        return lw.sum() + float(strong_weight) * ls.sum(), q
+    return lw.mean() + float(strong_weight) * ls.mean(), q
 
 
 def label_guessing_by_agreement(selected: Tensor, probs_a: Tensor, probs_b: Tensor, *, tau: float,
@@ -256,6 +263,11 @@ class ProMix(Method):
        the code's "mean" accuracy averages logits: ``ensemble='logits'``); ``eval_head='pseudo'``
        evaluates the auxiliary heads instead (the code also prints network A's auxiliary head).
 
+    Several processes (``--nproc``): each trains on its slice; label guessing by agreement runs on
+    the gathered global batch, mixup on the gathered selected samples (the 1-process pairs), and
+    every mean and prior update divides sums gathered from every process by the global counts, so
+    a step equals one process's (``tests/train/test_distributed.py``).
+
     Not implemented: the code's FMix term (a second mix loss on Fourier masks, ``fmix``) and the
     unused contrastive projection head of its model.
 
@@ -320,9 +332,6 @@ class ProMix(Method):
     views = ("weak", "strong")
     records = (Record("label_prob"), Record("selected_a"), Record("selected_b"))
     detection = ("label_prob", -1.0)
-    #: the selections are merged by the loop, but the steps use in-batch statistics
-    data_parallel_refusal = ("its class priors are updated from each batch and its losses are means over the "
-                             "batch's selected samples, mixed up within the batch (per process, other values)")
     EVAL_HEADS = ("primary", "pseudo")
 
     def __init__(self, *, warmup_epochs: int = 10, rho_start: float = 0.5, rho_end: float = 0.5, tau: float = 0.99,
@@ -429,6 +438,7 @@ class ProMix(Method):
             zs, hs = logits_and_features(model, xs)
             fw[net] = (model, zw, zs, self.heads[net](hw), self.heads[net](hs))
         dev_index = index.to(self.css.device)
+        dp = data_parallel(ctx) if getattr(getattr(ctx, "dist", None), "in_step", False) else None
         with torch.no_grad():
             probs = {n: torch.softmax(fw[n][1].detach().float(), 1) for n in "ab"}
             sel, targets = {}, {}
@@ -438,8 +448,7 @@ class ProMix(Method):
                 s = (self.css[dev_index, col] > 0.5).to(y.device) | matched_high_confidence(probs[n], y, tau=self.tau)
                 t = onehot
                 if lga:
-                    s2 = label_guessing_by_agreement(s, probs["a"], probs["b"], tau=self.tau,
-                                                     threshold=self.lga_threshold)
+                    s2 = self._guess_by_agreement(dp, s, probs["a"], probs["b"])
                     guess = F.one_hot(debiased_pseudo_label(fw[n][1], self.priors[f"{n}S"], self.debias_pl).argmax(1),
                                       ctx.data.num_classes).float()
                     t = torch.where((s2 & ~s)[:, None], guess, onehot)
@@ -450,46 +459,87 @@ class ProMix(Method):
         if self.unlabelled_until is not None and ctx.epoch >= self.unlabelled_until:
             lam_u = 0.0
         out_loss = None
+        k = ctx.data.num_classes
         for n, handle in (("a", None), ("b", peer)):
             model, zw, zs, aw, as_ = fw[n]
             s, t = sel[n], targets[n]
             pi_s, pi_u = self.priors[f"{n}S"], self.priors[f"{n}U"]
-            terms = {
-                "ce": labelled_loss(zw[s], t[s], pi_s, self.debias_output),
-                "cr": labelled_loss(zs[s], t[s], pi_s, self.debias_output),
-                "ce_ph": labelled_loss(aw[s], t[s], pi_s, self.debias_output),
-                "cr_ph": labelled_loss(as_[s], t[s], pi_s, self.debias_output),
-            }
-            terms["mix"], terms["mix_ph"] = self._mix_terms(ctx, n, model, xw[s], t[s], pi_s)
-            terms["u"], _ = unlabelled_loss(aw[~s], as_[~s], zw[~s], pi_u, debias_output=self.debias_output,
-                                            debias_pl=self.debias_pl, temperature=self.temperature, strong_weight=w)
+            # the sums over this process's rows of every mean (one process: the batch's), then the
+            # batch's means: several processes add their sums (a differentiable gather), so every
+            # mean, the prior updates included, is over the global batch's selection
+            lab = [labelled_loss(z[s], t[s], pi_s, self.debias_output, reduction="sum") for z in (zw, zs, aw, as_)]
+            mix = self._mix_terms(ctx, dp, n, model, xw[s], t[s], pi_s)
+            u_sum, _ = unlabelled_loss(aw[~s], as_[~s], zw[~s], pi_u, debias_output=self.debias_output,
+                                       debias_pl=self.debias_pl, temperature=self.temperature, strong_weight=w,
+                                       reduction="sum")
+            p_n = probs[n]
+            stats = torch.cat([torch.stack([*lab, *mix, u_sum]).float(),
+                               torch.stack([s.sum(), (~s).sum()]).to(zw.device, torch.float32),
+                               p_n[s].sum(0).float(), p_n[~s].sum(0).float()])
+            if dp is not None:
+                dp.replicate_loss()  # the loss below is the global batch's on every process
+                stats = dp.gather_batch_grad(stats[None], dp.world_size).sum(0)
+            n_s, n_u = stats[7].detach().clamp_min(1.0), stats[8].detach().clamp_min(1.0)  # sums are 0 without rows
+            terms = dict(zip(("ce", "cr", "ce_ph", "cr_ph", "mix", "mix_ph"), stats[:6] / n_s))
+            terms["u"] = stats[6] / n_u
             loss = (terms["ce"] + w * (terms["cr"] + terms["mix"]) + terms["ce_ph"]
                     + w * (terms["cr_ph"] + terms["mix_ph"]) + lam_u * terms["u"])
             ctx.backward_and_step(loss, net=handle)
-            self.priors[f"{n}S"] = update_prior(pi_s, probs[n][s], self.prior_momentum)
-            self.priors[f"{n}U"] = update_prior(pi_u, probs[n][~s], self.prior_momentum)
+            with torch.no_grad():
+                for key, prior, sums, count in ((f"{n}S", pi_s, stats[9:9 + k], stats[7]),
+                                                (f"{n}U", pi_u, stats[9 + k:9 + 2 * k], stats[8])):
+                    if float(count) > 0:  # pi <- m pi + (1 - m) mean over the global set
+                        self.priors[key] = update_prior(prior, (sums / count)[None], self.prior_momentum)
             self.used[dev_index, "ab".index(n)] = s.to(self.used)
             if n == "a":
                 out_loss = loss.detach()
-                self.last_terms = {k: v.detach() for k, v in terms.items()}
+                self.last_terms = {key: v.detach() for key, v in terms.items()}
         self.record(dev_index, selected_a=sel["a"].float().to(self.css.device),
                     selected_b=sel["b"].float().to(self.css.device))
         assert out_loss is not None
         return StepOutput(logits=fw["a"][1].detach(), loss=out_loss)
 
-    def _mix_terms(self, ctx: MethodContext, n: str, model: nn.Module, x: Tensor, t: Tensor,
+    def _guess_by_agreement(self, dp: Any, s: Tensor, probs_a: Tensor, probs_b: Tensor) -> Tensor:
+        """:func:`label_guessing_by_agreement` over the batch (several processes: the global batch,
+        gathered, whose fill-up ranks the candidates of every process; this process's rows back)."""
+        kw = dict(tau=self.tau, threshold=self.lga_threshold)
+        if dp is None:
+            return label_guessing_by_agreement(s, probs_a, probs_b, **kw)
+        whole = label_guessing_by_agreement(dp.gather_batch(s.to(torch.uint8)).bool(), dp.gather_batch(probs_a),
+                                            dp.gather_batch(probs_b), **kw)
+        return whole[dp.local_slice]
+
+    def _mix_terms(self, ctx: MethodContext, dp: Any, n: str, model: nn.Module, x: Tensor, t: Tensor,
                    prior: Tensor) -> tuple[Tensor, Tensor]:
-        """The mixup terms of the primary and the auxiliary head (independent draws, as the code's)."""
-        if self.mixup_alpha <= 0 or x.shape[0] == 0:
-            zero = x.new_zeros(())
+        """The sums (over this process's rows) of the mixup terms of the primary and the auxiliary head
+        (independent draws, as the code's), mixed over the batch's selected samples: several processes
+        gather every process's selected rows (rank order: the 1-process selection's order), mix them
+        with the 1-process pairs and ``lam``, and each trains on its own rows of the result."""
+        zero = x.new_zeros(())
+        if self.mixup_alpha <= 0:
             return zero, zero
+        if dp is None:
+            if x.shape[0] == 0:
+                return zero, zero
+            xs, ts, mine = x, t, slice(None)
+        else:
+            counts = dp.gather_batch(torch.tensor([x.shape[0]], device=x.device), dp.world_size).tolist()
+            m = max(counts)
+            if m == 0:
+                return zero, zero
+            pad = lambda v: torch.cat([v, v.new_zeros((m - len(v), *v.shape[1:]))])  # noqa: E731
+            xs, ts = (dp.gather_batch(pad(v), m * dp.world_size) for v in (x, t))
+            keep = torch.cat([torch.arange(r * m, r * m + c, device=x.device) for r, c in enumerate(counts)])
+            xs, ts = xs[keep], ts[keep]
+            start = sum(counts[:dp.rank])
+            mine = slice(start, start + x.shape[0])
         out = []
         for head in ("primary", "pseudo"):
             gen = torch.Generator().manual_seed(derive_seed(ctx.seed, f"promix-mix-{ctx.step}-{n}-{head}"))
-            mixed = ctx.mixup(x, t, alpha=self.mixup_alpha, generator=gen, max_lambda=True)
-            z, h = logits_and_features(model, mixed.x)
+            mixed = ctx.mixup(xs, ts, alpha=self.mixup_alpha, generator=gen, max_lambda=True, as_given=True)
+            z, h = logits_and_features(model, mixed.x[mine])
             logits = z if head == "primary" else self.heads[n](h)
-            out.append(labelled_loss(logits, mixed.targets, prior, self.debias_output))
+            out.append(labelled_loss(logits, mixed.targets[mine], prior, self.debias_output, reduction="sum"))
         return out[0], out[1]
 
     # -- records -----------------------------------------------------------------------------------------------

@@ -25,6 +25,15 @@ a weighted kNN classifier (Wu et al. 2018; ``knn_k`` 200, ``knn_temperature`` 0.
 features, the training split (with the labels training sees) as its memory; without labels there is
 none. ``contrastive_accuracy`` (per epoch) is the fraction of anchors whose most similar other view
 is their positive, which needs no label. Selection-free: ``backbone.pt`` is the last epoch's.
+
+Several processes (``pretrain --nproc N``): the negatives are the whole *global* batch (Eq. 1's
+``2(N - 1)`` other views of the minibatch, which the paper spreads over its TPU cores). Each process
+projects its slice, the projections are gathered with their gradient
+(:func:`global_contrastive_logits`), every process computes the 1-process loss over the global
+batch, and the gradient all-reduce weighs the processes equally (``replicate_loss``), which gives
+the 1-process gradient. BatchNorm (in the model or ``head_bn``) is refused there unless
+``train.sync_batchnorm``: per-process statistics are the "local information leakage" that the
+paper's global BN removes (Sec. 2.2, "Global BN"), and another model than one process trains.
 """
 
 from __future__ import annotations
@@ -39,10 +48,30 @@ from ..losses.contrastive import contrastive_logits, nt_xent_from_logits
 from ..models.penultimate import check_features, feature_dim
 from ..seeding import derive_seed
 from .base import Method, register_method
-from .context import MethodContext, StepOutput
+from .context import MethodContext, StepOutput, data_parallel
 from .options import int_option
 
-__all__ = ["SimCLR", "ProjectionHead"]
+__all__ = ["SimCLR", "ProjectionHead", "global_contrastive_logits"]
+
+
+def global_contrastive_logits(ctx: Any, z1: torch.Tensor, z2: torch.Tensor, *,
+                              temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`~noisylabels.losses.contrastive.contrastive_logits` over the *global* batch (NT-Xent,
+    Chen et al. 2020, Eq. 1: every other view of the batch is a negative).
+
+    In a data-parallel training step (``ctx.dist``), ``z1``, ``z2`` are this process's slice of
+    the two views' projections: they are gathered with their gradient (rank order: the 1-process
+    batch), and the returned ``(2N, 2N)`` logits are the 1-process run's on every process; the step's
+    loss is then the same on every process (``replicate_loss``: the gradient all-reduce weighs each
+    process ``1 / N``, and each one's gradient holds its rows' share ``N`` times, the gather's
+    backward summing all processes' gradients). One process: the batch's own logits."""
+    dp = data_parallel(ctx)
+    if dp is None or not getattr(dp, "in_step", False):
+        return contrastive_logits(z1, z2, temperature=temperature)
+    dp.replicate_loss()
+    d = z1.shape[1]
+    z = dp.gather_batch_grad(torch.cat([z1, z2], dim=1))  # one gather of both views
+    return contrastive_logits(z[:, :d], z[:, d:], temperature=temperature)
 
 
 class ProjectionHead(nn.Module):
@@ -83,8 +112,6 @@ class SimCLR(Method):
     """
 
     self_supervised = True
-    #: NT-Xent's negatives are the whole batch: per-process slices would change the loss
-    data_parallel_refusal = "NT-Xent's negatives are the whole batch (per process, another loss)"
     views = ("strong", "strong")
     own_loss = "nt-xent"
 
@@ -117,21 +144,28 @@ class SimCLR(Method):
             torch.manual_seed(derive_seed(ctx.seed, "simclr-head"))
             head = ProjectionHead(width, self.projection_hidden or width, self.projection_dim, bn=self.head_bn)
         self.head = ctx.add_module("head", head)  # trained by the run's optimiser and schedule
+        bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in (*ctx.model.modules(), *head.modules()))
+        if bn and data_parallel(ctx) is not None and not ctx.cfg["train"].get("sync_batchnorm"):
+            raise UserError(f"simclr on several processes: model {ctx.cfg['model']['name']!r}"
+                            f"{' with head_bn' if self.head_bn else ''} has BatchNorm, whose per-process statistics "
+                            f"leak which views pair up (the paper's global BN); use train.sync_batchnorm, a model "
+                            f"without BatchNorm, or one process")
 
     def on_epoch_start(self, ctx: MethodContext) -> None:
         self._correct = self._count = 0
 
     def train_step(self, ctx: MethodContext, x: Any, y: torch.Tensor, index: torch.Tensor) -> StepOutput:
-        """NT-Xent on the projections of the batch's two views (one forward through ``f`` and ``g``)."""
+        """NT-Xent on the projections of the batch's two views (one forward through ``f`` and ``g``;
+        several processes: over the global batch, :func:`global_contrastive_logits`)."""
         x1, x2 = x
         n = x1.shape[0]
         z = self.head(ctx.model.features(torch.cat([x1, x2])))
-        logits, targets = contrastive_logits(z[:n], z[n:], temperature=self.temperature)
-        loss = nt_xent_from_logits(logits, targets)
+        logits, targets = global_contrastive_logits(ctx, z[:n], z[n:], temperature=self.temperature)
+        loss = nt_xent_from_logits(logits, targets)  # the global batch's on every process
         ctx.backward_and_step(loss)
         with torch.no_grad():  # counted on the device: no host sync per step
             self._correct = self._correct + (logits.argmax(1) == targets).sum()
-            self._count += 2 * n
+            self._count += len(targets)
         return StepOutput(logits=None, loss=loss.detach())
 
     def on_epoch_end(self, ctx: MethodContext) -> dict[str, Any]:

@@ -57,18 +57,20 @@ class TrainContext:
     modules: dict[str, tuple[torch.nn.Module, str]] = field(default_factory=dict)
     _meta_streams: dict[int, Iterator[Batch]] = field(default_factory=dict, repr=False)
     def mixup(self, x: torch.Tensor, targets: torch.Tensor, *, alpha: float, generator: torch.Generator,
-              num_classes: int | None = None, per_sample: bool = False, max_lambda: bool = False) -> Any:
+              num_classes: int | None = None, per_sample: bool = False, max_lambda: bool = False,
+              as_given: bool = False) -> Any:
         """:func:`noisylabels.data.mixup`, for methods (they never import the data layer).
 
         In a data-parallel training step, on this rank's slice of the global batch (``len(x)`` is the
         slice's): the slices are gathered, the global batch is mixed with the generator's draws (the
         same on every rank: the 1-process run's permutation and ``lam``) and this rank's rows of the
         result are returned (``perm`` holds global batch positions). Anything else (e.g. a subset or a
-        concatenation of views) is mixed within this process's rows."""
+        concatenation of views), and any ``x`` with ``as_given`` (a batch the method gathered itself),
+        is mixed as given."""
         dp = self.dist
         kw = dict(alpha=alpha, generator=generator, num_classes=num_classes, per_sample=per_sample,
                   max_lambda=max_lambda)
-        if not (dp.active and dp.in_step and len(x) == dp.n_local and len(targets) == dp.n_local):
+        if as_given or not (dp.active and dp.in_step and len(x) == dp.n_local and len(targets) == dp.n_local):
             return mixup(x, targets, **kw)
         mixed = mixup(dp.gather_batch(x), dp.gather_batch(torch.as_tensor(targets)), **kw)
         sl = dp.local_slice
@@ -200,7 +202,7 @@ class TrainContext:
         opt = self.optimizer if net is None else net.optimizer
         if opt is None:
             raise ValueError(f"network {net.name!r} is not trainable (it has no optimiser)")  # type: ignore[union-attr]
-        module = module.to(self.device)
+        module = sync_batchnorm(self.cfg, self.dist, module.to(self.device))
         opt.add_param_group({"params": list(module.parameters())})
         sched = build_run_schedule(opt, self.cfg, self.steps_per_epoch, self.schedule_start_epoch)
         if net is None:

@@ -76,6 +76,7 @@ class Distributed:
         self.rank, self.world_size = int(rank), int(world_size)
         self.n_local = self.n_global = 1
         self.in_step = False  # inside a training step (every rank runs the same collectives)
+        self.replicated = False  # this step's loss is the global value on every rank (:meth:`replicate_loss`)
 
     @property
     def active(self) -> bool:
@@ -94,6 +95,21 @@ class Distributed:
 
     def set_step(self, *, n_local: int, n_global: int) -> None:
         self.n_local, self.n_global = int(n_local), int(n_global)
+        self.replicated = False
+
+    def rows(self, n: int) -> slice:
+        """This rank's slice of ``n`` items split like a global batch (no change to the step's sizes;
+        e.g. a step's second batch of another size, DivideMix's unlabelled one)."""
+        start, stop = shard_bounds(n, self.rank, self.world_size)
+        return slice(start, stop)
+
+    def replicate_loss(self) -> None:
+        """Declare this step's loss the *global* batch's on every rank, built from collectives whose
+        backward sums every rank's gradient (:meth:`gather_batch_grad`, :meth:`batch_sum`): e.g. NT-Xent
+        over gathered projections. Rank ``r``'s gradient is then ``N`` times its own rows' share of
+        the global gradient, and the step's all-reduce weighs every rank ``1 / N``
+        (:attr:`local_fraction`) instead of ``n_r / n``; reset by the next :meth:`set_step`."""
+        self.replicated = True
 
     @property
     def local_slice(self) -> slice:
@@ -103,7 +119,10 @@ class Distributed:
 
     @property
     def local_fraction(self) -> float:
-        """``n_r / n`` of the current step: the weight of this rank's mean in the global mean."""
+        """``n_r / n`` of the current step: the weight of this rank's mean in the global mean
+        (``1 / N`` after :meth:`replicate_loss`)."""
+        if self.replicated:
+            return 1.0 / self.world_size
         return self.n_local / max(self.n_global, 1)
 
     # -- collectives -------------------------------------------------------------------------------------
@@ -187,19 +206,30 @@ class Distributed:
             return partial
         return _GlobalSum.apply(partial, self.local_fraction)
 
-    def gather_batch(self, t: torch.Tensor) -> torch.Tensor:
-        """The global batch of a per-sample tensor (rank order: the global batch's order)."""
+    def gather_batch(self, t: torch.Tensor, n: int | None = None) -> torch.Tensor:
+        """The global batch of a per-sample tensor (rank order: the global batch's order); ``n``: the
+        global number of rows when it is not the step's ``n_global`` (each rank holds :meth:`rows`)."""
         if not self.active:
             return t
         import torch.distributed as dist
 
-        sizes = [shard_bounds(self.n_global, r, self.world_size) for r in range(self.world_size)]
+        total = self.n_global if n is None else int(n)
+        sizes = [shard_bounds(total, r, self.world_size) for r in range(self.world_size)]
         width = max(b - a for a, b in sizes)
         pad = torch.zeros((width, *t.shape[1:]), dtype=t.dtype, device=t.device)
         pad[:len(t)] = t.detach()
         parts = [torch.empty_like(pad) for _ in range(self.world_size)]
         dist.all_gather(parts, pad)
         return torch.cat([p[:b - a] for p, (a, b) in zip(parts, sizes)])
+
+    def gather_batch_grad(self, t: torch.Tensor, n: int | None = None) -> torch.Tensor:
+        """:meth:`gather_batch`, differentiable: the backward sums the gathered tensor's gradient over
+        every rank and hands this rank its rows (the adjoint of the gather, a reduce-scatter; e.g.
+        NT-Xent's negatives from every rank, :meth:`replicate_loss`)."""
+        if not self.active:
+            return t
+        total = self.n_global if n is None else int(n)
+        return _GatherRows.apply(t, self, total)
 
     def gather_objects(self, obj: Any) -> list[Any]:
         """Every rank's ``obj`` (in-process state such as RNG tensors; never user files), rank order."""
@@ -247,6 +277,20 @@ class _GlobalSum(torch.autograd.Function):
             from torch.distributed.nn.functional import all_reduce
 
             return all_reduce(grad * ctx.frac) / ctx.frac, None
+
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor, dist: Distributed, total: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.rows = dist.rows(total)
+        ctx.dist = dist
+        return dist.gather_batch(t, total)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        ctx.dist.all_reduce_sum_([grad])
+        return grad[ctx.rows], None, None
 
 
 #: the single-process default (every operation the identity)

@@ -355,7 +355,9 @@ class Run:
             yb, ib = batch.y, batch.index
             if dist.active:  # every rank drew the global batch; each trains on its slice
                 sl = dist.shard(len(yb))
-                xs, yb, ib = tuple(v[sl] for v in xs), yb[sl], ib[sl]
+                own = getattr(batch, "shard_views", None)  # views of other sizes (DivideMix's unlabelled) split themselves
+                xs = own(dist) if own is not None else tuple(v[sl] for v in xs)
+                yb, ib = yb[sl], ib[sl]
                 if written is not None:
                     written[ib] = True
             y = yb.to(device)

@@ -24,7 +24,7 @@ positions) and ``N = sum_r n_r``:
 
 Every operation is an ordinary differentiable torch op except the all-reduce, :class:`GlobalSum`:
 its forward sums over processes; its backward is the all-reduce of ``(n_r / n) * grad`` divided by
-``n_r / n`` (so :meth:`~.distributed.Distributed.reduce_grads`' weighting gives the global batch's
+``n_r / n`` (``1 / N`` for both after ``Distributed.replicate_loss``; so :meth:`~.distributed.Distributed.reduce_grads`' weighting gives the global batch's
 gradient; written with the autograd-aware all-reduce, so a second derivative works: the engine's
 double-backward path); its forward-mode rule is the all-reduce of the tangent (the JVP of a global
 sum is the sum of the local JVPs), for :func:`torch.func.jvp` (``jvp`` staticmethod) and for the
@@ -74,29 +74,33 @@ class GlobalSum(torch.autograd.Function):
     """``sum_r partial_r`` over the processes (forward, backward, forward-mode and second derivative)."""
 
     @staticmethod
-    def forward(partial: Tensor, frac: float) -> Tensor:  # type: ignore[override]
+    def forward(partial: Tensor, dist: Distributed) -> Tensor:  # type: ignore[override]
         return _all_reduce_sum(partial)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:  # type: ignore[override]
-        ctx.frac = float(inputs[1])
+        ctx.dist = inputs[1]
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        # the step's weight of this rank read now, not at the forward: a loss declared the global
+        # batch's on every rank after the forward (Distributed.replicate_loss) weighs ranks 1 / N
+        frac = float(ctx.dist.local_fraction)
         with warnings.catch_warnings():  # the autograd-aware all-reduce, deprecated in name only
             warnings.simplefilter("ignore", FutureWarning)
             from torch.distributed.nn.functional import all_reduce
 
-            return all_reduce(grad * ctx.frac) / ctx.frac, None
+            return all_reduce(grad * frac) / frac, None
 
     @staticmethod
-    def jvp(ctx: Any, tangent: Tensor, _frac: Any) -> Tensor:  # type: ignore[override]
+    def jvp(ctx: Any, tangent: Tensor, _dist: Any) -> Tensor:  # type: ignore[override]
         return _all_reduce_sum(tangent)
 
 
-def global_sum(partial: Tensor, frac: float) -> Tensor:
-    """:class:`GlobalSum` of ``partial`` (this process's share ``frac = n_r / n`` of the global batch)."""
-    return GlobalSum.apply(partial, frac)
+def global_sum(partial: Tensor, dist: Distributed) -> Tensor:
+    """:class:`GlobalSum` of ``partial``; its backward weighs this rank by ``dist.local_fraction``
+    (``n_r / n``, or ``1 / N`` after ``replicate_loss``) at the time it runs."""
+    return GlobalSum.apply(partial, dist)
 
 
 @register_jvp_rule("GlobalSumBackward")
@@ -163,15 +167,14 @@ def _global_batch_norm(bn: _BN, x: Tensor, d: Distributed) -> Tensor:
     shape = (1, c) + (1,) * (x.ndim - 2)
     xs = x if x.dtype in (torch.float32, torch.float64) else x.float()  # statistics in float32 at least
     n_r = xs.numel() // max(c, 1)
-    frac = d.local_fraction
     # the global count (no gradient; a tensor: no host synchronisation)
     n = _all_reduce_sum(torch.full((), float(n_r), dtype=xs.dtype, device=x.device))
     mean_r = xs.mean(dims)
     xc = xs - mean_r.view(shape)
     sq_r = (xc * xc).sum(dims)
-    mean = global_sum(mean_r * (n_r / n), frac)
+    mean = global_sum(mean_r * (n_r / n), d)
     dev = mean_r - mean
-    var = global_sum(sq_r + dev * dev * float(n_r), frac) / n
+    var = global_sum(sq_r + dev * dev * float(n_r), d) / n
     invstd = (var + bn.eps).rsqrt()
     if bn.training and bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None:
         with torch.no_grad():
