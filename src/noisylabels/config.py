@@ -81,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
         "channels_last": False,  # NHWC memory format for model and batches (faster convolutions on GPUs)
         "compile": False,       # torch.compile the model (methods without a meta step only)
         "cudnn_benchmark": False,  # let cuDNN pick the fastest convolution algorithms (CUDA)
+        "sync_batchnorm": False,  # several processes: BatchNorm statistics over the global batch
     },
 }
 
@@ -364,7 +365,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     for m in milestones:
         _integer("optim.milestones", m, low=0)
     _choice("train.amp", t.get("amp", "none"), ("none", "bf16", "fp16"))
-    for key in ("channels_last", "compile", "cudnn_benchmark", "checkpoint"):
+    for key in ("channels_last", "compile", "cudnn_benchmark", "checkpoint", "sync_batchnorm"):
         if not isinstance(t.get(key, False), bool):
             raise UserError(f"train.{key} must be true or false, got {t[key]!r}")
     if not isinstance(o["nesterov"], bool):

@@ -76,6 +76,7 @@ FIELD_DOCS: dict[str, str] = {
     "train.channels_last": "NHWC memory format (faster convolutions on GPUs)",
     "train.compile": "torch.compile the model (methods without a meta step only)",
     "train.cudnn_benchmark": "let cuDNN pick the fastest convolution algorithms (CUDA)",
+    "train.sync_batchnorm": "several processes (--nproc): BatchNorm statistics over the global batch, as one process",
 }
 
 

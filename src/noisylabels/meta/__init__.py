@@ -35,6 +35,7 @@ from .engine import (
     meta_tangent,
     per_example_weights,
 )
+from .functional import replicated_batch
 from .graph_jvp import UnsupportedGraph, register_jvp_rule
 from .results import ExampleWeightsStep, JVPMetaGradientStep, MetaGradientStep, MetaStep
 
@@ -53,4 +54,5 @@ __all__ = [
     "meta_tangent",
     "per_example_weights",
     "register_jvp_rule",
+    "replicated_batch",
 ]

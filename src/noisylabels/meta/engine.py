@@ -64,7 +64,15 @@ Dropout: the graph walk uses the masks the training forward saved, and the torch
 replays the random state of the training forward, so ``u`` is the derivative of the very ``z``
 that was used (except with ``channels_last`` activations, where torch.func may draw the masks in
 another memory order: the graph walk, which has rules for every registered model, is exact there). The virtual, meta and JVP forwards never touch BatchNorm running statistics
-(:mod:`noisylabels.meta.functional`). Everything runs on the tensors' device; results are tensors
+(:mod:`noisylabels.meta.functional`).
+
+Data-parallel BatchNorm (``train.sync_batchnorm``, ``noisylabels.train.syncbn``): the training
+forward normalises with the global batch's statistics through an all-reduce whose backward and
+forward-mode rules are all-reduces too, so the virtual step's gradient (after ``grad_reduce``),
+the graph walk's ``u`` (each process's rows of the 1-process ``u``), ``torch.func.jvp`` and the
+double-backward path are the 1-process ones; the meta batch (every process holds all of it) is
+forwarded inside :func:`~noisylabels.meta.functional.replicated_batch` with its own statistics.
+Everything runs on the tensors' device; results are tensors
 (no host synchronisation). The virtual step does not clip gradients (``train.clip_grad_norm``
 applies to the real step only).
 """
@@ -79,7 +87,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .functional import functional_logits, params_and_buffers
+from .functional import functional_logits, params_and_buffers, replicated_batch
 from .graph_jvp import UnsupportedGraph, graph_jvp, warn_unsupported_once
 from .results import ExampleWeightsStep, JVPMetaGradientStep, MetaGradientStep, MetaStep
 from .virtual_step import (SGDStepSetting, VirtualStep, check_sgd, lookahead_weights, optimizer_virtual_step,
@@ -228,7 +236,9 @@ def meta_tangent(model: torch.nn.Module, at: VirtualStep, *, meta_x: Tensor, met
     theta_hat = {n: (t.detach().requires_grad_() if n in at.scale else t.detach()) for n, t in at.params.items()}
     names = list(at.scale)
     with torch.enable_grad():
-        meta_loss = _mean(meta_loss_fn(functional_logits(model, theta_hat, bufs, meta_x), meta_y))
+        with replicated_batch():
+            meta_z = functional_logits(model, theta_hat, bufs, meta_x)
+        meta_loss = _mean(meta_loss_fn(meta_z, meta_y))
         v = torch.autograd.grad(meta_loss, [theta_hat[n] for n in names], allow_unused=True)
     tangent = {n: g.mul(at.scale[n]) for n, g in zip(names, v) if g is not None}
     return meta_loss.detach(), tangent
@@ -557,7 +567,9 @@ def meta_gradient_double_backward(model: torch.nn.Module, optimizer: torch.optim
         if grad_reduce is not None:  # the global value; the graph (hence the meta-gradient) this process's part
             g = tuple(gi if r is None else gi + (r - gi).detach() for gi, r in zip(g, grad_reduce(list(g))))
         vs = optimizer_virtual_step(optimizer, s.params, dict(zip(s.trainable, g)))
-        meta_loss = _mean(meta_loss_fn(functional_logits(model, vs.params, s.buffers, meta_x), meta_y))
+        with replicated_batch():
+            meta_z = functional_logits(model, vs.params, s.buffers, meta_x)
+        meta_loss = _mean(meta_loss_fn(meta_z, meta_y))
         mg = (torch.autograd.grad(meta_loss, phi, allow_unused=True, retain_graph=reuse_forward)
               if meta_loss.requires_grad else (None,) * len(phi))
     train_grads = {n: (None if gi is None else gi.detach()) for n, gi in zip(s.trainable, g)}
@@ -667,7 +679,9 @@ def _per_example_weights_double_backward(model, optimizer, *, x, y, meta_x, meta
         g = torch.autograd.grad((eps * losses).sum() / len(z), list(s.trainable.values()), create_graph=True,
                                 allow_unused=True)
         vs = optimizer_virtual_step(optimizer, s.params, dict(zip(s.trainable, g)))
-        meta_loss = _mean(meta_loss_fn(functional_logits(model, vs.params, s.buffers, meta_x), meta_y))
+        with replicated_batch():
+            meta_z = functional_logits(model, vs.params, s.buffers, meta_x)
+        meta_loss = _mean(meta_loss_fn(meta_z, meta_y))
         gw, = (torch.autograd.grad(meta_loss, [eps], allow_unused=True, retain_graph=reuse_forward)
                if meta_loss.requires_grad else (None,))
     weights = torch.zeros_like(eps) if gw is None else -gw

@@ -10,15 +10,41 @@ statistics in place; here the update hits **clones** of the buffers made inside 
 model's ``running_mean`` / ``running_var`` / ``num_batches_tracked`` are never changed by a
 virtual, meta or JVP forward (torch.func also refuses in-place updates of captured buffers, which
 is a second reason for the clones).
+
+Data-parallel runs: every process draws the whole meta batch (it is not split), so a layer that
+computes batch statistics over every process's slice (``train.sync_batchnorm``) need not do so on
+it: the engine forwards the meta batch inside :func:`replicated_batch`, which such a layer reads
+(:func:`in_replicated_batch`) to use its own statistics without collectives. (Combining N equal
+batches would give the same statistics, and the same gradients through the ``n_r / n``-weighted
+all-reduce, at the price of the collectives: with the block removed, MW-Net stayed equal to one process.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 
-__all__ = ["params_and_buffers", "functional_logits"]
+__all__ = ["params_and_buffers", "functional_logits", "replicated_batch", "in_replicated_batch"]
+
+_REPLICATED = [0]
+
+
+@contextmanager
+def replicated_batch() -> Iterator[None]:
+    """Inside the block the batches forwarded are the same on every process of a data-parallel run
+    (the meta batch): batch statistics are this process's own (:func:`in_replicated_batch`)."""
+    _REPLICATED[0] += 1
+    try:
+        yield
+    finally:
+        _REPLICATED[0] -= 1
+
+
+def in_replicated_batch() -> bool:
+    """Whether a :func:`replicated_batch` block is open."""
+    return _REPLICATED[0] > 0
 
 
 def params_and_buffers(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

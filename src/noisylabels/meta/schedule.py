@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import UserError
 from .engine import StoredStep, lookahead_contributions
-from .functional import functional_logits, params_and_buffers
+from .functional import functional_logits, params_and_buffers, replicated_batch
 from .virtual_step import sgd_step_settings
 
 __all__ = ["MetaSchedule", "EveryK", "LookaheadWindow", "DiscountedAccumulation"]
@@ -162,7 +162,8 @@ class DiscountedAccumulation(MetaSchedule):
         params, buffers = params_and_buffers(model)
         names = [n for n, p in params.items() if p.requires_grad]
         with torch.enable_grad():
-            loss = meta_loss(functional_logits(model, params, buffers, meta_x), meta_y).mean()
+            with replicated_batch():
+                loss = meta_loss(functional_logits(model, params, buffers, meta_x), meta_y).mean()
             g = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
         self.g_prev = {n: gi.detach() for n, gi in zip(names, g) if gi is not None}
 

@@ -40,7 +40,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..losses import get_loss_fn
-from ..meta import META_GRADIENTS, assign_grads, meta_gradient, per_example_weights
+from ..meta import META_GRADIENTS, assign_grads, meta_gradient, per_example_weights, replicated_batch
 from ..meta.schedule import EveryK, LookaheadWindow, MetaSchedule
 from ..meta.virtual_step import check_sgd
 from .base import Method
@@ -223,7 +223,8 @@ class MetaNetMethod(MetaMethod):
         for opt in self.meta_opts:
             opt.zero_grad(set_to_none=True)
         assign_grads(self.phi, grads)
-        aux = self.meta_net_loss(ctx, mb)
+        with replicated_batch():  # the meta batch: the same on every process (its own BatchNorm statistics)
+            aux = self.meta_net_loss(ctx, mb)
         if aux is not None:
             aux.backward()
         for opt in self.meta_opts:

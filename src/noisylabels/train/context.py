@@ -24,6 +24,7 @@ from ..models import create_model, eval_mode
 from ..seeding import derive_seed
 from .build import build_model, build_run_schedule, check_meta_settings
 from .distributed import SINGLE, Distributed
+from .syncbn import sync_batchnorm
 from .optim import build_optimizer
 from .prepare import RunData
 from .records import RunRecorder
@@ -177,6 +178,7 @@ class TrainContext:
         if spec.name in self.networks:
             raise UserError(f"method {self.cfg['method']['name']!r} declares network {spec.name!r} twice")
         model = build_model(self.cfg, self.data, seed=derive_seed(self.seed, f"net-{spec.name}")).to(self.device)
+        sync_batchnorm(self.cfg, self.dist, model)
         if self.cfg["train"].get("channels_last"):
             model = model.to(memory_format=torch.channels_last)
         net = Network(name=spec.name, model=model)
@@ -200,7 +202,7 @@ class TrainContext:
         opt = self.optimizer if net is None else net.optimizer
         if opt is None:
             raise ValueError(f"network {net.name!r} is not trainable (it has no optimiser)")  # type: ignore[union-attr]
-        module = module.to(self.device)
+        module = sync_batchnorm(self.cfg, self.dist, module.to(self.device))
         opt.add_param_group({"params": list(module.parameters())})
         sched = build_run_schedule(opt, self.cfg, self.steps_per_epoch, self.schedule_start_epoch)
         if net is None:
@@ -248,8 +250,9 @@ class TrainContext:
         student = mcfg.pop("name")
         if name is None or name == student:
             name, options = student, {**mcfg, **options}
-        return create_model(name, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
-                            image_size=self.data.image_size, **options)
+        model = create_model(name, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
+                             image_size=self.data.image_size, **options)
+        return sync_batchnorm(self.cfg, self.dist, model)
 
     def backward_and_step(self, loss: torch.Tensor, *, net: Network | None = None,
                           also: Sequence[torch.optim.Optimizer] = ()) -> None:

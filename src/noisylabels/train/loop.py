@@ -34,6 +34,7 @@ from .prepare import RunData, prepare_data
 from .records import RunRecorder
 from .resume import _kept_text, check_checkpoint, check_more_epochs, data_fingerprint, resume_hash
 from .rundir import RunDir
+from .syncbn import has_batchnorm, sync_batchnorm
 
 __all__ = ["TrainContext", "Run", "build_context", "fit", "evaluate", "predict_proba", "seed_everything",
            "resolve_method_defaults", "status_of", "LAST_K", "check_names", "check_device",
@@ -70,6 +71,7 @@ def build_context(cfg: dict[str, Any], *, data: RunData | None = None, dist: Dis
     recorder = RunRecorder(cfg["out"]) if dist.is_main else ScratchRecorder(cfg["out"])
     ctx = make_context(cfg, data, device, recorder, method)
     ctx.dist = dist
+    sync_batchnorm(cfg, dist, ctx.model)  # before the method's set-up (its networks are converted as built)
     ctx.method.setup(ctx)
     if dist.active:
         check_data_parallel(ctx)
@@ -113,10 +115,11 @@ def _merged_per_sample(method: Any) -> list[torch.Tensor]:
 
 def check_data_parallel(ctx: TrainContext) -> None:
     """What a data-parallel run refuses: a method that says why (``Method.data_parallel_refusal``),
-    BatchNorm with
-    a meta method (each process's batch statistics would differ from the global batch's, in the
-    virtual step and the JVP rules), a multi-step meta look-ahead (its per-process window is not
-    checkpointed per process). ``per_sample`` tables run: the loop merges them after each epoch's
+    BatchNorm with a meta method without ``train.sync_batchnorm`` (each process's batch statistics
+    would differ from the global batch's, in the virtual step and the JVP rules; with it,
+    :mod:`.syncbn`), ``train.compile`` with ``train.sync_batchnorm``, a multi-step meta look-ahead
+    (its per-process window is not checkpointed per process); ``train.sync_batchnorm`` without
+    BatchNorm warns. ``per_sample`` tables run: the loop merges them after each epoch's
     steps (each row from the rank whose slice held it, :meth:`Distributed.merge_rows_`), per-sample
     parameters too (their optimiser must leave a row without gradient unchanged: ``clip_and_step``)."""
     from ..methods.meta import MetaMethod
@@ -133,11 +136,24 @@ def check_data_parallel(ctx: TrainContext) -> None:
         # but only rank 0's checkpoint is written: a resume would replay rank 0's on every rank
         raise UserError(f"method {name!r} with a multi-step look-ahead (lookahead / k > 1) does not run on several "
                         f"processes yet (each process's window is not checkpointed); use one process or k = 1")
-    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in ctx.model.modules())
-    if has_bn and isinstance(ctx.method, MetaMethod):
-        raise UserError(f"model {ctx.cfg['model']['name']!r} has BatchNorm: meta method {ctx.cfg['method']['name']!r} "
-                        f"is not supported on several processes with it (each process would normalise its own "
-                        f"slice); use a model without BatchNorm or one process")
+    sync = bool(ctx.cfg["train"].get("sync_batchnorm"))
+    nets = [ctx.model, *(n.model for n in getattr(ctx, "networks", {}).values())]
+    meta_net = getattr(ctx.method, "meta_net", None)
+    if isinstance(meta_net, torch.nn.Module):
+        nets.append(meta_net)
+    has_bn = any(has_batchnorm(m) for m in nets)
+    if has_bn and isinstance(ctx.method, MetaMethod) and not sync:
+        raise UserError(f"model {ctx.cfg['model']['name']!r} has BatchNorm: meta method {name!r} on several "
+                        f"processes needs train.sync_batchnorm=true (else each process would normalise its own "
+                        f"slice, in the virtual step and the JVP too); or use one process")
+    if sync and ctx.cfg["train"].get("compile"):
+        raise UserError("train.sync_batchnorm on several processes does not run with train.compile (its all-reduces "
+                        "inside the forward are not compiled); set one of them to false")
+    if sync and not has_bn and ctx.dist.is_main:
+        import warnings
+
+        warnings.warn(f"train.sync_batchnorm: model {ctx.cfg['model']['name']!r} has no BatchNorm layer; the option "
+                      f"changes nothing", UserWarning, stacklevel=2)
 
 
 def _summary(cfg: Mapping[str, Any], data: RunData, history: list[dict[str, Any]], best: Mapping[str, Any],
