@@ -64,3 +64,62 @@ def test_missing_and_corrupt_config_file(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
         resolve_config(config_file=bad)
+
+
+# Keys of DEFAULTS as of the first release with resumable checkpoints (issue 24's sync_batchnorm was
+# added after it). A key added later must be listed in NEUTRAL_KEYS with the value at which runs are
+# unchanged, or checkpoints written before it could no longer be resumed (their hash lacks it).
+_RELEASED_KEYS = {
+    "data.augment", "data.cache_dir", "data.dir", "data.memory_budget_gb", "data.meta_set", "data.meta_size",
+    "data.name", "data.options", "data.stream", "data.stream_workers", "data.strong_augment", "data.test_subset",
+    "data.train_subset", "data.val_fraction", "data.views", "device", "loss.name", "method.name", "model.name",
+    "noise.options", "noise.rate", "noise.type", "optim.betas", "optim.gamma", "optim.lr", "optim.milestones",
+    "optim.momentum", "optim.name", "optim.nesterov", "optim.schedule", "optim.warmup_epochs",
+    "optim.weight_decay", "out", "seed", "train.amp", "train.batch_size", "train.channels_last",
+    "train.checkpoint", "train.clip_grad_norm", "train.compile", "train.cudnn_benchmark", "train.epochs",
+    "train.eval_batch_size", "train.num_threads", "train.progress",
+}
+
+
+def _dotted(d, prefix=()):
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            yield from _dotted(v, prefix + (k,))
+        else:
+            yield ".".join(prefix + (k,))
+
+
+def test_every_key_added_after_release_is_hash_neutral_at_its_default():
+    from noisylabels.config import DEFAULTS, NEUTRAL_KEYS
+
+    added = set(_dotted(DEFAULTS)) - _RELEASED_KEYS
+    neutral = {".".join(p) for p in NEUTRAL_KEYS}
+    assert added <= neutral, f"new config keys without a neutral value (config.NEUTRAL_KEYS): {sorted(added - neutral)}"
+    for path, value in NEUTRAL_KEYS.items():
+        d = DEFAULTS
+        for k in path:
+            d = d[k]
+        assert d == value, f"{'.'.join(path)}: the default {d!r} is not the neutral value {value!r}"
+
+
+def test_a_config_written_before_a_neutral_key_existed_hashes_alike_at_its_neutral_value():
+    import copy
+    import hashlib
+    import json
+
+    from noisylabels.config import config_hash, default_config
+
+    cfg = default_config()
+    old = copy.deepcopy(cfg)
+    del old["train"]["sync_batchnorm"]  # a run config written before the key existed
+    for k in ("out",):
+        old.pop(k)
+    for k in ("progress", "num_threads"):
+        old["train"].pop(k)
+    old["data"].pop("cache_dir")
+    expected = hashlib.sha256(json.dumps(json.loads(json.dumps(old, default=str)), sort_keys=True,
+                                         separators=(",", ":")).encode()).hexdigest()[:10]
+    assert config_hash(cfg) == expected
+    on = copy.deepcopy(cfg)
+    on["train"]["sync_batchnorm"] = True
+    assert config_hash(on) != expected  # a non-neutral value is part of the run's identity

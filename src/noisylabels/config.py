@@ -471,10 +471,24 @@ BOOKKEEPING_KEYS: tuple[tuple[str, ...], ...] = (("out",), ("train", "progress")
 RESUME_FREE_KEYS: tuple[tuple[str, ...], ...] = BOOKKEEPING_KEYS + (("data", "dir"), ("train", "epochs"))
 
 
+#: keys added to :data:`DEFAULTS` after runs were written without them, with the value at which a run
+#: is the run it was before the key existed: at that value the key is left out of :func:`config_hash`,
+#: so checkpoints and finished bench cells of older versions stay resumable / reusable. Add every new
+#: key whose default keeps the old behaviour here.
+NEUTRAL_KEYS: dict[tuple[str, ...], Any] = {("train", "sync_batchnorm"): False}
+
+
 def config_hash(cfg: Mapping[str, Any], *, ignore: Iterable[tuple[str, ...]] = BOOKKEEPING_KEYS) -> str:
     """A 10-hex-digit hash of a resolved run config (its seed included), without the keys in
-    ``ignore`` (default: those that do not change results, :data:`BOOKKEEPING_KEYS`)."""
+    ``ignore`` (default: those that do not change results, :data:`BOOKKEEPING_KEYS`) and without
+    the keys of :data:`NEUTRAL_KEYS` at their neutral value."""
     clean = json.loads(json.dumps(cfg, default=str))
+    for path, neutral in NEUTRAL_KEYS.items():
+        d = clean
+        for key in path[:-1]:
+            d = d.get(key, {}) if isinstance(d, dict) else {}
+        if isinstance(d, dict) and path[-1] in d and d[path[-1]] == neutral and type(d[path[-1]]) is type(neutral):
+            d.pop(path[-1])
     for path in ignore:
         d = clean
         for key in path[:-1]:
@@ -486,5 +500,5 @@ def config_hash(cfg: Mapping[str, Any], *, ignore: Iterable[tuple[str, ...]] = B
 
 
 __all__ += ["MAX_SEED", "DERIVED_MODEL_KEYS", "validate", "device_type", "check_augment", "check_views", "check_strong_augment",
-            "config_hash", "BOOKKEEPING_KEYS", "RESUME_FREE_KEYS",
+            "config_hash", "BOOKKEEPING_KEYS", "RESUME_FREE_KEYS", "NEUTRAL_KEYS",
             "labels_from_user", "REAL_LABEL_DATASETS"]
