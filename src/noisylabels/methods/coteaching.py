@@ -299,8 +299,9 @@ class CoTeaching(Method):
         sel = exchange_selection(l1.detach(), l2.detach(), self.remember_rate(ctx.epoch),
                                  candidates=self.candidates(ctx, z1.detach(), z2.detach()), schedule=self.schedule,
                                  dist=dp)  # D_f (keep1), D_g (keep2)
-        loss1 = self.exchange_update(ctx, l1, sel.keep2, net=None, selected=sel.all2)  # f on its peer's selection D_g
-        loss2 = self.exchange_update(ctx, l2, sel.keep1, net=peer, selected=sel.all1)  # g on D_f
+        all1, all2 = (None, None) if dp is None else (sel.all1, sel.all2)
+        loss1 = self.exchange_update(ctx, l1, sel.keep2, net=None, selected=all2)  # f on its peer's selection D_g
+        loss2 = self.exchange_update(ctx, l2, sel.keep1, net=peer, selected=all1)  # g on D_f
         self.record(index, loss=(l1.detach() + l2.detach()) / 2,
                     selected=(sel.keep1.float() + sel.keep2.float()) / 2)
         n = len(y) if dp is None else dp.n_global  # every process adds the global batch's sums (rank 0 reports)
@@ -325,10 +326,11 @@ class CoTeaching(Method):
         on several processes the mean is over the global selection: this slice's selected losses summed
         over every process (:func:`~noisylabels.methods.context.batch_total`, whose backward keeps the
         ``n_r / n`` weighting of the all-reduced gradient exact) over the global count."""
-        selected = keep if selected is None else selected
-        if not bool(selected.any()):
+        # the path follows ``selected`` (every process alike), never the slice's size: a process may
+        # hold the whole global batch while another holds none (an epoch's last batch)
+        if not bool((keep if selected is None else selected).any()):
             return losses.new_zeros(())
-        if len(selected) == len(keep):
+        if selected is None:
             loss = losses[keep].mean()
         else:
             total, _ = batch_total(ctx, torch.where(keep, losses, torch.zeros_like(losses)))

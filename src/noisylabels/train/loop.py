@@ -370,16 +370,19 @@ class Run:
                 dist.in_step = False
             if not isinstance(out, StepOutput):
                 raise TypeError(f"{type(method).__name__}.train_step must return a StepOutput, got {type(out).__name__}")
-            loss = float(out.loss)
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {ctx.step}; training stopped, "
-                                         f"{_kept_text(ctx.recorder.path('checkpoint.pt'), epoch)}")
             n = float(y.numel())
-            tot_loss += loss * n
-            if out.logits is not None:  # None: the step trained no classifier (self-supervised)
-                tot_correct += float((out.logits.detach().argmax(1) == y).sum())
-                tot_scored += n
-            tot_count += n
+            # n == 0: an epoch's last batch smaller than the world left this rank's slice empty: its loss
+            # is a mean over nothing (NaN), its gradient 0, its weight n_r / n 0 in the all-reduce
+            if n:
+                loss = float(out.loss)
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {ctx.step}; training stopped, "
+                                             f"{_kept_text(ctx.recorder.path('checkpoint.pt'), epoch)}")
+                tot_loss += loss * n
+                if out.logits is not None:  # None: the step trained no classifier (self-supervised)
+                    tot_correct += float((out.logits.detach().argmax(1) == y).sum())
+                    tot_scored += n
+                tot_count += n
             ctx.step_schedules(to=None if n_own is None else first + ((j + 1) * spe) // max(n_own, 1))
             ctx.step += 1
             yield
