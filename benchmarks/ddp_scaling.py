@@ -6,7 +6,8 @@ CIFAR-10 subset, timed after ``--warmup`` steps between two barriers; evaluation
 data loading are not timed. CPU (default): 1 process x ``--threads`` threads against ``--threads``
 processes x 1 thread (the issue-24 target: ERM on ResNet-32 at batch 256, >= 0.9x). CUDA
 (``--device cuda``): 1, 2, 4, ... GPUs, one process each. MW-Net runs on a model without BatchNorm
-(``--meta-model``, default ``lenet``): a data-parallel meta method refuses BatchNorm.
+(``--meta-model``, default ``lenet``): a data-parallel meta method on a BatchNorm model needs
+``train.sync_batchnorm``, whose all-reduces per layer this benchmark does not time.
 
     nice -n 15 python3 benchmarks/ddp_scaling.py                       # CPU: 1x2 vs 2x1, erm + mwnet
     python3 benchmarks/ddp_scaling.py --device cuda                    # 1..all GPUs
