@@ -107,11 +107,15 @@ def test_a_config_written_before_a_neutral_key_existed_hashes_alike_at_its_neutr
     import hashlib
     import json
 
-    from noisylabels.config import config_hash, default_config
+    from noisylabels.config import NEUTRAL_KEYS, config_hash, default_config
 
     cfg = default_config()
     old = copy.deepcopy(cfg)
-    del old["train"]["sync_batchnorm"]  # a run config written before the key existed
+    for path in NEUTRAL_KEYS:  # a run config written before the keys existed
+        section = old
+        for k in path[:-1]:
+            section = section[k]
+        del section[path[-1]]
     for k in ("out",):
         old.pop(k)
     for k in ("progress", "num_threads"):
@@ -123,3 +127,6 @@ def test_a_config_written_before_a_neutral_key_existed_hashes_alike_at_its_neutr
     on = copy.deepcopy(cfg)
     on["train"]["sync_batchnorm"] = True
     assert config_hash(on) != expected  # a non-neutral value is part of the run's identity
+    on = copy.deepcopy(cfg)
+    on["optim"]["decay_beta1"] = 0.1
+    assert config_hash(on) != expected

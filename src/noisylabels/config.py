@@ -64,10 +64,15 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 5e-4,
         "nesterov": False,
         "betas": [0.9, 0.999],
-        "schedule": "cosine",   # none | multistep | cosine
+        "schedule": "cosine",   # none | multistep | cosine | cosine-restarts | linear-decay
         "milestones": [],       # epochs (multistep)
         "gamma": 0.1,
         "warmup_epochs": 0,     # linear warm-up, per step
+        "restart_epochs": 10,   # cosine-restarts: the first period T_0, in epochs
+        "restart_mult": 1,      # cosine-restarts: each period this many times the last (T_mult)
+        "min_lr": 0.0,          # cosine-restarts: the floor (eta_min)
+        "decay_start": 0,       # linear-decay: the epoch the linear decay to 0 starts
+        "decay_beta1": None,    # linear-decay: Adam's beta1 from decay_start on (None: unchanged)
     },
     "train": {
         "epochs": 30,
@@ -312,6 +317,34 @@ def _text(key: str, v: Any, *, none_ok: bool = False) -> None:
                         f"{' (or null)' if none_ok else ''}, got {v!r}")
 
 
+_SCHEDULE_OPTIONS = {"restart_epochs": "cosine-restarts", "restart_mult": "cosine-restarts",
+                     "min_lr": "cosine-restarts", "decay_start": "linear-decay", "decay_beta1": "linear-decay"}
+
+
+def _check_schedule_options(o: Mapping[str, Any], epochs: int) -> None:
+    """The options of ``cosine-restarts`` and ``linear-decay``: in range, and set only with their
+    schedule (one-line errors)."""
+    schedule = str(o["schedule"]).lower()
+    for key, owner in _SCHEDULE_OPTIONS.items():
+        if key in o and o[key] != DEFAULTS["optim"][key] and schedule != owner:
+            raise UserError(f"optim.{key} applies to optim.schedule={owner} only (this run's is {schedule})")
+    _integer("optim.restart_epochs", o.get("restart_epochs", 10), low=1)
+    _integer("optim.restart_mult", o.get("restart_mult", 1), low=1)
+    _number("optim.min_lr", o.get("min_lr", 0.0), low=0.0)
+    if schedule == "cosine-restarts" and float(o.get("min_lr", 0.0)) > float(o["lr"]):
+        raise UserError(f"optim.min_lr must be at most optim.lr ({o['lr']}), got {o['min_lr']}")
+    start = o.get("decay_start", 0)
+    _integer("optim.decay_start", start, low=0)
+    if schedule == "linear-decay" and start >= epochs:
+        raise UserError(f"optim.decay_start must be below train.epochs ({epochs}), got {start}")
+    b1 = o.get("decay_beta1")
+    if b1 is not None:
+        _number("optim.decay_beta1", b1, low=0.0, high=1.0)
+        if str(o["name"]).lower() != "adam":
+            raise UserError(f"optim.decay_beta1 needs optim.name=adam (it switches Adam's beta1); "
+                            f"got optim.name={o['name']}")
+
+
 def validate(cfg: Mapping[str, Any]) -> None:
     """Cheap checks of every value's type and range (names are checked by the registries), each
     failure a one-line :class:`~noisylabels.errors.UserError` naming the key."""
@@ -353,7 +386,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
     _number("optim.weight_decay", o["weight_decay"], low=0.0)
     _number("optim.gamma", o["gamma"], low=0.0, low_open=True)
     _choice("optim.name", o["name"], ("sgd", "adam"))
-    _choice("optim.schedule", o["schedule"], ("none", "constant", "multistep", "cosine"))
+    _choice("optim.schedule", o["schedule"], ("none", "constant", "multistep", "cosine", "cosine-restarts",
+                                              "linear-decay"))
+    _check_schedule_options(o, int(t["epochs"]))
     betas = o["betas"]
     if not isinstance(betas, (list, tuple)) or len(betas) != 2:
         raise UserError(f"optim.betas must be a list of two numbers in [0, 1), got {betas!r}")
@@ -475,7 +510,10 @@ RESUME_FREE_KEYS: tuple[tuple[str, ...], ...] = BOOKKEEPING_KEYS + (("data", "di
 #: is the run it was before the key existed: at that value the key is left out of :func:`config_hash`,
 #: so checkpoints and finished bench cells of older versions stay resumable / reusable. Add every new
 #: key whose default keeps the old behaviour here.
-NEUTRAL_KEYS: dict[tuple[str, ...], Any] = {("train", "sync_batchnorm"): False}
+NEUTRAL_KEYS: dict[tuple[str, ...], Any] = {("train", "sync_batchnorm"): False,
+                                             ("optim", "restart_epochs"): 10, ("optim", "restart_mult"): 1,
+                                             ("optim", "min_lr"): 0.0, ("optim", "decay_start"): 0,
+                                             ("optim", "decay_beta1"): None}
 
 
 def config_hash(cfg: Mapping[str, Any], *, ignore: Iterable[tuple[str, ...]] = BOOKKEEPING_KEYS) -> str:

@@ -119,3 +119,14 @@ def test_every_row_names_options_its_method_accepts(tmp_path, name):
         seen.add(key)
         assert method in list_methods(), (cell.key, method)
         create_method(method, **opts)
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_every_cell_passes_the_config_checks(name):
+    """Each cell's config (its optimiser and schedule options included: e.g. ``optim.decay_start``
+    below ``train.epochs``, ``decay_beta1`` only with Adam) passes :func:`noisylabels.config.validate`."""
+    from noisylabels.config import resolve_config, validate
+
+    suite = load_suite(resources.files("noisylabels.bench.suites") / f"{name}.yaml")
+    for cell in suite.cells():
+        validate(resolve_config(overrides=dict(cell.overrides)))

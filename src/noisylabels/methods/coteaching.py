@@ -195,7 +195,7 @@ class CoTeaching(Method):
     train mode, each with its own optimiser and schedule (the run's ``optim`` section). The paper
     trains with Adam (lr 0.001, momentum 0.9), batch 128, 200 epochs, the learning rate decayed
     linearly to zero from epoch 80; the official code also sets Adam's beta1 to 0.1 from then on
-    (not expressible by ``optim.schedule``; choose the run's optimiser as usual).
+    (``optim.schedule: linear-decay``, ``optim.decay_start``, ``optim.decay_beta1: 0.1``).
 
     Test-time prediction: both papers' official code evaluates each network on its own (it logs
     ``test_acc1`` and ``test_acc2``) and neither averages them. ``predict='first'`` (default): the

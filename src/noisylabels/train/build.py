@@ -12,7 +12,7 @@ import torch
 from ..errors import UserError
 from ..methods import METHODS, Method, check_loss_section, create_method
 from ..models import create_model
-from .optim import build_scheduler
+from .optim import RunScheduler, build_scheduler
 from .prepare import RunData
 
 __all__ = ["build_model", "build_method", "build_run_schedule", "resolve_method_defaults", "check_names",
@@ -29,7 +29,7 @@ def build_model(cfg: Mapping[str, Any], data: RunData, seed: int | None = None) 
 
 
 def build_run_schedule(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], steps_per_epoch: int,
-               start_epoch: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+               start_epoch: int = 0) -> RunScheduler:
     """The configured schedule, optionally restarted at ``start_epoch`` over the remaining epochs."""
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
@@ -40,10 +40,14 @@ def build_run_schedule(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any],
     if offset:
         factor = sched.lr_lambdas[0]
         sched.lr_lambdas = [lambda s: factor(max(0, s - offset))] * len(optimizer.param_groups)
+        if sched.beta1_fn is not None:
+            beta1 = sched.beta1_fn
+            sched.beta1_fn = lambda s: beta1(max(0, s - offset))
         sched.last_epoch = offset
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor(0)
         sched._last_lr = [g["lr"] for g in optimizer.param_groups]  # what get_last_lr() reports
+        sched.apply_beta1()
     return sched
 
 

@@ -60,14 +60,15 @@ def resume_hash(cfg: Mapping[str, Any]) -> str:
 def check_more_epochs(cfg: Mapping[str, Any], *, before: int, run: int) -> None:
     """Refuse (one line) a resumed run's ``train.epochs`` that differs from the ``before`` it was
     started with, unless it is more than the ``run`` epochs done and neither the learning-rate
-    schedule (``cosine`` spans the run) nor the method depends on the total number of epochs."""
+    schedule (``cosine`` and ``linear-decay`` span the run) nor the method depends on the total number of epochs."""
     after = int(cfg["train"]["epochs"])
     name = str(cfg["method"]["name"])
     why = None
     if after < run:
         why = f"the run has already trained {run} epochs"
-    elif str(cfg["optim"]["schedule"]) == "cosine":
-        why = "the cosine schedule spans the run's epochs, so the learning rates already used would change"
+    elif str(cfg["optim"]["schedule"]) in ("cosine", "linear-decay"):
+        why = (f"the {cfg['optim']['schedule']} schedule spans the run's epochs, so the learning rates already "
+               f"used would change")
     elif METHODS.get(name).total_epochs_matter:
         why = f"method {name!r} plans its stages over the run's epochs"
     if why is not None:
