@@ -198,6 +198,7 @@ HOLD = """
 import fcntl, os, sys, time
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
 fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0)  # as noisylabels does: a shorter pid must not leave the last holder's digits
 os.write(fd, f"{os.getpid()}\\n".encode())
 print("locked", flush=True)
 sys.stdin.read()

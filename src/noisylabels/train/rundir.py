@@ -159,7 +159,8 @@ def _try_lock(path: Path) -> int | bool:
 
 def _holder(path: Path) -> str:
     try:
-        return path.read_text().strip() or "unknown"
+        words = path.read_text(errors="replace").split()  # the pid; never more than one line in a message
+        return words[0] if words else "unknown"
     except OSError:
         return "unknown"
 
