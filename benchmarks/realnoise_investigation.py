@@ -250,8 +250,8 @@ def cmd_summary(a: argparse.Namespace) -> None:
     selected model's confidence AUROC; then, with ``--epochs-detail``, per epoch and config the mean
     test accuracy and, for the weighting runs, the mean weight on clean / wrong labels."""
     names = a.only.split(",") if a.only else list(CONFIGS)
-    print(f"| config | setting | seeds | best-val test acc | last | last-5 | detection AUROC (ranking score) | "
-          f"AUROC(-weight) | confidence AUROC | s per run |")
+    print("| config | setting | seeds | best-val test acc | last | last-5 | detection AUROC (ranking score) | "
+          "AUROC(-weight) | confidence AUROC | s per run |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     curves: dict[str, dict[int, list[dict[str, float]]]] = {}
     for name in names:

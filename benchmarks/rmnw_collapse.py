@@ -46,7 +46,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from noisylabels.config import resolve_config
 from noisylabels.methods import register_method

@@ -178,7 +178,6 @@ def test_cifar100n(tmp_path):
 # ------------------------------------------------------------------------------ Clothing1M
 
 def _clothing(root, n_train=30, n_test=8, k=4):
-    rng = np.random.default_rng(0)
     keys = []
     for j in range(n_train + n_test):
         key = f"images/{j % 3}/{j:02d}/{j}.png"

@@ -12,7 +12,7 @@ import torch
 
 from noisylabels.config import resolve_config
 from noisylabels.data import AugmentSpec, BatchLoader, channel_stats, create_augment_policy, create_dataset
-from noisylabels.data.stream import StreamImages, StreamLoader, is_stream, pool_channel_stats
+from noisylabels.data.stream import StreamLoader, is_stream, pool_channel_stats
 from noisylabels.errors import UserError
 from noisylabels.train.prepare import prepare_data
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from noisylabels.cli import main
 from noisylabels.errors import UserError
-from noisylabels.methods import ELR, create_method, elr_regularizer, target_probs, temporal_ensemble
+from noisylabels.methods import create_method, elr_regularizer, target_probs, temporal_ensemble
 from noisylabels.train import fit
 
 from tests.helpers import run_cfg

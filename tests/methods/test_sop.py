@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from noisylabels.errors import UserError
 from noisylabels.eval.metrics import detection_metrics
-from noisylabels.methods import SOP, SOPPlus, create_method
+from noisylabels.methods import SOP, create_method
 from noisylabels.methods.sop import class_balance, consistency_kl, corrected_prediction, noise_entries
 from noisylabels.train import build_context, fit
 

@@ -58,8 +58,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..config import BOOKKEEPING_KEYS, resolve_config
 from ..config import config_hash as _config_hash
 from ..errors import UserError
