@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-import noisylabels.train.syncbn as syncbn
+import noisylabels.train.distributed as distributed
 from noisylabels.errors import UserError
 from noisylabels.meta.functional import functional_logits, replicated_batch
 from noisylabels.meta.graph_jvp import graph_jvp
@@ -62,7 +62,7 @@ def _two_thread_ranks(monkeypatch, fn, n):
         barrier.wait()
         return out
 
-    monkeypatch.setattr(syncbn, "_all_reduce_sum", all_reduce)
+    monkeypatch.setattr(distributed, "_all_reduce_sum", all_reduce)
     out, nets = [None, None], []
     for r in range(2):  # built here: _net seeds the global RNG, which the threads share
         d = _Rank(rank=r, world_size=2)
@@ -136,7 +136,7 @@ def test_eval_mode_a_replicated_batch_and_forwards_outside_a_step_use_batchnorms
     def no_collective(t):
         raise AssertionError("an all-reduce")
 
-    monkeypatch.setattr(syncbn, "_all_reduce_sum", no_collective)
+    monkeypatch.setattr(distributed, "_all_reduce_sum", no_collective)
     d = _Rank(rank=0, world_size=2)
     d.shard(8)
     net, ref = _net(), _net()

@@ -41,8 +41,9 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..meta.graph_jvp import register_jvp_rule
 
-__all__ = ["Distributed", "SINGLE", "init_distributed", "shard_bounds", "single_process", "world_size_from_env"]
+__all__ = ["Distributed", "GlobalSum", "SINGLE", "global_sum", "init_distributed", "shard_bounds", "single_process", "world_size_from_env"]
 
 
 def world_size_from_env() -> int:
@@ -204,7 +205,7 @@ class Distributed:
         gradients yields the global batch's gradient (and it is itself differentiable: double backward)."""
         if not self.active:
             return partial
-        return _GlobalSum.apply(partial, self.local_fraction)
+        return GlobalSum.apply(partial, self)
 
     def gather_batch(self, t: torch.Tensor, n: int | None = None) -> torch.Tensor:
         """The global batch of a per-sample tensor (rank order: the global batch's order); ``n``: the
@@ -258,25 +259,56 @@ class Distributed:
             dist.destroy_process_group()
 
 
-class _GlobalSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, partial: torch.Tensor, frac: float) -> torch.Tensor:  # type: ignore[override]
-        import torch.distributed as dist
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
 
-        out = partial.detach().clone()
-        dist.all_reduce(out)
-        ctx.frac = frac
-        return out
+    out = t.detach().clone()
+    dist.all_reduce(out)
+    return out
+
+
+class GlobalSum(torch.autograd.Function):
+    """``sum_r partial_r`` over the processes, differentiable in every mode the project uses: its
+    backward is the all-reduce of ``(n_r / n) * grad`` divided by ``n_r / n`` (so the step's weighted
+    gradient all-reduce gives the global batch's gradient; the weight read when the backward runs:
+    ``1 / N`` after :meth:`Distributed.replicate_loss`), written with the autograd-aware all-reduce
+    (a second derivative works: the meta engine's double backward); its forward-mode rule is the
+    all-reduce of the tangent (``torch.func.jvp``; the graph walk's rule is registered below)."""
+
+    @staticmethod
+    def forward(partial: torch.Tensor, dist: Distributed) -> torch.Tensor:  # type: ignore[override]
+        return _all_reduce_sum(partial)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:  # type: ignore[override]
+        ctx.dist = inputs[1]
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         import warnings
 
-        with warnings.catch_warnings():  # the autograd-aware all-reduce (a second derivative works), deprecated in name only
+        frac = float(ctx.dist.local_fraction)
+        with warnings.catch_warnings():  # the autograd-aware all-reduce, deprecated in name only
             warnings.simplefilter("ignore", FutureWarning)
             from torch.distributed.nn.functional import all_reduce
 
-            return all_reduce(grad * ctx.frac) / ctx.frac, None
+            return all_reduce(grad * frac) / frac, None
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor, _dist: Any) -> torch.Tensor:  # type: ignore[override]
+        return _all_reduce_sum(tangent)
+
+
+def global_sum(partial: torch.Tensor, dist: Distributed) -> torch.Tensor:
+    """:class:`GlobalSum` of ``partial`` (this rank weighed by ``dist.local_fraction`` in the backward)."""
+    return GlobalSum.apply(partial, dist)
+
+
+@register_jvp_rule("GlobalSumBackward")
+def _global_sum_rule(node: Any, tin: Any) -> torch.Tensor | None:
+    """The graph walk's rule for :class:`GlobalSum`: the tangent of a global sum is the all-reduce
+    of the local tangents (every process walks the same graph, so the collectives pair up)."""
+    return None if tin[0] is None else _all_reduce_sum(tin[0])
 
 
 class _GatherRows(torch.autograd.Function):

@@ -22,8 +22,8 @@ positions) and ``N = sum_r n_r``:
   combination, no ``E[x^2] - E[x]^2`` cancellation), ``y = (x - mean) / sqrt(var + eps) * gamma + beta``;
 * running buffers: ``mean`` and the unbiased ``var * N / (N - 1)``, the momentum as BatchNorm's.
 
-Every operation is an ordinary differentiable torch op except the all-reduce, :class:`GlobalSum`:
-its forward sums over processes; its backward is the all-reduce of ``(n_r / n) * grad`` divided by
+Every operation is an ordinary differentiable torch op except the all-reduce,
+:class:`~.distributed.GlobalSum` (also ``Distributed.batch_sum``'s): its forward sums over processes; its backward is the all-reduce of ``(n_r / n) * grad`` divided by
 ``n_r / n`` (``1 / N`` for both after ``Distributed.replicate_loss``; so :meth:`~.distributed.Distributed.reduce_grads`' weighting gives the global batch's
 gradient; written with the autograd-aware all-reduce, so a second derivative works: the engine's
 double-backward path); its forward-mode rule is the all-reduce of the tangent (the JVP of a global
@@ -47,7 +47,6 @@ SimCLR with ``head_bn``, one such unit in a ResNet-8 moves the weights by 1e-4 a
 
 from __future__ import annotations
 
-import warnings
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -57,60 +56,13 @@ from torch import nn
 
 from ..meta.functional import in_replicated_batch
 from ..meta.graph_jvp import register_jvp_rule
-from .distributed import Distributed
+from . import distributed as _dist
+from .distributed import Distributed, global_sum
 
-__all__ = ["GlobalBatchNorm", "GlobalSum", "convert_global_batchnorm", "global_sum", "has_batchnorm", "sync_batchnorm"]
+__all__ = ["GlobalBatchNorm", "convert_global_batchnorm", "has_batchnorm", "sync_batchnorm"]
 
 Tensor = torch.Tensor
 _BN = nn.modules.batchnorm._BatchNorm
-
-
-def _all_reduce_sum(t: Tensor) -> Tensor:
-    import torch.distributed as dist
-
-    out = t.detach().clone()
-    dist.all_reduce(out)
-    return out
-
-
-class GlobalSum(torch.autograd.Function):
-    """``sum_r partial_r`` over the processes (forward, backward, forward-mode and second derivative)."""
-
-    @staticmethod
-    def forward(partial: Tensor, dist: Distributed) -> Tensor:  # type: ignore[override]
-        return _all_reduce_sum(partial)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:  # type: ignore[override]
-        ctx.dist = inputs[1]
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        # the step's weight of this rank read now, not at the forward: a loss declared the global
-        # batch's on every rank after the forward (Distributed.replicate_loss) weighs ranks 1 / N
-        frac = float(ctx.dist.local_fraction)
-        with warnings.catch_warnings():  # the autograd-aware all-reduce, deprecated in name only
-            warnings.simplefilter("ignore", FutureWarning)
-            from torch.distributed.nn.functional import all_reduce
-
-            return all_reduce(grad * frac) / frac, None
-
-    @staticmethod
-    def jvp(ctx: Any, tangent: Tensor, _dist: Any) -> Tensor:  # type: ignore[override]
-        return _all_reduce_sum(tangent)
-
-
-def global_sum(partial: Tensor, dist: Distributed) -> Tensor:
-    """:class:`GlobalSum` of ``partial``; its backward weighs this rank by ``dist.local_fraction``
-    (``n_r / n``, or ``1 / N`` after ``replicate_loss``) at the time it runs."""
-    return GlobalSum.apply(partial, dist)
-
-
-@register_jvp_rule("GlobalSumBackward")
-def _global_sum_rule(node: Any, tin: Any) -> Tensor | None:
-    """The graph walk's rule for :class:`GlobalSum`: the tangent of a global sum is the all-reduce
-    of the local tangents (every process walks the same graph, so the collectives pair up)."""
-    return None if tin[0] is None else _all_reduce_sum(tin[0])
 
 
 @register_jvp_rule("RsqrtBackward0")
@@ -171,7 +123,7 @@ def _global_batch_norm(bn: _BN, x: Tensor, d: Distributed) -> Tensor:
     xs = x if x.dtype in (torch.float32, torch.float64) else x.float()  # statistics in float32 at least
     n_r = xs.numel() // max(c, 1)
     # the global count (no gradient; a tensor: no host synchronisation)
-    n = _all_reduce_sum(torch.full((), float(n_r), dtype=xs.dtype, device=x.device))
+    n = _dist._all_reduce_sum(torch.full((), float(n_r), dtype=xs.dtype, device=x.device))
     mean_r = xs.mean(dims)
     xc = xs - mean_r.view(shape)
     sq_r = (xc * xc).sum(dims)
