@@ -97,13 +97,26 @@ def test_failed_cells_exit_nonzero_with_first_error(tmp_path, capsys):
     assert code == 1
     assert "2 run(s) failed; the first error of each failed cell:" in text
     lines = [ln for ln in text.splitlines() if ln.startswith("  nope (seed 0): ")]
-    assert len(lines) == 1 and "no-such-model" in lines[0] and "\n" not in lines[0]
+    assert len(lines) == 1 and "non-finite loss" in lines[0] and "\n" not in lines[0]
     assert "| mlp |" in (out / "table.md").read_text() and "| nope | err |" in (out / "table.md").read_text()
     err_files = list((out / "nope").glob("seed-*/error.txt"))
-    assert len(err_files) == 2 and "no-such-model" in err_files[0].read_text()
+    assert len(err_files) == 2 and "non-finite loss" in err_files[0].read_text()
     # the failed runs are not "finished": a rerun tries them again, the good ones are skipped
     main(["bench", str(SUITES / "broken.yaml"), "--out", str(out), "--executor", "inline"])
     assert "4 runs, 2 already finished, 2 to run" in capsys.readouterr().out
+
+
+def test_a_cell_that_cannot_start_is_refused_before_any_run(tmp_path, capsys):
+    """Names, options and weight files of every cell are checked before the first run (one line,
+    exit 2, nothing written), not found by that cell's run after the others trained."""
+    suite = tmp_path / "s.yaml"
+    suite.write_text((SUITES / "broken.yaml").read_text().replace(
+        "{model.name: mlp, optim.lr: 1.0e+30}", "{model.name: no-such-model}"))
+    out = tmp_path / "o"
+    code = main(["bench", str(suite), "--out", str(out), "--executor", "inline"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("noisylabels: error: cell nope: ") and "no-such-model" in err
+    assert len(err.splitlines()) == 1 and not out.exists()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -132,7 +132,7 @@ def test_ray_retries_a_failed_run_once_then_reports_it(local_ray, tmp_path, caps
     res = run_suite(SUITES / "broken.yaml", out=tmp_path / "broken", executor="ray")
     text = capsys.readouterr().out
     assert sorted(s for _, s, _ in res["failed"]) == [0, 1]
-    assert all("no-such-model" in e and "(failed 2 times)" in e for _, _, e in res["failed"])
+    assert all("non-finite loss" in e and "(failed 2 times)" in e for _, _, e in res["failed"])
     assert text.count("retrying once") == 2 and "| nope | err |" in res["markdown"]
 
 

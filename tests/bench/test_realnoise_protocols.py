@@ -1,7 +1,8 @@
 """The real-noise suites (``realnoise-cpu``, ``cifar-n-paper``) ship the rows and reference cells of
-every registered method of issues 22/23; ``benchmarks/realnoise_protocols.md`` keeps the rows still
-waiting for a method (C2D): they must paste into the shipped suites as they are, and every row's
-method options, shipped or pasted, must be ones the method accepts."""
+every method of issues 22/23, C2D's from the suite's own SimCLR pretraining;
+``benchmarks/realnoise_protocols.md`` keeps no row to paste any more (anything it would keep must
+paste into the shipped suites as it is), and every row's method options must be ones the method
+accepts."""
 
 from __future__ import annotations
 
@@ -60,13 +61,29 @@ def _method_options(cell) -> tuple[str | None, dict]:
     return opts.pop("name", None), opts
 
 
-def test_the_document_keeps_only_the_c2d_rows():
-    """The registered methods' rows and cells were moved into the suites, not copied: only the
-    rows of C2D (its SimCLR pretraining has not landed) are left, and no reference cells."""
-    snips = _snippets()
-    assert set(snips) == {"cifar-n-paper rows", "realnoise-cpu rows"}
-    assert [e["label"] for e in snips["cifar-n-paper rows"]] == ["C2D (PreAct ResNet-18)"]
-    assert [e["label"] for e in snips["realnoise-cpu rows"]] == ["C2D"]
+def test_the_document_keeps_no_rows_to_paste():
+    """Every row and reference cell was moved into the suites, not copied (C2D's too, now that
+    SimCLR pretraining runs as the suites' pretrain stage)."""
+    assert _snippets() == {}
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_the_c2d_row_is_dividemix_from_the_suites_simclr_backbone(tmp_path, name):
+    """The dry run's plan: one SimCLR pretraining per seed (and per data set that SimCLR sees
+    differently), which every C2D cell of that seed starts from, with the DivideMix row's settings."""
+    from noisylabels.bench import run_suite
+
+    suite = load_suite(name)
+    (c2d,) = [e for e in suite.axes["method"] if str(e["label"]).startswith("C2D")]
+    (dm,) = [e for e in suite.axes["method"] if str(e["label"]).startswith("DivideMix")]
+    assert c2d["set"].pop("model.init_checkpoint") == "pretrain:simclr"
+    assert c2d["set"] == dm["set"] and c2d.get("set_by") == dm.get("set_by")
+    assert suite.pretrain["simclr"]["set"]["method.name"] == "simclr"
+    plan = run_suite(name, out=tmp_path / "o", dry_run=True, verbose=False)["plan"]
+    pre = [p for p in plan if p[0] == "_pretrain/simclr"]
+    n_data = 2 if name == "cifar-n-paper" else 1  # the three CIFAR-10N label sets share one backbone
+    assert len(pre) == n_data * len(suite.seeds) and all(p[3] == "new" for p in pre)
+    assert {p[1] for p in pre} == set(suite.seeds)
 
 
 @pytest.mark.parametrize("name", SUITES)
@@ -78,12 +95,12 @@ def test_the_shipped_suite_has_a_row_per_issue_method(name):
 
 
 def test_every_issue_method_row_of_the_paper_tier_has_reference_cells():
-    """Every row of cifar-n-paper but the PreAct CE baseline and GCE (no published CIFAR-N number)
-    carries at least one reference cell."""
+    """Every row of cifar-n-paper but the PreAct CE baseline, GCE and C2D (no published CIFAR-N
+    number) carries at least one reference cell."""
     suite = load_suite("cifar-n-paper")
     cited = {row for block in suite.references for _, row, _, _ in block.cells()}
     rows = {str(e["label"]) for e in suite.axes["method"]}
-    assert sorted(rows - cited) == ["CE (PreAct ResNet-18)", "GCE (ResNet-34)"]
+    assert sorted(rows - cited) == ["C2D (PreAct ResNet-18)", "CE (PreAct ResNet-18)", "GCE (ResNet-34)"]
 
 
 def test_realnoise_cpu_runs_the_measured_budget():

@@ -29,6 +29,21 @@ A suite is a YAML file (shipped ones live in ``noisylabels/bench/suites``)::
     ratio_to:                                       # optional: derived tables, each seed's value over the
       row: "CE, clean labels"                       # same seed's value of this row in the same column
       metrics: [test_accuracy]                      # default: every metric
+    pretrain:                                       # optional: backbones trained before the cells using them
+      simclr:                                       # a cell starts from one with the value "pretrain:simclr"
+        set: {method.name: simclr, train.epochs: 100}   # (model.init_checkpoint or method.teacher_init)
+        set_by: {noise: {"60%": {train.epochs: 50}}}    # optional: by the label of the cell using it
+
+A ``pretrain`` entry is a ``noisylabels pretrain`` run (:data:`noisylabels.config.PRETRAIN_DEFAULTS`)
+on the data and model of the cell that uses it: it takes that cell's ``data.*`` and ``model.*``
+overrides (the suite's ``base`` and the cell's own, except the supervised augmentation
+``data.augment`` / ``data.strong_augment`` / ``data.views`` and ``model.init_*``; ``--set`` included),
+then the entry's ``set`` and its ``set_by`` for the cell's labels. So each seed starts from its own
+backbone, and cells with the same data and model share one (``set_by`` can make cells share one whose
+data differ only in what pretraining does not read: e.g. their label sets, which only the kNN monitor
+and the class-balanced validation split see). Pretraining runs live in ``OUT/_pretrain/<name>/seed-<s>-<hash>/``
+and run first; the cells that use a failed one are reported failed without running. A cell's
+``model.init_checkpoint`` names the pretraining's model: another model there is refused up front.
 
 Every (cell, seed) writes its run into ``OUT/<cell>/seed-<s>-<hash>/``, ``hash`` a hash of the
 run's resolved config (:func:`config_hash`): runs whose ``summary.json`` says ``finished`` are
@@ -124,6 +139,9 @@ class Suite:
     references: list[ReferenceBlock] = field(default_factory=list)
     #: ``{"row": label, "metrics": [...]}``: print each metric's ratio to that row (same column, same seed)
     ratio_to: dict[str, Any] | None = None
+    #: ``{name: {"set": {key: value}, "set_by": {axis: {label: {key: value}}}}}``: pretraining runs whose
+    #: ``backbone.pt`` a cell's value ``pretrain:<name>`` names
+    pretrain: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def reference_source(self, metric: str) -> str | None:
         """The source text of ``metric``'s reference cells (``reference.source``: one string, or
@@ -214,6 +232,17 @@ def _check_suite(p: Path, raw: Mapping[str, Any]) -> None:
                 isinstance(cols, Mapping) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                   for v in cols.values()) for cols in table.values()),
                  f"references {label!r}: {metric} must map row labels to {{column: number}}")
+    pre = raw.get("pretrain") or {}
+    need(isinstance(pre, Mapping), "pretrain must be a mapping of name: {set: {key: value}}")
+    for name, entry in pre.items():
+        need(isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", name) is not None,
+             f"pretrain name {name!r} must be letters, digits and _ . + - (it names a folder)")
+        need(isinstance(entry, Mapping) and set(entry) <= {"set", "set_by"}
+             and isinstance(entry.get("set") or {}, Mapping) and isinstance(entry.get("set_by") or {}, Mapping)
+             and all(isinstance(v or {}, Mapping) and all(isinstance(o or {}, Mapping) for o in (v or {}).values())
+                     for v in (entry.get("set_by") or {}).values()),
+             f"pretrain {name!r}: the entry is {{set: {{key: value}}, set_by: {{axis: {{label: {{key: value}}}}}}}}, "
+             f"got {entry!r}"[:300])
     ratio = raw.get("ratio_to")
     if ratio is not None:
         need(isinstance(ratio, Mapping) and isinstance(ratio.get("row"), str)
@@ -251,8 +280,12 @@ def load_suite(name_or_path: str | Path) -> Suite:
                   axes={k: list(v) for k, v in axes.items()}, metrics=list(raw.get("metrics", ["test_accuracy"])),
                   reference=dict(raw.get("reference") or {}),
                   metric_labels={str(k): str(v) for k, v in (raw.get("metric_labels") or {}).items()},
-                  references=blocks)
+                  references=blocks,
+                  pretrain={str(k): {"set": dict((v or {}).get("set") or {}),
+                                     "set_by": dict((v or {}).get("set_by") or {})}
+                            for k, v in (raw.get("pretrain") or {}).items()})
     _check_references(p, suite)
+    _check_pretrain_refs(p, suite)
     ratio = raw.get("ratio_to")
     if ratio is not None:
         row_labels = [str(e["label"]) for e in axes[rows]]
@@ -288,6 +321,62 @@ def _check_references(p: Path, suite: Suite) -> None:
                 raise UserError(f"{where}: no source for {metric} (give source: or row_sources:)")
 
 
+#: a cell's value naming a pretraining run of the suite: ``pretrain:<name>``
+PRETRAIN_PREFIX = "pretrain:"
+#: the axis of the pseudo-cells that stand for pretraining runs in the job lists
+_PRETRAIN_AXIS = "_pretrain"
+#: the keys a pretraining run takes from the cell that uses it (prefixes), and those it does not
+_PRETRAIN_INHERITS = ("data.", "model.", "device")
+_PRETRAIN_OWN = ("data.augment", "data.strong_augment", "data.views", "model.init_checkpoint", "model.init_exclude")
+
+
+#: the keys whose value may name a pretraining run (weight files a run loads)
+PRETRAIN_KEYS = ("model.init_checkpoint", "method.teacher_init")
+
+
+def _pretrain_refs(cfg: Mapping[str, Any]) -> dict[str, str]:
+    """``{key: pretraining name}`` of a resolved config's :data:`PRETRAIN_KEYS` whose value is
+    ``pretrain:<name>``."""
+    out = {}
+    for key in PRETRAIN_KEYS:
+        section, name = key.split(".")
+        value = (cfg.get(section) or {}).get(name)
+        if isinstance(value, str) and value.startswith(PRETRAIN_PREFIX):
+            out[key] = value[len(PRETRAIN_PREFIX):]
+    return out
+
+
+def _check_pretrain_ref(where: str, suite: Suite, key: str, value: Any) -> None:
+    """A ``pretrain:<name>`` value sits on a key of :data:`PRETRAIN_KEYS` and names an entry of the
+    suite's ``pretrain:``."""
+    if not (isinstance(value, str) and value.startswith(PRETRAIN_PREFIX)):
+        return
+    name = value[len(PRETRAIN_PREFIX):]
+    if key not in PRETRAIN_KEYS:
+        raise UserError(f"{where}: {key}: {value}: a pretraining's backbone is read only by "
+                        f"{' and '.join(PRETRAIN_KEYS)}")
+    if name not in suite.pretrain:
+        known = ", ".join(suite.pretrain) or "none: add a pretrain: section"
+        raise UserError(f"{where}: {key}: {value} names no pretraining of suite {suite.name} (pretrain: {known})")
+
+
+def _check_pretrain_refs(p: Path, suite: Suite) -> None:
+    """Every ``pretrain:<name>`` of the suite's cells (see :func:`_check_pretrain_ref`), and the axes and
+    labels of each pretraining's ``set_by`` (a misspelt one would silently change nothing)."""
+    for name, entry in suite.pretrain.items():
+        for axis, by_label in entry["set_by"].items():
+            if axis not in suite.axes:
+                raise UserError(f"suite {p}: pretrain {name!r}: set_by names axis {axis!r}, not one of {list(suite.axes)}")
+            labels = [str(e["label"]) for e in suite.axes[axis]]
+            for label in by_label or {}:
+                if str(label) not in labels:
+                    raise UserError(f"suite {p}: pretrain {name!r}: set_by {axis}: {label!r} is not a label of axis "
+                                    f"{axis!r} {labels}"[:300])
+    for cell in suite.cells():
+        for key, value in {**suite.base, **dict(cell.overrides)}.items():
+            _check_pretrain_ref(f"suite {p}: cell {cell.key}", suite, key, value)
+
+
 #: config keys that never change a run's numbers (left out of the cell hash)
 _HASH_IGNORED = BOOKKEEPING_KEYS
 
@@ -321,9 +410,10 @@ def _run_cell(cfg: dict[str, Any], threads: int | None) -> dict[str, Any]:
     return fit(cfg, resume=resume, overwrite=not resume, progress=False, resolve=resolve_forget_rate)
 
 
-def _finished(out: Path) -> dict[str, Any] | None:
+def _finished(out: Path, *files: str) -> dict[str, Any] | None:
+    """The summary of a finished run in ``out`` (``None`` if unfinished or any of ``files`` is missing)."""
     p = out / "summary.json"
-    if not p.is_file():
+    if not p.is_file() or not all((out / f).is_file() for f in files):
         return None
     try:
         s = json.loads(p.read_text())
@@ -441,10 +531,21 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
         raise UserError(f"--out {out_dir} is a file, not a folder")
     seeds = suite.seeds[:max_seeds] if max_seeds else suite.seeds
     jobs: list[tuple[Cell, int, dict[str, Any]]] = []
+    pre_jobs: dict[str, tuple[Cell, int, dict[str, Any]]] = {}  # folder -> (pretraining, seed, config)
+    needs: dict[tuple[str, int], list[str]] = {}  # (cell key, seed) -> the pretraining folders it starts from
     for cell in suite.cells():
         for seed in seeds:
             overrides = {**suite.base, **dict(cell.overrides), "seed": seed, "train.progress": False}
             cfg = resolve_config(overrides=overrides, assignments=assignments)  # validates up front
+            for key, pname in _pretrain_refs(cfg).items():  # after --set, which may name one too
+                _check_pretrain_ref(f"cell {cell.key}", suite, key, PRETRAIN_PREFIX + pname)
+                pcfg = _pretrain_config(suite, pname, cfg, cell=cell, key=key)
+                pdir = out_dir / "_pretrain" / pname / f"seed-{seed}-{config_hash(pcfg)}"
+                pcfg["out"] = str(pdir)
+                pre_jobs.setdefault(str(pdir), (Cell(((_PRETRAIN_AXIS, pname),), ()), seed, pcfg))
+                section, name = key.split(".", 1)
+                cfg[section][name] = str(pdir / "backbone.pt")
+                needs.setdefault((cell.key, seed), []).append(str(pdir))
             if gpus_per_run and cfg["device"] == "cpu":
                 raise UserError(f"--gpus-per-run {gpus_per_run} reserves GPUs but cell {cell.key} runs on "
                                 "device cpu: add --set device=cuda")
@@ -453,8 +554,10 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
                                 f"the run's {nproc} processes and must be divisible by {nproc}")
             cfg["out"] = str(out_dir / cell.key / f"seed-{seed}-{config_hash(cfg)}")
             jobs.append((cell, seed, cfg))
+    pending = {str(Path(c[2]["out"]) / "backbone.pt") for c in pre_jobs.values()}
+    _check_runs([*pre_jobs.values(), *jobs], pending, device=executor != "ray")
     if dry_run:
-        return _dry_run(suite, out_dir, jobs, verbose=verbose)
+        return _dry_run(suite, out_dir, jobs, list(pre_jobs.values()), verbose=verbose)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     results: dict[tuple[str, int], dict[str, Any]] = {}
@@ -480,10 +583,31 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
             return
         results[(cell.key, seed)] = res
 
+    run_options = dict(executor=executor, workers=workers, runs_per_gpu=runs_per_gpu, address=address,
+                       gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, nproc_per_run=nproc_per_run,
+                       verbose=verbose)
+    needed = {d for cell, seed, _ in todo for d in needs.get((cell.key, seed), [])}
+    pre_todo = [job for d, job in pre_jobs.items() if d in needed and _finished(Path(d), "backbone.pt") is None]
+    pre_failed: dict[str, str] = {}
+
+    def record_pretrain(cell: Cell, seed: int, cfg: Mapping[str, Any], status: str, value: Any) -> None:
+        if status == "error":
+            _write_error(Path(cfg["out"]), value)
+            pre_failed[str(cfg["out"])] = value["error"]
+            if verbose:
+                print(f"  pretraining {cell.key} seed {seed}: error: {value['error']}", flush=True)
+
+    if pre_todo:  # the backbones first: the cells below start from them
+        _execute(f"{suite.name} pretraining", pre_todo, record_pretrain, total=len(needed), **run_options)
+    for cell, seed, cfg in list(todo):
+        broken = [d for d in needs.get((cell.key, seed), []) if d in pre_failed]
+        if broken:
+            todo.remove((cell, seed, cfg))
+            name = Path(broken[0]).parent.name
+            record(cell, seed, cfg, "error", {"error": f"pretraining {name} (seed {seed}) failed, so this run did not "
+                                                       f"start: {pre_failed[broken[0]]}", "traceback": None})
     if todo:
-        _execute(suite.name, todo, record, executor=executor, workers=workers, runs_per_gpu=runs_per_gpu,
-                 address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
-                 nproc_per_run=nproc_per_run, verbose=verbose, total=len(jobs))
+        _execute(suite.name, todo, record, total=len(jobs), **run_options)
     elif verbose:
         print(f"suite {suite.name}: {len(jobs)} runs, {len(jobs)} already finished, 0 to run", flush=True)
     md, rows = tabulate(suite, results, seeds)
@@ -506,34 +630,83 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
             "failed": failed}
 
 
-def _dry_run(suite: Suite, out_dir: Path, jobs: Sequence[tuple[Cell, int, dict[str, Any]]], *,
-             verbose: bool) -> dict[str, Any]:
-    """The plan of :func:`run_suite` (``dry_run=True``): each cell's config goes through the checks
-    a run makes before it loads data (:func:`noisylabels.train.build.check_names`: names, method,
-    model and noise options, weight files, device), so a wrong option is the one-line error the run
-    would give; nothing is trained or written."""
+def _pretrain_config(suite: Suite, name: str, cell_cfg: Mapping[str, Any], *, cell: Cell, key: str) -> dict[str, Any]:
+    """The resolved config of pretraining ``name`` for a cell (``cell_cfg``: its resolved config):
+    the cell's data (without its supervised augmentation), model (without ``init_*``) and device,
+    then the entry's ``set`` (module docstring)."""
+    from ..config import PRETRAIN_DEFAULTS
+
+    inherited: dict[str, Any] = {"seed": cell_cfg["seed"], "train.progress": False, "device": cell_cfg["device"]}
+    for section in ("data", "model"):
+        for k, v in cell_cfg[section].items():
+            if f"{section}.{k}" not in _PRETRAIN_OWN:
+                inherited[f"{section}.{k}"] = copy.deepcopy(v)
+    entry = suite.pretrain[name]
+    own = dict(entry["set"])
+    for axis, by_label in entry["set_by"].items():
+        own.update((by_label or {}).get(dict(cell.labels).get(axis), {}))
+    pcfg = resolve_config(overrides={**inherited, **own}, base=PRETRAIN_DEFAULTS)
+    if key == "model.init_checkpoint":
+        mine = {k: v for k, v in cell_cfg["model"].items() if not k.startswith("init_")}
+        theirs = {k: v for k, v in pcfg["model"].items() if not k.startswith("init_")}
+        if mine != theirs:
+            raise UserError(f"suite {suite.name}: cell {cell.key} starts its model ({mine}) from pretraining {name}, "
+                            f"which trains another ({theirs})"[:400])
+    return pcfg
+
+
+def _check_runs(jobs: Sequence[tuple[Cell, int, dict[str, Any]]], pending: set[str], *, device: bool) -> None:
+    """What every run will read, before anything runs (:func:`noisylabels.train.build.check_names`
+    per cell: names, options, weight files; the device where the runs run on this machine).
+    ``pending``: weight files the suite's pretraining writes first (not read yet)."""
     from ..train.build import check_names
 
     checked = set()
     for cell, _, cfg in jobs:
-        if cell.key not in checked:  # the seeds of a cell differ only in the seed
-            checked.add(cell.key)
-            check_names(cfg)
-    plan = []
+        if cell.labels in checked:  # the seeds of a cell differ only in the seed (and its backbone's path)
+            continue
+        checked.add(cell.labels)
+        probe = copy.deepcopy(cfg)
+        for section, key in (("model", "init_checkpoint"), ("method", "teacher_init")):
+            if str(probe[section].get(key)) in pending:
+                probe[section][key] = None
+        try:
+            check_names(probe, device=device)
+        except UserError as exc:
+            axis, label = cell.labels[0]
+            raise UserError(f"{'pretraining ' + label if axis == _PRETRAIN_AXIS else 'cell ' + cell.key}: {exc}") \
+                from None
+
+
+def _run_state(run_dir: Path, *files: str) -> str:
+    return ("finished" if _finished(run_dir, *files) is not None
+            else "resume" if (run_dir / "checkpoint.pt").is_file() else "new")
+
+
+def _dry_run(suite: Suite, out_dir: Path, jobs: Sequence[tuple[Cell, int, dict[str, Any]]],
+             pre_jobs: Sequence[tuple[Cell, int, dict[str, Any]]] = (), *, verbose: bool) -> dict[str, Any]:
+    """The plan of :func:`run_suite` (``dry_run=True``), after the checks every run makes before it
+    loads data (:func:`_check_runs`: names, method, model and noise options, weight files, device),
+    so a wrong option is the one-line error the run would give; nothing is trained or written.
+    The plan's pretraining runs (first) have the cell key ``_pretrain/<name>``."""
+    plan = [(f"{_PRETRAIN_AXIS}/{cell.labels[0][1]}", seed, cfg["out"], _run_state(Path(cfg["out"]), "backbone.pt"))
+            for cell, seed, cfg in pre_jobs]
     for cell, seed, cfg in jobs:
-        run_dir = Path(cfg["out"])
-        state = ("finished" if _finished(run_dir) is not None
-                 else "resume" if (run_dir / "checkpoint.pt").is_file() else "new")
-        plan.append((cell.key, seed, str(run_dir), state))
+        plan.append((cell.key, seed, str(cfg["out"]), _run_state(Path(cfg["out"]))))
     if verbose:
-        counts = {s: sum(p[3] == s for p in plan) for s in ("finished", "resume", "new")}
-        print(f"suite {suite.name} (dry run): {len(suite.cells())} cells x {len(plan) // max(len(suite.cells()), 1)} "
-              f"seed(s) = {len(plan)} runs in {out_dir}: {counts['finished']} finished, "
-              f"{counts['resume']} to resume, {counts['new']} new; nothing trained")
+        plan_cells = plan[len(pre_jobs):]
+        counts = {s: sum(p[3] == s for p in plan_cells) for s in ("finished", "resume", "new")}
+        n_cells = len(suite.cells())
+        print(f"suite {suite.name} (dry run): {n_cells} cells x {len(plan_cells) // max(n_cells, 1)} "
+              f"seed(s) = {len(plan_cells)} runs in {out_dir}: {counts['finished']} finished, "
+              f"{counts['resume']} to resume, {counts['new']} new"
+              + (f"; {len(pre_jobs)} pretraining run(s) first" if pre_jobs else "") + "; nothing trained")
         base = ", ".join(f"{k}={v}" for k, v in suite.base.items())
         print(f"  base: {base}")
+        for key, seed, run_dir, state in plan[:len(pre_jobs)]:
+            print(f"  pretraining {key.split('/', 1)[1]} seed {seed}: {state} ({run_dir})")
         by_cell: dict[str, list[tuple[int, str]]] = {}
-        for key, seed, _, state in plan:
+        for key, seed, _, state in plan_cells:
             by_cell.setdefault(key, []).append((seed, state))
         for cell in suite.cells():
             over = ", ".join(f"{k}={v}" for k, v in cell.overrides)

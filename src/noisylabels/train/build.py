@@ -79,10 +79,11 @@ def resolve_method_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_names(cfg: Mapping[str, Any]) -> dict[str, Any]:
+def check_names(cfg: Mapping[str, Any], *, device: bool = True) -> dict[str, Any]:
     """Every registered name, option name, weight file and the device of a config, checked before
     any data are loaded (one-line errors; :mod:`noisylabels.train.precheck`); returns
-    :func:`resolve_method_defaults` of ``cfg``."""
+    :func:`resolve_method_defaults` of ``cfg``. ``device=False`` leaves the device out (runs that
+    go to other machines, e.g. Ray tasks on GPU nodes of a cluster whose driver has none)."""
     from ..data import DATASETS, strong_augment_policy
     from ..losses import LOSSES
     from ..models import MODELS
@@ -100,7 +101,8 @@ def check_names(cfg: Mapping[str, Any]) -> dict[str, Any]:
     NOISE.get(str(run["noise"]["type"]))
     strong_augment_policy(run["data"].get("strong_augment"))
     check_meta_settings(run, cls)
-    check_device(run["device"])
+    if device:
+        check_device(run["device"])
     from .precheck import check_inputs
 
     check_inputs(run)  # method / model / noise options and weight files: no data loaded yet
