@@ -147,3 +147,16 @@ def test_every_cell_passes_the_config_checks(name):
     suite = load_suite(resources.files("noisylabels.bench.suites") / f"{name}.yaml")
     for cell in suite.cells():
         validate(resolve_config(overrides=dict(cell.overrides)))
+
+
+def test_coteaching_plus_rows_count_the_codes_epochs_from_one():
+    """The official code trains epochs 1..199 and uses plain Co-teaching while ``epoch < init_epoch``
+    (CIFAR-10: 20, CIFAR-100: 5): init_epoch - 1 trained epochs, which is ``init_epochs`` here."""
+    code_init_epoch = {"C10N": 20, "C100N": 5}
+    suite = load_suite("cifar-n-paper")
+    rows = [c for c in suite.cells() if c.label("method").startswith("Co-teaching+")]
+    assert len(rows) == 4
+    for cell in rows:
+        over = dict(cell.overrides)
+        assert over["train.epochs"] == 199
+        assert over["method.init_epochs"] == code_init_epoch[cell.label("labels").split()[0]] - 1

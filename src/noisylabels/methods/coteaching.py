@@ -395,8 +395,10 @@ class CoTeachingPlus(CoTeaching):
     Parameters
     ----------
     init_epochs:
-        Epochs of plain Co-teaching before the disagreement (default 0, Algorithm 1; the official
-        code: MNIST 0, CIFAR-10 20, CIFAR-100 5, NEWS 0, Tiny-ImageNet 100).
+        Epochs of plain Co-teaching before the disagreement (default 0, Algorithm 1). The official
+        code's ``init_epoch`` (MNIST 0, CIFAR-10 20, CIFAR-100 5, NEWS 0, Tiny-ImageNet 100) is one
+        more: its loop trains epochs 1, 2, ... and uses plain Co-teaching while ``epoch < init_epoch``,
+        so its CIFAR-10 setting is ``init_epochs=19`` here.
     forget_rate, num_gradual, schedule, predict, estimate_folds, estimate_epochs:
         As :class:`CoTeaching`; ``schedule='code'`` uses Co-teaching's code schedule (the official
         code's ``fr_type='type_1'``) instead of lambda(e), and ``int(lambda |D'|)``.
