@@ -70,7 +70,7 @@ DEFAULTS: dict[str, Any] = {
         "warmup_epochs": 0,     # linear warm-up, per step
         "restart_epochs": 10,   # cosine-restarts: the first period T_0, in epochs
         "restart_mult": 1,      # cosine-restarts: each period this many times the last (T_mult)
-        "min_lr": 0.0,          # cosine-restarts: the floor (eta_min)
+        "min_lr": 0.0,          # cosine, cosine-restarts: the floor (eta_min)
         "decay_start": 0,       # linear-decay: the epoch the linear decay to 0 starts
         "decay_beta1": None,    # linear-decay: Adam's beta1 from decay_start on (None: unchanged)
     },
@@ -317,21 +317,23 @@ def _text(key: str, v: Any, *, none_ok: bool = False) -> None:
                         f"{' (or null)' if none_ok else ''}, got {v!r}")
 
 
-_SCHEDULE_OPTIONS = {"restart_epochs": "cosine-restarts", "restart_mult": "cosine-restarts",
-                     "min_lr": "cosine-restarts", "decay_start": "linear-decay", "decay_beta1": "linear-decay"}
+_SCHEDULE_OPTIONS = {"restart_epochs": ("cosine-restarts",), "restart_mult": ("cosine-restarts",),
+                     "min_lr": ("cosine", "cosine-restarts"), "decay_start": ("linear-decay",),
+                     "decay_beta1": ("linear-decay",)}
 
 
 def _check_schedule_options(o: Mapping[str, Any], epochs: int) -> None:
     """The options of ``cosine-restarts`` and ``linear-decay``: in range, and set only with their
     schedule (one-line errors)."""
     schedule = str(o["schedule"]).lower()
-    for key, owner in _SCHEDULE_OPTIONS.items():
-        if key in o and o[key] != DEFAULTS["optim"][key] and schedule != owner:
-            raise UserError(f"optim.{key} applies to optim.schedule={owner} only (this run's is {schedule})")
+    for key, owners in _SCHEDULE_OPTIONS.items():
+        if key in o and o[key] != DEFAULTS["optim"][key] and schedule not in owners:
+            raise UserError(f"optim.{key} applies to optim.schedule={' or '.join(owners)} only "
+                            f"(this run's is {schedule})")
     _integer("optim.restart_epochs", o.get("restart_epochs", 10), low=1)
     _integer("optim.restart_mult", o.get("restart_mult", 1), low=1)
     _number("optim.min_lr", o.get("min_lr", 0.0), low=0.0)
-    if schedule == "cosine-restarts" and float(o.get("min_lr", 0.0)) > float(o["lr"]):
+    if schedule in ("cosine", "cosine-restarts") and float(o.get("min_lr", 0.0)) > float(o["lr"]):
         raise UserError(f"optim.min_lr must be at most optim.lr ({o['lr']}), got {o['min_lr']}")
     start = o.get("decay_start", 0)
     _integer("optim.decay_start", start, low=0)

@@ -66,7 +66,7 @@ FIELD_DOCS: dict[str, str] = {
     "optim.warmup_epochs": "linear warm-up, per step, over this many epochs",
     "optim.restart_epochs": "cosine-restarts: the first period in epochs (T_0)",
     "optim.restart_mult": "cosine-restarts: each period this many times the last (T_mult, integer >= 1)",
-    "optim.min_lr": "cosine-restarts: the floor of the learning rate (eta_min)",
+    "optim.min_lr": "cosine, cosine-restarts: the floor of the learning rate (eta_min)",
     "optim.decay_start": "linear-decay: lr constant before this epoch, then linear to 0 at the run's end",
     "optim.decay_beta1": "linear-decay: Adam's beta1 from decay_start on (Co-teaching's code: 0.1; null: unchanged)",
     "train": "the training loop",

@@ -13,6 +13,7 @@ import torch
 from noisylabels.config import DEFAULTS, validate
 from noisylabels.errors import UserError
 from noisylabels.train import build_scheduler, fit
+from noisylabels.train.optim import lr_factor
 from noisylabels.train.resume import check_more_epochs
 
 from tests.helpers import run_cfg
@@ -72,6 +73,30 @@ def test_cosine_restarts_lr_is_sgdr_per_epoch(t0, mult):
         opt.step()
         ref.step()
     assert seen == pytest.approx(torch_lrs, rel=1e-9)
+
+
+def test_cosine_decays_to_min_lr_per_step_as_cosine_annealing_lr():
+    """``cosine`` with ``min_lr``: torch's CosineAnnealingLR(T_max = all steps, eta_min) stepped per
+    step (SOP+'s official schedule: T_max 300 epochs, eta_min 2e-4); ``min_lr`` 0 is the old curve."""
+    lr, eta_min, spe, epochs = 0.02, 2e-4, 3, 5
+    total = spe * epochs
+    seen = [lr * lr_factor(s, steps_per_epoch=spe, epochs=epochs, cfg=_optim(lr=lr, schedule="cosine", min_lr=eta_min))
+            for s in range(total + 1)]
+    expected = [eta_min + (lr - eta_min) * (1 + math.cos(math.pi * t / total)) / 2 for t in range(total + 1)]
+    assert seen == pytest.approx(expected, rel=1e-12)
+    assert seen[-1] == pytest.approx(eta_min) and seen[0] == pytest.approx(lr)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=lr)
+    ref = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=eta_min)
+    torch_lrs = []
+    for _ in range(total):
+        torch_lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        ref.step()
+    assert seen[:total] == pytest.approx(torch_lrs, rel=1e-9)
+    zero = [lr_factor(s, steps_per_epoch=spe, epochs=epochs, cfg=_optim(lr=lr, schedule="cosine"))
+            for s in range(total)]
+    assert zero == pytest.approx([(1 + math.cos(math.pi * t / total)) / 2 for t in range(total)], rel=1e-12)
 
 
 def test_elr_official_cifar10_schedule():
@@ -181,6 +206,8 @@ def _validate(epochs=10, **optim):
     ({"schedule": "linear-decay", "name": "adam", "decay_beta1": -0.1}, "optim.decay_beta1 must be a number"),
     ({"schedule": "linear-decay", "name": "sgd", "decay_beta1": 0.1}, "optim.decay_beta1 needs optim.name=adam"),
     ({"schedule": "cosine", "restart_epochs": 5}, "optim.restart_epochs applies to optim.schedule=cosine-restarts"),
+    ({"schedule": "cosine", "min_lr": 0.5, "lr": 0.1}, "optim.min_lr must be at most optim.lr"),
+    ({"schedule": "multistep", "min_lr": 0.01}, "optim.min_lr applies to optim.schedule=cosine or cosine-restarts"),
     ({"schedule": "multistep", "decay_start": 5}, "optim.decay_start applies to optim.schedule=linear-decay"),
 ])
 def test_bad_schedule_options_are_one_line_user_errors(optim, match):

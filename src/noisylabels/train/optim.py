@@ -40,7 +40,9 @@ def lr_factor(step: int, *, steps_per_epoch: int, epochs: int, cfg: Mapping[str,
 
     * ``none`` (constant);
     * ``multistep``: times ``gamma`` at each epoch in ``milestones``;
-    * ``cosine``: half cosine from the end of warm-up to zero at the last step (per step);
+    * ``cosine``: half cosine from the end of warm-up to ``min_lr`` (default 0) at the last step (per
+      step): ``min_lr + (lr - min_lr) (1 + cos(pi t / T)) / 2`` (torch's ``CosineAnnealingLR`` with
+      ``eta_min``, stepped per step);
     * ``cosine-restarts``: SGDR (Loshchilov & Hutter, ICLR 2017, Eq. 5), per epoch as the ELR code
       steps torch's ``CosineAnnealingWarmRestarts`` (shengliu66/ELR ``trainer.py``: ``step()`` once
       after each epoch): epoch e of a period of ``T_i`` epochs (``restart_epochs`` T_0, each period
@@ -67,7 +69,8 @@ def lr_factor(step: int, *, steps_per_epoch: int, epochs: int, cfg: Mapping[str,
     if schedule == "cosine":
         total = max(1, epochs * steps_per_epoch - warm)
         t = min(step - warm, total)
-        return 0.5 * (1.0 + math.cos(math.pi * t / total))
+        floor = float(cfg.get("min_lr", 0.0)) / float(cfg["lr"])
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t / total))
     if schedule == "cosine-restarts":
         period, mult = int(cfg.get("restart_epochs", 10)), int(cfg.get("restart_mult", 1))
         t_cur = epoch
