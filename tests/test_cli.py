@@ -176,3 +176,18 @@ def test_noise_help_names_the_columns_the_csv_has(tmp_path, capsys):
         assert code == 0, err
         header = csv.read_text().splitlines()[0]
         assert header in text, (header, text)
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """``noisylabels ... | head``: once the reader has gone, the command stops quietly (exit 141,
+    as a shell reports SIGPIPE), with nothing on stderr."""
+    import os
+
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first write
+    try:
+        proc = subprocess.run([sys.executable, "-m", "noisylabels", "methods"], stdout=w, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(w)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr

@@ -49,32 +49,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv  # the command line (train --nproc relaunches it through torchrun)
     try:
-        if args.command == "train":
-            return cmd_train(args)
-        if args.command == "pretrain":
-            return cmd_pretrain(args)
-        if args.command == "noise":
-            return cmd_noise(args)
-        if args.command == "narl-train":
-            return cmd_narl_train(args)
-        if args.command == "bench":
-            return cmd_bench(args)
-        if args.command in ("detect", "export"):
-            from . import detect as commands
-
-            return commands.cmd_detect(args) if args.command == "detect" else commands.cmd_export(args)
-        if args.command in ("datasets", "methods", "models", "losses"):
-            return cmd_list(args.command)
-        if args.command == "config":
-            return cmd_config(args)
-        parser.print_help()
-        return 0
+        code = _run(parser, args)
+        sys.stdout.flush()  # a reader gone away (`| head`) is found here, not at interpreter exit
+        return code
     except UserError as exc:
         from ..train.launch import report_rank_error
 
         if not report_rank_error(str(exc)):  # a rank of `train --nproc`: its launcher prints the run's one line
             print(f"noisylabels: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader of our output left (`noisylabels bench ... | head`): stop quietly like other
+        # command-line tools; whatever a command wrote to files before is kept
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for such a pipe
     except Exception:
         from ..train.launch import another_rank_failed
 
@@ -84,6 +72,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("noisylabels: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device, so that the interpreter's final flush of the
+    unwritten rest does not print a second error."""
+    import os
+
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.command == "train":
+        return cmd_train(args)
+    if args.command == "pretrain":
+        return cmd_pretrain(args)
+    if args.command == "noise":
+        return cmd_noise(args)
+    if args.command == "narl-train":
+        return cmd_narl_train(args)
+    if args.command == "bench":
+        return cmd_bench(args)
+    if args.command in ("detect", "export"):
+        from . import detect as commands
+
+        return commands.cmd_detect(args) if args.command == "detect" else commands.cmd_export(args)
+    if args.command in ("datasets", "methods", "models", "losses"):
+        return cmd_list(args.command)
+    if args.command == "config":
+        return cmd_config(args)
+    parser.print_help()
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
