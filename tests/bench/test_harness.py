@@ -189,3 +189,16 @@ def test_every_shipped_suite_cell_names_registered_components(name):
         own = METHODS.get(cfg["method"]["name"]).own_loss is not None  # e.g. narl: a-gce
         assert own or cfg["loss"]["name"] in list_losses(), cell.key
         assert cfg["noise"]["type"] in list_noise_types(), cell.key
+
+
+def test_row_selection_runs_only_those_rows_in_the_folders_of_a_full_run(tmp_path, capsys):
+    pre = str(SUITES / "pretrain.yaml")
+    full = run_suite(pre, out=tmp_path / "o", dry_run=True, verbose=False)["plan"]
+    only = run_suite(pre, out=tmp_path / "o", dry_run=True, verbose=False, rows=["CE"])["plan"]
+    assert only == [p for p in full if p[0] == "scratch__CE"]  # no pretraining: no selected row needs it
+    # the ratio_to row comes along (the ratios need it), and the pretraining the selected row needs
+    plan = run_suite("realnoise-cpu", out=tmp_path / "r", dry_run=True, verbose=False, rows=["C2D"], max_seeds=1)["plan"]
+    assert [p[0] for p in plan] == ["_pretrain/simclr", "random1_10k__CE_clean_labels", "random1_10k__C2D"]
+    code = main(["bench", pre, "--row", "CE", "--row", "C2", "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("noisylabels: error: --row 'C2': suite pretrain has no such method; valid: 'CE'")

@@ -469,7 +469,8 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
               max_seeds: int | None = None, assignments: Sequence[str] = (), verbose: bool = True,
               executor: str = "local", runs_per_gpu: int | None = None, address: str | None = None,
               gpus_per_run: float | None = None, cpus_per_run: float | None = None,
-              nproc_per_run: int | None = None, dry_run: bool = False) -> dict[str, Any]:
+              nproc_per_run: int | None = None, dry_run: bool = False,
+              rows: Sequence[str] | None = None) -> dict[str, Any]:
     """Run (or resume) a suite; print and write ``table.md`` / ``table.csv``; return the results.
 
     Parameters
@@ -501,6 +502,10 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
         Ray executor: processes per run (default ``gpus_per_run`` when it is an integer > 1, else
         1); > 1 trains each run data-parallel, as ``noisylabels train --nproc N`` would (on CPUs,
         gloo, when ``gpus_per_run`` is 0). ``train.batch_size`` must divide by it.
+    rows:
+        Run and tabulate only these labels of the suite's rows axis (``None``: every row). The
+        cells keep their folders, so a later full run reuses them. The ``ratio_to`` row is added
+        when it is missing (the ratios need it).
     dry_run:
         Resolve every run's config and make the checks a run makes before loading data (names,
         method, model and noise options, weight files), print the plan (each cell's overrides, each run's
@@ -523,6 +528,8 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
     nproc = _check_options(executor, workers=workers, runs_per_gpu=runs_per_gpu, address=address,
                            gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, nproc_per_run=nproc_per_run)
     suite = load_suite(name_or_path)
+    if rows is not None:
+        _select_rows(suite, rows)
     _check_int("--seeds", max_seeds, 1)
     if max_seeds is not None and max_seeds > len(suite.seeds):
         raise UserError(f"--seeds {max_seeds}: suite {suite.name} has {len(suite.seeds)} seed(s)")
@@ -628,6 +635,19 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
                 print(f"  {key} (seed {seed}): {err}")
     return {"suite": suite.name, "out": str(out_dir), "results": results, "rows": rows, "markdown": md,
             "failed": failed}
+
+
+def _select_rows(suite: Suite, rows: Sequence[str]) -> None:
+    """Keep only the ``rows`` labels of the suite's rows axis (and its ``ratio_to`` row); an unknown
+    label is a one-line error naming the valid ones."""
+    entries = suite.axes[suite.rows]
+    labels = [str(e["label"]) for e in entries]
+    unknown = [r for r in rows if r not in labels]
+    if unknown or not rows:
+        raise UserError(f"--row {unknown[0] if unknown else '(none)'!r}: suite {suite.name} has no such {suite.rows}; "
+                        f"valid: {', '.join(map(repr, labels))}"[:600])
+    keep = set(rows) | ({suite.ratio_to["row"]} if suite.ratio_to else set())
+    suite.axes[suite.rows] = [e for e in entries if str(e["label"]) in keep]
 
 
 def _pretrain_config(suite: Suite, name: str, cell_cfg: Mapping[str, Any], *, cell: Cell, key: str) -> dict[str, Any]:

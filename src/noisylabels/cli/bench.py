@@ -27,6 +27,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                         "with --gpus-per-run 0 on CPUs, gloo)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field in every cell")
+    p.add_argument("--row", action="append", default=None, metavar="LABEL", dest="rows",
+                   help="run and tabulate only this row of the suite (repeat for several; e.g. --row C2D); "
+                        "its runs keep their folders, so a later full run reuses them")
     p.add_argument("--list", action="store_true", help="list the shipped suites and exit")
     p.add_argument("--dry-run", action="store_true",
                    help="resolve and check every run's config, print the plan and exit (nothing is trained)")
@@ -46,7 +49,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         res = run_suite(args.suite, out=args.out, workers=args.workers, max_seeds=args.seeds,
                         assignments=args.set, executor=args.executor, runs_per_gpu=args.runs_per_gpu,
                         address=args.address, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
-                        nproc_per_run=args.nproc_per_run, dry_run=args.dry_run)
+                        nproc_per_run=args.nproc_per_run, dry_run=args.dry_run, rows=args.rows)
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, BenchInterrupted) else 2
         print(f"noisylabels: bench interrupted ({'SIGTERM' if signum == 15 else 'Ctrl-C'}); queued runs "
