@@ -16,10 +16,13 @@ One run prints, on this machine and thread count:
    with the labelled/unlabelled set sizes of the library's division of the same epoch, the same model
    architecture for both networks (the library's ``--model``), ``.cuda()`` as the identity, and its
    ``eval_train``'s fixed ``torch.zeros(50000)`` sized to the split. The library side keeps its data
-   pipeline (crop + flip of uint8 images per batch) in its time; the official side's is zero.
+   pipeline (crop + flip of uint8 images per batch) in its time; the official side's is zero. For a
+   like-for-like comparison give ``--augment none``: the library's views are then the plain images
+   (the per-batch gather and uint8-to-float conversion stay in its time), the same work as the
+   official side's ready tensors.
 
     python benchmarks/dividemix_speed.py [--dataset digits] [--model mlp] [--subset 1000]
-        [--batch-size 64] [--threads 1] [--official --official-dir /tmp/dmx_off]
+        [--batch-size 64] [--threads 1] [--augment none] [--official --official-dir /tmp/dmx_off]
 
 Per-epoch times are single measurements (no repeats: the CPU here is shared), so ratios carry
 the noise of a shared machine; run on an idle one for tight numbers. scikit-learn's GMM is imported
@@ -49,7 +52,8 @@ from noisylabels.train.loop import Run
 def _cfg(args: argparse.Namespace, out: Path, **over: Any) -> dict[str, Any]:
     base = {"data.name": args.dataset, "model.name": args.model, "data.train_subset": args.subset,
             "noise.type": "symmetric", "noise.rate": 0.4, "train.batch_size": args.batch_size,
-            "train.num_threads": args.threads, "train.epochs": 2, "train.progress": False, "out": str(out)}
+            "train.num_threads": args.threads, "train.epochs": 2, "train.progress": False, "out": str(out),
+            "data.augment": args.augment}
     if args.data_dir:
         base["data.dir"] = args.data_dir
     return resolve_config(overrides={**base, **over})
@@ -167,6 +171,8 @@ def main() -> None:
     ap.add_argument("--subset", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--augment", default="auto", choices=["auto", "none"],
+                    help="the library's weak views: auto (crop + flip) or none (like for like with --official)")
     ap.add_argument("--official", action="store_true", help="also time the official code's train and eval_train")
     ap.add_argument("--official-dir", default=None, help="a folder holding the official Train_cifar.py")
     args = ap.parse_args()
@@ -183,7 +189,7 @@ def main() -> None:
         shape = tuple(ctx.images.shape[1:])
         nets = [copy.deepcopy(ctx.model), copy.deepcopy(ctx.networks["peer"].model)]
     print(f"# {args.dataset}, {args.model}, {n_train} training samples, batch {args.batch_size}, "
-          f"{args.threads} thread(s), 40% symmetric noise")
+          f"{args.threads} thread(s), 40% symmetric noise, library augmentation {args.augment}")
     print(f"division of epoch 1: |X_A| {len(sets['model'][0])}, |X_B| {len(sets['peer'][0])} of {n_train}")
     print("| epoch | seconds | ratio to a CE epoch |")
     print("|---|---:|---:|")

@@ -67,6 +67,9 @@ def test_config_for_a_method_round_trips_through_config(method, tmp_path, capsys
     (tmp_path / "c.yaml").write_text(out)
     printed = yaml.safe_load(out)
     back = resolve_config(config_file=tmp_path / "c.yaml")
+    # `auto` is printed (the file suits any device) and resolved by the run's device
+    assert printed["train"]["eval_batch_size"] == "auto" and back["train"]["eval_batch_size"] == 64
+    printed["train"]["eval_batch_size"] = 64
     assert back == printed and back["method"]["name"] == method
     assert resolve_config(overrides={"method.name": method})["method"].items() <= back["method"].items()
     cls = METHODS.get(method)

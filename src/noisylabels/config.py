@@ -77,7 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "train": {
         "epochs": 30,
         "batch_size": 64,
-        "eval_batch_size": 1000,
+        "eval_batch_size": "auto",  # auto: 64 on the CPU (large batches fall out of its caches), 1000 on a GPU
         "clip_grad_norm": None,
         "num_threads": None,    # torch threads; None leaves torch's default
         "progress": True,
@@ -262,8 +262,24 @@ def resolve_config(*, config_file: str | Path | None = None, overrides: Mapping[
         cfg["noise"]["type"] = "none"
     if str(cfg["noise"]["type"]).lower() == "none" and "noise.rate" not in explicit:
         cfg["noise"]["rate"] = 0.0
+    if cfg["train"].get("eval_batch_size") == "auto":  # the run's config (and hash) holds the number used
+        cfg["train"]["eval_batch_size"] = eval_batch_size(cfg)
     validate(cfg)
     return cfg
+
+
+#: ``train.eval_batch_size: auto`` by device type. On the CPU, evaluation passes in batches of 1000
+#: ran 2-4x slower than in batches of 32-64 (one thread, eval mode: ResNet-8 1.44 s vs 0.37-0.43 s
+#: per 2,000 images, ResNet-32 5.8 vs 1.9 s, PreAct ResNet-18 5.6 vs 2.6-3.0 s per 500): the
+#: activations of a large batch fall out of the caches. A GPU wants large batches.
+EVAL_BATCH_AUTO = {"cpu": 64, "cuda": 1000, "mps": 1000}
+
+
+def eval_batch_size(cfg: Mapping[str, Any]) -> int:
+    """The batch size of a run's evaluation passes: ``train.eval_batch_size``, with ``auto``
+    resolved by the run's device (:data:`EVAL_BATCH_AUTO`)."""
+    value = cfg["train"]["eval_batch_size"]
+    return EVAL_BATCH_AUTO[device_type(cfg.get("device", "cpu"))] if value == "auto" else int(value)
 
 
 #: the largest seed every generator accepts (torch's manual_seed takes a 64-bit integer)
@@ -372,8 +388,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
     if d["meta_set"] not in ("auto", "clean", "noisy") or not isinstance(d["meta_set"], str):
         raise UserError(f"data.meta_set must be 'auto', 'clean' or 'noisy', got {d['meta_set']!r}")
     checks = [("train.epochs", t["epochs"], 1), ("train.batch_size", t["batch_size"], 1),
-              ("train.eval_batch_size", t["eval_batch_size"], 1), ("data.stream_workers", d["stream_workers"], 0),
-              ("optim.warmup_epochs", o["warmup_epochs"], 0)]
+              ("data.stream_workers", d["stream_workers"], 0), ("optim.warmup_epochs", o["warmup_epochs"], 0)]
+    if t["eval_batch_size"] != "auto":
+        checks.append(("train.eval_batch_size", t["eval_batch_size"], 1))
     if d["meta_size"] != "auto":
         checks.append(("data.meta_size", d["meta_size"], 0))
     for key, val, lo in checks:
@@ -540,5 +557,5 @@ def config_hash(cfg: Mapping[str, Any], *, ignore: Iterable[tuple[str, ...]] = B
 
 
 __all__ += ["MAX_SEED", "DERIVED_MODEL_KEYS", "validate", "device_type", "check_augment", "check_views", "check_strong_augment",
-            "config_hash", "BOOKKEEPING_KEYS", "RESUME_FREE_KEYS", "NEUTRAL_KEYS",
+            "config_hash", "eval_batch_size", "EVAL_BATCH_AUTO", "BOOKKEEPING_KEYS", "RESUME_FREE_KEYS", "NEUTRAL_KEYS",
             "labels_from_user", "REAL_LABEL_DATASETS"]

@@ -72,7 +72,7 @@ FIELD_DOCS: dict[str, str] = {
     "train": "the training loop",
     "train.epochs": "epochs to train",
     "train.batch_size": "training batch size",
-    "train.eval_batch_size": "batch size of evaluation passes",
+    "train.eval_batch_size": "batch size of evaluation passes (auto: 64 on the CPU, 1000 on a GPU)",
     "train.clip_grad_norm": "clip the gradient norm to this value (null: no clipping)",
     "train.num_threads": "torch CPU threads (null: torch's default)",
     "train.progress": "progress bar on a terminal, one line per epoch elsewhere; false: quiet",

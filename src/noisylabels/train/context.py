@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..config import eval_batch_size
 from ..data import Batch, BatchLoader
 from ..data.mix import mixup
 from ..data.stream import batch_loader
@@ -156,7 +157,7 @@ class TrainContext:
         on a split of the pool."""
         idx = self.data.splits[split] if isinstance(split, str) else split
         return predict_proba(self.model if model is None else model, self.images, idx.to(self.images.device), mean=self.data.mean,
-                             std=self.data.std, batch_size=int(self.cfg["train"]["eval_batch_size"]),
+                             std=self.data.std, batch_size=eval_batch_size(self.cfg),
                              device=self.device)
 
     def restart_schedule(self, start_epoch: int) -> None:

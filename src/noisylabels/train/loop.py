@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..config import eval_batch_size
 from ..errors import NonFiniteLossError, UserError
 from ..eval.metrics import detection_metrics
 from ..methods import StepOutput
@@ -399,7 +400,7 @@ class Run:
         """The method's epoch records, validation and test accuracy, model selection (validation
         only), checkpoint and ``metrics.jsonl``; returns the epoch's row."""
         ctx, data, recorder, tcfg = self.ctx, self.ctx.data, self.ctx.recorder, self.cfg["train"]
-        eval_kw = dict(mean=data.mean, std=data.std, batch_size=int(tcfg["eval_batch_size"]), device=ctx.device)
+        eval_kw = dict(mean=data.mean, std=data.std, batch_size=eval_batch_size(self.cfg), device=ctx.device)
         row = dict(self._row)
         row.update(ctx.method.end_epoch(ctx))
         rank_rng = self.dist.gather_objects({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all()
@@ -414,7 +415,7 @@ class Run:
             # nothing is selected (the last epoch is the result; backbone.pt is written at the end)
             knn = knn_monitor(model, data, ctx.images, ctx.labels, k=int(ctx.method.knn_k),
                               temperature=float(ctx.method.knn_temperature),
-                              batch_size=int(tcfg["eval_batch_size"]), device=ctx.device)
+                              batch_size=eval_batch_size(self.cfg), device=ctx.device)
             row.update(val_accuracy=knn["val_accuracy"], val_loss=None, test_accuracy=knn["test_accuracy"],
                        test_loss=None)
             self.history.append(row)
@@ -706,14 +707,14 @@ def _finalize(ctx: TrainContext, recorder: RunRecorder) -> dict[str, Any]:
         model.load_state_dict(torch.load(best_path, map_location=ctx.device, weights_only=True))
     idx = data.splits["train"]
     probs = predict_proba(model, ctx.images, idx.to(ctx.images.device), mean=data.mean, std=data.std,
-                          batch_size=int(ctx.cfg["train"]["eval_batch_size"]), device=ctx.device)
+                          batch_size=eval_batch_size(ctx.cfg), device=ctx.device)
     given = data.labels[idx]
     scores = ctx.method.sample_scores(ctx, probs, given).detach().cpu().numpy()
     recorder.write_suspects(index=idx.numpy(), given=given.numpy(), predicted=probs.argmax(1).numpy(),
                             score=scores, classes=data.classes, paths=data.paths,
                             score_column=ctx.method.score_column)
     from .scoring import held_out_rows, pool_and_test_probs, write_pred_probs  # every sample, for `detect`
-    write_pred_probs(recorder, pool_and_test_probs(model, data, batch_size=int(ctx.cfg["train"]["eval_batch_size"]),
+    write_pred_probs(recorder, pool_and_test_probs(model, data, batch_size=eval_batch_size(ctx.cfg),
                      device=ctx.device), held_out=held_out_rows(data, trained_on=idx.numpy()), data=data,
                      method_scores=(idx.numpy(), scores))
     out: dict[str, Any] = {}

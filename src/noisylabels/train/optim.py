@@ -69,7 +69,7 @@ def lr_factor(step: int, *, steps_per_epoch: int, epochs: int, cfg: Mapping[str,
     if schedule == "cosine":
         total = max(1, epochs * steps_per_epoch - warm)
         t = min(step - warm, total)
-        floor = float(cfg.get("min_lr", 0.0)) / float(cfg["lr"])
+        floor = float(cfg["min_lr"]) / float(cfg["lr"]) if cfg.get("min_lr") else 0.0
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t / total))
     if schedule == "cosine-restarts":
         period, mult = int(cfg.get("restart_epochs", 10)), int(cfg.get("restart_mult", 1))
