@@ -251,7 +251,44 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, cfg: dict, kw: dict) -> None:
+def _spawn(fn, args, nprocs: int, tries: int = 3) -> None:
+    """``mp.spawn(fn, (port, *args))`` on a free port, again on another one when that port was taken
+    between :func:`_free_port` and rank 0's bind (two test sessions at once). Safe to repeat: a run
+    binds its store in ``init_distributed``, before it touches its folder."""
+    import torch.multiprocessing as mp
+
+    for attempt in range(tries):
+        try:
+            mp.spawn(fn, args=(_free_port(), *args), nprocs=nprocs, join=True)
+            return
+        except mp.ProcessRaisedException as exc:
+            text = str(exc)
+            if attempt + 1 == tries or not ("EADDRINUSE" in text or "ddress already in use" in text):
+                raise
+
+
+def _taken_once(rank: int, port: int, marker: str) -> None:
+    if not Path(marker).exists():  # the first attempt: as if another session had bound the port first
+        Path(marker).write_text(str(port))
+        raise RuntimeError(f"The server socket has failed to listen (port: {port}, name: EADDRINUSE)")
+
+
+def _always_fails(rank: int, port: int) -> None:
+    raise ValueError("not a port problem")
+
+
+@pytest.mark.slow
+def test_spawn_retries_on_a_port_taken_in_between_and_only_then(tmp_path):
+    import torch.multiprocessing as mp
+
+    marker = tmp_path / "first-port"
+    _spawn(_taken_once, (str(marker),), nprocs=1)
+    assert marker.is_file()
+    with pytest.raises(mp.ProcessRaisedException, match="not a port problem"):
+        _spawn(_always_fails, (), nprocs=1)
+
+
+def _worker(rank: int, port: int, world: int, cfg: dict, kw: dict) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     from noisylabels.train import fit
@@ -264,9 +301,7 @@ def _worker(rank: int, world: int, port: int, cfg: dict, kw: dict) -> None:
 
 
 def _fit_parallel(cfg: dict, world: int = 2, **kw) -> None:
-    import torch.multiprocessing as mp
-
-    mp.spawn(_worker, args=(world, _free_port(), cfg, kw), nprocs=world, join=True)
+    _spawn(_worker, (world, cfg, kw), nprocs=world)
 
 
 def _final(out: Path) -> dict:
@@ -418,9 +453,7 @@ def _worker_one_global(rank: int, port: int, cfg: dict) -> None:
 
 
 def _fit_one_global(cfg: dict) -> None:
-    import torch.multiprocessing as mp
-
-    mp.spawn(_worker_one_global, args=(_free_port(), cfg), nprocs=1, join=True)
+    _spawn(_worker_one_global, (cfg,), nprocs=1)
 
 
 @pytest.mark.slow
