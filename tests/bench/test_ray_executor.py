@@ -88,6 +88,35 @@ def test_data_parallel_cells_are_checked_before_ray_starts(tmp_path, monkeypatch
     assert not (tmp_path / "b").exists()
 
 
+def test_a_task_takes_its_weight_files_along_and_a_pretraining_returns_its_backbone(tmp_path):
+    """Without Ray (the task function itself): the weight file travels as bytes, the run loads it
+    from the task's folder, the returned config.yaml names the driver's path; a pretraining task
+    returns its backbone.pt, no other ``.pt``."""
+    import torch
+    import yaml
+
+    from noisylabels.bench.ray_executor import _ray_task
+    from noisylabels.config import PRETRAIN_DEFAULTS
+
+    fn = "noisylabels.bench.harness:_run_cell"
+    quick = {"data.name": "digits", "data.train_subset": 200, "model.name": "mlp", "model.hidden": [32],
+             "train.epochs": 1, "train.progress": False, "train.checkpoint": False}
+    pre = resolve_config(overrides={**quick, "train.batch_size": 64, "method.knn_k": 5,
+                                    "data.strong_augment": {"name": "simclr", "hflip": False}}, base=PRETRAIN_DEFAULTS)
+    res = _ray_task(fn, pre, 1)
+    assert res["status"] == "ok", res
+    assert [n for n in res["files"] if n.endswith(".pt")] == ["backbone.pt"]
+    blob = res["files"]["backbone.pt"]
+    driver_path = str(tmp_path / "not-on-this-node" / "backbone.pt")  # the driver's path: absent here
+    cell = resolve_config(overrides={**quick, "model.init_checkpoint": driver_path})
+    res = _ray_task(fn, cell, 1, 1, ("model.init_checkpoint",), blob)
+    assert res["status"] == "ok", res
+    assert yaml.safe_load(res["files"]["config.yaml"])["model"]["init_checkpoint"] == driver_path
+    assert not Path(driver_path).exists()  # the run read the shipped copy
+    sd = torch.load(__import__("io").BytesIO(blob), weights_only=True)
+    assert sd and not any(k.startswith("classifier") for k in sd)
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
@@ -207,3 +236,18 @@ def test_a_data_parallel_cell_is_the_run_train_nproc_trains(local_ray, tmp_path,
             lambda job, s, v: got.__setitem__(job.id, (s, v)), nproc_per_run=2, retries=0)
     status, value = got[0]
     assert status == "error" and value["error"].startswith("unknown model 'no-such-model'"), value
+
+
+@pytest.mark.slow
+def test_a_suites_pretraining_runs_on_ray_and_its_cells_start_from_it(local_ray, tmp_path):
+    """The backbones come back to the driver's OUT/_pretrain/ and travel to the cells' tasks."""
+    out = tmp_path / "ray"
+    res = run_suite(SUITES / "pretrain.yaml", out=out, executor="ray", cpus_per_run=1, verbose=False)
+    assert res["failed"] == [], res["failed"]
+    backbones = sorted((out / "_pretrain" / "ssl").glob("seed-*/backbone.pt"))
+    assert len(backbones) == 2
+    import yaml
+
+    for run in (out / "scratch__CE_from_SimCLR").glob("seed-*"):
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        assert Path(cfg["model"]["init_checkpoint"]) in backbones

@@ -5,8 +5,8 @@ Each (cell, seed) is one ``ray.remote`` task with ``num_cpus=--cpus-per-run`` an
 ``N > 1`` gives one run ``N`` GPUs on one node, data-parallel: see :func:`run_resources`). The task
 trains in a temporary folder on whichever node runs it and *returns* its summary and its small
 records (``config.yaml``, ``metrics.jsonl``, ``summary.json``, ``labels.csv``, ``splits.npz``,
-``suspects.csv``, weights and plots: every file but the ``*.pt`` model and checkpoint files); the
-driver writes them into ``OUT/<cell>/seed-<s>-<hash>/`` exactly where the local executor would,
+``suspects.csv``, weights and plots: every file but the ``*.pt`` model and checkpoint files, except a
+pretraining run's ``backbone.pt``, which is its product); the driver writes them into ``OUT/<cell>/seed-<s>-<hash>/`` exactly where the local executor would,
 so no shared file system is needed and a rerun skips the finished runs the same way. A run that
 was stopped part-way starts again from scratch (its checkpoint stayed on the worker node).
 
@@ -19,7 +19,10 @@ Cluster: ``address=None`` uses an already initialised Ray (``ray.init`` in a not
 cluster in ``$RAY_ADDRESS``, else starts a local one for the call; ``address='auto'`` joins the
 running cluster of this machine, ``ray://host:10001`` a remote one through Ray Client. Workers
 need ``noisylabels`` importable and the data under their own ``data.dir`` / ``../shared/data``.
-Ray is an optional extra: ``pip install "noisylabels[ray]"``.
+The weight files a run starts from (``model.init_checkpoint``, ``method.teacher_init``: a suite's
+pretrained backbones, or the user's) travel with the task: the driver reads each once into Ray's
+object store, the task writes it into its temporary folder, and the returned ``config.yaml`` names
+the driver's path again. Ray is an optional extra: ``pip install "noisylabels[ray]"``.
 
 Data-parallel cells (``--gpus-per-run N``, or ``--nproc-per-run N`` on CPUs): Ray places the task
 with ``N`` GPUs (and ``--cpus-per-run``, default ``N``: a process needs at least one CPU) on one
@@ -44,18 +47,25 @@ from typing import Any
 from ..errors import UserError
 from .pool import Job, error_result, resolve_function, terminating_signals
 
-__all__ = ["run_ray", "run_resources", "RunResources", "collect_records", "write_records", "MAX_RECORD_BYTES"]
+__all__ = ["run_ray", "run_resources", "RunResources", "collect_records", "write_records", "MAX_RECORD_BYTES",
+           "SHIPPED_FILE_KEYS"]
 
 #: records larger than this stay on the worker (a suspects.csv of a million samples is ~60 MB)
 MAX_RECORD_BYTES = 64 * 2**20
+#: the weight files a run reads, shipped with its task (worker nodes need not share the driver's disk)
+SHIPPED_FILE_KEYS = ("model.init_checkpoint", "method.teacher_init")
+#: the one ``*.pt`` file that comes back: what a pretraining run is for
+RETURNED_WEIGHTS = "backbone.pt"
 
 
 def collect_records(run_dir: str | os.PathLike[str]) -> dict[str, bytes]:
-    """The run's record files (relative path -> bytes), without ``*.pt`` files and oversized ones."""
+    """The run's record files (relative path -> bytes), without ``*.pt`` files (but a pretraining run's
+    ``backbone.pt``) and oversized ones."""
     root = Path(run_dir)
     out: dict[str, bytes] = {}
     for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.suffix == ".pt" or p.name.startswith("."):
+        if not p.is_file() or (p.suffix == ".pt" and p.relative_to(root).as_posix() != RETURNED_WEIGHTS) \
+                or p.name.startswith("."):
             continue
         if p.stat().st_size <= MAX_RECORD_BYTES:
             out[p.relative_to(root).as_posix()] = p.read_bytes()
@@ -133,13 +143,35 @@ def run_resources(*, gpus_per_run: float | None = None, cpus_per_run: float | No
     return RunResources(num_cpus=cpus, num_gpus=g, nproc=nproc, threads=max(1, int(cpus // nproc)))
 
 
-def _ray_task(fn_path: str, cfg: dict[str, Any], threads: int, nproc: int = 1) -> dict[str, Any]:
+def shipped_files(cfg: Mapping[str, Any]) -> dict[str, str]:
+    """``{key: path}`` of the weight files (:data:`SHIPPED_FILE_KEYS`) a run config reads."""
+    out = {}
+    for key in SHIPPED_FILE_KEYS:
+        section, name = key.split(".")
+        value = (cfg.get(section) or {}).get(name)
+        if value is not None:
+            out[key] = str(value)
+    return out
+
+
+def _ray_task(fn_path: str, cfg: dict[str, Any], threads: int, nproc: int = 1, keys: Sequence[str] = (),
+              *blobs: bytes) -> dict[str, Any]:
     """On a Ray worker: run ``fn(cfg, threads)`` in a temporary ``out`` (on ``nproc`` data-parallel
-    processes when > 1); summary and records back."""
+    processes when > 1); summary and records back. ``keys`` / ``blobs``: the weight files the run
+    reads (config key and the file's bytes), written into the temporary folder for the run; the
+    returned ``config.yaml`` names the driver's paths."""
     node = socket.gethostname()
     with tempfile.TemporaryDirectory(prefix="noisylabels-ray-") as tmp:
         cfg = copy.deepcopy(cfg)
         cfg["out"] = str(Path(tmp) / "run")
+        moved: dict[str, str] = {}  # the task's copy -> the driver's path
+        for i, (key, blob) in enumerate(zip(keys, blobs)):
+            section, name = key.split(".")
+            local = Path(tmp) / "inputs" / f"{i}-{Path(str(cfg[section][name])).name}"
+            local.parent.mkdir(exist_ok=True)
+            local.write_bytes(blob)
+            moved[str(local)] = str(cfg[section][name])
+            cfg[section][name] = str(local)
         try:
             if nproc > 1:
                 from .rank import run_data_parallel
@@ -152,7 +184,18 @@ def _ray_task(fn_path: str, cfg: dict[str, Any], threads: int, nproc: int = 1) -
             res["traceback"] = getattr(exc, "rank_traceback", "") or res["traceback"]
             res["error"] = f"{res['error']} (on {node})"
             return res
-        return {"status": "ok", "summary": summary, "files": collect_records(cfg["out"]), "node": node}
+        files = collect_records(cfg["out"])
+        if moved and "config.yaml" in files:
+            from ..config import save_config
+            import yaml
+
+            record = yaml.safe_load(files["config.yaml"].decode())
+            for key in keys:
+                section, name = key.split(".")
+                record[section][name] = moved.get(str(record[section][name]), record[section][name])
+            save_config(record, Path(tmp) / "config.yaml")
+            files["config.yaml"] = (Path(tmp) / "config.yaml").read_bytes()
+        return {"status": "ok", "summary": summary, "files": files, "node": node}
 
 
 def run_ray(jobs: Sequence[Job], on_result: Callable[[Job, str, Any], None], *, address: str | None = None,
@@ -180,10 +223,17 @@ def run_ray(jobs: Sequence[Job], on_result: Callable[[Job, str, Any], None], *, 
         started = True
     task = ray.remote(_ray_task).options(num_cpus=need.num_cpus, num_gpus=need.num_gpus, max_retries=0)
     pending: dict[Any, Job] = {}
+    stored: dict[str, Any] = {}  # a weight file's path -> its bytes in the object store (read once)
 
     def submit(job: Job) -> None:
         job.attempts += 1
-        pending[task.remote(job.fn, job.args[0], need.threads, need.nproc)] = job
+        files = shipped_files(job.args[0])
+        for path in files.values():
+            if path not in stored:
+                stored[path] = ray.put(Path(path).expanduser().read_bytes())
+        keys = tuple(files)
+        pending[task.remote(job.fn, job.args[0], need.threads, need.nproc, keys,
+                            *(stored[files[k]] for k in keys))] = job
 
     try:
         with terminating_signals():
