@@ -146,3 +146,14 @@ def test_missing_files_and_other_models_are_refused_before_anything_runs(tmp_pat
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("noisylabels: error: pretraining ssl: ") and "knn" in err
     assert not out.exists()
+
+
+def test_a_pretraining_batch_that_does_not_split_over_the_processes_is_refused_up_front(tmp_path, capsys):
+    pytest.importorskip("ray")
+    odd = _suite(tmp_path, pretrain={"ssl": {"set": {"train.batch_size": 63}}})
+    code = main(["bench", str(odd), "--out", str(tmp_path / "o"), "--executor", "ray", "--nproc-per-run", "2",
+                 "--set", "train.batch_size=64"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == ("noisylabels: error: pretraining ssl: train.batch_size 63 is the global batch of "
+                                 "the run's 2 processes and must be divisible by 2")
+    assert not (tmp_path / "o").exists()

@@ -549,6 +549,9 @@ def run_suite(name_or_path: str | Path, *, out: str | Path | None = None, worker
                 pcfg = _pretrain_config(suite, pname, cfg, cell=cell, key=key)
                 pdir = out_dir / "_pretrain" / pname / f"seed-{seed}-{config_hash(pcfg)}"
                 pcfg["out"] = str(pdir)
+                if nproc > 1 and int(pcfg["train"]["batch_size"]) % nproc:
+                    raise UserError(f"pretraining {pname}: train.batch_size {pcfg['train']['batch_size']} is the "
+                                    f"global batch of the run's {nproc} processes and must be divisible by {nproc}")
                 pre_jobs.setdefault(str(pdir), (Cell(((_PRETRAIN_AXIS, pname),), ()), seed, pcfg))
                 section, name = key.split(".", 1)
                 cfg[section][name] = str(pdir / "backbone.pt")
