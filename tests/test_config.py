@@ -155,3 +155,13 @@ def test_eval_batch_size_auto_is_resolved_by_device_into_the_runs_config():
 def test_bad_eval_batch_size_is_a_one_line_error(value):
     with pytest.raises(UserError, match=r"train.eval_batch_size must be an integer >= 1"):
         resolve_config(overrides={"train.eval_batch_size": value})
+
+
+def test_weight_files_names_every_weight_file_a_config_loads():
+    from noisylabels.config import WEIGHT_FILE_KEYS, weight_files
+
+    cfg = resolve_config()
+    assert weight_files(cfg) == {}
+    cfg["model"]["init_checkpoint"], cfg["method"]["teacher_init"] = "a.pt", "b.pt"
+    assert weight_files(cfg) == {"model.init_checkpoint": "a.pt", "method.teacher_init": "b.pt"}
+    assert set(WEIGHT_FILE_KEYS) == set(weight_files(cfg))

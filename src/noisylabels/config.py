@@ -268,6 +268,22 @@ def resolve_config(*, config_file: str | Path | None = None, overrides: Mapping[
     return cfg
 
 
+#: the settings that name a weight file a run loads (a suite's ``pretrain:<name>`` may stand for one; a
+#: Ray task carries them to its node)
+WEIGHT_FILE_KEYS = ("model.init_checkpoint", "method.teacher_init")
+
+
+def weight_files(cfg: Mapping[str, Any]) -> dict[str, str]:
+    """``{key: value}`` of the :data:`WEIGHT_FILE_KEYS` a config sets (not ``None``)."""
+    out = {}
+    for key in WEIGHT_FILE_KEYS:
+        section, name = key.split(".")
+        value = (cfg.get(section) or {}).get(name)
+        if value is not None:
+            out[key] = str(value)
+    return out
+
+
 #: ``train.eval_batch_size: auto`` by device type. On the CPU, evaluation passes in batches of 1000
 #: ran 2-4x slower than in batches of 32-64 (one thread, eval mode: ResNet-8 1.44 s vs 0.37-0.43 s
 #: per 2,000 images, ResNet-32 5.8 vs 1.9 s, PreAct ResNet-18 5.6 vs 2.6-3.0 s per 500): the
@@ -557,5 +573,5 @@ def config_hash(cfg: Mapping[str, Any], *, ignore: Iterable[tuple[str, ...]] = B
 
 
 __all__ += ["MAX_SEED", "DERIVED_MODEL_KEYS", "validate", "device_type", "check_augment", "check_views", "check_strong_augment",
-            "config_hash", "eval_batch_size", "EVAL_BATCH_AUTO", "BOOKKEEPING_KEYS", "RESUME_FREE_KEYS", "NEUTRAL_KEYS",
+            "config_hash", "eval_batch_size", "EVAL_BATCH_AUTO", "WEIGHT_FILE_KEYS", "weight_files", "BOOKKEEPING_KEYS", "RESUME_FREE_KEYS", "NEUTRAL_KEYS",
             "labels_from_user", "REAL_LABEL_DATASETS"]

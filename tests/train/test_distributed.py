@@ -459,13 +459,8 @@ def _fit_one_global(cfg: dict) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SYNC_BN_EQUALITY_OWN_OPS))
 def test_sync_batchnorm_two_processes_equal_one_with_the_same_ops(tmp_path, name):
-    over = {**QUICK, **SYNC_BN, **SYNC_BN_EQUALITY_OWN_OPS[name]}
-    one, two = run_cfg(tmp_path, "one", epochs=2, **over), run_cfg(tmp_path, "two", epochs=2, **over)
-    _fit_one_global(one)
-    _fit_parallel(two)
-    diff = max_abs_difference(tmp_path / "one", tmp_path / "two")
-    print(f"EQUALITY {name} (one process with GlobalBatchNorm's ops) max_abs_difference {diff:.3g}")
-    assert diff < TOL
+    _sync_bn_equality(tmp_path, f"{name} (one process with GlobalBatchNorm's ops)", SYNC_BN_EQUALITY_OWN_OPS[name],
+                      one_process=_fit_one_global)
 # not a row: L2RW's clamp-and-normalise amplifies round-off (2 processes vs 1: 4.7e-4 after two epochs,
 # and as much between BatchNorm's fused kernel and GlobalBatchNorm's ops on ONE process)
 
@@ -473,14 +468,20 @@ def test_sync_batchnorm_two_processes_equal_one_with_the_same_ops(tmp_path, name
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SYNC_BN_EQUALITY))
 def test_sync_batchnorm_two_processes_equal_one(tmp_path, name):
-    over = {**QUICK, **SYNC_BN, **SYNC_BN_EQUALITY[name]}
-    one, two = run_cfg(tmp_path, "one", epochs=2, **over), run_cfg(tmp_path, "two", epochs=2, **over)
     from noisylabels.train import fit
 
-    fit(one)
+    _sync_bn_equality(tmp_path, name, SYNC_BN_EQUALITY[name], one_process=fit)
+
+
+def _sync_bn_equality(tmp_path, label: str, row: dict, *, one_process) -> None:
+    """A row's 2-epoch run with ``train.sync_batchnorm`` on 2 processes against ``one_process``
+    (the running buffers included: they are model state)."""
+    over = {**QUICK, **SYNC_BN, **row}
+    one, two = run_cfg(tmp_path, "one", epochs=2, **over), run_cfg(tmp_path, "two", epochs=2, **over)
+    one_process(one)
     _fit_parallel(two)
-    diff = max_abs_difference(tmp_path / "one", tmp_path / "two")  # the running buffers included (model state)
-    print(f"EQUALITY {name} max_abs_difference {diff:.3g}")
+    diff = max_abs_difference(tmp_path / "one", tmp_path / "two")
+    print(f"EQUALITY {label} max_abs_difference {diff:.3g}")
     assert diff < TOL
 
 

@@ -73,7 +73,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..config import BOOKKEEPING_KEYS, resolve_config
+from ..config import BOOKKEEPING_KEYS, WEIGHT_FILE_KEYS, resolve_config, weight_files
 from ..config import config_hash as _config_hash
 from ..errors import UserError
 
@@ -330,31 +330,21 @@ _PRETRAIN_INHERITS = ("data.", "model.", "device")
 _PRETRAIN_OWN = ("data.augment", "data.strong_augment", "data.views", "model.init_checkpoint", "model.init_exclude")
 
 
-#: the keys whose value may name a pretraining run (weight files a run loads)
-PRETRAIN_KEYS = ("model.init_checkpoint", "method.teacher_init")
-
-
 def _pretrain_refs(cfg: Mapping[str, Any]) -> dict[str, str]:
-    """``{key: pretraining name}`` of a resolved config's :data:`PRETRAIN_KEYS` whose value is
-    ``pretrain:<name>``."""
-    out = {}
-    for key in PRETRAIN_KEYS:
-        section, name = key.split(".")
-        value = (cfg.get(section) or {}).get(name)
-        if isinstance(value, str) and value.startswith(PRETRAIN_PREFIX):
-            out[key] = value[len(PRETRAIN_PREFIX):]
-    return out
+    """``{key: pretraining name}`` of a resolved config's weight files
+    (:data:`noisylabels.config.WEIGHT_FILE_KEYS`) whose value is ``pretrain:<name>``."""
+    return {k: v[len(PRETRAIN_PREFIX):] for k, v in weight_files(cfg).items() if v.startswith(PRETRAIN_PREFIX)}
 
 
 def _check_pretrain_ref(where: str, suite: Suite, key: str, value: Any) -> None:
-    """A ``pretrain:<name>`` value sits on a key of :data:`PRETRAIN_KEYS` and names an entry of the
+    """A ``pretrain:<name>`` value sits on a key of ``WEIGHT_FILE_KEYS`` and names an entry of the
     suite's ``pretrain:``."""
     if not (isinstance(value, str) and value.startswith(PRETRAIN_PREFIX)):
         return
     name = value[len(PRETRAIN_PREFIX):]
-    if key not in PRETRAIN_KEYS:
+    if key not in WEIGHT_FILE_KEYS:
         raise UserError(f"{where}: {key}: {value}: a pretraining's backbone is read only by "
-                        f"{' and '.join(PRETRAIN_KEYS)}")
+                        f"{' and '.join(WEIGHT_FILE_KEYS)}")
     if name not in suite.pretrain:
         known = ", ".join(suite.pretrain) or "none: add a pretrain: section"
         raise UserError(f"{where}: {key}: {value} names no pretraining of suite {suite.name} (pretrain: {known})")
@@ -690,9 +680,10 @@ def _check_runs(jobs: Sequence[tuple[Cell, int, dict[str, Any]]], pending: set[s
             continue
         checked.add(cell.labels)
         probe = copy.deepcopy(cfg)
-        for section, key in (("model", "init_checkpoint"), ("method", "teacher_init")):
-            if str(probe[section].get(key)) in pending:
-                probe[section][key] = None
+        for key, path in weight_files(cfg).items():
+            if path in pending:
+                section, name = key.split(".")
+                probe[section][name] = None
         try:
             check_names(probe, device=device)
         except UserError as exc:

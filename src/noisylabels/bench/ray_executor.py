@@ -44,16 +44,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import weight_files
 from ..errors import UserError
 from .pool import Job, error_result, resolve_function, terminating_signals
 
-__all__ = ["run_ray", "run_resources", "RunResources", "collect_records", "write_records", "MAX_RECORD_BYTES",
-           "SHIPPED_FILE_KEYS"]
+__all__ = ["run_ray", "run_resources", "RunResources", "collect_records", "write_records", "MAX_RECORD_BYTES"]
 
 #: records larger than this stay on the worker (a suspects.csv of a million samples is ~60 MB)
 MAX_RECORD_BYTES = 64 * 2**20
-#: the weight files a run reads, shipped with its task (worker nodes need not share the driver's disk)
-SHIPPED_FILE_KEYS = ("model.init_checkpoint", "method.teacher_init")
 #: the one ``*.pt`` file that comes back: what a pretraining run is for
 RETURNED_WEIGHTS = "backbone.pt"
 
@@ -143,17 +141,6 @@ def run_resources(*, gpus_per_run: float | None = None, cpus_per_run: float | No
     return RunResources(num_cpus=cpus, num_gpus=g, nproc=nproc, threads=max(1, int(cpus // nproc)))
 
 
-def shipped_files(cfg: Mapping[str, Any]) -> dict[str, str]:
-    """``{key: path}`` of the weight files (:data:`SHIPPED_FILE_KEYS`) a run config reads."""
-    out = {}
-    for key in SHIPPED_FILE_KEYS:
-        section, name = key.split(".")
-        value = (cfg.get(section) or {}).get(name)
-        if value is not None:
-            out[key] = str(value)
-    return out
-
-
 def _ray_task(fn_path: str, cfg: dict[str, Any], threads: int, nproc: int = 1, keys: Sequence[str] = (),
               *blobs: bytes) -> dict[str, Any]:
     """On a Ray worker: run ``fn(cfg, threads)`` in a temporary ``out`` (on ``nproc`` data-parallel
@@ -227,7 +214,7 @@ def run_ray(jobs: Sequence[Job], on_result: Callable[[Job, str, Any], None], *, 
 
     def submit(job: Job) -> None:
         job.attempts += 1
-        files = shipped_files(job.args[0])
+        files = weight_files(job.args[0])  # worker nodes need not share the driver's disk
         for path in files.values():
             if path not in stored:
                 stored[path] = ray.put(Path(path).expanduser().read_bytes())
