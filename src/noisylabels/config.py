@@ -285,9 +285,9 @@ def weight_files(cfg: Mapping[str, Any]) -> dict[str, str]:
 
 
 #: ``train.eval_batch_size: auto`` by device type. On the CPU, evaluation passes in batches of 1000
-#: ran 2-4x slower than in batches of 32-64 (one thread, eval mode: ResNet-8 1.44 s vs 0.37-0.43 s
-#: per 2,000 images, ResNet-32 5.8 vs 1.9 s, PreAct ResNet-18 5.6 vs 2.6-3.0 s per 500): the
-#: activations of a large batch fall out of the caches. A GPU wants large batches.
+#: ran 1.7-3.0x slower per image than in batches of 64 for convolutional networks (one thread, eval
+#: mode; ``benchmarks/eval_batch.py``): the activations of a large batch fall out of the caches. A
+#: GPU wants large batches.
 EVAL_BATCH_AUTO = {"cpu": 64, "cuda": 1000, "mps": 1000}
 
 
